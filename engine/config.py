@@ -1,0 +1,67 @@
+"""Typed configuration of the engine stages (composed into the job config in `jobs.config`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_EVENT_TYPES = ["view", "click", "cart", "purchase"]
+DEFAULT_WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0}
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestConfig(StrictModel):
+    """How logs are read and validated."""
+
+    format: Literal["auto", "parquet", "csv", "lightgcn"] = Field(
+        "auto", description="input format; auto = by file extension (.parquet/.pq or .csv)"
+    )
+    catalogue: str | None = Field(None, description="optional item catalogue (Parquet or CSV)")
+    event_types: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENT_TYPES))
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = Field(
+        "s", description="unit of numeric (epoch) timestamps; strings and datetimes are parsed as is"
+    )
+    blocksize: str = Field("64MB", description="dask partition size for CSV input")
+
+
+class InteractionConfig(StrictModel):
+    """Event weights, time decay and the k-core filter."""
+
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    half_life_days: float | None = Field(
+        None, gt=0, description="exponential time decay: weight * 0.5 ** (age_days / half_life_days)"
+    )
+    min_user_interactions: int = Field(5, ge=1, description="k-core: min distinct items per user")
+    min_item_interactions: int = Field(5, ge=1, description="k-core: min distinct users per item")
+
+
+class SplitConfig(StrictModel):
+    """Per-user temporal split. An int holds out the last N items of each user, a float the last fraction."""
+
+    test: int | float = Field(0.2, description="last N (int) or last fraction (0<f<1) of each user's items")
+    valid: int | float = Field(0.1, description="taken before the test items, same rule; 0 disables")
+    min_train: int = Field(1, ge=1, description="never leave a user with fewer training items than this")
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> SplitConfig:
+        for name in ("test", "valid"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not 0.0 <= value < 1.0:
+                raise ValueError(f"split.{name} as a fraction must be in [0, 1) (got {value})")
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"split.{name} as a count must be >= 0 (got {value})")
+        return self
+
+
+class GraphConfig(StrictModel):
+    """How edge weights enter the adjacency before symmetric normalisation."""
+
+    edge_weight: Literal["binary", "weight", "log1p"] = Field(
+        "binary", description="A_ui = 1, w_ui or log(1 + w_ui) before D^-1/2 A D^-1/2"
+    )

@@ -1,0 +1,186 @@
+"""The user-item bipartite graph and its LightGCN normalisation.
+
+Nodes: users ``0..U-1`` then items ``U..U+I-1`` (N = U + I). With the U x I interaction matrix R
+(R_ui = a(w_ui): 1, w_ui or log(1 + w_ui) by ``graph.edge_weight``):
+
+    A = [[0, R], [R^T, 0]]          (N x N, symmetric)
+    A_hat = D^-1/2 A D^-1/2         (D = diag(row sums of A); rows of isolated nodes stay zero)
+
+Exported for PyG as ``edge_index`` (2, 2E) int64 and ``edge_weight`` (2E,) float32 holding A_hat's
+non-zeros in CSR order. Built with ``backend.sparse`` (scipy.sparse on CPU, cupyx.scipy.sparse on GPU);
+connected components come from cuGraph on the GPU backend when it imports, else from (cupyx.)scipy csgraph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+import torch
+
+from engine.backend import Backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BipartiteGraph:
+    """Normalised bipartite graph in PyG form.
+
+    edge_index: (2, 2E) int64, node ids in 0..N-1; edge_weight: (2E,) float32 = A_hat values.
+    """
+
+    num_users: int
+    num_items: int
+    edge_index: torch.Tensor
+    edge_weight: torch.Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_users + self.num_items
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_users": torch.tensor(self.num_users),
+            "num_items": torch.tensor(self.num_items),
+            "edge_index": self.edge_index,
+            "edge_weight": self.edge_weight,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BipartiteGraph:
+        return cls(int(data["num_users"]), int(data["num_items"]), data["edge_index"], data["edge_weight"])
+
+    def adjacency(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A_hat as a torch sparse CSR tensor (N, N): the fast path for PyG's LGConv (spmm)."""
+        from torch_geometric.utils import to_torch_csr_tensor
+
+        return to_torch_csr_tensor(
+            self.edge_index.to(device), self.edge_weight.to(device), size=(self.num_nodes, self.num_nodes)
+        )
+
+
+def edge_values(weights: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "binary":
+        return np.ones_like(weights, dtype=np.float64)
+    if mode == "weight":
+        return weights.astype(np.float64)
+    if mode == "log1p":
+        return np.log1p(weights.astype(np.float64))
+    raise ValueError(f"unknown graph.edge_weight {mode!r}")
+
+
+def interaction_matrix(
+    users: np.ndarray, items: np.ndarray, values: np.ndarray, num_users: int, num_items: int, sparse: Any
+) -> Any:
+    """R (U x I) in CSR; duplicate (u, i) pairs are summed."""
+    matrix = sparse.coo_matrix((values, (users, items)), shape=(num_users, num_items)).tocsr()
+    matrix.sum_duplicates()
+    return matrix
+
+
+def normalised_adjacency(interactions: Any, sparse: Any) -> Any:
+    """A_hat = D^-1/2 [[0, R], [R^T, 0]] D^-1/2 as CSR (N x N)."""
+    adjacency = sparse.bmat([[None, interactions], [interactions.T, None]], format="csr")
+    degree = np.asarray(adjacency.sum(axis=1)).ravel() if sparse is scipy.sparse else adjacency.sum(axis=1).ravel()
+    xp = np if sparse is scipy.sparse else __import__("cupy")
+    inv_sqrt = xp.zeros_like(degree, dtype=xp.float64)
+    nonzero = degree > 0
+    inv_sqrt[nonzero] = degree[nonzero] ** -0.5
+    scale = sparse.diags(inv_sqrt)
+    return (scale @ adjacency @ scale).tocsr()
+
+
+def build_graph(
+    users: np.ndarray,
+    items: np.ndarray,
+    weights: np.ndarray,
+    num_users: int,
+    num_items: int,
+    edge_weight: str,
+    backend: Backend,
+) -> tuple[BipartiteGraph, Any]:
+    """Build A_hat from encoded training edges. Returns (PyG graph on the host, raw R on the backend)."""
+    xp, sparse = backend.xp, backend.sparse
+    values = edge_values(np.asarray(weights), edge_weight)
+    interactions = interaction_matrix(
+        xp.asarray(users), xp.asarray(items), xp.asarray(values), num_users, num_items, sparse
+    )
+    normalised = normalised_adjacency(interactions, sparse).tocoo()
+    row, col, data = (backend.asnumpy(a) for a in (normalised.row, normalised.col, normalised.data))
+    order = np.lexsort((col, row))
+    edge_index = torch.from_numpy(np.vstack([row[order], col[order]]).astype(np.int64))
+    edge_weight_t = torch.from_numpy(data[order].astype(np.float32))
+    return BipartiteGraph(num_users, num_items, edge_index, edge_weight_t), interactions
+
+
+def _describe(degree: np.ndarray) -> dict[str, float]:
+    if degree.size == 0:
+        return {"min": 0, "mean": 0.0, "median": 0.0, "p90": 0.0, "max": 0}
+    return {
+        "min": int(degree.min()),
+        "mean": round(float(degree.mean()), 4),
+        "median": float(np.median(degree)),
+        "p90": float(np.percentile(degree, 90)),
+        "max": int(degree.max()),
+    }
+
+
+def connected_components(graph: BipartiteGraph, backend: Backend) -> np.ndarray:
+    """Component label per node (N,). cuGraph (GPU backend, when importable) else scipy csgraph."""
+    row, col = graph.edge_index.numpy()
+    if backend.name == "gpu":
+        try:
+            import cudf  # type: ignore[import-not-found]
+            import cugraph  # type: ignore[import-not-found]
+
+            frame = cudf.DataFrame({"src": row, "dst": col})
+            g = cugraph.Graph(directed=False)
+            g.from_cudf_edgelist(frame, source="src", destination="dst")
+            labels = cugraph.weakly_connected_components(g).to_pandas()
+            out = np.arange(graph.num_nodes)  # isolated nodes: own component
+            out[labels["vertex"].to_numpy()] = graph.num_nodes + labels["labels"].to_numpy()
+            return np.unique(out, return_inverse=True)[1]
+        except ImportError:
+            log.info("cuGraph not importable; connected components on the host with scipy")
+    adjacency = scipy.sparse.coo_matrix(
+        (np.ones(row.size), (row, col)), shape=(graph.num_nodes, graph.num_nodes)
+    )
+    _, labels = scipy.sparse.csgraph.connected_components(adjacency, directed=False)
+    return labels
+
+
+def graph_statistics(graph: BipartiteGraph, backend: Backend) -> dict[str, Any]:
+    """Degree statistics, density and connected components (for the report)."""
+    row = graph.edge_index[0].numpy()
+    degree = np.bincount(row, minlength=graph.num_nodes)
+    user_degree, item_degree = degree[: graph.num_users], degree[graph.num_users :]
+    edges = int(row.size // 2)
+    labels = connected_components(graph, backend)
+    sizes = np.bincount(labels)
+    return {
+        "users": graph.num_users,
+        "items": graph.num_items,
+        "edges": edges,
+        "density": edges / max(1, graph.num_users * graph.num_items),
+        "user_degree": _describe(user_degree),
+        "item_degree": _describe(item_degree),
+        "isolated_users": int((user_degree == 0).sum()),
+        "isolated_items": int((item_degree == 0).sum()),
+        "components": int(sizes.size),
+        "largest_component_share": float(sizes.max() / graph.num_nodes) if sizes.size else 0.0,
+    }
+
+
+def degree_histogram(degree: np.ndarray, bins: int = 20) -> dict[str, list[float]]:
+    """Log-spaced histogram of a degree sequence (for the report)."""
+    positive = degree[degree > 0]
+    if positive.size == 0:
+        return {"edges": [], "counts": []}
+    edges = np.unique(np.logspace(0, np.log10(positive.max() + 1), bins).astype(int))
+    counts, edges = np.histogram(positive, bins=edges)
+    return {"edges": edges.tolist(), "counts": counts.tolist()}

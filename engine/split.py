@@ -1,0 +1,66 @@
+"""Per-user temporal split: the newest items of each user go to test, the ones before them to validation.
+
+A user's distinct items are ordered by the time they first interacted with them (``first_ts``, ties by
+item index). With n items, ``test`` = N (int) or round(f * n) (float, at least 1 when f > 0) of the newest,
+``valid`` likewise among the rest; both are capped so at least ``min_train`` items stay in training.
+
+No future leaks: the user's *cutoff* is the first time of their earliest held-out item; training edges are
+re-aggregated from that user's events at or before the cutoff (`train_event_filter`), so an item bought
+again after the cutoff does not carry the later events into training weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from engine import schema as S
+from engine.config import SplitConfig
+
+SPLIT = "split"
+CUTOFF = "cutoff"
+
+
+def _holdout_size(spec: int | float, n: np.ndarray) -> np.ndarray:
+    if isinstance(spec, bool):  # pragma: no cover - pydantic rejects bools for these fields
+        raise TypeError("split size must be int or float")
+    if isinstance(spec, int):
+        return np.full_like(n, spec)
+    if spec <= 0:
+        return np.zeros_like(n)
+    return np.maximum(1, np.floor(spec * n + 0.5).astype(n.dtype))
+
+
+def temporal_split(edges: pd.DataFrame, config: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Assign each encoded edge to "train" / "valid" / "test".
+
+    Args:
+        edges: one row per (user_index, item_index) with ``first_ts``.
+    Returns:
+        (edges with a ``split`` column, cutoffs: user_index, cutoff for users with any held-out item).
+    """
+    ordered = edges.sort_values([S.USER_INDEX, S.FIRST_TS, S.ITEM_INDEX], kind="stable").reset_index(drop=True)
+    users = ordered[S.USER_INDEX].to_numpy()
+    position = ordered.groupby(S.USER_INDEX, sort=False).cumcount().to_numpy()
+    n_per_user = ordered.groupby(S.USER_INDEX, sort=False)[S.ITEM_INDEX].transform("size").to_numpy()
+    n_test = np.minimum(_holdout_size(config.test, n_per_user), np.maximum(n_per_user - config.min_train, 0))
+    room = np.maximum(n_per_user - config.min_train - n_test, 0)
+    n_valid = np.minimum(_holdout_size(config.valid, n_per_user), room)
+    from_end = n_per_user - 1 - position
+    split = np.where(from_end < n_test, "test", np.where(from_end < n_test + n_valid, "valid", "train"))
+    ordered[SPLIT] = pd.Categorical(split, categories=["train", "valid", "test"])
+    held = ordered[ordered[SPLIT] != "train"]
+    cutoffs = held.groupby(S.USER_INDEX, as_index=False)[S.FIRST_TS].min().rename(columns={S.FIRST_TS: CUTOFF})
+    del users
+    return ordered, cutoffs
+
+
+def train_event_filter(events: pd.DataFrame, train_keys: pd.DataFrame) -> pd.DataFrame:
+    """Keep the events of training edges that happened at or before the user's cutoff.
+
+    ``train_keys`` has user_id, item_id and ``cutoff`` (NaT = user has no held-out items: keep all).
+    Works on pandas/cudf and dask frames alike.
+    """
+    joined = events.merge(train_keys, on=[S.USER, S.ITEM], how="inner")
+    keep = joined[CUTOFF].isna() | (joined[S.TS] <= joined[CUTOFF])
+    return joined[keep].drop(columns=[CUTOFF])
