@@ -256,6 +256,11 @@ def _read_and_validate(
     return clean, rejected, len(raw)
 
 
+def _split_out(npartitions: int) -> int:
+    """Output partitions of a group-by/dedupe: one for small inputs (no shuffle), more as input grows."""
+    return 1 if npartitions <= 16 else npartitions // 8
+
+
 def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: str = "auto") -> Ingested:
     """Read, validate and de-duplicate a behaviour log. See the module docstring for the guarantees."""
     files = discover_files(path, config.format)
@@ -271,17 +276,16 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     log.info("ingest: %d file(s), id dtype %s, columns %s", len(files), resolved_ids, columns)
 
     read = dask.delayed(_read_and_validate, nout=3, pure=True)
-    parts = [read(f, columns, event_types, resolved_ids, config.timestamp_unit) for f in files]
+    # persist the per-file results once: the clean frames, the rejected rows and the row counts all come
+    # from the same read, so no file is parsed twice
+    parts = dask.persist(*[read(f, columns, event_types, resolved_ids, config.timestamp_unit) for f in files])
     meta = _empty_clean(columns, resolved_ids)
     clean = dd.from_delayed([p[0] for p in parts], meta=meta, verify_meta=False)
     if backend.name == "gpu":
         clean = clean.to_backend("cudf")
-    deduped = clean.drop_duplicates(split_out=max(1, clean.npartitions // 4))
-    deduped, before, rejected_parts, sizes = dask.persist(
-        deduped, clean.shape[0], [p[1] for p in parts], [p[2] for p in parts]
-    )
-    rows_in, kept_before, rejected_list = dask.compute(sum(sizes), before, rejected_parts)
-    kept = int(deduped.shape[0].compute())
+    deduped = clean.drop_duplicates(split_out=_split_out(clean.npartitions)).persist()
+    rows_in, rejected_list = dask.compute(sum(p[2] for p in parts), [p[1] for p in parts])
+    kept_before, kept = dask.compute(clean.shape[0], deduped.shape[0])
     quarantine = (
         pd.concat([r for r in rejected_list if len(r)], ignore_index=True)
         if any(len(r) for r in rejected_list)
@@ -289,7 +293,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     )
     rows = {
         "in": int(rows_in),
-        "kept": kept,
+        "kept": int(kept),
         "quarantined": len(quarantine),
         "duplicates": int(kept_before) - kept,
     }

@@ -60,7 +60,7 @@ def aggregate_edges(events: Any, event_types: list[str]) -> Any:
     spec.update({S.count_column(t): (S.count_column(t), "sum") for t in event_types})
     grouped = counted.groupby([S.USER, S.ITEM], sort=False)
     if isinstance(counted, dd.DataFrame):
-        aggregated = grouped.agg(**spec, split_out=max(1, counted.npartitions // 8))
+        aggregated = grouped.agg(**spec, split_out=1 if counted.npartitions <= 16 else counted.npartitions // 8)
     else:
         aggregated = grouped.agg(**spec)
     return aggregated.reset_index()

@@ -1,0 +1,32 @@
+# homerank — two commands set everything up on a fresh machine:
+#   make demo   create .venv, install pinned dependencies, generate the synthetic log, run the whole pipeline
+#   make test   create/update .venv with the test extras and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+OUT    ?= runs/demo
+
+.PHONY: demo test install install-test lint clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/homerank demo --out $(OUT)
+
+test: install-test
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,41 @@
+"""Typed configuration of training and evaluation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from engine.config import StrictModel
+
+
+class TrainConfig(StrictModel):
+    embedding_dim: int = Field(64, ge=1)
+    num_layers: int = Field(3, ge=0, description="LightGCN propagation layers")
+    epochs: int = Field(40, ge=1, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(16384, ge=1, description="positive (user, item) pairs per step")
+    lr: float = Field(0.01, gt=0)
+    l2: float = Field(1e-4, ge=0, description="L2 on the batch's layer-0 embeddings (LightGCN paper)")
+    loss: Literal["bpr", "softmax"] = Field(
+        "bpr", description="bpr: one sampled negative per positive; softmax: sampled softmax over negatives"
+    )
+    negatives: int = Field(1, ge=1, description="negatives per positive (bpr) or shared per batch (softmax)")
+    temperature: float = Field(0.2, gt=0, description="softmax temperature on cosine scores")
+    eval_every: int = Field(1, ge=1)
+    patience: int = Field(5, ge=1, description="evaluations without improvement before stopping")
+    early_stopping_metric: str = "ndcg@20"
+    checkpoint_every: int = Field(5, ge=1, description="write checkpoints/epoch_NNNN.pt every N epochs")
+    time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+
+class EvalConfig(StrictModel):
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    batch_size: int = Field(2048, ge=1, description="users scored per block in full ranking")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("evaluate.ks must be a non-empty list of positive integers")
+        return sorted(set(ks))

@@ -1,0 +1,42 @@
+"""Training losses.
+
+BPR (Rendle et al. 2009) as in LightGCN, for a batch of B triples (u, i+, j-):
+
+    L = -1/B sum log sigmoid(<e_u, e_i> - <e_u, e_j>)
+        + l2 * 1/(2B) * sum (||e0_u||^2 + ||e0_i||^2 + ||e0_j||^2)
+
+where e are final (propagated) and e0 layer-0 embeddings.
+
+Sampled softmax (InfoNCE) with M negatives shared by the batch, cosine scores and temperature tau:
+
+    L = -1/B sum log( exp(c(u,i)/tau) / (exp(c(u,i)/tau) + sum_m exp(c(u,j_m)/tau)) ) + same L2 term
+
+where c is cosine similarity. Shared negatives turn the M negative scores into one (B, d) x (d, M) matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def l2_penalty(*layer0: Tensor) -> Tensor:
+    """sum of squared norms / (2B) over the given (B, d) layer-0 embedding batches."""
+    batch = layer0[0].shape[0]
+    return sum(e.pow(2).sum() for e in layer0) / (2 * batch)
+
+
+def bpr_loss(user: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+    """Mean BPR loss; all arguments (B, d) final embeddings."""
+    margin = (user * positive).sum(-1) - (user * negative).sum(-1)
+    return F.softplus(-margin).mean()
+
+
+def sampled_softmax_loss(user: Tensor, positive: Tensor, negatives: Tensor, temperature: float) -> Tensor:
+    """Mean sampled-softmax loss; user/positive (B, d), shared negatives (M, d)."""
+    user_n, pos_n, neg_n = (F.normalize(x, dim=-1) for x in (user, positive, negatives))
+    pos_logit = (user_n * pos_n).sum(-1, keepdim=True) / temperature
+    neg_logit = user_n @ neg_n.T / temperature
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()

@@ -1,0 +1,137 @@
+"""Full-ranking evaluation: every item is scored for every user, the user's training items are masked,
+and the top-K list is compared with the user's held-out items T_u. For K in ks, averaged over users with
+|T_u| > 0 (LightGCN protocol):
+
+    Recall@K    = hits@K / |T_u|
+    Precision@K = hits@K / K
+    HitRate@K   = 1[hits@K > 0]
+    NDCG@K      = sum_{r <= K, item_r in T_u} 1/log2(r + 1)  /  sum_{r <= min(|T_u|, K)} 1/log2(r + 1)
+
+Scores come in blocks of users (one (B, I) matrix product per block, then ``torch.topk``); masks are
+CSR index lists turned into (row, col) pairs, so nothing loops over users in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import torch
+from torch import Tensor
+
+ScoreFn = Callable[[Tensor], Tensor]  # user indices (B,) -> scores (B, I)
+
+
+@dataclass
+class CSRIndex:
+    """Per-user item lists as CSR arrays (torch): items of user u are indices[indptr[u]:indptr[u+1]]."""
+
+    indptr: Tensor
+    indices: Tensor
+    num_items: int
+
+    @classmethod
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> CSRIndex:
+        matrix = scipy.sparse.csr_matrix(
+            (np.ones(len(users), dtype=np.float32), (np.asarray(users), np.asarray(items))),
+            shape=(num_users, num_items),
+        )
+        matrix.sum_duplicates()
+        return cls(torch.from_numpy(matrix.indptr.astype(np.int64)),
+                   torch.from_numpy(matrix.indices.astype(np.int64)), num_items)
+
+    def counts(self) -> Tensor:
+        return self.indptr[1:] - self.indptr[:-1]
+
+    def pairs(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """(row position in ``users``, item) for every listed item of the given users."""
+        start, end = self.indptr[users], self.indptr[users + 1]
+        lengths = end - start
+        rows = torch.repeat_interleave(torch.arange(users.numel()), lengths)
+        offsets = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths,
+                                                                             lengths)
+        return rows, self.indices[torch.repeat_interleave(start, lengths) + offsets]
+
+    def keys(self) -> Tensor:
+        """Sorted keys u * I + i of all pairs."""
+        users = torch.repeat_interleave(torch.arange(self.indptr.numel() - 1), self.counts())
+        return users * self.num_items + self.indices
+
+
+def top_k(
+    score_fn: ScoreFn, users: Tensor, k: int, exclude: CSRIndex | None, batch_size: int = 2048,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Top-k items and scores for each user, shapes (len(users), k); excluded items never appear
+    (unless a user has fewer than k allowed items, in which case -inf scores fill the tail)."""
+    items_out, scores_out = [], []
+    for start in range(0, users.numel(), batch_size):
+        batch = users[start : start + batch_size]
+        scores = score_fn(batch.to(device)).float()
+        if exclude is not None:
+            rows, cols = exclude.pairs(batch.cpu())
+            scores[rows.to(device), cols.to(device)] = -torch.inf
+        kk = min(k, scores.shape[1])
+        values, indices = torch.topk(scores, kk, dim=1)
+        items_out.append(indices.cpu())
+        scores_out.append(values.cpu())
+    if not items_out:
+        return torch.empty(0, k, dtype=torch.long), torch.empty(0, k)
+    return torch.cat(items_out), torch.cat(scores_out)
+
+
+def hits_matrix(users: Tensor, ranked: Tensor, truth: CSRIndex) -> Tensor:
+    """hits[b, r] = ranked[b, r] is in T_{users[b]}; shape like ``ranked``."""
+    keys = truth.keys()
+    query = users.view(-1, 1) * truth.num_items + ranked
+    if keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    position = torch.searchsorted(keys, query.flatten()).clamp_(max=keys.numel() - 1)
+    return (keys[position] == query.flatten()).view_as(ranked)
+
+
+def metrics_from_hits(hits: Tensor, n_truth: Tensor, ks: list[int]) -> dict[str, float]:
+    """Average Recall/NDCG/Precision/HitRate@K over rows with n_truth > 0 (see module formulas)."""
+    valid = n_truth > 0
+    hits = hits[valid].float()
+    n_truth = n_truth[valid].float()
+    out: dict[str, float] = {}
+    if hits.shape[0] == 0:
+        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "precision", "hitrate")}
+    discount = 1.0 / torch.log2(torch.arange(hits.shape[1], dtype=torch.float32) + 2.0)
+    ideal_cumulative = torch.cumsum(discount, 0)
+    for k in ks:
+        top = hits[:, :k]
+        n_hits = top.sum(1)
+        dcg = (top * discount[: top.shape[1]]).sum(1)
+        ideal_len = torch.clamp(n_truth, max=min(k, hits.shape[1])).long()
+        idcg = ideal_cumulative[ideal_len - 1]
+        out[f"recall@{k}"] = float((n_hits / n_truth).mean())
+        out[f"ndcg@{k}"] = float((dcg / idcg).mean())
+        out[f"precision@{k}"] = float((n_hits / k).mean())
+        out[f"hitrate@{k}"] = float((n_hits > 0).float().mean())
+    return out
+
+
+def evaluate_ranking(
+    score_fn: ScoreFn, truth: CSRIndex, exclude: CSRIndex | None, ks: list[int], batch_size: int = 2048,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Full-ranking metrics over all users that have held-out items in ``truth``."""
+    n_truth = truth.counts()
+    users = torch.nonzero(n_truth > 0).flatten()
+    ranked, _ = top_k(score_fn, users, max(ks), exclude, batch_size, device)
+    hits = hits_matrix(users, ranked, truth)
+    return metrics_from_hits(hits, n_truth[users], ks)
+
+
+def embedding_scorer(user_emb: Tensor, item_emb: Tensor) -> ScoreFn:
+    """scores = E_users[batch] @ E_items^T, shape (B, I)."""
+    return lambda batch: user_emb[batch] @ item_emb.T
+
+
+def popularity_scorer(item_popularity: Tensor) -> ScoreFn:
+    """Every user gets the same scores: the item's training popularity (I,)."""
+    return lambda batch: item_popularity.view(1, -1).expand(batch.numel(), -1).clone()

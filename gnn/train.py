@@ -1,0 +1,177 @@
+"""Training loop: Adam over shuffled positive pairs, one full LightGCN propagation per step, early
+stopping on a validation metric (default NDCG@20), checkpoints every N epochs, fixed seed.
+
+Determinism: the same seed, data and thread count give identical losses, metrics and embeddings (torch's
+CPU sparse-dense product and Adam are deterministic; the sampler draws from a seeded ``torch.Generator``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gnn.config import EvalConfig, TrainConfig
+from gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
+from gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from gnn.model import LightGCNRecommender
+from gnn.sampling import sample_negatives
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainData:
+    """Encoded training pairs and the graph; indices are contiguous (users 0..U-1, items 0..I-1)."""
+
+    num_users: int
+    num_items: int
+    train_users: torch.Tensor  # (E,) int64
+    train_items: torch.Tensor  # (E,) int64
+    adjacency: torch.Tensor  # (N, N) sparse CSR, A_hat
+    valid: CSRIndex | None = None  # held-out validation items per user
+
+
+@dataclass
+class TrainResult:
+    model: LightGCNRecommender
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float | None = None
+    epochs: int = 0
+    train_seconds: float = 0.0
+    stopped_because: str = "max_epochs"
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                    extra: dict[str, Any] | None = None) -> None:
+    """state_dicts only (loadable with ``torch.load(weights_only=True)``), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                **(extra or {})}, tmp)
+    tmp.replace(path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_lightgcn(
+    data: TrainData,
+    config: TrainConfig,
+    eval_config: EvalConfig,
+    seed: int,
+    device: torch.device,
+    checkpoint_dir: Path | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train LightGCN; returns the model holding the best validation state (or the last, without valid)."""
+    set_seed(seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
+    model.to(device)
+    adjacency = data.adjacency.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    users_all, items_all = data.train_users.to(device), data.train_items.to(device)
+    keys = torch.unique(users_all * data.num_items + items_all)
+    train_index = CSRIndex.from_pairs(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
+                                      data.num_items)
+    num_pairs = users_all.numel()
+    result = TrainResult(model=model)
+    best_state: dict[str, torch.Tensor] | None = None
+    since_best = 0
+    metric_name = config.early_stopping_metric
+    ks = sorted({*eval_config.ks, int(metric_name.split("@")[1])})
+    started = time.perf_counter()
+    progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} ep"),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show_progress,
+                        transient=False)
+    with progress:
+        task = progress.add_task("train", total=config.epochs, status="")
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            order = torch.randperm(num_pairs, generator=generator, device=device)
+            total_loss, steps = 0.0, 0
+            for start in range(0, num_pairs, config.batch_size):
+                batch = order[start : start + config.batch_size]
+                users, positives = users_all[batch], items_all[batch]
+                user_emb, item_emb = model(adjacency)
+                layer0 = model.layer0
+                if config.loss == "bpr":
+                    reps = config.negatives
+                    users_r, positives_r = users.repeat(reps), positives.repeat(reps)
+                    negatives = sample_negatives(users_r, data.num_items, keys, generator)
+                    loss = bpr_loss(user_emb[users_r], item_emb[positives_r], item_emb[negatives])
+                    reg = l2_penalty(layer0[users_r], layer0[data.num_users + positives_r],
+                                     layer0[data.num_users + negatives])
+                else:
+                    negatives = torch.randint(0, data.num_items, (config.negatives,), generator=generator,
+                                              device=device)
+                    loss = sampled_softmax_loss(user_emb[users], item_emb[positives], item_emb[negatives],
+                                                config.temperature)
+                    reg = l2_penalty(layer0[users], layer0[data.num_users + positives])
+                objective = loss + config.l2 * reg
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                optimizer.step()
+                total_loss += float(loss.detach())
+                steps += 1
+            record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(steps, 1),
+                                      "seconds": round(time.perf_counter() - epoch_start, 3)}
+            stop = False
+            if data.valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                user_emb, item_emb = model.embeddings(adjacency)
+                valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid, train_index,
+                                                 ks, eval_config.batch_size, device)
+                record["valid"] = valid_metrics
+                value = valid_metrics[metric_name]
+                if result.best_metric is None or value > result.best_metric:
+                    result.best_metric, result.best_epoch, since_best = value, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    since_best += 1
+                    if since_best >= config.patience:
+                        stop, result.stopped_because = True, f"no {metric_name} gain in {since_best} evaluations"
+            elapsed = time.perf_counter() - started
+            record["elapsed"] = round(elapsed, 3)
+            result.history.append(record)
+            result.epochs = epoch
+            if on_epoch is not None:
+                on_epoch(record)
+            valid_text = f" valid {metric_name} {record['valid'][metric_name]:.4f}" if "valid" in record else ""
+            log.info("epoch %d loss %.4f%s (%.1fs)", epoch, record["loss"], valid_text, record["seconds"])
+            progress.update(task, advance=1, status=f"loss {record['loss']:.4f}{valid_text}")
+            if checkpoint_dir is not None and epoch % config.checkpoint_every == 0:
+                save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", model, optimizer, epoch,
+                                {"seed": seed})
+            if config.time_budget_s is not None and elapsed >= config.time_budget_s and not stop:
+                stop, result.stopped_because = True, f"time budget {config.time_budget_s:.0f}s reached"
+            if stop:
+                break
+    result.train_seconds = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = result.epochs
+    if checkpoint_dir is not None:
+        save_checkpoint(checkpoint_dir / "best.pt", model, optimizer, result.best_epoch, {"seed": seed})
+    log.info("training done: %d epochs, best epoch %d, %s, %.1fs", result.epochs, result.best_epoch,
+             result.stopped_because, result.train_seconds)
+    return result

@@ -1,0 +1,191 @@
+"""The ``homerank`` command line.
+
+    homerank generate --out DIR            synthetic behaviour log (events/ + items.parquet)
+    homerank etl      --input PATH --out RUN   ingest, validate, weight, k-core, encode, split
+    homerank graph    --out RUN            bipartite graph + normalisation + statistics
+    homerank train    --out RUN            LightGCN (PyG) with early stopping and checkpoints
+    homerank evaluate --out RUN            full-ranking test metrics vs the popularity baseline
+    homerank rank     --out RUN            top-K rankings per user (rankings/)
+    homerank run      --input PATH --out RUN   all of the above
+    homerank demo                          generate + run into runs/demo/
+
+User mistakes exit with status 2 and a one-line message; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.errors import HomerankError
+
+log = logging.getLogger("homerank")
+
+DEMO_OUT = "runs/demo"
+
+
+def _add_common(parser: argparse.ArgumentParser, needs_input: bool = False) -> None:
+    if needs_input:
+        parser.add_argument("--input", required=True, help="behaviour log: Parquet/CSV file, directory or glob")
+    parser.add_argument("--out", required=True, help="run directory (created if missing)")
+    parser.add_argument("--config", help="YAML config (default: RUN/config.yaml if present, else built-in)")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], help="compute backend (default: config)")
+    parser.add_argument("--seed", type=int, help="random seed (default: config)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="homerank",
+        description="Behaviour logs -> user-item graph -> LightGCN -> personalised homepage rankings.",
+        epilog="Each stage reads the previous stage's artifacts from the run directory, so any stage can be "
+               "rerun alone. See README.md for the config and the run directory layout.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="write a synthetic e-commerce behaviour log (the embedded default)",
+                         description="Deterministic synthetic log: events/ (partitioned Parquet via dask) and "
+                                     "items.parquet (catalogue).")
+    gen.add_argument("--out", required=True, help="output directory")
+    gen.add_argument("--users", type=int, default=20_000)
+    gen.add_argument("--items", type=int, default=10_000)
+    gen.add_argument("--events", type=int, default=1_000_000, help="approximate number of events")
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--dirty-fraction", type=float, default=0.0005, help="share of invalid rows to inject")
+    gen.add_argument("--duplicate-fraction", type=float, default=0.002, help="share of exact duplicates")
+
+    _add_common(sub.add_parser("etl", help="ingest, validate, weight, k-core, encode and split a log",
+                               description="Reads the log through dask; bad rows go to RUN/quarantine/."),
+                needs_input=True)
+    _add_common(sub.add_parser("graph", help="build the normalised bipartite graph from RUN's ETL output"))
+    _add_common(sub.add_parser("train", help="train LightGCN (PyG) on RUN's graph"))
+    _add_common(sub.add_parser("evaluate", help="full-ranking metrics of the model and the popularity baseline"))
+    _add_common(sub.add_parser("rank", help="write top-K rankings per user to RUN/rankings/"))
+    _add_common(sub.add_parser("run", help="the whole pipeline: etl, graph, train, evaluate, rank"),
+                needs_input=True)
+
+    demo = sub.add_parser("demo", help="generate the synthetic log and run the whole pipeline on it",
+                          description="Writes the input to INPUT (default runs/demo/input) and the run to OUT "
+                                      "(default runs/demo).")
+    demo.add_argument("--out", default=DEMO_OUT, help="run directory (default: runs/demo)")
+    demo.add_argument("--input", help="where to generate the log (default: OUT/input)")
+    demo.add_argument("--config", help="YAML config (default: built-in)")
+    demo.add_argument("--device", choices=["auto", "cpu", "gpu"])
+    demo.add_argument("--seed", type=int)
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _setup_logging(run_root: Path | None, quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+    console = RichHandler(level=logging.WARNING if quiet else logging.INFO, show_path=False,
+                          rich_tracebacks=False, console=None)
+    root.addHandler(console)
+    if run_root is not None:
+        (run_root / "logs").mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_root / "logs" / "homerank.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    for noisy in ("distributed", "dask", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _resolve_config(args: argparse.Namespace, run_root: Path | None):
+    from jobs.config import load_config, with_overrides
+
+    path = args.config
+    if path is None and run_root is not None and (run_root / "config.yaml").exists():
+        path = run_root / "config.yaml"
+    return with_overrides(load_config(path), device=args.device, seed=args.seed)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from engine.synthetic import SyntheticSpec, generate
+
+    for name in ("users", "items", "events"):
+        if getattr(args, name) < 1:
+            raise HomerankError(f"--{name} must be positive")
+    spec = SyntheticSpec(users=args.users, items=args.items, events=args.events, seed=args.seed,
+                         dirty_fraction=args.dirty_fraction, duplicate_fraction=args.duplicate_fraction)
+    summary = generate(args.out, spec)
+    print(f"wrote {summary['events']} events to {Path(args.out) / 'events'} and the catalogue to "
+          f"{Path(args.out) / 'items.parquet'}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from engine.backend import resolve_backend
+    from engine.synthetic import SyntheticSpec, generate
+    from jobs.pipeline import run_pipeline
+    from jobs.rundir import RunDir
+
+    run = RunDir(Path(args.out)).ensure()
+    input_dir = Path(args.input) if args.input else run.root / "input"
+    config = _resolve_config(argparse.Namespace(**{**vars(args), "config": args.config}), None)
+    if config.ingest.catalogue is None:
+        config = config.model_copy(update={"ingest": config.ingest.model_copy(
+            update={"catalogue": str(input_dir / "items.parquet")})})
+    if not (input_dir / "events").exists() or not (input_dir / "items.parquet").exists():
+        log.info("demo: generating the synthetic log into %s", input_dir)
+        generate(input_dir, SyntheticSpec(seed=config.seed))
+    backend = resolve_backend(config.device)
+    metrics = run_pipeline(str(input_dir / "events"), run, config, backend, show_progress=not args.quiet)
+    _print_summary(run, metrics)
+
+
+def _print_summary(run, metrics) -> None:
+    test, pop = metrics["test"], metrics["baselines"]["popularity"]
+    print(f"\nhomerank: run finished in {run.root}")
+    print(f"  test recall@20 {test['recall@20']:.4f} (popularity {pop['recall@20']:.4f}), "
+          f"ndcg@20 {test['ndcg@20']:.4f} (popularity {pop['ndcg@20']:.4f}), device {metrics['device']}")
+    print(f"  rankings: {run.rankings}/   metrics: {run.metrics}   report: {run.report}")
+
+
+def _stage(args: argparse.Namespace) -> None:
+    from engine.backend import resolve_backend
+    from jobs.pipeline import run_pipeline, run_stage, write_resolved_config
+    from jobs.rundir import RunDir
+
+    run = RunDir(Path(args.out)).ensure()
+    config = _resolve_config(args, run.root)
+    backend = resolve_backend(config.device)
+    if args.command == "run":
+        metrics = run_pipeline(args.input, run, config, backend, show_progress=not args.quiet)
+        _print_summary(run, metrics)
+        return
+    if args.command == "etl" or args.config or args.device or args.seed is not None:
+        write_resolved_config(run, config)
+    run_stage(args.command, run, config, backend, getattr(args, "input", None), show_progress=not args.quiet)
+    print(f"homerank {args.command}: done ({run.root})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run_root = Path(args.out) if args.command != "generate" else None
+    try:
+        _setup_logging(run_root if run_root is not None and args.command != "generate" else None,
+                       getattr(args, "quiet", False))
+        if args.command == "generate":
+            _generate(args)
+        elif args.command == "demo":
+            _demo(args)
+        else:
+            _stage(args)
+    except HomerankError as exc:
+        print(f"homerank: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("homerank: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The dask client for a job: a scheduler address from the config, or a local cluster
+(``LocalCUDACluster`` from dask-cuda on the GPU backend, ``LocalCluster`` otherwise)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from engine.backend import Backend
+from engine.errors import HomerankError
+from jobs.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def dask_client(config: ClusterConfig, backend: Backend) -> Iterator[object]:
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    if config.address:
+        try:
+            client = Client(config.address, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise HomerankError(f"cluster.address: cannot reach dask scheduler {config.address} ({exc})") from None
+        log.info("dask: connected to %s", config.address)
+        with client:
+            yield client
+        return
+    if backend.name == "gpu":
+        from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
+
+        cluster = LocalCUDACluster(n_workers=config.n_workers, threads_per_worker=config.threads_per_worker or 1,
+                                   dashboard_address=None)
+    else:
+        cluster = LocalCluster(n_workers=config.n_workers or 1, threads_per_worker=config.threads_per_worker,
+                               processes=config.processes, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        log.info("dask: local cluster with %d worker(s)", len(cluster.workers))
+        yield client

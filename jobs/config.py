@@ -1,0 +1,91 @@
+"""The job configuration: one YAML file, validated, with CLI overrides; the resolved version is written to
+``config.yaml`` in every run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from engine.config import GraphConfig, IngestConfig, InteractionConfig, SplitConfig, StrictModel
+from engine.errors import HomerankError
+from gnn.config import EvalConfig, TrainConfig
+
+
+class ClusterConfig(StrictModel):
+    """Where dask runs: a scheduler address for a real cluster, else a local cluster on this machine."""
+
+    address: str | None = Field(None, description="dask scheduler address, e.g. tcp://10.0.0.5:8786")
+    n_workers: int | None = Field(None, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1)
+    processes: bool = Field(False, description="local cluster: worker processes (True) or threads (False)")
+
+
+class RankConfig(StrictModel):
+    k: int = Field(20, ge=1, description="items per user in rankings/")
+    exclude_event_types: list[str] = Field(
+        default_factory=lambda: ["purchase"], description="items a user had these events on are never ranked"
+    )
+    batch_size: int = Field(4096, ge=1)
+
+
+class JobConfig(StrictModel):
+    seed: int = 42
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    interactions: InteractionConfig = Field(default_factory=InteractionConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{source}: {location}: {message}"
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "config") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise HomerankError(_format_error(source, exc)) from None
+
+
+def load_config(path: str | Path | None) -> JobConfig:
+    """Read and validate a YAML config (safe loader). ``None`` gives the defaults."""
+    if path is None:
+        return JobConfig()
+    file = Path(path)
+    if not file.is_file():
+        raise HomerankError(f"{file}: config file not found")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise HomerankError(f"{file}: not valid YAML{where}") from None
+    if data is not None and not isinstance(data, dict):
+        raise HomerankError(f"{file}: the config must be a mapping of sections (got {type(data).__name__})")
+    return parse_config(data, str(file))
+
+
+def with_overrides(config: JobConfig, **overrides: Any) -> JobConfig:
+    """Apply CLI overrides (None means "not given")."""
+    data = config.model_dump()
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    return parse_config(data, "command line")
+
+
+def dump_config(config: JobConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,111 @@
+"""The run report (``report.md``): what went in, what was dropped and why, the graph, the training curve,
+and the test metrics of the GNN next to the popularity baseline. Built only from the run directory's
+artifacts, so it can be regenerated at any time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jobs.rundir import RunDir, read_json, write_text
+
+
+def _maybe(path: Path) -> Any:
+    return read_json(path) if Path(path).exists() else None
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def fmt(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _rows_section(etl: dict[str, Any]) -> list[str]:
+    rows = etl["rows"]
+    conserved = rows["in"] == rows["kept"] + rows["quarantined"] + rows["duplicates"]
+    out = ["## Ingest", "", _table(["rows in", "kept", "quarantined", "duplicates removed"],
+                                   [[rows["in"], rows["kept"], rows["quarantined"], rows["duplicates"]]]), "",
+           f"Conservation check `in = kept + quarantined + duplicates`: **{'holds' if conserved else 'FAILS'}**."]
+    if etl.get("quarantine_reasons"):
+        out += ["", "Quarantined rows by reason (files in `quarantine/`):", "",
+                _table(["reason", "rows"], [[k, v] for k, v in etl["quarantine_reasons"].items()])]
+    kcore = etl["kcore"]
+    out += ["", f"Input files: {etl['files']} · ids as {etl['id_dtype']} · reference time {etl['reference_time']}",
+            "", "## Interactions", "",
+            _table(["", "users", "items", "edges"],
+                   [["all time", etl["users_all_time"], etl["items_all_time"], etl["edges_all_time"]],
+                    [f"k-core ({kcore['rounds']} rounds)", kcore["users"], kcore["items"], kcore["edges"]]]),
+            "", "Temporal split (edges): " + ", ".join(f"{k} {v}" for k, v in etl["split"].items())]
+    return out
+
+
+def _graph_section(graph: dict[str, Any]) -> list[str]:
+    rows = [[name, d["min"], d["mean"], d["median"], d["p90"], d["max"]]
+            for name, d in (("users", graph["user_degree"]), ("items", graph["item_degree"]))]
+    out = ["", "## Graph (training edges)", "",
+           f"{graph['users']} users + {graph['items']} items, {graph['edges']} edges, density "
+           f"{graph['density']:.2e}, {graph['components']} connected component(s), largest holds "
+           f"{graph['largest_component_share']:.1%} of the nodes; isolated: {graph['isolated_users']} users, "
+           f"{graph['isolated_items']} items.", "",
+           _table(["degree", "min", "mean", "median", "p90", "max"], rows)]
+    for side in ("user", "item"):
+        hist = graph.get(f"{side}_degree_histogram")
+        if hist and hist["counts"]:
+            bins = [f"{a}–{b - 1}" if b - 1 > a else str(a) for a, b in zip(hist["edges"][:-1], hist["edges"][1:],
+                                                                           strict=True)]
+            out += ["", f"{side.title()} degree distribution:", "",
+                    _table(["degree", "nodes"], [[b, c] for b, c in zip(bins, hist["counts"], strict=True) if c])]
+    return out
+
+
+def _train_section(train: dict[str, Any]) -> list[str]:
+    metric = train["early_stopping_metric"]
+    rows = [[h["epoch"], h["loss"], h.get("valid", {}).get(metric, ""), h["seconds"]] for h in train["history"]]
+    return ["", "## Training", "",
+            f"{train['epochs']} epochs on {train['device']} in {train['train_seconds']:.1f} s; best epoch "
+            f"{train['best_epoch']} (validation {metric} {train['best_valid'] or 0:.4f}); stopped: "
+            f"{train['stopped_because']}.", "",
+            _table(["epoch", "loss", f"valid {metric}", "seconds"], rows)]
+
+
+def _metrics_section(metrics: dict[str, Any]) -> list[str]:
+    test, popularity = metrics["test"], metrics["baselines"]["popularity"]
+    rows = []
+    for key, value in test.items():
+        base = popularity.get(key, 0.0)
+        rows.append([key, value, base, f"{value / base:.2f}x" if base else "—"])
+    return ["", "## Test metrics (full ranking, training items masked)", "",
+            _table(["metric", "LightGCN", "popularity", "ratio"], rows)]
+
+
+def write_report(run: RunDir) -> Path:
+    parts = [f"# homerank run report — `{run.root}`", ""]
+    metrics, etl = _maybe(run.metrics), _maybe(run.etl_stats)
+    if metrics:
+        parts += [f"Device: **{metrics['device']}** · training {metrics['train_seconds']:.1f} s · "
+                  f"{metrics['epochs']} epochs · dataset {metrics['dataset']}"]
+    timings = _maybe(run.timings)
+    if timings:
+        parts += ["", "Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
+    if etl:
+        parts += [""] + _rows_section(etl)
+    graph = _maybe(run.graph_stats)
+    if graph:
+        parts += _graph_section(graph)
+    train = _maybe(run.train_summary)
+    if train:
+        parts += _train_section(train)
+    if metrics:
+        parts += _metrics_section(metrics)
+    rank = _maybe(run.rank_stats)
+    if rank:
+        parts += ["", "## Rankings", "",
+                  f"`rankings/`: {rank['rows']} rows for {rank['users']} users (top {rank['k']}); "
+                  f"{rank['model_users']} ranked by the GNN, {rank['popularity_users']} without training "
+                  f"history by popularity; {rank['users_with_fewer_than_k']} users with fewer than K allowed "
+                  f"items; {rank['excluded_pairs']} (user, item) pairs excluded."]
+    write_text(run.report, "\n".join(parts) + "\n")
+    return run.report

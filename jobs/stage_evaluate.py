@@ -1,0 +1,65 @@
+"""Stage 4 — evaluate: full-ranking test (and validation) metrics of the GNN and of the popularity
+baseline; assembles the run's ``metrics.json``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+
+from engine.backend import Backend
+from engine.split import SPLIT
+from gnn.metrics import embedding_scorer, evaluate_ranking, popularity_scorer
+from jobs.config import JobConfig
+from jobs.rundir import RunDir, read_json, write_json
+from jobs.stage_io import item_popularity, require, split_index
+from jobs.stage_train import load_embeddings
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
+    started = time.perf_counter()
+    user_emb, item_emb = load_embeddings(run)
+    edges = pd.read_parquet(require(run.edges, "etl"))
+    num_users, num_items = user_emb.shape[0], item_emb.shape[0]
+    device = backend.torch_device
+    train = split_index(edges, "train", num_users, num_items)
+    test = split_index(edges, "test", num_users, num_items)
+    ks = config.evaluate.ks
+    batch = config.evaluate.batch_size
+    gnn_scores = embedding_scorer(user_emb.to(device), item_emb.to(device))
+    popularity = popularity_scorer(item_popularity(edges, num_items).to(device))
+    test_metrics = evaluate_ranking(gnn_scores, test, train, ks, batch, device)
+    baseline = evaluate_ranking(popularity, test, train, ks, batch, device)
+    result: dict[str, Any] = {"test": test_metrics, "baselines": {"popularity": baseline}}
+    if (edges[SPLIT] == "valid").any():
+        valid = split_index(edges, "valid", num_users, num_items)
+        result["valid"] = evaluate_ranking(gnn_scores, valid, train, ks, batch, device)
+    eval_seconds = time.perf_counter() - started
+    summary = read_json(require(run.train_summary, "train"))
+    etl = read_json(require(run.etl_stats, "etl"))
+    counts = edges[SPLIT].value_counts()
+    metrics = {
+        **result,
+        "device": summary["device"],
+        "train_seconds": summary["train_seconds"],
+        "epochs": summary["epochs"],
+        "best_epoch": summary["best_epoch"],
+        "eval_seconds": round(eval_seconds, 3),
+        "dataset": {
+            "users": num_users,
+            "items": num_items,
+            "train_edges": int(counts.get("train", 0)),
+            "valid_edges": int(counts.get("valid", 0)),
+            "test_edges": int(counts.get("test", 0)),
+        },
+        "rows": etl.get("rows"),
+    }
+    write_json(run.metrics, metrics)
+    log.info("evaluate: GNN recall@20 %.4f ndcg@20 %.4f | popularity recall@20 %.4f ndcg@20 %.4f",
+             test_metrics.get("recall@20", float("nan")), test_metrics.get("ndcg@20", float("nan")),
+             baseline.get("recall@20", float("nan")), baseline.get("ndcg@20", float("nan")))
+    return metrics

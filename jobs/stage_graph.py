@@ -1,0 +1,43 @@
+"""Stage 2 — graph: training edges -> normalised bipartite graph (``graph/graph.pt``) + statistics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from engine import schema as S
+from engine.backend import Backend
+from engine.graph import BipartiteGraph, build_graph, degree_histogram, graph_statistics
+from engine.split import SPLIT
+from jobs.config import JobConfig
+from jobs.rundir import RunDir, atomic_path, write_json
+from jobs.stage_io import require
+
+log = logging.getLogger(__name__)
+
+
+def run_graph(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
+    edges = pd.read_parquet(require(run.edges, "etl"))
+    num_users = len(pd.read_parquet(require(run.user_index, "etl")))
+    num_items = len(pd.read_parquet(require(run.item_index, "etl")))
+    train = edges[edges[SPLIT] == "train"]
+    graph, _ = build_graph(train[S.USER_INDEX].to_numpy(), train[S.ITEM_INDEX].to_numpy(),
+                           train[S.WEIGHT].to_numpy(), num_users, num_items, config.graph.edge_weight, backend)
+    with atomic_path(run.graph) as tmp:
+        torch.save(graph.to_dict(), tmp)
+    stats = graph_statistics(graph, backend)
+    degree = np.bincount(graph.edge_index[0].numpy(), minlength=graph.num_nodes)
+    stats["user_degree_histogram"] = degree_histogram(degree[:num_users])
+    stats["item_degree_histogram"] = degree_histogram(degree[num_users:])
+    write_json(run.graph_stats, stats)
+    log.info("graph: %d users, %d items, %d edges, %d components", num_users, num_items, stats["edges"],
+             stats["components"])
+    return stats
+
+
+def load_graph(run: RunDir) -> BipartiteGraph:
+    return BipartiteGraph.from_dict(torch.load(require(run.graph, "graph"), weights_only=True))

@@ -1,0 +1,33 @@
+"""Shared helpers for stages that read an earlier stage's artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from engine import schema as S
+from engine.errors import HomerankError
+from engine.split import SPLIT
+from gnn.metrics import CSRIndex
+
+
+def require(path: Path, stage: str) -> Path:
+    """The artifact path, or a user error saying which stage to run first."""
+    if not Path(path).exists():
+        raise HomerankError(f"{path}: not found; run the {stage} stage first "
+                            f"(`homerank {stage} --out RUN_DIR`, or `homerank run`)")
+    return path
+
+
+def split_index(edges: pd.DataFrame, split: str, num_users: int, num_items: int) -> CSRIndex:
+    part = edges[edges[SPLIT] == split]
+    return CSRIndex.from_pairs(part[S.USER_INDEX].to_numpy(), part[S.ITEM_INDEX].to_numpy(), num_users, num_items)
+
+
+def item_popularity(edges: pd.DataFrame, num_items: int) -> torch.Tensor:
+    """Number of training users per item, shape (I,)."""
+    train = edges[edges[SPLIT] == "train"]
+    return torch.from_numpy(np.bincount(train[S.ITEM_INDEX].to_numpy(), minlength=num_items).astype(np.float32))

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny hand-made logs and a tiny synthetic log."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (GPU-only test)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_events(rows: list[tuple]) -> pd.DataFrame:
+    """rows of (user, item, event_type, 'YYYY-MM-DD HH:MM') -> event frame."""
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"]).astype("datetime64[ns]")
+    return frame
+
+
+@pytest.fixture(scope="session")
+def tiny_log(tmp_path_factory) -> Path:
+    """A small synthetic log (events/ + items.parquet) shared by end-to-end tests."""
+    from engine.synthetic import SyntheticSpec, generate
+
+    out = tmp_path_factory.mktemp("tiny_log")
+    generate(out, SyntheticSpec(users=400, items=200, events=20_000, users_per_partition=150, seed=7))
+    return out
+
+
+TINY_CONFIG = """
+seed: 3
+device: cpu
+interactions:
+  min_user_interactions: 3
+  min_item_interactions: 3
+train:
+  embedding_dim: 16
+  num_layers: 2
+  epochs: 4
+  batch_size: 2048
+  lr: 0.01
+  checkpoint_every: 2
+  threads: 2
+rank:
+  k: 10
+"""
+
+
+@pytest.fixture()
+def tiny_config(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG)
+    return path

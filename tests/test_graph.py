@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from engine.backend import resolve_backend
+from engine.graph import build_graph, graph_statistics
+
+CPU = resolve_backend("cpu")
+
+
+def test_normalisation_by_hand():
+    # users u0, u1; items i0, i1. Edges u0-i0, u0-i1, u1-i0. Degrees: u0 2, u1 1, i0 2, i1 1.
+    graph, _ = build_graph(np.array([0, 0, 1]), np.array([0, 1, 0]), np.ones(3), 2, 2, "binary", CPU)
+    dense = torch.zeros(4, 4)
+    dense[graph.edge_index[0], graph.edge_index[1]] = graph.edge_weight
+    expected = torch.zeros(4, 4)
+    for u, i, value in [(0, 2, 1 / 2), (0, 3, 1 / np.sqrt(2)), (1, 2, 1 / np.sqrt(2))]:
+        expected[u, i] = expected[i, u] = value
+    torch.testing.assert_close(dense, expected)
+
+
+def test_matches_pyg_gcn_norm_reference():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 30, 200), rng.integers(0, 40, 200)
+    weights = rng.uniform(1, 9, 200)
+    pairs = np.unique(np.stack([users, items]), axis=1)
+    graph, _ = build_graph(pairs[0], pairs[1], np.ones(pairs.shape[1]), 30, 40, "binary", CPU)
+    src = np.concatenate([pairs[0], pairs[1] + 30])
+    dst = np.concatenate([pairs[1] + 30, pairs[0]])
+    ref_index, ref_weight = gcn_norm(torch.tensor(np.stack([src, dst])), None, 70, add_self_loops=False)
+    ours = torch.sparse_coo_tensor(graph.edge_index, graph.edge_weight, (70, 70)).to_dense()
+    ref = torch.sparse_coo_tensor(ref_index, ref_weight, (70, 70)).to_dense()
+    torch.testing.assert_close(ours, ref)
+    assert weights.shape == (200,)
+
+
+def test_edge_weight_modes_and_stats():
+    graph, matrix = build_graph(np.array([0, 0, 1]), np.array([0, 1, 0]), np.array([3.0, 1.0, 1.0]), 3, 3,
+                                "log1p", CPU)
+    assert matrix[0, 0] == pytest.approx(np.log(4.0))
+    stats = graph_statistics(graph, CPU)
+    assert stats["edges"] == 3 and stats["users"] == 3 and stats["items"] == 3
+    assert stats["isolated_users"] == 1 and stats["isolated_items"] == 1
+    assert stats["components"] == 3  # the connected block + one isolated user + one isolated item
+    assert stats["density"] == pytest.approx(3 / 9)

@@ -1,0 +1,99 @@
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import schema as S
+from engine.backend import resolve_backend
+from engine.config import IngestConfig
+from engine.errors import HomerankError
+from engine.ingest import discover_files, ingest_events, validate_events
+
+CPU = resolve_backend("cpu")
+TYPES = ["view", "click", "cart", "purchase"]
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    bad = write_csv(tmp_path / "day1.csv", "user_id,item_id,timestamp\n1,2,2026-01-01\n")
+    with pytest.raises(HomerankError) as info:
+        ingest_events(str(bad), IngestConfig(), CPU)
+    assert "day1.csv" in info.value.message and "'event_type'" in info.value.message
+
+
+def test_missing_input_and_empty_file(tmp_path):
+    with pytest.raises(HomerankError, match="input not found"):
+        discover_files(tmp_path / "nope.parquet")
+    empty = write_csv(tmp_path / "empty.csv", "")
+    with pytest.raises(HomerankError, match="empty.csv: empty file"):
+        ingest_events(str(empty), IngestConfig(), CPU)
+
+
+def test_corrupt_parquet_is_a_user_error(tmp_path):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(HomerankError, match="broken.parquet: not a readable Parquet file"):
+        ingest_events(str(broken), IngestConfig(), CPU)
+
+
+def test_bad_rows_quarantined_with_reasons_and_duplicates_dropped(tmp_path):
+    text = (
+        "user_id,item_id,event_type,timestamp\n"
+        "u1,i1,view,2026-01-01T10:00:00\n"
+        "u1,i1,view,2026-01-01T10:00:00\n"  # exact duplicate
+        ",i2,view,2026-01-01T10:00:00\n"  # null user
+        "u2,i2,wishlist,2026-01-01T10:00:00\n"  # unknown event type
+        "u2,i3,Purchase,not-a-date\n"  # bad timestamp (event type case is normalised)
+        "u3,i3,PURCHASE,1767225600\n"  # epoch seconds
+    )
+    path = write_csv(tmp_path / "log.csv", text)
+    result = ingest_events(str(path), IngestConfig(), CPU)
+    assert result.rows == {"in": 6, "kept": 2, "quarantined": 3, "duplicates": 1}
+    assert result.reasons == {"null_or_bad_user_id": 1, "unknown_event_type": 1, "unparsable_timestamp": 1}
+    assert sorted(result.quarantine[S.SOURCE_ROW].tolist()) == [2, 3, 4]
+    assert set(result.quarantine[S.SOURCE_FILE]) == {str(path)}
+    events = result.events.compute().sort_values(S.USER)
+    assert events[S.EVENT].tolist() == ["view", "purchase"]
+    assert events[S.TS].iloc[1] == pd.Timestamp("2026-01-01")
+
+
+def test_reads_directory_and_glob_of_mixed_files(tmp_path):
+    (tmp_path / "logs").mkdir()
+    frame = pd.DataFrame({"user_id": [1, 2], "item_id": [10, 20], "event_type": ["view", "click"],
+                          "timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"])})
+    frame.to_parquet(tmp_path / "logs" / "a.parquet")
+    frame.assign(user_id=[3, 4]).to_parquet(tmp_path / "logs" / "b.parquet")
+    whole = ingest_events(str(tmp_path / "logs"), IngestConfig(), CPU)
+    assert whole.rows["kept"] == 4 and whole.id_dtype == "int64"
+    globbed = ingest_events(str(tmp_path / "logs" / "a*.parquet"), IngestConfig(), CPU)
+    assert globbed.rows["kept"] == 2
+
+
+cell = st.one_of(st.none(), st.text(max_size=6), st.integers(-5, 10**12).map(str))
+rows = st.lists(
+    st.tuples(
+        st.one_of(cell, st.sampled_from(["u1", "u2", "u3"])),
+        st.one_of(cell, st.sampled_from(["i1", "i2"])),
+        st.one_of(st.none(), st.sampled_from(TYPES + ["VIEW", "hover", ""])),
+        st.one_of(st.none(), st.sampled_from(["2026-01-01", "2026-01-02T03:04:05Z", "bad", "1767225600",
+                                              "99999999999999999"])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows)
+def test_conservation_law_on_arbitrary_rows(data):
+    raw = pd.DataFrame(data, columns=["user_id", "item_id", "event_type", "timestamp"], dtype=object)
+    clean, rejected = validate_events(raw, "gen.csv", TYPES, "string")
+    assert len(clean) + len(rejected) == len(raw)
+    assert rejected[S.REASON].notna().all()
+    assert clean[S.USER].notna().all() and clean[S.TS].notna().all()
+    assert set(clean[S.EVENT]) <= set(TYPES)
+    deduped = clean.drop_duplicates()
+    assert len(deduped) + (len(clean) - len(deduped)) + len(rejected) == len(raw)

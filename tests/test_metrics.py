@@ -1,0 +1,54 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gnn.metrics import CSRIndex, evaluate_ranking, hits_matrix, metrics_from_hits, popularity_scorer, top_k
+
+
+def test_metrics_by_hand():
+    # one user, ranked list [a, b, c, d], relevant {b, d, e}: hits at ranks 2 and 4
+    hits = torch.tensor([[False, True, False, True]])
+    out = metrics_from_hits(hits, torch.tensor([3]), [2, 4])
+    assert out["recall@2"] == pytest.approx(1 / 3)
+    assert out["precision@2"] == pytest.approx(1 / 2)
+    assert out["hitrate@2"] == 1.0
+    assert out["ndcg@2"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    dcg4 = 1 / math.log2(3) + 1 / math.log2(5)
+    idcg4 = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert out["ndcg@4"] == pytest.approx(dcg4 / idcg4)
+    assert out["recall@4"] == pytest.approx(2 / 3)
+
+
+def test_users_without_truth_are_not_averaged():
+    hits = torch.tensor([[True, False], [False, False]])
+    out = metrics_from_hits(hits, torch.tensor([1, 0]), [2])
+    assert out["recall@2"] == 1.0 and out["ndcg@2"] == 1.0
+
+
+def test_full_ranking_masks_training_items():
+    # 2 users, 4 items. Scores: user 0 prefers items 0 > 1 > 2 > 3; item 0 is a training item of user 0.
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    train = CSRIndex.from_pairs(np.array([0]), np.array([0]), 2, 4)
+    truth = CSRIndex.from_pairs(np.array([0, 1]), np.array([1, 0]), 2, 4)
+    ranked, _ = top_k(lambda batch: scores[batch], torch.tensor([0, 1]), 2, train, batch_size=1)
+    assert ranked.tolist() == [[1, 2], [3, 2]]
+    hits = hits_matrix(torch.tensor([0, 1]), ranked, truth)
+    assert hits.tolist() == [[True, False], [False, False]]
+    out = evaluate_ranking(lambda batch: scores[batch], truth, train, [1, 2], batch_size=1)
+    assert out["recall@1"] == pytest.approx(0.5)  # user 0 hits at rank 1 (item 0 masked), user 1 misses
+
+
+def test_popularity_baseline_same_list_minus_own_items():
+    popularity = torch.tensor([5.0, 9.0, 1.0, 7.0])
+    train = CSRIndex.from_pairs(np.array([1]), np.array([1]), 2, 4)
+    ranked, scores = top_k(popularity_scorer(popularity), torch.tensor([0, 1]), 3, train)
+    assert ranked.tolist() == [[1, 3, 0], [3, 0, 2]]
+    assert scores[1].tolist() == [7.0, 5.0, 1.0]
+
+
+def test_csr_pairs_expand_rows():
+    index = CSRIndex.from_pairs(np.array([0, 0, 2]), np.array([3, 1, 2]), 3, 4)
+    rows, cols = index.pairs(torch.tensor([2, 0]))
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 2), (1, 1), (1, 3)]

@@ -1,0 +1,28 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gnn.sampling import is_positive, positive_keys, sample_negatives
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 30), st.integers(1, 20), st.data())
+def test_negatives_are_never_positives(num_items, num_users, data):
+    density = data.draw(st.floats(0.0, 0.9))
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 1000)))
+    mask = torch.rand(num_users, num_items, generator=generator) < density
+    mask[:, 0] = False  # every user has at least one negative
+    users, items = mask.nonzero(as_tuple=True)
+    keys = positive_keys(users, items, num_items)
+    query_users = torch.arange(num_users).repeat(5)
+    negatives = sample_negatives(query_users, num_items, keys, generator)
+    assert not is_positive(query_users, negatives, keys, num_items).any()
+    assert negatives.min() >= 0 and negatives.max() < num_items
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    keys = positive_keys(torch.tensor([0, 1]), torch.tensor([1, 2]), 10)
+    users = torch.tensor([0, 1, 0, 1])
+    a = sample_negatives(users, 10, keys, torch.Generator().manual_seed(1))
+    b = sample_negatives(users, 10, keys, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
