@@ -20,14 +20,18 @@ class IngestConfig(StrictModel):
     """How logs are read and validated."""
 
     format: Literal["auto", "parquet", "csv", "lightgcn"] = Field(
-        "auto", description="input format; auto = by file extension (.parquet/.pq or .csv)"
+        "auto",
+        description="auto = by file extension (.parquet/.pq or .csv); lightgcn = folder with train.txt, "
+        "test.txt and optional valid.txt (a given split)",
     )
     catalogue: str | None = Field(None, description="optional item catalogue (Parquet or CSV)")
     event_types: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENT_TYPES))
     timestamp_unit: Literal["s", "ms", "us", "ns"] = Field(
         "s", description="unit of numeric (epoch) timestamps; strings and datetimes are parsed as is"
     )
-    blocksize: str = Field("64MB", description="dask partition size for CSV input")
+    id_dtype: Literal["auto", "int64", "string"] = Field(
+        "auto", description="auto: int64 when every Parquet file stores integer ids, else string"
+    )
 
 
 class InteractionConfig(StrictModel):

@@ -21,7 +21,7 @@ SPLIT = "split"
 CUTOFF = "cutoff"
 
 
-def _holdout_size(spec: int | float, n: np.ndarray) -> np.ndarray:
+def holdout_size(spec: int | float, n: np.ndarray) -> np.ndarray:
     if isinstance(spec, bool):  # pragma: no cover - pydantic rejects bools for these fields
         raise TypeError("split size must be int or float")
     if isinstance(spec, int):
@@ -43,9 +43,9 @@ def temporal_split(edges: pd.DataFrame, config: SplitConfig) -> tuple[pd.DataFra
     users = ordered[S.USER_INDEX].to_numpy()
     position = ordered.groupby(S.USER_INDEX, sort=False).cumcount().to_numpy()
     n_per_user = ordered.groupby(S.USER_INDEX, sort=False)[S.ITEM_INDEX].transform("size").to_numpy()
-    n_test = np.minimum(_holdout_size(config.test, n_per_user), np.maximum(n_per_user - config.min_train, 0))
+    n_test = np.minimum(holdout_size(config.test, n_per_user), np.maximum(n_per_user - config.min_train, 0))
     room = np.maximum(n_per_user - config.min_train - n_test, 0)
-    n_valid = np.minimum(_holdout_size(config.valid, n_per_user), room)
+    n_valid = np.minimum(holdout_size(config.valid, n_per_user), room)
     from_end = n_per_user - 1 - position
     split = np.where(from_end < n_test, "test", np.where(from_end < n_test + n_valid, "valid", "train"))
     ordered[SPLIT] = pd.Categorical(split, categories=["train", "valid", "test"])

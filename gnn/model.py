@@ -13,6 +13,7 @@ path) instead of PyG's gather/scatter message passing, which is ~15x slower on C
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn.models import LightGCN
 
@@ -42,9 +43,13 @@ class LightGCNRecommender(torch.nn.Module):
         return out[: self.num_users], out[self.num_users :]
 
     @torch.no_grad()
-    def embeddings(self, adjacency: Tensor) -> tuple[Tensor, Tensor]:
+    def embeddings(self, adjacency: Tensor, cosine: bool = False) -> tuple[Tensor, Tensor]:
+        """Embeddings used for scoring, (U, d) and (I, d); L2-normalised rows when the model was trained
+        on cosine scores (sampled softmax), so that <E_u, E_i> ranks exactly as training scored."""
         was_training = self.training
         self.eval()
         users, items = self.forward(adjacency)
         self.train(was_training)
+        if cosine:
+            users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
         return users.detach(), items.detach()

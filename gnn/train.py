@@ -137,7 +137,7 @@ def train_lightgcn(
                                       "seconds": round(time.perf_counter() - epoch_start, 3)}
             stop = False
             if data.valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                user_emb, item_emb = model.embeddings(adjacency)
+                user_emb, item_emb = model.embeddings(adjacency, cosine=config.loss == "softmax")
                 valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid, train_index,
                                                  ks, eval_config.batch_size, device)
                 record["valid"] = valid_metrics

@@ -165,7 +165,16 @@ def _stage(args: argparse.Namespace) -> None:
     print(f"homerank {args.command}: done ({run.root})")
 
 
+def _quiet_library_warnings() -> None:
+    import warnings
+
+    for message in ("Sparse CSR tensor support is in beta state", "Sparse invariant checks are implicitly",
+                    "`torch.jit.script` is deprecated"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     run_root = Path(args.out) if args.command != "generate" else None

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 
 from engine import schema as S
@@ -22,11 +23,14 @@ from engine.errors import HomerankError
 from engine.ingest import ingest_events, read_catalogue
 from engine.interactions import aggregate_edges, check_weights, sort_edges, weight_events
 from engine.kcore import kcore_filter
+from engine.lightgcn_format import load_lightgcn
 from engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
 from jobs.config import JobConfig
 from jobs.rundir import RunDir, write_json, write_parquet, write_parquet_dataset
 
 log = logging.getLogger(__name__)
+
+LIGHTGCN_EVENT = "interaction"  # the one event type of the lightgcn format (pairs carry no type)
 
 
 def _split_counts(edges: pd.DataFrame) -> dict[str, int]:
@@ -34,7 +38,49 @@ def _split_counts(edges: pd.DataFrame) -> dict[str, int]:
     return {name: int(counts.get(name, 0)) for name in ("train", "valid", "test")}
 
 
+def run_lightgcn_etl(input_path: str, run: RunDir, config: JobConfig) -> dict[str, Any]:
+    """ETL for the ``lightgcn`` format: the split is given; ids are already dense indices."""
+    started = time.perf_counter()
+    edges, num_users, num_items, valid_from_file = load_lightgcn(input_path, config.split.valid, config.seed)
+    edges[S.USER] = edges[S.USER_INDEX]
+    edges[S.ITEM] = edges[S.ITEM_INDEX]
+    edges[S.WEIGHT] = 1.0
+    user_index = pd.DataFrame({S.USER: np.arange(num_users), S.USER_INDEX: np.arange(num_users)})
+    item_index = pd.DataFrame({S.ITEM: np.arange(num_items), S.ITEM_INDEX: np.arange(num_items)})
+    # every known pair is "an interaction" with no event type: ranking excludes all of them
+    interactions = edges.drop_duplicates([S.USER, S.ITEM])[[S.USER, S.ITEM, S.WEIGHT]].assign(
+        **{S.count_column(LIGHTGCN_EVENT): 1})
+    write_parquet_dataset(run.quarantine, pd.DataFrame(columns=[S.REASON]))
+    write_parquet(run.interactions, interactions.reset_index(drop=True))
+    write_parquet(run.edges, edges)
+    write_parquet(run.user_index, user_index)
+    write_parquet(run.item_index, item_index)
+    rows = len(edges)
+    stats = {
+        "input": input_path,
+        "format": "lightgcn",
+        "files": 3 if valid_from_file else 2,
+        "id_dtype": "int64",
+        "rows": {"in": rows, "kept": rows, "quarantined": 0, "duplicates": 0},
+        "quarantine_reasons": {},
+        "reference_time": None,
+        "edges_all_time": len(interactions),
+        "users_all_time": num_users,
+        "items_all_time": num_items,
+        "kcore": {"rounds": 0, "edges": rows, "users": num_users, "items": num_items},
+        "split": _split_counts(edges),
+        "valid_source": "valid.txt" if valid_from_file else "random slice of train.txt",
+        "catalogue_rows": None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(run.etl_stats, stats)
+    log.info("etl (lightgcn): %s", {k: stats[k] for k in ("rows", "split", "valid_source")})
+    return stats
+
+
 def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
+    if config.ingest.format == "lightgcn":
+        return run_lightgcn_etl(input_path, run, config)
     started = time.perf_counter()
     event_types = [t.strip().lower() for t in config.ingest.event_types]
     check_weights(config.interactions.weights, event_types)
@@ -42,7 +88,7 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
     if unknown_exclusions:
         raise HomerankError(f"rank.exclude_event_types: {unknown_exclusions[0]!r} is not in ingest.event_types")
     with backend.dask_config():
-        ingested = ingest_events(input_path, config.ingest, backend)
+        ingested = ingest_events(input_path, config.ingest, backend, config.ingest.id_dtype)
         write_parquet_dataset(run.quarantine, ingested.quarantine)
         if ingested.rows["kept"] == 0:
             raise HomerankError(f"{input_path}: no valid rows left after validation (see {run.quarantine})")

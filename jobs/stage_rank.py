@@ -32,11 +32,16 @@ RANKING_COLUMNS = ["user_id", "rank", "item_id", "score"]
 
 
 def _excluded_pairs(interactions: pd.DataFrame, exclude_types: list[str]) -> pd.DataFrame:
+    """(user_id, item_id) pairs never to rank. Logs without event types (the lightgcn format) carry only
+    ``n_interaction``: then every known pair is excluded."""
     if not exclude_types:
         return interactions.iloc[:0][[S.USER, S.ITEM]]
+    columns = [S.count_column(t) for t in exclude_types if S.count_column(t) in interactions.columns]
+    if not columns and S.count_column("interaction") in interactions.columns:
+        columns = [S.count_column("interaction")]
     mask = np.zeros(len(interactions), dtype=bool)
-    for event_type in exclude_types:
-        mask |= interactions[S.count_column(event_type)].to_numpy() > 0
+    for column in columns:
+        mask |= interactions[column].to_numpy() > 0
     return interactions.loc[mask, [S.USER, S.ITEM]]
 
 

@@ -108,3 +108,9 @@ def test_generate_is_deterministic(tmp_path):
     b = pd.read_parquet(tmp_path / "b" / "events")
     pd.testing.assert_frame_equal(a, b)
     assert set(a["event_type"].dropna()) >= {"view", "click"}
+
+
+def test_example_config_is_the_default():
+    from jobs.config import JobConfig, load_config
+
+    assert load_config("configs/example.yaml") == JobConfig()

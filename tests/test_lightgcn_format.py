@@ -1,0 +1,62 @@
+"""The lightgcn input format on a tiny hand-made split, through the real pipeline."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.errors import HomerankError
+from engine.lightgcn_format import carve_validation, load_lightgcn, read_pairs
+from jobs.cli import main
+
+
+@pytest.fixture()
+def tiny_split(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    # 4 users, 6 items; users 0/1 like items 0-2, users 2/3 like items 3-5
+    (folder / "train.txt").write_text("0 0 1\n1 1 2\n2 3 4\n3 4 5\n")
+    (folder / "valid.txt").write_text("0 2\n2 5\n")
+    (folder / "test.txt").write_text("1 0\n3 3\n")
+    return folder
+
+
+def test_reads_pairs_and_splits(tiny_split):
+    users, items = read_pairs(tiny_split / "train.txt")
+    assert users.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and items.tolist() == [0, 1, 1, 2, 3, 4, 4, 5]
+    edges, num_users, num_items, from_file = load_lightgcn(str(tiny_split), 0.1, 0)
+    assert (num_users, num_items, from_file) == (4, 6, True)
+    assert edges["split"].value_counts().to_dict() == {"train": 8, "valid": 2, "test": 2}
+
+
+def test_bad_token_names_file_and_line(tmp_path):
+    (tmp_path / "train.txt").write_text("0 1 2\n1 x\n")
+    (tmp_path / "test.txt").write_text("0 3\n")
+    with pytest.raises(HomerankError, match=r"train.txt: line 2"):
+        load_lightgcn(str(tmp_path), 0.1, 0)
+
+
+def test_carved_validation_keeps_one_training_item():
+    users = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 2])
+    mask = carve_validation(users, np.arange(users.size), 0.2, seed=0)
+    assert mask[users == 0].sum() == 2 and mask[users == 1].sum() == 0 and mask[users == 2].sum() == 1
+
+
+def test_pipeline_on_tiny_split_with_hand_checked_metrics(tiny_split, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("device: cpu\ningest: {format: lightgcn}\n"
+                      "train: {embedding_dim: 8, num_layers: 1, epochs: 30, batch_size: 8, lr: 0.05, l2: 0.0}\n"
+                      "evaluate: {ks: [1, 2, 20]}\nrank: {k: 2}\n")
+    run = tmp_path / "run"
+    assert main(["run", "--input", str(tiny_split), "--out", str(run), "--config", str(config), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"] == {"users": 4, "items": 6, "train_edges": 8, "valid_edges": 2, "test_edges": 2}
+    # only training items are masked (protocol): user 1 ranks items 0, 3, 4, 5 and user 3 ranks 0, 1, 2, 3;
+    # the two communities put each test item (0 and 3) first
+    assert metrics["test"]["recall@2"] == 1.0
+    assert metrics["test"]["recall@20"] == 1.0 and metrics["test"]["hitrate@20"] == 1.0
+    rankings = pd.read_parquet(run / "rankings")
+    assert rankings.groupby("user_id").size().eq(2).all()
+    known = {(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 0), (2, 3), (2, 4), (2, 5), (3, 4), (3, 5), (3, 3)}
+    assert not set(zip(rankings["user_id"], rankings["item_id"], strict=True)) & known
