@@ -51,4 +51,4 @@ def test_popularity_baseline_same_list_minus_own_items():
 def test_csr_pairs_expand_rows():
     index = CSRIndex.from_pairs(np.array([0, 0, 2]), np.array([3, 1, 2]), 3, 4)
     rows, cols = index.pairs(torch.tensor([2, 0]))
-    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 2), (1, 1), (1, 3)]
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 2), (1, 1), (1, 3)]
