@@ -25,6 +25,7 @@ class TrainConfig(StrictModel):
     patience: int = Field(5, ge=1, description="evaluations without improvement before stopping")
     early_stopping_metric: str = "ndcg@20"
     checkpoint_every: int = Field(5, ge=1, description="write checkpoints/epoch_NNNN.pt every N epochs")
+    keep_checkpoints: int = Field(3, ge=1, description="keep only the newest N epoch checkpoints")
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 

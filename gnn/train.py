@@ -81,6 +81,9 @@ def train_lightgcn(
 ) -> TrainResult:
     """Train LightGCN; returns the model holding the best validation state (or the last, without valid)."""
     set_seed(seed)
+    if checkpoint_dir is not None:  # a fresh run: checkpoints of an earlier run would be mistaken for ours
+        for stale in checkpoint_dir.glob("*.pt"):
+            stale.unlink()
     if config.threads:
         torch.set_num_threads(config.threads)
     model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
@@ -161,6 +164,8 @@ def train_lightgcn(
             if checkpoint_dir is not None and epoch % config.checkpoint_every == 0:
                 save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", model, optimizer, epoch,
                                 {"seed": seed})
+                for old in sorted(checkpoint_dir.glob("epoch_*.pt"))[: -config.keep_checkpoints]:
+                    old.unlink()
             if config.time_budget_s is not None and elapsed >= config.time_budget_s and not stop:
                 stop, result.stopped_because = True, f"time budget {config.time_budget_s:.0f}s reached"
             if stop:

@@ -30,6 +30,8 @@ DEMO_OUT = "runs/demo"
 def _add_common(parser: argparse.ArgumentParser, needs_input: bool = False) -> None:
     if needs_input:
         parser.add_argument("--input", required=True, help="behaviour log: Parquet/CSV file, directory or glob")
+        parser.add_argument("--input-format", choices=["auto", "parquet", "csv", "lightgcn"],
+                            help="override ingest.format (lightgcn: folder with train.txt/test.txt[/valid.txt])")
     parser.add_argument("--out", required=True, help="run directory (created if missing)")
     parser.add_argument("--config", help="YAML config (default: RUN/config.yaml if present, else built-in)")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], help="compute backend (default: config)")
@@ -103,7 +105,10 @@ def _resolve_config(args: argparse.Namespace, run_root: Path | None):
     path = args.config
     if path is None and run_root is not None and (run_root / "config.yaml").exists():
         path = run_root / "config.yaml"
-    return with_overrides(load_config(path), device=args.device, seed=args.seed)
+    config = with_overrides(load_config(path), device=args.device, seed=args.seed)
+    if getattr(args, "input_format", None):
+        config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"format": args.input_format})})
+    return config
 
 
 def _generate(args: argparse.Namespace) -> None:
