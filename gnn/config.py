@@ -26,6 +26,9 @@ class TrainConfig(StrictModel):
     early_stopping_metric: str = "ndcg@20"
     checkpoint_every: int = Field(5, ge=1, description="write checkpoints/epoch_NNNN.pt every N epochs")
     keep_checkpoints: int = Field(3, ge=1, description="keep only the newest N epoch checkpoints")
+    snapshots: bool = Field(
+        False, description="save scoring embeddings at every evaluation (train/snapshots/) for time-accuracy curves"
+    )
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 

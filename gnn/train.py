@@ -76,13 +76,14 @@ def train_lightgcn(
     seed: int,
     device: torch.device,
     checkpoint_dir: Path | None = None,
+    snapshot_dir: Path | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     show_progress: bool = True,
 ) -> TrainResult:
     """Train LightGCN; returns the model holding the best validation state (or the last, without valid)."""
     set_seed(seed)
-    if checkpoint_dir is not None:  # a fresh run: checkpoints of an earlier run would be mistaken for ours
-        for stale in checkpoint_dir.glob("*.pt"):
+    for folder in (checkpoint_dir, snapshot_dir):  # a fresh run: an earlier run's files would be mistaken for ours
+        for stale in folder.glob("*.pt") if folder is not None else ():
             stale.unlink()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -144,6 +145,11 @@ def train_lightgcn(
                 valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid, train_index,
                                                  ks, eval_config.batch_size, device)
                 record["valid"] = valid_metrics
+                if snapshot_dir is not None:
+                    snapshot_dir.mkdir(parents=True, exist_ok=True)
+                    torch.save({"users": user_emb.cpu(), "items": item_emb.cpu(), "epoch": epoch,
+                                "elapsed": time.perf_counter() - started},
+                               snapshot_dir / f"epoch_{epoch:04d}.pt")
                 value = valid_metrics[metric_name]
                 if result.best_metric is None or value > result.best_metric:
                     result.best_metric, result.best_epoch, since_best = value, epoch, 0

@@ -37,7 +37,9 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     if not has_valid:
         log.warning("no validation edges (split.valid = 0): no early stopping, the last epoch is kept")
     result = train_lightgcn(data, config.train, config.evaluate, config.seed, backend.torch_device,
-                            checkpoint_dir=run.checkpoints, show_progress=show_progress)
+                            checkpoint_dir=run.checkpoints,
+                            snapshot_dir=run.root / "train" / "snapshots" if config.train.snapshots else None,
+                            show_progress=show_progress)
     user_emb, item_emb = result.model.embeddings(data.adjacency.to(backend.torch_device),
                                                  cosine=config.train.loss == "softmax")
     with atomic_path(run.embeddings) as tmp:
