@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= runs/demo
 
-.PHONY: demo test install install-test lint clean
+.PHONY: demo test install install-test install-bench bench-etl bench-accuracy lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,21 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -e '.[bench,dev]'
+	touch $@
+
+install-bench: $(VENV)/.installed-bench
+
+bench-etl: install-bench
+	$(PY) bench/etl_bench.py
+
+bench-accuracy: install-bench
+	$(PY) bench/accuracy_bench.py
+
+lint: install-bench
+	$(VENV)/bin/ruff check engine gnn jobs bench tests
 
 clean:
 	rm -rf runs .pytest_cache

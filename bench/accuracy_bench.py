@@ -1,0 +1,170 @@
+"""Accuracy on a LightGCN-format split (default: Gowalla): homerank's recipe vs PyG's example recipe vs
+implicit's ALS, same data, same machine, same evaluator.
+
+1. Runs the documented command
+       homerank run --input-format lightgcn --input DATA --out RUN --config bench/configs/lightgcn_recipe.yaml
+   (early stopping on a validation slice carved from train.txt; test.txt is used once, for metrics.json).
+2. Builds our accuracy-vs-time curve from the run's snapshots (embeddings saved at each validation step):
+   each is scored on test afterwards, for the plot and the time-to-floor only — no choice depends on it.
+3. Runs the peers within the same training-time budget, then writes
+   bench/results/accuracy/<name>/{metrics.json, curves.json, summary.md, curves.png, run.log}.
+
+    python bench/accuracy_bench.py [--data ../shared/datasets/gowalla] [--skip-peers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine_info  # noqa: E402
+from gnn.metrics import embedding_scorer, evaluate_ranking  # noqa: E402
+from jobs.rundir import RunDir  # noqa: E402
+from jobs.stage_io import split_index  # noqa: E402
+
+FLOOR = {"recall@20": 0.1830, "ndcg@20": 0.1554}  # LightGCN paper, Gowalla
+GOAL = {"recall@20": 0.1900, "ndcg@20": 0.1600}
+
+
+def first_time(curve: list[dict], key: str, threshold: float) -> float | None:
+    for point in curve:
+        if point[key] >= threshold:
+            return point["seconds"]
+    return None
+
+
+def our_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_items: int) -> list[dict]:
+    train = split_index(edges, "train", num_users, num_items)
+    test = split_index(edges, "test", num_users, num_items)
+    curve = []
+    for path in sorted((run.root / "train" / "snapshots").glob("epoch_*.pt")):
+        snap = torch.load(path, weights_only=True)
+        metrics = evaluate_ranking(embedding_scorer(snap["users"], snap["items"]), test, train, [20])
+        curve.append({"epoch": int(snap["epoch"]), "seconds": round(float(snap["elapsed"]), 2),
+                      "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"]})
+    return curve
+
+
+def plot(curves: dict[str, list[dict]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("recall@20", "ndcg@20"), strict=True):
+        for name, curve in curves.items():
+            if curve:
+                ax.plot([p["seconds"] for p in curve], [p[key] for p in curve], marker="o", ms=3, label=name)
+        ax.axhline(FLOOR[key], color="grey", ls="--", lw=1, label="LightGCN paper")
+        ax.axhline(GOAL[key], color="black", ls=":", lw=1, label="goal")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel(f"test {key}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="accuracy side by side on a LightGCN-format split")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "gowalla"))
+    parser.add_argument("--name", default=None, help="results folder name (default: the data folder's name)")
+    parser.add_argument("--config", default=str(ROOT / "bench" / "configs" / "lightgcn_recipe.yaml"))
+    parser.add_argument("--run", default=None, help="run directory (default: runs/bench/<name>)")
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--peer-budget", type=float, default=None, help="seconds (default: our training time)")
+    args = parser.parse_args()
+    name = args.name or Path(args.data).name
+    out = ROOT / "bench" / "results" / "accuracy" / name
+    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(Path(args.run) if args.run else ROOT / "runs" / "bench" / name)
+    command = [str(Path(sys.executable).parent / "homerank"), "run", "--input-format", "lightgcn", "--input",
+               args.data, "--out", str(run.root), "--config", args.config]
+    print("$", " ".join(command), flush=True)
+    with open(out / "run.log", "w") as log_file:
+        log_file.write("$ " + " ".join(command) + "\n")
+        log_file.flush()
+        subprocess.run(command, check=True, stdout=log_file, stderr=subprocess.STDOUT)
+    shutil.copy(run.root / "logs" / "homerank.log", out / "homerank.log")
+    shutil.copy(run.config, out / "config.yaml")
+    metrics = json.loads(run.metrics.read_text())
+    edges = pd.read_parquet(run.edges)
+    num_users, num_items = metrics["dataset"]["users"], metrics["dataset"]["items"]
+    curves = {"homerank": our_curve(run, edges, num_users, num_items)}
+    budget = args.peer_budget or max(60.0, metrics["train_seconds"])
+    if not args.skip_peers:
+        train = edges[edges["split"] != "test"]  # peers train on all of train.txt (no validation needed)
+        users = torch.from_numpy(train["user_index"].to_numpy().copy())
+        items = torch.from_numpy(train["item_index"].to_numpy().copy())
+        full_train = split_index(edges.assign(split=edges["split"].where(edges["split"] == "test", "train")),
+                                 "train", num_users, num_items)
+        test = split_index(edges, "test", num_users, num_items)
+        try:
+            from bench.peers.implicit_als import run_implicit_als
+
+            curves["implicit ALS (256 f, alpha 20)"] = run_implicit_als(users.numpy(), items.numpy(), num_users,
+                                                                         num_items, test, full_train)
+        except ImportError as exc:
+            print(f"skip implicit: {exc}")
+        from bench.peers.pyg_example import run_pyg_example
+
+        curves["PyG examples/lightgcn.py recipe"] = run_pyg_example(users, items, num_users, num_items, test,
+                                                                    full_train, budget)
+    ours = curves["homerank"]
+    time_to_floor = first_time(ours, "recall@20", FLOOR["recall@20"])
+    both = next((p["seconds"] for p in ours if p["recall@20"] >= FLOOR["recall@20"]
+                 and p["ndcg@20"] >= FLOOR["ndcg@20"]), None)
+    peers_floor = {peer: first_time(curve, "recall@20", FLOOR["recall@20"]) for peer, curve in curves.items()
+                   if peer != "homerank"}
+    result = {
+        **metrics,
+        "time_to_floor_seconds": time_to_floor,
+        "time_to_floor_both_metrics_seconds": both,
+        "floor": FLOOR,
+        "goal": GOAL,
+        "goal_met": metrics["test"]["recall@20"] >= GOAL["recall@20"] and metrics["test"]["ndcg@20"] >= GOAL["ndcg@20"],
+        "peers_time_to_floor_seconds": peers_floor,
+        "peer_budget_seconds": budget if not args.skip_peers else None,
+        "command": " ".join(command),
+        "machine": machine_info(("implicit", "matplotlib")),
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "curves.json").write_text(json.dumps(curves, indent=2) + "\n")
+    plot(curves, out / "curves.png", f"{name}: test metric vs training time ({result['machine']['cpu_count']} CPU cores"
+                                     f"{', ' + result['machine']['cuda'] if result['machine']['cuda'] else ''})")
+    lines = [f"# Accuracy on {name}", "", f"Command: `{result['command']}`", "",
+             "| method | best test recall@20 | best test ndcg@20 | final seconds | seconds to recall@20 ≥ 0.1830 |",
+             "|---|---|---|---|---|"]
+    for peer, curve in curves.items():
+        if not curve:
+            continue
+        final = curve[-1]
+        best = max(curve, key=lambda p: p["recall@20"])
+        reach = first_time(curve, "recall@20", FLOOR["recall@20"])
+        lines.append(f"| {peer} | {best['recall@20']:.4f} | {best['ndcg@20']:.4f} | {final['seconds']:.0f} | "
+                     f"{'—' if reach is None else f'{reach:.0f}'} |")
+    lines += ["", f"homerank final (model chosen on validation, test read once): recall@20 "
+                  f"{metrics['test']['recall@20']:.4f}, ndcg@20 {metrics['test']['ndcg@20']:.4f}, "
+                  f"{metrics['train_seconds']:.0f} s training, {metrics['epochs']} epochs, device {metrics['device']}.",
+              "", "The homerank curve scores the snapshots taken at each validation step on test after training; "
+                  "peers' best rows are over their test curve (an optimistic view of them).",
+              "", f"Machine: `{json.dumps(result['machine'])}`"]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
