@@ -15,6 +15,9 @@ class TrainConfig(StrictModel):
     epochs: int = Field(40, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(16384, ge=1, description="positive (user, item) pairs per step")
     lr: float = Field(0.01, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: lr decays to 0 along a half cosine over `epochs`"
+    )
     l2: float = Field(1e-4, ge=0, description="L2 on the batch's layer-0 embeddings (LightGCN paper)")
     loss: Literal["bpr", "softmax"] = Field(
         "bpr", description="bpr: one sampled negative per positive; softmax: sampled softmax over negatives"

@@ -91,6 +91,9 @@ def train_lightgcn(
     model.to(device)
     adjacency = data.adjacency.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = -(-data.train_users.numel() // config.batch_size)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+                if config.lr_schedule == "cosine" else None)
     generator = torch.Generator(device=device).manual_seed(seed)
     users_all, items_all = data.train_users.to(device), data.train_items.to(device)
     keys = torch.unique(users_all * data.num_items + items_all)
@@ -135,6 +138,8 @@ def train_lightgcn(
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 total_loss += float(loss.detach())
                 steps += 1
             record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(steps, 1),
