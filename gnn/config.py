@@ -9,6 +9,16 @@ from pydantic import Field, field_validator
 from engine.config import StrictModel
 
 
+class LinearFilterConfig(StrictModel):
+    """Optional GF-CF linear filter ensembled with LightGCN (gnn.linear_filter); its share is chosen on
+    the validation split from ``weights`` (0 = LightGCN alone, 1 = filter alone)."""
+
+    enabled: bool = False
+    singular_vectors: int = Field(256, ge=1, description="k of the ideal low-pass filter")
+    alpha: float = Field(0.3, ge=0, description="weight of the low-pass term inside GF-CF")
+    weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+
+
 class TrainConfig(StrictModel):
     embedding_dim: int = Field(64, ge=1)
     num_layers: int = Field(3, ge=0, description="LightGCN propagation layers")
@@ -34,6 +44,7 @@ class TrainConfig(StrictModel):
     )
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    linear_filter: LinearFilterConfig = Field(default_factory=LinearFilterConfig)
 
 
 class EvalConfig(StrictModel):

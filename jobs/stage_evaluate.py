@@ -11,11 +11,11 @@ import pandas as pd
 
 from engine.backend import Backend
 from engine.split import SPLIT
-from gnn.metrics import embedding_scorer, evaluate_ranking, popularity_scorer
+from gnn.metrics import evaluate_ranking, popularity_scorer
 from jobs.config import JobConfig
 from jobs.rundir import RunDir, read_json, write_json
 from jobs.stage_io import item_popularity, require, split_index
-from jobs.stage_train import load_embeddings
+from jobs.stage_train import load_embeddings, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +25,19 @@ def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     user_emb, item_emb = load_embeddings(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     num_users, num_items = user_emb.shape[0], item_emb.shape[0]
+    model_scores = load_scorer(run, edges, backend.torch_device)
     device = backend.torch_device
     train = split_index(edges, "train", num_users, num_items)
     test = split_index(edges, "test", num_users, num_items)
     ks = config.evaluate.ks
     batch = config.evaluate.batch_size
-    gnn_scores = embedding_scorer(user_emb.to(device), item_emb.to(device))
     popularity = popularity_scorer(item_popularity(edges, num_items).to(device))
-    test_metrics = evaluate_ranking(gnn_scores, test, train, ks, batch, device)
+    test_metrics = evaluate_ranking(model_scores, test, train, ks, batch, device)
     baseline = evaluate_ranking(popularity, test, train, ks, batch, device)
     result: dict[str, Any] = {"test": test_metrics, "baselines": {"popularity": baseline}}
     if (edges[SPLIT] == "valid").any():
         valid = split_index(edges, "valid", num_users, num_items)
-        result["valid"] = evaluate_ranking(gnn_scores, valid, train, ks, batch, device)
+        result["valid"] = evaluate_ranking(model_scores, valid, train, ks, batch, device)
     eval_seconds = time.perf_counter() - started
     summary = read_json(require(run.train_summary, "train"))
     etl = read_json(require(run.etl_stats, "etl"))
@@ -48,6 +48,8 @@ def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         "train_seconds": summary["train_seconds"],
         "epochs": summary["epochs"],
         "best_epoch": summary["best_epoch"],
+        "model": "lightgcn" + ("+gf-cf" if summary.get("linear_filter") else ""),
+        "linear_filter": summary.get("linear_filter"),
         "eval_seconds": round(eval_seconds, 3),
         "dataset": {
             "users": num_users,

@@ -20,11 +20,11 @@ import torch
 from engine import schema as S
 from engine.backend import Backend
 from engine.encode import decode
-from gnn.metrics import CSRIndex, embedding_scorer, popularity_scorer, top_k
+from gnn.metrics import CSRIndex, popularity_scorer, top_k
 from jobs.config import JobConfig
 from jobs.rundir import RunDir, write_json, write_parquet_dataset
 from jobs.stage_io import item_popularity, require
-from jobs.stage_train import load_embeddings
+from jobs.stage_train import load_embeddings, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def run_rank(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]
                                   len(everyone), num_items)
 
     model_users = torch.arange(num_users)
-    items, scores = top_k(embedding_scorer(user_emb.to(device), item_emb.to(device)), model_users, k, exclude,
+    items, scores = top_k(load_scorer(run, edges, device), model_users, k, exclude,
                           config.rank.batch_size, device)
     frames = [_ranking_frame(everyone[S.USER].to_numpy()[:num_users], items, scores, item_index)]
     if len(cold):

@@ -4,6 +4,7 @@ train/summary.json with the per-epoch history)."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pandas as pd
@@ -12,6 +13,8 @@ import torch
 from engine import schema as S
 from engine.backend import Backend
 from engine.split import SPLIT
+from gnn.linear_filter import LinearFilter, ensemble_scorer
+from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_ranking
 from gnn.train import TrainData, train_lightgcn
 from jobs.config import JobConfig
 from jobs.rundir import RunDir, atomic_path, write_json
@@ -36,6 +39,9 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     )
     if not has_valid:
         log.warning("no validation edges (split.valid = 0): no early stopping, the last epoch is kept")
+    stale_filter = run.root / "train" / "linear_filter.pt"
+    if stale_filter.exists():
+        stale_filter.unlink()
     result = train_lightgcn(data, config.train, config.evaluate, config.seed, backend.torch_device,
                             checkpoint_dir=run.checkpoints,
                             snapshot_dir=run.root / "train" / "snapshots" if config.train.snapshots else None,
@@ -44,8 +50,12 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
                                                  cosine=config.train.loss == "softmax")
     with atomic_path(run.embeddings) as tmp:
         torch.save({"users": user_emb.cpu(), "items": item_emb.cpu()}, tmp)
+    ensemble = None
+    if config.train.linear_filter.enabled:
+        ensemble = _fit_linear_filter(run, config, data, backend, user_emb, item_emb)
     summary = {
         "device": backend.device_label,
+        "linear_filter": ensemble,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "best_valid": result.best_metric,
@@ -56,6 +66,46 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     }
     write_json(run.train_summary, summary)
     return summary
+
+
+def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend: Backend, user_emb: torch.Tensor,
+                       item_emb: torch.Tensor) -> dict[str, Any]:
+    """Fit GF-CF on the training pairs and choose its ensemble share on validation."""
+    settings = config.train.linear_filter
+    started = time.perf_counter()
+    linear = LinearFilter.fit(data.train_users.numpy(), data.train_items.numpy(), data.num_users, data.num_items,
+                              settings.singular_vectors, settings.alpha, config.seed)
+    device = backend.torch_device
+    weight, scores = 1.0 if data.valid is None else 0.0, {}
+    if data.valid is not None:
+        train_index = CSRIndex.from_pairs(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
+                                          data.num_items)
+        gnn = embedding_scorer(user_emb.to(device), item_emb.to(device))
+        metric = config.train.early_stopping_metric
+        ks = sorted({*config.evaluate.ks, int(metric.split("@")[1])})
+        for candidate in settings.weights:
+            scorer = ensemble_scorer(gnn, linear.scorer(device), candidate)
+            value = evaluate_ranking(scorer, data.valid, train_index, ks, config.evaluate.batch_size, device)[metric]
+            scores[str(candidate)] = value
+            log.info("linear filter share %.2f: valid %s %.4f", candidate, metric, value)
+        weight = float(max(settings.weights, key=lambda w: scores[str(w)]))
+    with atomic_path(run.root / "train" / "linear_filter.pt") as tmp:
+        torch.save({**linear.state(), "weight": torch.tensor(weight)}, tmp)
+    return {"weight": weight, "valid": scores, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> ScoreFn:
+    """The run's scoring function: LightGCN embeddings, ensembled with GF-CF when the run fitted one."""
+    user_emb, item_emb = load_embeddings(run)
+    scorer = embedding_scorer(user_emb.to(device), item_emb.to(device))
+    path = run.root / "train" / "linear_filter.pt"
+    if not path.exists():
+        return scorer
+    state = torch.load(path, weights_only=True)
+    train = edges[edges[SPLIT] == "train"]
+    linear = LinearFilter.from_state(state, train[S.USER_INDEX].to_numpy(), train[S.ITEM_INDEX].to_numpy(),
+                                     user_emb.shape[0], item_emb.shape[0])
+    return ensemble_scorer(scorer, linear.scorer(device), float(state["weight"]))
 
 
 def load_embeddings(run: RunDir) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,111 @@
+"""GF-CF, the closed-form graph filter of Shen et al. (CIKM 2021), used alone or ensembled with LightGCN.
+
+With the binary training matrix R (U x I), degrees D_U, D_I and R~ = D_U^-1/2 R D_I^-1/2:
+
+    s_u = r_u R~^T R~  +  alpha * r_u D_I^-1/2 V_k V_k^T D_I^1/2
+
+The first term is the normalised item-item (linear) filter, the second an ideal low-pass filter built from
+the top-k right singular vectors V_k (I x k) of R~. Nothing is trained; the fit is one truncated SVD.
+Scores for a block of users are two sparse-dense products (R~ r^T, then R~^T of that) plus two thin dense
+products, so full ranking stays a blocked matmul.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+def _torch_csr(matrix: scipy.sparse.csr_matrix) -> Tensor:
+    return torch.sparse_csr_tensor(torch.from_numpy(matrix.indptr.astype(np.int64)),
+                                   torch.from_numpy(matrix.indices.astype(np.int64)),
+                                   torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape)
+
+
+@dataclass
+class LinearFilter:
+    """Fitted GF-CF. ``vectors`` (I, k); degrees (I,); ``interactions`` R (U x I) binary CSR."""
+
+    interactions: scipy.sparse.csr_matrix
+    normalised: scipy.sparse.csr_matrix
+    vectors: Tensor
+    item_degree: Tensor
+    alpha: float
+
+    @classmethod
+    def fit(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, k: int = 256,
+            alpha: float = 0.3, seed: int = 0) -> LinearFilter:
+        started = time.perf_counter()
+        matrix = scipy.sparse.csr_matrix((np.ones(users.size, dtype=np.float32), (users, items)),
+                                         shape=(num_users, num_items))
+        matrix.data[:] = 1.0  # binary even if a pair repeats
+        user_degree = np.asarray(matrix.sum(axis=1)).ravel()
+        item_degree = np.asarray(matrix.sum(axis=0)).ravel()
+        inv_u = np.divide(1.0, np.sqrt(user_degree), out=np.zeros_like(user_degree), where=user_degree > 0)
+        inv_i = np.divide(1.0, np.sqrt(item_degree), out=np.zeros_like(item_degree), where=item_degree > 0)
+        normalised = (scipy.sparse.diags(inv_u) @ matrix @ scipy.sparse.diags(inv_i)).tocsr().astype(np.float32)
+        k = min(k, min(num_users, num_items) - 1)
+        rng = np.random.default_rng(seed)
+        _, _, vt = scipy.sparse.linalg.svds(normalised, k=k, v0=rng.random(min(normalised.shape)))
+        log.info("linear filter: top-%d SVD in %.1fs", k, time.perf_counter() - started)
+        return cls(matrix, normalised, torch.from_numpy(np.ascontiguousarray(vt.T, dtype=np.float32)),
+                   torch.from_numpy(item_degree.astype(np.float32)), alpha)
+
+    def scorer(self, device: torch.device | str = "cpu"):
+        """Returns ``score(users (B,)) -> (B, I)`` (see the module formula)."""
+        normalised = _torch_csr(self.normalised).to(device)
+        normalised_t = _torch_csr(self.normalised.T.tocsr()).to(device)
+        vectors = self.vectors.to(device)
+        degree = self.item_degree.to(device)
+        inv_sqrt = torch.where(degree > 0, degree.rsqrt(), torch.zeros_like(degree))
+        interactions = self.interactions
+
+        def score(batch: Tensor) -> Tensor:
+            rows = torch.from_numpy(interactions[batch.cpu().numpy()].toarray()).to(device)  # (B, I)
+            linear = torch.sparse.mm(normalised_t, torch.sparse.mm(normalised, rows.T)).T  # r R~^T R~
+            ideal = ((rows * inv_sqrt) @ vectors) @ vectors.T * degree.sqrt()
+            return linear + self.alpha * ideal
+
+        return score
+
+    def state(self) -> dict[str, Tensor]:
+        return {"vectors": self.vectors, "item_degree": self.item_degree, "alpha": torch.tensor(self.alpha)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], users: np.ndarray, items: np.ndarray, num_users: int,
+                   num_items: int) -> LinearFilter:
+        """Rebuild from saved singular vectors and the same training pairs (no SVD)."""
+        matrix = scipy.sparse.csr_matrix((np.ones(users.size, dtype=np.float32), (users, items)),
+                                         shape=(num_users, num_items))
+        matrix.data[:] = 1.0
+        user_degree = np.asarray(matrix.sum(axis=1)).ravel()
+        item_degree = state["item_degree"].numpy()
+        inv_u = np.divide(1.0, np.sqrt(user_degree), out=np.zeros_like(user_degree), where=user_degree > 0)
+        inv_i = np.divide(1.0, np.sqrt(item_degree), out=np.zeros_like(item_degree), where=item_degree > 0)
+        normalised = (scipy.sparse.diags(inv_u) @ matrix @ scipy.sparse.diags(inv_i)).tocsr().astype(np.float32)
+        return cls(matrix, normalised, state["vectors"], state["item_degree"], float(state["alpha"]))
+
+
+def standardise(scores: Tensor) -> Tensor:
+    """Per-row z-score, so two scorers on different scales can be mixed."""
+    mean = scores.mean(dim=1, keepdim=True)
+    std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
+    return (scores - mean) / std
+
+
+def ensemble_scorer(first, second, weight: float):
+    """score = (1 - weight) * z(first) + weight * z(second), row-standardised (see `standardise`)."""
+    if weight <= 0:
+        return first
+    if weight >= 1:
+        return second
+    return lambda batch: (1 - weight) * standardise(first(batch)) + weight * standardise(second(batch))

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+import torch
+
+from gnn.linear_filter import LinearFilter, ensemble_scorer, standardise
+
+
+def test_gf_cf_scores_match_the_dense_formula():
+    rng = np.random.default_rng(0)
+    dense = (rng.random((12, 9)) < 0.35).astype(np.float64)
+    dense[:, 0] = 1  # no empty item column
+    users, items = np.nonzero(dense)
+    fitted = LinearFilter.fit(users, items, 12, 9, k=3, alpha=0.5)
+    du, di = dense.sum(1), dense.sum(0)
+    norm = dense / np.sqrt(np.where(du > 0, du, 1))[:, None] / np.sqrt(di)[None, :]
+    v = fitted.vectors.numpy().astype(np.float64)
+    expected = dense @ norm.T @ norm + 0.5 * (dense / np.sqrt(di)) @ v @ v.T * np.sqrt(di)
+    got = fitted.scorer()(torch.arange(12)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # the singular vectors are those of the normalised matrix: V^T V = I and they span its top subspace
+    np.testing.assert_allclose(v.T @ v, np.eye(3), atol=1e-5)
+    top = np.linalg.svd(norm)[2][:3]
+    np.testing.assert_allclose(v @ v.T, top.T @ top, atol=1e-4)  # same subspace (order and sign free)
+
+
+def test_ensemble_mixes_standardised_scores():
+    first = lambda batch: torch.tensor([[1.0, 2.0, 3.0]])  # noqa: E731
+    second = lambda batch: torch.tensor([[30.0, 20.0, 10.0]])  # noqa: E731
+    batch = torch.tensor([0])
+    assert torch.equal(ensemble_scorer(first, second, 0.0)(batch), first(batch))
+    assert torch.equal(ensemble_scorer(first, second, 1.0)(batch), second(batch))
+    mixed = ensemble_scorer(first, second, 0.5)(batch)
+    torch.testing.assert_close(mixed, torch.zeros(1, 3))  # opposite orders cancel exactly
+    assert standardise(torch.tensor([[1.0, 3.0]]))[0].tolist() == pytest.approx([-0.7071, 0.7071], abs=1e-4)
