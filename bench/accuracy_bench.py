@@ -104,6 +104,11 @@ def main() -> None:
     edges = pd.read_parquet(run.edges)
     num_users, num_items = metrics["dataset"]["users"], metrics["dataset"]["items"]
     curves = {"homerank": our_curve(run, edges, num_users, num_items)}
+    summary = json.loads(run.train_summary.read_text())
+    if summary.get("linear_filter"):  # the final ensemble lands after training + the filter's fit and choice
+        curves["homerank"].append({"epoch": "final (LightGCN + GF-CF)",
+                                   "seconds": round(metrics["train_seconds"] + summary["linear_filter"]["seconds"], 2),
+                                   "recall@20": metrics["test"]["recall@20"], "ndcg@20": metrics["test"]["ndcg@20"]})
     budget = args.peer_budget or max(60.0, metrics["train_seconds"])
     if not args.skip_peers:
         train = edges[edges["split"] != "test"]  # peers train on all of train.txt (no validation needed)

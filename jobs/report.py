@@ -85,8 +85,9 @@ def write_report(run: RunDir) -> Path:
     parts = [f"# homerank run report — `{run.root}`", ""]
     metrics, etl = _maybe(run.metrics), _maybe(run.etl_stats)
     if metrics:
-        parts += [f"Device: **{metrics['device']}** · training {metrics['train_seconds']:.1f} s · "
-                  f"{metrics['epochs']} epochs · dataset {metrics['dataset']}"]
+        dataset = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in metrics["dataset"].items())
+        parts += [f"Device: **{metrics['device']}** · model {metrics.get('model', 'lightgcn')} · training "
+                  f"{metrics['train_seconds']:.1f} s · {metrics['epochs']} epochs · {dataset}"]
     timings = _maybe(run.timings)
     if timings:
         parts += ["", "Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
