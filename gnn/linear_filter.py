@@ -31,6 +31,20 @@ def _torch_csr(matrix: scipy.sparse.csr_matrix) -> Tensor:
                                    torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape)
 
 
+def normalised_interactions(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
+                            ) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix, np.ndarray]:
+    """(binary R, R~ = D_U^-1/2 R D_I^-1/2, item degrees) from training pairs."""
+    matrix = scipy.sparse.csr_matrix((np.ones(users.size, dtype=np.float32), (users, items)),
+                                     shape=(num_users, num_items))
+    matrix.data[:] = 1.0  # binary even if a pair repeats
+    user_degree = np.asarray(matrix.sum(axis=1)).ravel()
+    item_degree = np.asarray(matrix.sum(axis=0)).ravel()
+    inv_u = np.divide(1.0, np.sqrt(user_degree), out=np.zeros_like(user_degree), where=user_degree > 0)
+    inv_i = np.divide(1.0, np.sqrt(item_degree), out=np.zeros_like(item_degree), where=item_degree > 0)
+    normalised = (scipy.sparse.diags(inv_u) @ matrix @ scipy.sparse.diags(inv_i)).tocsr().astype(np.float32)
+    return matrix, normalised, item_degree
+
+
 @dataclass
 class LinearFilter:
     """Fitted GF-CF. ``vectors`` (I, k); degrees (I,); ``interactions`` R (U x I) binary CSR."""
@@ -45,14 +59,7 @@ class LinearFilter:
     def fit(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, k: int = 256,
             alpha: float = 0.3, seed: int = 0) -> LinearFilter:
         started = time.perf_counter()
-        matrix = scipy.sparse.csr_matrix((np.ones(users.size, dtype=np.float32), (users, items)),
-                                         shape=(num_users, num_items))
-        matrix.data[:] = 1.0  # binary even if a pair repeats
-        user_degree = np.asarray(matrix.sum(axis=1)).ravel()
-        item_degree = np.asarray(matrix.sum(axis=0)).ravel()
-        inv_u = np.divide(1.0, np.sqrt(user_degree), out=np.zeros_like(user_degree), where=user_degree > 0)
-        inv_i = np.divide(1.0, np.sqrt(item_degree), out=np.zeros_like(item_degree), where=item_degree > 0)
-        normalised = (scipy.sparse.diags(inv_u) @ matrix @ scipy.sparse.diags(inv_i)).tocsr().astype(np.float32)
+        matrix, normalised, item_degree = normalised_interactions(users, items, num_users, num_items)
         k = min(k, min(num_users, num_items) - 1)
         rng = np.random.default_rng(seed)
         _, _, vt = scipy.sparse.linalg.svds(normalised, k=k, v0=rng.random(min(normalised.shape)))
@@ -84,14 +91,7 @@ class LinearFilter:
     def from_state(cls, state: dict[str, Tensor], users: np.ndarray, items: np.ndarray, num_users: int,
                    num_items: int) -> LinearFilter:
         """Rebuild from saved singular vectors and the same training pairs (no SVD)."""
-        matrix = scipy.sparse.csr_matrix((np.ones(users.size, dtype=np.float32), (users, items)),
-                                         shape=(num_users, num_items))
-        matrix.data[:] = 1.0
-        user_degree = np.asarray(matrix.sum(axis=1)).ravel()
-        item_degree = state["item_degree"].numpy()
-        inv_u = np.divide(1.0, np.sqrt(user_degree), out=np.zeros_like(user_degree), where=user_degree > 0)
-        inv_i = np.divide(1.0, np.sqrt(item_degree), out=np.zeros_like(item_degree), where=item_degree > 0)
-        normalised = (scipy.sparse.diags(inv_u) @ matrix @ scipy.sparse.diags(inv_i)).tocsr().astype(np.float32)
+        matrix, normalised, _ = normalised_interactions(users, items, num_users, num_items)
         return cls(matrix, normalised, state["vectors"], state["item_degree"], float(state["alpha"]))
 
 
