@@ -17,3 +17,9 @@ class HomerankError(Exception):
 
     def __reduce__(self):  # keep the message when dask ships the error between processes
         return (type(self), (self.message,))
+
+
+class GateError(HomerankError):
+    """A data-quality gate stopped the job before training (exit status 3)."""
+
+    exit_code = 3

@@ -33,10 +33,19 @@ def bpr_loss(user: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
     return F.softplus(-margin).mean()
 
 
-def sampled_softmax_loss(user: Tensor, positive: Tensor, negatives: Tensor, temperature: float) -> Tensor:
-    """Mean sampled-softmax loss; user/positive (B, d), shared negatives (M, d)."""
+def sampled_softmax_loss(user: Tensor, positive: Tensor, negatives: Tensor, temperature: float,
+                         user_of_pair: Tensor | None = None) -> Tensor:
+    """Mean sampled-softmax loss over B positive pairs with M shared negatives.
+
+    Args:
+        user: (B_u, d) embeddings of the batch's distinct users (or (B, d), one row per pair, when
+            ``user_of_pair`` is None). positive: (B, d). negatives: (M, d).
+        user_of_pair: (B,) row of ``user`` for each pair. The negatives' log-sum-exp depends only on the
+            user, so it is computed once per distinct user: a (B_u, M) product instead of (B, M).
+    """
     user_n, pos_n, neg_n = (F.normalize(x, dim=-1) for x in (user, positive, negatives))
-    pos_logit = (user_n * pos_n).sum(-1, keepdim=True) / temperature
-    neg_logit = user_n @ neg_n.T / temperature
-    logits = torch.cat([pos_logit, neg_logit], dim=1)
-    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    negative_lse = torch.logsumexp(user_n @ neg_n.T / temperature, dim=1)  # (B_u,)
+    if user_of_pair is not None:
+        user_n, negative_lse = user_n[user_of_pair], negative_lse[user_of_pair]
+    pos_logit = (user_n * pos_n).sum(-1) / temperature
+    return (torch.logaddexp(pos_logit, negative_lse) - pos_logit).mean()

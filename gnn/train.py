@@ -69,6 +69,17 @@ def load_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _epoch_order(users: torch.Tensor, num_users: int, by_user: bool, generator: torch.Generator) -> torch.Tensor:
+    """Visiting order of the training pairs for one epoch: a random permutation, or (``by_user``) pairs
+    grouped by user with the users in random order, so that a batch holds whole users (sampled softmax
+    then scores each user against the shared negatives once)."""
+    order = torch.randperm(users.numel(), generator=generator, device=users.device)
+    if not by_user:
+        return order
+    user_rank = torch.randperm(num_users, generator=generator, device=users.device)
+    return order[torch.argsort(user_rank[users[order]], stable=True)]
+
+
 def train_lightgcn(
     data: TrainData,
     config: TrainConfig,
@@ -114,7 +125,7 @@ def train_lightgcn(
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            order = torch.randperm(num_pairs, generator=generator, device=device)
+            order = _epoch_order(users_all, data.num_users, config.loss == "softmax", generator)
             total_loss, steps = 0.0, 0
             for start in range(0, num_pairs, config.batch_size):
                 batch = order[start : start + config.batch_size]
@@ -131,8 +142,9 @@ def train_lightgcn(
                 else:
                     negatives = torch.randint(0, data.num_items, (config.negatives,), generator=generator,
                                               device=device)
-                    loss = sampled_softmax_loss(user_emb[users], item_emb[positives], item_emb[negatives],
-                                                config.temperature)
+                    batch_users, user_of_pair = torch.unique_consecutive(users, return_inverse=True)
+                    loss = sampled_softmax_loss(user_emb[batch_users], item_emb[positives], item_emb[negatives],
+                                                config.temperature, user_of_pair)
                     reg = l2_penalty(layer0[users], layer0[data.num_users + positives])
                 objective = loss + config.l2 * reg
                 optimizer.zero_grad(set_to_none=True)

@@ -31,6 +31,19 @@ class RankConfig(StrictModel):
     batch_size: int = Field(4096, ge=1)
 
 
+class GatesConfig(StrictModel):
+    """Data-quality gates checked after ETL; a failing gate stops the job before training."""
+
+    max_quarantined_share: float | None = Field(
+        0.05, ge=0, le=1, description="stop when more than this share of input rows is quarantined"
+    )
+    max_edge_change: float | None = Field(
+        None, ge=0, description="stop when training edges change by more than this share vs the previous ETL "
+        "in the same run directory (e.g. 0.3)"
+    )
+    min_train_edges: int = Field(1, ge=0, description="stop when fewer training edges remain")
+
+
 class JobConfig(StrictModel):
     seed: int = 42
     device: Literal["auto", "cpu", "gpu"] = "auto"
@@ -42,6 +55,7 @@ class JobConfig(StrictModel):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
 
 
 def _format_error(source: str, error: ValidationError) -> str:

@@ -11,6 +11,7 @@ from importlib import metadata
 from typing import Any
 
 from engine.backend import Backend
+from engine.errors import HomerankError
 from jobs.cluster import dask_client
 from jobs.config import JobConfig, dump_config
 from jobs.report import write_report
@@ -54,6 +55,20 @@ def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
               show_progress: bool = True) -> Any:
     started = time.perf_counter()
     log.info("stage %s: start (%s)", stage, run.root)
+    try:
+        result = _dispatch(stage, run, config, backend, input_path, show_progress)
+    except HomerankError:
+        write_report(run)  # the report shows what stopped the job (quarantine counts, failed gates)
+        raise
+    seconds = time.perf_counter() - started
+    _record_timing(run, stage, seconds)
+    write_report(run)
+    log.info("stage %s: done in %.1fs", stage, seconds)
+    return result
+
+
+def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | None,
+              show_progress: bool) -> Any:
     if stage == "etl":
         assert input_path is not None
         with dask_client(config.cluster, backend):
@@ -68,10 +83,6 @@ def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
         result = run_rank(run, config, backend)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(stage)
-    seconds = time.perf_counter() - started
-    _record_timing(run, stage, seconds)
-    write_report(run)
-    log.info("stage %s: done in %.1fs", stage, seconds)
     return result
 
 

@@ -39,6 +39,11 @@ def _rows_section(etl: dict[str, Any]) -> list[str]:
                    [["all time", etl["users_all_time"], etl["items_all_time"], etl["edges_all_time"]],
                     [f"k-core ({kcore['rounds']} rounds)", kcore["users"], kcore["items"], kcore["edges"]]]),
             "", "Temporal split (edges): " + ", ".join(f"{k} {v}" for k, v in etl["split"].items())]
+    if etl.get("gates"):
+        out += ["", "Data-quality gates:", "",
+                _table(["gate", "value", "threshold", "result"],
+                       [[g["gate"], g["value"], g["threshold"], "pass" if g["passed"] else "**FAIL**"]
+                        for g in etl["gates"]])]
     return out
 
 

@@ -7,6 +7,7 @@ killed job leaves either the previous complete artifact or none, never a half-wr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from engine.errors import HomerankError
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,41 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
         frame.to_parquet(tmp, index=False)
 
 
+MANIFEST = "_SUCCESS.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_parquet_dataset(path: Path, frame: pd.DataFrame, rows_per_file: int = 1_000_000) -> None:
-    """A directory of ``part-NNNNN.parquet`` files, swapped into place as a whole."""
+    """A directory of ``part-NNNNN.parquet`` files plus a ``_SUCCESS.json`` manifest (rows and sha256 per
+    file), swapped into place as a whole: a dataset without its manifest is never complete."""
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
+        files = {}
         for number, start in enumerate(range(0, max(len(frame), 1), rows_per_file)):
-            frame.iloc[start : start + rows_per_file].to_parquet(tmp / f"part-{number:05d}.parquet", index=False)
+            part = tmp / f"part-{number:05d}.parquet"
+            chunk = frame.iloc[start : start + rows_per_file]
+            chunk.to_parquet(part, index=False)
+            files[part.name] = {"rows": len(chunk), "sha256": _sha256(part)}
+        manifest = {"rows": len(frame), "columns": [str(c) for c in frame.columns], "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def verify_dataset(path: Path) -> dict[str, Any]:
+    """Check a dataset written by `write_parquet_dataset` against its manifest; returns the manifest."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise HomerankError(f"{path}: incomplete dataset (no {MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    for name, expected in manifest["files"].items():
+        part = path / name
+        if not part.exists() or _sha256(part) != expected["sha256"]:
+            raise HomerankError(f"{part}: missing or changed since it was written (checksum mismatch)")
+    return manifest

@@ -26,7 +26,8 @@ from engine.kcore import kcore_filter
 from engine.lightgcn_format import load_lightgcn
 from engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
 from jobs.config import JobConfig
-from jobs.rundir import RunDir, write_json, write_parquet, write_parquet_dataset
+from jobs.gates import enforce, evaluate_gates
+from jobs.rundir import RunDir, read_json, write_json, write_parquet, write_parquet_dataset
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,24 @@ def _split_counts(edges: pd.DataFrame) -> dict[str, int]:
     return {name: int(counts.get(name, 0)) for name in ("train", "valid", "test")}
 
 
+def _previous_stats(run: RunDir) -> dict[str, Any] | None:
+    return read_json(run.etl_stats) if run.etl_stats.exists() else None
+
+
+def _finish(run: RunDir, config: JobConfig, stats: dict[str, Any], previous: dict[str, Any] | None
+            ) -> dict[str, Any]:
+    """Write the statistics, then check the data-quality gates (raises GateError before any training)."""
+    stats["gates"] = evaluate_gates(stats, previous, config.gates)
+    write_json(run.etl_stats, stats)
+    log.info("etl: %s", {k: stats[k] for k in ("rows", "kcore", "split")})
+    enforce(stats["gates"])
+    return stats
+
+
 def run_lightgcn_etl(input_path: str, run: RunDir, config: JobConfig) -> dict[str, Any]:
     """ETL for the ``lightgcn`` format: the split is given; ids are already dense indices."""
     started = time.perf_counter()
+    previous = _previous_stats(run)
     edges, num_users, num_items, valid_from_file = load_lightgcn(input_path, config.split.valid, config.seed)
     edges[S.USER] = edges[S.USER_INDEX]
     edges[S.ITEM] = edges[S.ITEM_INDEX]
@@ -73,15 +89,14 @@ def run_lightgcn_etl(input_path: str, run: RunDir, config: JobConfig) -> dict[st
         "catalogue_rows": None,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_json(run.etl_stats, stats)
-    log.info("etl (lightgcn): %s", {k: stats[k] for k in ("rows", "split", "valid_source")})
-    return stats
+    return _finish(run, config, stats, previous)
 
 
 def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
     if config.ingest.format == "lightgcn":
         return run_lightgcn_etl(input_path, run, config)
     started = time.perf_counter()
+    previous = _previous_stats(run)
     event_types = [t.strip().lower() for t in config.ingest.event_types]
     check_weights(config.interactions.weights, event_types)
     unknown_exclusions = [t for t in config.rank.exclude_event_types if t not in event_types]
@@ -145,6 +160,4 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
         "catalogue_rows": catalogue_rows,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_json(run.etl_stats, stats)
-    log.info("etl: %s", {k: stats[k] for k in ("rows", "kcore", "split")})
-    return stats
+    return _finish(run, config, stats, previous)

@@ -114,3 +114,22 @@ def test_example_config_is_the_default():
     from jobs.config import JobConfig, load_config
 
     assert load_config("configs/example.yaml") == JobConfig()
+
+
+def test_quarantine_gate_stops_before_training(tmp_path):
+    log = tmp_path / "log.csv"
+    rows = ["user_id,item_id,event_type,timestamp"]
+    rows += [f"u{i % 3},i{i % 4},view,2026-01-0{1 + i % 5}" for i in range(30)]
+    rows += [f"u{i},i1,hover,2026-01-01" for i in range(5)]  # 5 of 35 rows quarantined: 14% > 5%
+    log.write_text("\n".join(rows) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("interactions: {min_user_interactions: 1, min_item_interactions: 1}\n")
+    run = tmp_path / "run"
+    result = run_cli("run", "--input", str(log), "--out", str(run), "--device", "cpu", "--quiet", "--config",
+                     str(config))
+    assert result.returncode == 3, result.stderr
+    assert "max_quarantined_share" in result.stderr and "Traceback" not in result.stderr
+    assert not (run / "graph").exists() and not (run / "rankings").exists()
+    gates = json.loads((run / "etl" / "stats.json").read_text())["gates"]
+    assert [g["passed"] for g in gates if g["gate"] == "max_quarantined_share"] == [False]
+    assert "FAIL" in (run / "report.md").read_text()

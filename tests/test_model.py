@@ -53,3 +53,12 @@ def test_symmetric_backward_matches_autograd_through_pyg():
     expected = reference.get_embedding(graph.edge_index, graph.edge_weight)
     expected.pow(2).sum().backward()
     torch.testing.assert_close(ours.layer0.grad, reference.embedding.weight.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_softmax_per_user_negatives_equal_per_pair_form():
+    torch.manual_seed(0)
+    users, positives, negatives = torch.randn(3, 4), torch.randn(7, 4), torch.randn(5, 4)
+    user_of_pair = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    grouped = sampled_softmax_loss(users, positives, negatives, 0.3, user_of_pair)
+    per_pair = sampled_softmax_loss(users[user_of_pair], positives, negatives, 0.3)
+    torch.testing.assert_close(grouped, per_pair)
