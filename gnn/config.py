@@ -45,6 +45,9 @@ class TrainConfig(StrictModel):
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     linear_filter: LinearFilterConfig = Field(default_factory=LinearFilterConfig)
+    memory_limit_gb: float | None = Field(
+        None, gt=0, description="memory the guard may plan with (default: what the device has free)"
+    )
 
 
 class EvalConfig(StrictModel):

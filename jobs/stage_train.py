@@ -14,6 +14,7 @@ from engine import schema as S
 from engine.backend import Backend
 from engine.split import SPLIT
 from gnn.linear_filter import LinearFilter, ensemble_scorer
+from gnn.memory import check_training_memory
 from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_ranking
 from gnn.train import TrainData, train_lightgcn
 from jobs.config import JobConfig
@@ -37,6 +38,11 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
         adjacency=graph.adjacency(),
         valid=split_index(edges, "valid", graph.num_users, graph.num_items) if has_valid else None,
     )
+    limit = int(config.train.memory_limit_gb * 2**30) if config.train.memory_limit_gb else None
+    estimate = check_training_memory(graph.num_users, graph.num_items, len(train), config.train, config.evaluate,
+                                     backend.torch_device, limit)
+    log.info("memory guard: ~%.2f GiB needed, %.1f GiB free", estimate.bytes_needed / 2**30,
+             estimate.bytes_available / 2**30)
     if not has_valid:
         log.warning("no validation edges (split.valid = 0): no early stopping, the last epoch is kept")
     stale_filter = run.root / "train" / "linear_filter.pt"

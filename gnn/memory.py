@@ -1,0 +1,88 @@
+"""Resource guard: estimate the memory a training run needs before it starts, and fail early with a
+suggestion instead of running out of memory mid-job.
+
+Estimate in bytes (float32 = 4 bytes, N = U + I nodes, d = embedding_dim, L = layers, nnz = 2E):
+
+    parameters + gradient + Adam moments    4 * N * d * 4
+    propagation kept for backward           (L + 2) * N * d * 4
+    adjacency (CSR)                          nnz * 12 + (N + 1) * 8
+    loss                                     softmax: batch_users * negatives * 4 * 3; bpr: batch * d * 4 * 6
+    full-ranking block                       eval_batch * I * 4 * 3
+
+times a safety factor of 1.5 for allocator slack and temporaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.errors import HomerankError
+from gnn.config import EvalConfig, TrainConfig
+
+SAFETY = 1.5
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    bytes_needed: int
+    bytes_available: int
+    parts: dict[str, int]
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes_needed <= self.bytes_available
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate_training_memory(num_users: int, num_items: int, num_edges: int, train: TrainConfig,
+                             evaluate: EvalConfig, average_degree: float) -> dict[str, int]:
+    nodes, dim = num_users + num_items, train.embedding_dim
+    if train.loss == "softmax":
+        batch_users = min(num_users, max(1, int(train.batch_size / max(average_degree, 1.0))))
+        loss = batch_users * train.negatives * 4 * 3 + train.batch_size * dim * 4 * 4
+    else:
+        loss = train.batch_size * train.negatives * dim * 4 * 6
+    return {
+        "parameters_and_optimizer": 4 * nodes * dim * 4,
+        "propagation": (train.num_layers + 2) * nodes * dim * 4,
+        "adjacency": 2 * num_edges * 12 + (nodes + 1) * 8,
+        "loss": loss,
+        "ranking_block": min(evaluate.batch_size, num_users) * num_items * 4 * 3,
+    }
+
+
+def check_training_memory(num_users: int, num_items: int, num_edges: int, train: TrainConfig,
+                          evaluate: EvalConfig, device: torch.device, limit_bytes: int | None = None
+                          ) -> MemoryEstimate:
+    """Raise HomerankError with a suggestion when the estimate exceeds what the device has free."""
+    parts = estimate_training_memory(num_users, num_items, num_edges, train, evaluate,
+                                     num_edges / max(num_users, 1))
+    needed = int(sum(parts.values()) * SAFETY)
+    available = limit_bytes if limit_bytes is not None else available_bytes(device)
+    estimate = MemoryEstimate(needed, available, parts)
+    if not estimate.fits:
+        biggest = max(parts, key=parts.get)
+        hint = {
+            "parameters_and_optimizer": "a smaller train.embedding_dim or a stricter k-core "
+                                        "(interactions.min_user_interactions / min_item_interactions)",
+            "propagation": "fewer train.num_layers or a smaller train.embedding_dim",
+            "adjacency": "a stricter k-core (interactions.min_*_interactions)",
+            "loss": "a smaller train.batch_size or train.negatives",
+            "ranking_block": "a smaller evaluate.batch_size",
+        }[biggest]
+        where = "GPU" if device.type == "cuda" else "RAM"
+        raise HomerankError(
+            f"train: estimated {needed / 2**30:.1f} GiB needed but {available / 2**30:.1f} GiB {where} free "
+            f"(largest part: {biggest}); try {hint}" + ("" if device.type == "cuda" else ", or --device gpu")
+        )
+    return estimate

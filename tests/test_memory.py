@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+from engine.errors import HomerankError
+from gnn.config import EvalConfig, TrainConfig
+from gnn.memory import SAFETY, check_training_memory, estimate_training_memory
+
+
+def test_estimate_by_hand():
+    train = TrainConfig(embedding_dim=8, num_layers=2, batch_size=100, negatives=1, loss="bpr")
+    parts = estimate_training_memory(10, 20, 50, train, EvalConfig(batch_size=4), average_degree=5.0)
+    assert parts["parameters_and_optimizer"] == 4 * 30 * 8 * 4
+    assert parts["propagation"] == 4 * 30 * 8 * 4
+    assert parts["adjacency"] == 100 * 12 + 31 * 8
+    assert parts["loss"] == 100 * 1 * 8 * 4 * 6
+    assert parts["ranking_block"] == 4 * 20 * 4 * 3
+    estimate = check_training_memory(10, 20, 50, train, EvalConfig(batch_size=4), torch.device("cpu"), 10**9)
+    assert estimate.bytes_needed == int(sum(parts.values()) * SAFETY)
+
+
+def test_guard_fails_early_with_a_suggestion():
+    train = TrainConfig(embedding_dim=512)
+    with pytest.raises(HomerankError, match=r"GiB needed .*largest part: propagation.*embedding_dim"):
+        check_training_memory(2_000_000, 1_000_000, 10_000_000, train, EvalConfig(), torch.device("cpu"), 2**30)
