@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engine.errors import HomerankError
 from gnn.config import EvalConfig, TrainConfig
 from gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
 from gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
@@ -66,7 +67,13 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    """A checkpoint, loaded with ``weights_only=True`` (tensors and plain containers only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    candidates = sorted(Path(folder).glob("epoch_*.pt"))
+    return candidates[-1] if candidates else None
 
 
 def _epoch_order(users: torch.Tensor, num_users: int, by_user: bool, generator: torch.Generator) -> torch.Tensor:
@@ -90,12 +97,22 @@ def train_lightgcn(
     snapshot_dir: Path | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     show_progress: bool = True,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train LightGCN; returns the model holding the best validation state (or the last, without valid)."""
+    """Train LightGCN; returns the model holding the best validation state (or the last, without valid).
+
+    With ``resume``, training continues from the newest ``checkpoint_dir/epoch_*.pt`` (model, optimizer,
+    schedule, sampler RNG, history and best state are all restored), so a killed run finishes with the same
+    result as an uninterrupted one.
+    """
     set_seed(seed)
-    for folder in (checkpoint_dir, snapshot_dir):  # a fresh run: an earlier run's files would be mistaken for ours
-        for stale in folder.glob("*.pt") if folder is not None else ():
-            stale.unlink()
+    checkpoint = latest_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
+    if resume and checkpoint is None:
+        log.warning("--resume: no epoch checkpoint in %s, training from the start", checkpoint_dir)
+    if checkpoint is None:  # a fresh run: an earlier run's files would be mistaken for ours
+        for folder in (checkpoint_dir, snapshot_dir):
+            for stale in folder.glob("*.pt") if folder is not None else ():
+                stale.unlink()
     if config.threads:
         torch.set_num_threads(config.threads)
     model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
@@ -117,12 +134,30 @@ def train_lightgcn(
     metric_name = config.early_stopping_metric
     ks = sorted({*eval_config.ks, int(metric_name.split("@")[1])})
     started = time.perf_counter()
+    first_epoch = 1
+    if checkpoint is not None:
+        state = load_state(checkpoint)
+        if state.get("seed") != seed:
+            raise HomerankError(f"{checkpoint}: written with seed {state.get('seed')}, not {seed}; "
+                                "resume with the same seed or train from the start")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None and "schedule" in state:
+            schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        result.history = list(state["history"])
+        best_state = state.get("best_state")
+        result.best_metric, result.best_epoch = state.get("best_metric"), int(state.get("best_epoch", 0))
+        since_best = int(state.get("since_best", 0))
+        started -= float(state.get("elapsed", 0.0))
+        first_epoch = int(state["epoch"]) + 1
+        log.info("resuming from %s (epoch %d)", checkpoint, first_epoch - 1)
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} ep"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show_progress,
                         transient=False)
     with progress:
-        task = progress.add_task("train", total=config.epochs, status="")
-        for epoch in range(1, config.epochs + 1):
+        task = progress.add_task("train", total=config.epochs, completed=first_epoch - 1, status="")
+        for epoch in range(first_epoch, config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
             order = _epoch_order(users_all, data.num_users, config.loss == "softmax", generator)
@@ -185,8 +220,12 @@ def train_lightgcn(
             log.info("epoch %d loss %.4f%s (%.1fs)", epoch, record["loss"], valid_text, record["seconds"])
             progress.update(task, advance=1, status=f"loss {record['loss']:.4f}{valid_text}")
             if checkpoint_dir is not None and epoch % config.checkpoint_every == 0:
-                save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", model, optimizer, epoch,
-                                {"seed": seed})
+                save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", model, optimizer, epoch, {
+                    "seed": seed, "generator": generator.get_state(), "history": result.history,
+                    "best_state": best_state, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
+                    "since_best": since_best, "elapsed": time.perf_counter() - started,
+                    **({"schedule": schedule.state_dict()} if schedule is not None else {}),
+                })
                 for old in sorted(checkpoint_dir.glob("epoch_*.pt"))[: -config.keep_checkpoints]:
                     old.unlink()
             if config.time_budget_s is not None and elapsed >= config.time_budget_s and not stop:

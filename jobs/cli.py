@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Reads the log through dask; bad rows go to RUN/quarantine/."),
                 needs_input=True)
     _add_common(sub.add_parser("graph", help="build the normalised bipartite graph from RUN's ETL output"))
-    _add_common(sub.add_parser("train", help="train LightGCN (PyG) on RUN's graph"))
+    train = sub.add_parser("train", help="train LightGCN (PyG) on RUN's graph")
+    _add_common(train)
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest checkpoints/epoch_*.pt (same seed and config)")
     _add_common(sub.add_parser("evaluate", help="full-ranking metrics of the model and the popularity baseline"))
     _add_common(sub.add_parser("rank", help="write top-K rankings per user to RUN/rankings/"))
     _add_common(sub.add_parser("run", help="the whole pipeline: etl, graph, train, evaluate, rank"),
@@ -166,7 +169,8 @@ def _stage(args: argparse.Namespace) -> None:
         return
     if args.command == "etl" or args.config or args.device or args.seed is not None:
         write_resolved_config(run, config)
-    run_stage(args.command, run, config, backend, getattr(args, "input", None), show_progress=not args.quiet)
+    run_stage(args.command, run, config, backend, getattr(args, "input", None), show_progress=not args.quiet,
+              resume=getattr(args, "resume", False))
     print(f"homerank {args.command}: done ({run.root})")
 
 

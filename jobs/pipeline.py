@@ -52,11 +52,11 @@ def _record_timing(run: RunDir, stage: str, seconds: float) -> None:
 
 
 def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | None = None,
-              show_progress: bool = True) -> Any:
+              show_progress: bool = True, resume: bool = False) -> Any:
     started = time.perf_counter()
     log.info("stage %s: start (%s)", stage, run.root)
     try:
-        result = _dispatch(stage, run, config, backend, input_path, show_progress)
+        result = _dispatch(stage, run, config, backend, input_path, show_progress, resume)
     except HomerankError:
         write_report(run)  # the report shows what stopped the job (quarantine counts, failed gates)
         raise
@@ -68,7 +68,7 @@ def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
 
 
 def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | None,
-              show_progress: bool) -> Any:
+              show_progress: bool, resume: bool) -> Any:
     if stage == "etl":
         assert input_path is not None
         with dask_client(config.cluster, backend):
@@ -76,7 +76,7 @@ def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
     elif stage == "graph":
         result = run_graph(run, config, backend)
     elif stage == "train":
-        result = run_train(run, config, backend, show_progress=show_progress)
+        result = run_train(run, config, backend, show_progress=show_progress, resume=resume)
     elif stage == "evaluate":
         result = run_evaluate(run, config, backend)
     elif stage == "rank":

@@ -25,7 +25,8 @@ from jobs.stage_io import require, split_index
 log = logging.getLogger(__name__)
 
 
-def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: bool = True) -> dict[str, Any]:
+def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: bool = True,
+              resume: bool = False) -> dict[str, Any]:
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     train = edges[edges[SPLIT] == "train"]
@@ -51,7 +52,7 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     result = train_lightgcn(data, config.train, config.evaluate, config.seed, backend.torch_device,
                             checkpoint_dir=run.checkpoints,
                             snapshot_dir=run.root / "train" / "snapshots" if config.train.snapshots else None,
-                            show_progress=show_progress)
+                            show_progress=show_progress, resume=resume)
     user_emb, item_emb = result.model.embeddings(data.adjacency.to(backend.torch_device),
                                                  cosine=config.train.loss == "softmax")
     with atomic_path(run.embeddings) as tmp:

@@ -1,0 +1,61 @@
+"""Crash and resume with a real SIGKILL: the resumed run ends exactly where an uninterrupted one does."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from jobs.cli import main
+
+CONFIG = """
+seed: 5
+device: cpu
+interactions: {min_user_interactions: 3, min_item_interactions: 3}
+train: {embedding_dim: 32, num_layers: 2, epochs: 12, batch_size: 1024, lr: 0.01, checkpoint_every: 1,
+        keep_checkpoints: 2, patience: 100, threads: 1}
+evaluate: {ks: [10, 20]}
+rank: {k: 10}
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume(tmp_path):
+    from engine.synthetic import SyntheticSpec, generate
+
+    generate(tmp_path / "log", SyntheticSpec(users=1500, items=600, events=80_000, users_per_partition=500, seed=3))
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    first = tmp_path / "uninterrupted"
+    for stage in (["etl", "--input", str(tmp_path / "log" / "events")], ["graph"]):
+        assert main([*stage, "--out", str(first), "--config", str(config), "--quiet"]) == 0
+    second = tmp_path / "killed"
+    shutil.copytree(first, second)
+
+    for command in ("train", "evaluate", "rank"):
+        assert main([command, "--out", str(first), "--quiet"]) == 0
+
+    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "train", "--out", str(second), "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (second / "checkpoints" / "epoch_0003.pt").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (second / "checkpoints" / "best.pt").exists()  # it really died mid-training
+
+    assert main(["train", "--resume", "--out", str(second), "--quiet"]) == 0
+    for command in ("evaluate", "rank"):
+        assert main([command, "--out", str(second), "--quiet"]) == 0
+    expected = json.loads((first / "metrics.json").read_text())
+    resumed = json.loads((second / "metrics.json").read_text())
+    assert resumed["test"] == expected["test"] and resumed["epochs"] == expected["epochs"] == 12
+    pd.testing.assert_frame_equal(pd.read_parquet(second / "rankings"), pd.read_parquet(first / "rankings"))
+    log = (second / "logs" / "homerank.log").read_text()
+    assert "resuming from" in log
