@@ -69,8 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest checkpoints/epoch_*.pt (same seed and config)")
     _add_common(sub.add_parser("evaluate", help="full-ranking metrics of the model and the popularity baseline"))
     _add_common(sub.add_parser("rank", help="write top-K rankings per user to RUN/rankings/"))
-    _add_common(sub.add_parser("run", help="the whole pipeline: etl, graph, train, evaluate, rank"),
-                needs_input=True)
+    run_parser = sub.add_parser("run", help="the whole pipeline: etl, graph, train, evaluate, rank")
+    _add_common(run_parser, needs_input=True)
+    run_parser.add_argument("--resume", action="store_true",
+                            help="skip stages whose inputs and config are unchanged (fingerprints in "
+                                 "logs/stages.json) and continue an interrupted training from its checkpoints")
 
     demo = sub.add_parser("demo", help="generate the synthetic log and run the whole pipeline on it",
                           description="Writes the input to INPUT (default runs/demo/input) and the run to OUT "
@@ -164,7 +167,7 @@ def _stage(args: argparse.Namespace) -> None:
     config = _resolve_config(args, run.root)
     backend = resolve_backend(config.device)
     if args.command == "run":
-        metrics = run_pipeline(args.input, run, config, backend, show_progress=not args.quiet)
+        metrics = run_pipeline(args.input, run, config, backend, show_progress=not args.quiet, resume=args.resume)
         _print_summary(run, metrics)
         return
     if args.command == "etl" or args.config or args.device or args.seed is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import platform
 import socket
@@ -86,12 +88,70 @@ def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
     return result
 
 
+STAGE_OUTPUTS = {"etl": ("etl_stats", "edges"), "graph": ("graph",), "train": ("embeddings", "train_summary"),
+                 "evaluate": ("metrics",), "rank": ("rankings", "rank_stats")}
+
+
+def input_fingerprint(input_path: str, config: JobConfig) -> list[list[Any]]:
+    """(path, size, mtime) of every input file: a changed daily drop changes the ETL fingerprint."""
+    from pathlib import Path
+
+    from engine.ingest import discover_files
+
+    if config.ingest.format == "lightgcn":
+        files = sorted(str(p) for p in Path(input_path).glob("*.txt"))
+    else:
+        files = [f.path for f in discover_files(input_path, config.ingest.format)]
+    if config.ingest.catalogue:
+        files.append(config.ingest.catalogue)
+    return [[f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files if Path(f).exists()]
+
+
+STAGE_SETTINGS = {"etl": ("seed", "ingest", "interactions", "split", "gates", "rank"), "graph": ("graph",),
+                  "train": ("seed", "device", "train", "evaluate"), "evaluate": ("evaluate",), "rank": ("rank",)}
+
+
+def stage_fingerprints(input_path: str, config: JobConfig) -> dict[str, str]:
+    """Each stage's fingerprint hashes the config sections it reads (STAGE_SETTINGS) and chains the stage
+    before it, so a changed input or setting reruns that stage and everything downstream, nothing upstream."""
+    settings = config.model_dump(mode="json")
+    fingerprints, previous = {}, json.dumps(input_fingerprint(input_path, config))
+    for stage in STAGES:
+        own = json.dumps({key: settings[key] for key in STAGE_SETTINGS[stage]}, sort_keys=True)
+        previous = hashlib.sha256(f"{stage}|{previous}|{own}".encode()).hexdigest()
+        fingerprints[stage] = previous
+    return fingerprints
+
+
+def _stage_complete(run: RunDir, stage: str, fingerprint: str, recorded: dict[str, Any]) -> bool:
+    entry = recorded.get(stage, {})
+    outputs = all(getattr(run, name).exists() for name in STAGE_OUTPUTS[stage])
+    return entry.get("fingerprint") == fingerprint and entry.get("status") == "done" and outputs
+
+
 def run_pipeline(input_path: str, run: RunDir, config: JobConfig, backend: Backend,
-                 show_progress: bool = True) -> dict[str, Any]:
+                 show_progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """All stages in order. With ``resume``, stages whose recorded fingerprint matches are skipped and an
+    interrupted training continues from its checkpoints (`gnn.train`)."""
     run.ensure()
     write_resolved_config(run, config)
-    if run.timings.exists():
+    recorded = read_json(run.stages) if resume and run.stages.exists() else {}
+    if not resume and run.timings.exists():
         run.timings.unlink()
+    fingerprints = stage_fingerprints(input_path, config)
+    upstream_rerun = False
     for stage in STAGES:
-        run_stage(stage, run, config, backend, input_path if stage == "etl" else None, show_progress)
+        fingerprint = fingerprints[stage]
+        if resume and not upstream_rerun and _stage_complete(run, stage, fingerprint, recorded):
+            log.info("stage %s: up to date (fingerprint %s), skipped", stage, fingerprint[:12])
+            continue
+        continue_training = (resume and not upstream_rerun and stage == "train"
+                             and recorded.get("train", {}).get("fingerprint") == fingerprint)
+        recorded[stage] = {"fingerprint": fingerprint, "status": "started"}
+        write_json(run.stages, recorded)
+        run_stage(stage, run, config, backend, input_path if stage == "etl" else None, show_progress,
+                  resume=continue_training)
+        recorded[stage] = {"fingerprint": fingerprint, "status": "done"}
+        write_json(run.stages, recorded)
+        upstream_rerun = True
     return read_json(run.metrics)

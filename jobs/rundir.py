@@ -52,6 +52,7 @@ class RunDir:
     rankings = property(lambda self: self.root / "rankings")
     rank_stats = property(lambda self: self.root / "rank" / "stats.json")
     timings = property(lambda self: self.root / "logs" / "timings.json")
+    stages = property(lambda self: self.root / "logs" / "stages.json")
 
     def ensure(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,24 @@ def test_sigkill_during_training_then_resume(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(second / "rankings"), pd.read_parquet(first / "rankings"))
     log = (second / "logs" / "homerank.log").read_text()
     assert "resuming from" in log
+
+
+def test_run_resume_skips_completed_stages_and_reruns_after_a_change(tiny_log, tiny_config, tmp_path):
+    run = tmp_path / "run"
+    args = ["run", "--input", str(tiny_log / "events"), "--out", str(run), "--config", str(tiny_config), "--quiet"]
+    assert main(args) == 0
+    stages = json.loads((run / "logs" / "stages.json").read_text())
+    assert all(entry["status"] == "done" for entry in stages.values()) and len(stages) == 5
+    metrics = (run / "metrics.json").read_text()
+    marker = (run / "rankings" / "_SUCCESS.json").stat().st_mtime_ns
+    assert main([*args, "--resume"]) == 0
+    assert "up to date" in (run / "logs" / "homerank.log").read_text()
+    assert (run / "rankings" / "_SUCCESS.json").stat().st_mtime_ns == marker  # nothing rewritten
+    assert (run / "metrics.json").read_text() == metrics
+    # a changed training setting reruns train and everything after it, not the ETL
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(tiny_config.read_text().replace("epochs: 4", "epochs: 3"))
+    etl_before = (run / "etl" / "stats.json").stat().st_mtime_ns
+    assert main([*args[:-3], "--config", str(changed), "--quiet", "--resume"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+    assert (run / "etl" / "stats.json").stat().st_mtime_ns == etl_before  # upstream of the change: kept
