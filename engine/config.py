@@ -29,6 +29,9 @@ class IngestConfig(StrictModel):
     timestamp_unit: Literal["s", "ms", "us", "ns"] = Field(
         "s", description="unit of numeric (epoch) timestamps; strings and datetimes are parsed as is"
     )
+    pseudonymise_user_ids: bool = Field(
+        False, description="replace user ids by a keyed hash (key: $HOMERANK_PSEUDONYM_KEY) at ingest"
+    )
     id_dtype: Literal["auto", "int64", "string"] = Field(
         "auto", description="auto: int64 when every Parquet file stores integer ids, else string"
     )

@@ -29,6 +29,7 @@ from engine import schema as S
 from engine.backend import Backend
 from engine.config import IngestConfig
 from engine.errors import HomerankError
+from engine.privacy import pseudonym_key, pseudonymise
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,8 @@ def _empty_clean(columns: list[str], id_dtype: IdDtype) -> pd.DataFrame:
 
 
 def _read_and_validate(
-    file: InputFile, columns: list[str], event_types: list[str], id_dtype: IdDtype, unit: str
+    file: InputFile, columns: list[str], event_types: list[str], id_dtype: IdDtype, unit: str,
+    pseudonym_key: bytes | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     try:
         raw = _read_raw(file, columns)
@@ -253,6 +255,9 @@ def _read_and_validate(
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HomerankError(f"{file.path}: could not be read ({first_line})") from None
     clean, rejected = validate_events(raw, file.path, event_types, id_dtype, unit)
+    if pseudonym_key is not None:
+        clean[S.USER] = pseudonymise(clean[S.USER], pseudonym_key)
+        rejected[S.USER] = pseudonymise(rejected[S.USER], pseudonym_key)
     return clean, rejected, len(raw)
 
 
@@ -272,14 +277,17 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     optional = [c for c in S.OPTIONAL_EVENT_COLUMNS if all(c in cols for cols in column_sets)]
     columns = list(S.REQUIRED_EVENT_COLUMNS) + optional
     resolved_ids = decide_id_dtype(files, id_dtype)
+    key = pseudonym_key() if config.pseudonymise_user_ids else None
     event_types = [e.strip().lower() for e in config.event_types]
     log.info("ingest: %d file(s), id dtype %s, columns %s", len(files), resolved_ids, columns)
 
     read = dask.delayed(_read_and_validate, nout=3, pure=True)
     # persist the per-file results once: the clean frames, the rejected rows and the row counts all come
     # from the same read, so no file is parsed twice
-    parts = dask.persist(*[read(f, columns, event_types, resolved_ids, config.timestamp_unit) for f in files])
+    parts = dask.persist(*[read(f, columns, event_types, resolved_ids, config.timestamp_unit, key) for f in files])
     meta = _empty_clean(columns, resolved_ids)
+    if key is not None:
+        meta[S.USER] = meta[S.USER].astype("string")
     clean = dd.from_delayed([p[0] for p in parts], meta=meta, verify_meta=False)
     if backend.name == "gpu":
         clean = clean.to_backend("cudf")

@@ -97,3 +97,21 @@ def test_conservation_law_on_arbitrary_rows(data):
     assert set(clean[S.EVENT]) <= set(TYPES)
     deduped = clean.drop_duplicates()
     assert len(deduped) + (len(clean) - len(deduped)) + len(rejected) == len(raw)
+
+
+def test_pseudonymised_ids_never_reach_outputs(tmp_path, monkeypatch):
+    path = write_csv(tmp_path / "log.csv", "user_id,item_id,event_type,timestamp\n"
+                     "alice,i1,view,2026-01-01\nbob,i2,view,2026-01-01\n,i3,view,2026-01-01\n")
+    config = IngestConfig(pseudonymise_user_ids=True)
+    monkeypatch.delenv("HOMERANK_PSEUDONYM_KEY", raising=False)
+    with pytest.raises(HomerankError, match="HOMERANK_PSEUDONYM_KEY"):
+        ingest_events(str(path), config, CPU)
+    monkeypatch.setenv("HOMERANK_PSEUDONYM_KEY", "a-secret-of-some-length")
+    first = ingest_events(str(path), config, CPU).events.compute()
+    again = ingest_events(str(path), config, CPU).events.compute()
+    assert not set(first[S.USER]) & {"alice", "bob"}
+    assert all(u.startswith("u_") and len(u) == 18 for u in first[S.USER])
+    assert sorted(first[S.USER]) == sorted(again[S.USER])  # same key, same pseudonyms
+    monkeypatch.setenv("HOMERANK_PSEUDONYM_KEY", "another-secret-entirely")
+    other = ingest_events(str(path), config, CPU).events.compute()
+    assert not set(other[S.USER]) & set(first[S.USER])
