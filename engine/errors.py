@@ -12,6 +12,7 @@ class HomerankError(Exception):
     exit_code = 2
 
     def __init__(self, message: str) -> None:
+        message = message.replace("\r", "\\r").replace("\n", "\\n")  # always one line on stderr
         super().__init__(message)
         self.message = message
 

@@ -124,9 +124,8 @@ def check_required_columns(
 ) -> None:
     missing = [c for c in required if c not in columns]
     if missing:
-        raise HomerankError(
-            f"{file.path}: missing required column {missing[0]!r} (found: {', '.join(columns) or 'none'})"
-        )
+        found = ", ".join(repr(str(c))[:40] for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
+        raise HomerankError(f"{file.path}: missing required column {missing[0]!r} (found: {found or 'none'})")
 
 
 def _parquet_id_dtype(file: InputFile) -> IdDtype:
