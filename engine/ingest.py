@@ -166,24 +166,31 @@ def _coerce_ids(values: pd.Series, id_dtype: IdDtype) -> tuple[pd.Series, pd.Ser
     return typed, bad
 
 
+def _to_ns(parsed: pd.Series) -> pd.Series:
+    """datetime64 of any unit -> datetime64[ns]; values outside the ns range (years ~1677-2262) become NaT."""
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    in_range = parsed.notna() & (parsed >= pd.Timestamp.min) & (parsed <= pd.Timestamp.max)
+    return parsed.where(in_range).astype("datetime64[ns]")
+
+
 def _parse_timestamps(values: pd.Series, unit: str) -> pd.Series:
     """Parse to datetime64[ns] (UTC, tz-naive); unparsable or out-of-range values become NaT."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-        if getattr(parsed.dt, "tz", None) is not None:
-            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-        return parsed.astype("datetime64[ns]")
+        return _to_ns(values)
+    numeric = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_numeric_dtype(values) else values
+    numeric = numeric.astype("float64")
+    limit = {"s": 9.2e9, "ms": 9.2e12, "us": 9.2e15, "ns": 9.2e18}[unit]  # inside the datetime64[ns] range
+    from_numbers = pd.to_datetime(numeric.where(numeric.abs() < limit), unit=unit, errors="coerce")
+    from_numbers = _to_ns(from_numbers)
     if pd.api.types.is_numeric_dtype(values):
-        return pd.to_datetime(values, unit=unit, errors="coerce").astype("datetime64[ns]")
-    text = values.astype("string").str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
-    parsed = pd.to_datetime(text.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
-    retry = parsed.isna() & text.notna() & numeric.isna()
+        return from_numbers
+    text = values.astype("string").str.strip().where(numeric.isna())
+    parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+    retry = parsed.isna() & text.notna()
     if retry.any():
         parsed[retry] = pd.to_datetime(text[retry], errors="coerce", utc=True, format="mixed")
-    parsed = parsed.dt.tz_localize(None).astype("datetime64[ns]")
-    from_numbers = pd.to_datetime(numeric, unit=unit, errors="coerce").astype("datetime64[ns]")
-    return parsed.where(numeric.isna(), from_numbers)
+    return _to_ns(parsed).where(numeric.isna(), from_numbers)
 
 
 def validate_events(
