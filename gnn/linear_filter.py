@@ -22,6 +22,8 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
+from gnn.metrics import standardise
+
 log = logging.getLogger(__name__)
 
 
@@ -93,13 +95,6 @@ class LinearFilter:
         """Rebuild from saved singular vectors and the same training pairs (no SVD)."""
         matrix, normalised, _ = normalised_interactions(users, items, num_users, num_items)
         return cls(matrix, normalised, state["vectors"], state["item_degree"], float(state["alpha"]))
-
-
-def standardise(scores: Tensor) -> Tensor:
-    """Per-row z-score, so two scorers on different scales can be mixed."""
-    mean = scores.mean(dim=1, keepdim=True)
-    std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
-    return (scores - mean) / std
 
 
 def ensemble_scorer(first, second, weight: float):

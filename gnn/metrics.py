@@ -127,6 +127,45 @@ def evaluate_ranking(
     return metrics_from_hits(hits, n_truth[users], ks)
 
 
+def evaluate_blends(
+    first: ScoreFn, second: ScoreFn, weights: list[float], truth: CSRIndex, exclude: CSRIndex | None,
+    ks: list[int], batch_size: int = 2048, device: torch.device | str = "cpu",
+    blend: Callable[[Tensor, Tensor, float], Tensor] | None = None,
+) -> dict[float, dict[str, float]]:
+    """Metrics of ``blend(first, second, w)`` for every weight w, scoring each block of users once.
+
+    The default blend is (1 - w) * z(first) + w * z(second) with per-row z-scores (see `standardise`).
+    """
+    blend = blend or _z_blend
+    n_truth = truth.counts()
+    users = torch.nonzero(n_truth > 0).flatten()
+    ranked: dict[float, list[Tensor]] = {w: [] for w in weights}
+    k = max(ks)
+    for start in range(0, users.numel(), batch_size):
+        batch = users[start : start + batch_size]
+        a, b = first(batch.to(device)).float(), second(batch.to(device)).float()
+        a, b = standardise(a), standardise(b)
+        rows, cols = exclude.pairs(batch.cpu()) if exclude is not None else (None, None)
+        for weight in weights:
+            scores = blend(a, b, weight)
+            if rows is not None:
+                scores[rows.to(device), cols.to(device)] = -torch.inf
+            ranked[weight].append(torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu())
+    return {w: metrics_from_hits(hits_matrix(users, torch.cat(r), truth), n_truth[users], ks)
+            for w, r in ranked.items()}
+
+
+def standardise(scores: Tensor) -> Tensor:
+    """Per-row z-score, so two scorers on different scales can be mixed."""
+    mean = scores.mean(dim=1, keepdim=True)
+    std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
+    return (scores - mean) / std
+
+
+def _z_blend(first: Tensor, second: Tensor, weight: float) -> Tensor:
+    return (1 - weight) * first + weight * second
+
+
 def embedding_scorer(user_emb: Tensor, item_emb: Tensor) -> ScoreFn:
     """scores = E_users[batch] @ E_items^T, shape (B, I)."""
     return lambda batch: user_emb[batch] @ item_emb.T

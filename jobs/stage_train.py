@@ -15,7 +15,7 @@ from engine.backend import Backend
 from engine.split import SPLIT
 from gnn.linear_filter import LinearFilter, ensemble_scorer
 from gnn.memory import check_training_memory
-from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_ranking
+from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends
 from gnn.train import TrainData, train_lightgcn
 from jobs.config import JobConfig
 from jobs.rundir import RunDir, atomic_path, write_json
@@ -90,11 +90,11 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
         gnn = embedding_scorer(user_emb.to(device), item_emb.to(device))
         metric = config.train.early_stopping_metric
         ks = sorted({*config.evaluate.ks, int(metric.split("@")[1])})
-        for candidate in settings.weights:
-            scorer = ensemble_scorer(gnn, linear.scorer(device), candidate)
-            value = evaluate_ranking(scorer, data.valid, train_index, ks, config.evaluate.batch_size, device)[metric]
-            scores[str(candidate)] = value
-            log.info("linear filter share %.2f: valid %s %.4f", candidate, metric, value)
+        blends = evaluate_blends(gnn, linear.scorer(device), settings.weights, data.valid, train_index, ks,
+                                 config.evaluate.batch_size, device)
+        for candidate, values in blends.items():
+            scores[str(candidate)] = values[metric]
+            log.info("linear filter share %.2f: valid %s %.4f", candidate, metric, values[metric])
         weight = float(max(settings.weights, key=lambda w: scores[str(w)]))
     with atomic_path(run.root / "train" / "linear_filter.pt") as tmp:
         torch.save({**linear.state(), "weight": torch.tensor(weight)}, tmp)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from gnn.linear_filter import LinearFilter, ensemble_scorer, standardise
+from gnn.linear_filter import LinearFilter, ensemble_scorer
+from gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking, standardise
 
 
 def test_gf_cf_scores_match_the_dense_formula():
@@ -32,3 +33,15 @@ def test_ensemble_mixes_standardised_scores():
     mixed = ensemble_scorer(first, second, 0.5)(batch)
     torch.testing.assert_close(mixed, torch.zeros(1, 3))  # opposite orders cancel exactly
     assert standardise(torch.tensor([[1.0, 3.0]]))[0].tolist() == pytest.approx([-0.7071, 0.7071], abs=1e-4)
+
+
+def test_blend_evaluation_matches_one_scorer_at_a_time():
+    torch.manual_seed(0)
+    a_scores, b_scores = torch.randn(6, 10), torch.randn(6, 10)
+    first, second = (lambda batch: a_scores[batch]), (lambda batch: b_scores[batch])  # noqa: E731
+    train = CSRIndex.from_pairs(np.array([0, 1, 2]), np.array([1, 2, 3]), 6, 10)
+    truth = CSRIndex.from_pairs(np.array([0, 1, 3, 4, 5, 5]), np.array([4, 5, 6, 7, 8, 9]), 6, 10)
+    blends = evaluate_blends(first, second, [0.0, 0.4, 1.0], truth, train, [2, 5], batch_size=4)
+    for weight in (0.0, 0.4, 1.0):
+        mixed = lambda batch, w=weight: (1 - w) * standardise(first(batch)) + w * standardise(second(batch))  # noqa: E731
+        assert blends[weight] == evaluate_ranking(mixed, truth, train, [2, 5], batch_size=4)
