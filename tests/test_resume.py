@@ -80,3 +80,30 @@ def test_run_resume_skips_completed_stages_and_reruns_after_a_change(tiny_log, t
     assert main([*args[:-3], "--config", str(changed), "--quiet", "--resume"]) == 0
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
     assert (run / "etl" / "stats.json").stat().st_mtime_ns == etl_before  # upstream of the change: kept
+
+
+@pytest.mark.slow
+def test_sigkill_during_run_then_run_resume(tmp_path):
+    from engine.synthetic import SyntheticSpec, generate
+
+    generate(tmp_path / "log", SyntheticSpec(users=1500, items=600, events=80_000, users_per_partition=500, seed=4))
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    args = ["run", "--input", str(tmp_path / "log" / "events"), "--config", str(config), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "epoch_0004.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "rankings").exists()  # no partial output that looks complete
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+    log = (killed / "logs" / "homerank.log").read_text()
+    assert "stage etl: up to date" in log and "stage graph: up to date" in log and "resuming from" in log
+    clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    assert json.loads((killed / "metrics.json").read_text())["test"] == clean["test"]
+    pd.testing.assert_frame_equal(pd.read_parquet(killed / "rankings"), pd.read_parquet(tmp_path / "clean" / "rankings"))
