@@ -106,4 +106,5 @@ def test_sigkill_during_run_then_run_resume(tmp_path):
     assert "stage etl: up to date" in log and "stage graph: up to date" in log and "resuming from" in log
     clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
     assert json.loads((killed / "metrics.json").read_text())["test"] == clean["test"]
-    pd.testing.assert_frame_equal(pd.read_parquet(killed / "rankings"), pd.read_parquet(tmp_path / "clean" / "rankings"))
+    expected = pd.read_parquet(tmp_path / "clean" / "rankings")
+    pd.testing.assert_frame_equal(pd.read_parquet(killed / "rankings"), expected)
