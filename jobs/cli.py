@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest checkpoints/epoch_*.pt (same seed and config)")
     _add_common(sub.add_parser("evaluate", help="full-ranking metrics of the model and the popularity baseline"))
     _add_common(sub.add_parser("rank", help="write top-K rankings per user to RUN/rankings/"))
+    _add_common(sub.add_parser("homepage", help="build each user's homepage sections (RUN/homepage/)"))
     run_parser = sub.add_parser("run", help="the whole pipeline: etl, graph, train, evaluate, rank")
     _add_common(run_parser, needs_input=True)
     run_parser.add_argument("--resume", action="store_true",

@@ -21,12 +21,13 @@ from jobs.rundir import RunDir, read_json, write_json, write_text
 from jobs.stage_etl import run_etl
 from jobs.stage_evaluate import run_evaluate
 from jobs.stage_graph import run_graph
+from jobs.stage_homepage import run_homepage
 from jobs.stage_rank import run_rank
 from jobs.stage_train import run_train
 
 log = logging.getLogger(__name__)
 
-STAGES = ("etl", "graph", "train", "evaluate", "rank")
+STAGES = ("etl", "graph", "train", "evaluate", "rank", "homepage")
 
 
 def environment() -> dict[str, str]:
@@ -83,13 +84,15 @@ def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
         result = run_evaluate(run, config, backend)
     elif stage == "rank":
         result = run_rank(run, config, backend)
+    elif stage == "homepage":
+        result = run_homepage(run, config, backend) if config.homepage.enabled else {}
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(stage)
     return result
 
 
 STAGE_OUTPUTS = {"etl": ("etl_stats", "edges"), "graph": ("graph",), "train": ("embeddings", "train_summary"),
-                 "evaluate": ("metrics",), "rank": ("rankings", "rank_stats")}
+                 "evaluate": ("metrics",), "rank": ("rankings", "rank_stats"), "homepage": ("homepage_stats",)}
 
 
 def input_fingerprint(input_path: str, config: JobConfig) -> list[list[Any]]:
@@ -108,7 +111,8 @@ def input_fingerprint(input_path: str, config: JobConfig) -> list[list[Any]]:
 
 
 STAGE_SETTINGS = {"etl": ("seed", "ingest", "interactions", "split", "gates", "rank"), "graph": ("graph",),
-                  "train": ("seed", "device", "train", "evaluate"), "evaluate": ("evaluate",), "rank": ("rank",)}
+                  "train": ("seed", "device", "train", "evaluate"), "evaluate": ("evaluate",), "rank": ("rank",),
+                  "homepage": ("homepage",)}
 
 
 def stage_fingerprints(input_path: str, config: JobConfig) -> dict[str, str]:

@@ -86,6 +86,23 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
             _table(["metric", "LightGCN", "popularity", "ratio"], rows)]
 
 
+def _homepage_section(stats: dict[str, Any]) -> list[str]:
+    quality = stats["quality"]
+    names = ["coverage", "diversity", "novelty_bits", "gini", "cold_share", "slots"]
+    baseline = quality.get("top_k_baseline", {})
+    rows = [[name, quality["homepage"][name], baseline.get(name, "—")] for name in names]
+    accuracy = ", ".join(f"{k} {v:.4f}" for k, v in quality.get("for_you_accuracy", {}).items() if k != "users")
+    return ["", "## Homepage", "",
+            f"`homepage/` and `homepage.jsonl`: {stats['rows']} slots for {stats['users']} users "
+            f"({stats['cold_users']} without a model embedding, served by fallbacks); slots per section: "
+            + ", ".join(f"{k} {v}" for k, v in stats["sections"].items()) + ".", "",
+            "Page quality (coverage and Gini over the catalogue; diversity = share of different-category pairs "
+            "per page; novelty = mean self-information in bits; cold share = slots holding items the model never "
+            "trained on):", "",
+            _table(["metric", "homepage", "plain top-K (rankings/)"], rows), "",
+            f"Offline accuracy of the `for_you` row (after the page rules): {accuracy or 'n/a'}."]
+
+
 def write_report(run: RunDir) -> Path:
     parts = [f"# homerank run report — `{run.root}`", ""]
     metrics, etl = _maybe(run.metrics), _maybe(run.etl_stats)
@@ -113,5 +130,8 @@ def write_report(run: RunDir) -> Path:
                   f"{rank['model_users']} ranked by the GNN, {rank['popularity_users']} without training "
                   f"history by popularity; {rank['users_with_fewer_than_k']} users with fewer than K allowed "
                   f"items; {rank['excluded_pairs']} (user, item) pairs excluded."]
+    homepage = _maybe(run.homepage_stats)
+    if homepage:
+        parts += _homepage_section(homepage)
     write_text(run.report, "\n".join(parts) + "\n")
     return run.report

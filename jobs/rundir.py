@@ -53,6 +53,8 @@ class RunDir:
     rank_stats = property(lambda self: self.root / "rank" / "stats.json")
     timings = property(lambda self: self.root / "logs" / "timings.json")
     stages = property(lambda self: self.root / "logs" / "stages.json")
+    homepage = property(lambda self: self.root / "homepage")
+    homepage_stats = property(lambda self: self.root / "homepage_stats.json")
 
     def ensure(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -52,3 +52,16 @@ def test_csr_pairs_expand_rows():
     index = CSRIndex.from_pairs(np.array([0, 0, 2]), np.array([3, 1, 2]), 3, 4)
     rows, cols = index.pairs(torch.tensor([2, 0]))
     assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 2), (1, 1), (1, 3)]
+
+
+def test_page_quality_by_hand():
+    import pandas as pd
+
+    from jobs.page_quality import gini, intra_list_diversity
+
+    assert gini(np.array([1, 1, 1, 1])) == pytest.approx(0.0)
+    assert gini(np.array([0, 0, 0, 4])) == pytest.approx(0.75)  # (n - 1) / n for one item taking all
+    pages = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "item_id": ["a", "b", "c", "a", "b"]})
+    category = pd.Series({"a": "x", "b": "x", "c": "y"})
+    # user 1: pairs (a,b) same, (a,c), (b,c) different -> 2/3; user 2: (a,b) same -> 0
+    assert intra_list_diversity(pages, category) == pytest.approx((2 / 3 + 0) / 2)

@@ -1,0 +1,87 @@
+"""Page-quality metrics of the homepage next to a plain top-K baseline (``rankings/``).
+
+For a set of pages (one list of items per user), with C catalogue items, exposure counts x_i and training
+popularity p_i over U users:
+
+    coverage      = |distinct items shown| / C
+    diversity     = mean over users of the share of item pairs on the page from different categories (ILD)
+    novelty       = mean over shown items of -log2((p_i + 1) / (U + 1))          (self-information, bits)
+    gini          = Gini coefficient of x_i over all C items (0 = even exposure, 1 = one item gets it all)
+    cold_share    = share of shown slots holding items the model never trained on
+and the offline accuracy of the ``for_you`` row: Recall/NDCG at its length against each user's test items.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine import schema as S
+from engine.split import SPLIT
+
+
+def gini(exposure: np.ndarray) -> float:
+    x = np.sort(np.asarray(exposure, dtype=np.float64))
+    if x.size == 0 or x.sum() == 0:
+        return 0.0
+    ranks = np.arange(1, x.size + 1)
+    return float((2 * (ranks * x).sum()) / (x.size * x.sum()) - (x.size + 1) / x.size)
+
+
+def intra_list_diversity(pages: pd.DataFrame, category_of: pd.Series) -> float:
+    """Mean share of different-category pairs per page: 1 - sum_c n_c (n_c - 1) / (n (n - 1))."""
+    frame = pages.assign(category=pages["item_id"].map(category_of))
+    counts = frame.groupby(["user_id", "category"]).size().rename("n_c").reset_index()
+    sizes = frame.groupby("user_id").size()
+    same = (counts["n_c"] * (counts["n_c"] - 1)).groupby(counts["user_id"]).sum()
+    n = sizes.loc[same.index]
+    valid = n > 1
+    return float((1 - same[valid] / (n[valid] * (n[valid] - 1))).mean()) if valid.any() else 0.0
+
+
+def list_metrics(pages: pd.DataFrame, item_ids: np.ndarray, category: np.ndarray, popularity: np.ndarray,
+                 model_index: np.ndarray, num_users: int) -> dict[str, float]:
+    category_of = pd.Series(category, index=item_ids)
+    popularity_of = pd.Series(popularity, index=item_ids)
+    cold_of = pd.Series(model_index < 0, index=item_ids)
+    exposure = pages["item_id"].value_counts().reindex(item_ids, fill_value=0).to_numpy()
+    shown_popularity = pages["item_id"].map(popularity_of).fillna(0).to_numpy()
+    return {
+        "slots": len(pages),
+        "coverage": float((exposure > 0).sum() / max(len(item_ids), 1)),
+        "diversity": intra_list_diversity(pages, category_of),
+        "novelty_bits": float(np.mean(-np.log2((shown_popularity + 1) / (num_users + 1)))) if len(pages) else 0.0,
+        "gini": gini(exposure),
+        "cold_share": float(pages["item_id"].map(cold_of).fillna(True).mean()) if len(pages) else 0.0,
+    }
+
+
+def for_you_accuracy(page: pd.DataFrame, edges: pd.DataFrame, user_index: pd.DataFrame,
+                     item_index: pd.DataFrame) -> dict[str, float]:
+    """Recall and NDCG of the for_you row (at its own length) against the test items (LightGCN protocol)."""
+    test = edges[edges[SPLIT] == "test"][[S.USER, S.ITEM]].assign(relevant=True)
+    row = page[page["section"] == "for_you"][["user_id", "slot", "item_id"]]
+    if row.empty or test.empty:
+        return {}
+    length = int(row["slot"].max())
+    hits = row.merge(test, left_on=["user_id", "item_id"], right_on=[S.USER, S.ITEM], how="left")
+    hits["gain"] = hits["relevant"].fillna(False).astype(float) / np.log2(hits["slot"] + 1)
+    truth = test.groupby(S.USER).size()
+    per_user = hits.groupby("user_id").agg(hits=("relevant", lambda s: s.fillna(False).sum()), dcg=("gain", "sum"))
+    per_user = per_user.join(truth.rename("n_truth"), how="inner")
+    ideal = per_user["n_truth"].clip(upper=length).map(lambda n: (1 / np.log2(np.arange(2, n + 2))).sum())
+    return {f"recall@{length}": float((per_user["hits"] / per_user["n_truth"]).mean()),
+            f"ndcg@{length}": float((per_user["dcg"] / ideal).mean()), "users": int(len(per_user))}
+
+
+def page_quality(page: pd.DataFrame, rankings: pd.DataFrame | None, item_ids: np.ndarray, category: np.ndarray,
+                 popularity: np.ndarray, model_index: np.ndarray, edges: pd.DataFrame, user_index: pd.DataFrame,
+                 item_index: pd.DataFrame) -> dict[str, Any]:
+    num_users = int(page["user_id"].nunique())
+    out: dict[str, Any] = {"homepage": list_metrics(page, item_ids, category, popularity, model_index, num_users)}
+    if rankings is not None:
+        out["top_k_baseline"] = list_metrics(rankings, item_ids, category, popularity, model_index, num_users)
+    out["for_you_accuracy"] = for_you_accuracy(page, edges, user_index, item_index)
+    return out
