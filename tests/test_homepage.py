@@ -25,7 +25,8 @@ homepage:
 def homepage_run(tiny_log, tmp_path_factory):
     run = tmp_path_factory.mktemp("homepage_run")
     config = run / "c.yaml"
-    config.write_text(HOMEPAGE_CONFIG.replace("seed: 3", f"seed: 3\ningest: {{catalogue: {tiny_log / 'items.parquet'}}}"))
+    catalogue = tiny_log / "items.parquet"
+    config.write_text(HOMEPAGE_CONFIG.replace("seed: 3", f"seed: 3\ningest: {{catalogue: {catalogue}}}"))
     assert main(["run", "--input", str(tiny_log / "events"), "--out", str(run / "run"), "--config", str(config),
                  "--quiet"]) == 0
     return run / "run", tiny_log
