@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "bench" / "configs" / "lightgcn_recipe.yaml"))
     parser.add_argument("--run", default=None, help="run directory (default: runs/bench/<name>)")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--reuse-run", action="store_true", help="do not rerun homerank; use the existing run")
     parser.add_argument("--peer-budget", type=float, default=None, help="seconds (default: our training time)")
     args = parser.parse_args()
     name = args.name or Path(args.data).name
@@ -94,10 +95,11 @@ def main() -> None:
     command = [str(Path(sys.executable).parent / "homerank"), "run", "--input-format", "lightgcn", "--input",
                args.data, "--out", str(run.root), "--config", args.config]
     print("$", " ".join(command), flush=True)
-    with open(out / "run.log", "w") as log_file:
-        log_file.write("$ " + " ".join(command) + "\n")
-        log_file.flush()
-        subprocess.run(command, check=True, stdout=log_file, stderr=subprocess.STDOUT)
+    if not args.reuse_run:
+        with open(out / "run.log", "w") as log_file:
+            log_file.write("$ " + " ".join(command) + "\n")
+            log_file.flush()
+            subprocess.run(command, check=True, stdout=log_file, stderr=subprocess.STDOUT)
     shutil.copy(run.root / "logs" / "homerank.log", out / "homerank.log")
     shutil.copy(run.config, out / "config.yaml")
     metrics = json.loads(run.metrics.read_text())

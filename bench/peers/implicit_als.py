@@ -22,6 +22,7 @@ def run_implicit_als(
     alpha: float = 20.0, threads: int = 0, log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
     from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
     user_items = scipy.sparse.csr_matrix(
         (np.ones(train_users.size, dtype=np.float32), (train_users, train_items)), shape=(num_users, num_items)
@@ -31,7 +32,8 @@ def run_implicit_als(
         model = AlternatingLeastSquares(factors=factors, regularization=0.01, alpha=alpha, iterations=n,
                                         random_state=0, num_threads=threads)
         start = time.perf_counter()
-        model.fit(user_items, show_progress=False)
+        with threadpool_limits(1, "blas"):  # implicit parallelises itself; BLAS threads on top oversubscribe
+            model.fit(user_items, show_progress=False)
         seconds = time.perf_counter() - start
         users = torch.from_numpy(np.asarray(model.user_factors))
         items = torch.from_numpy(np.asarray(model.item_factors))
