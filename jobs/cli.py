@@ -6,6 +6,7 @@
     homerank train    --out RUN            LightGCN (PyG) with early stopping and checkpoints
     homerank evaluate --out RUN            full-ranking test metrics vs the popularity baseline
     homerank rank     --out RUN            top-K rankings per user (rankings/)
+    homerank homepage --out RUN            homepage sections per user (homepage/, homepage.jsonl)
     homerank run      --input PATH --out RUN   all of the above
     homerank demo                          generate + run into runs/demo/
 
@@ -157,6 +158,8 @@ def _print_summary(run, metrics) -> None:
     print(f"  test recall@20 {test['recall@20']:.4f} (popularity {pop['recall@20']:.4f}), "
           f"ndcg@20 {test['ndcg@20']:.4f} (popularity {pop['ndcg@20']:.4f}), device {metrics['device']}")
     print(f"  rankings: {run.rankings}/   metrics: {run.metrics}   report: {run.report}")
+    if run.homepage.exists():
+        print(f"  homepage: {run.homepage}/ and {run.root / 'homepage.jsonl'}")
 
 
 def _stage(args: argparse.Namespace) -> None:
