@@ -131,7 +131,7 @@ def write_report(run: RunDir) -> Path:
                   f"history by popularity; {rank['users_with_fewer_than_k']} users with fewer than K allowed "
                   f"items; {rank['excluded_pairs']} (user, item) pairs excluded."]
     homepage = _maybe(run.homepage_stats)
-    if homepage:
+    if homepage and "quality" in homepage:
         parts += _homepage_section(homepage)
     write_text(run.report, "\n".join(parts) + "\n")
     return run.report

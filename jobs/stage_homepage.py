@@ -157,6 +157,11 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     settings = config.homepage
     edges = pd.read_parquet(require(run.edges, "etl"))
     interactions = pd.read_parquet(require(run.interactions, "etl"))
+    if S.LAST_TS not in interactions.columns:  # e.g. the lightgcn format: pairs without time or event type
+        stats = {"skipped": "the input has no timestamps or event types (lightgcn format): no homepage"}
+        log.info("homepage: %s", stats["skipped"])
+        write_json(run.homepage_stats, stats)
+        return stats
     user_index = pd.read_parquet(require(run.user_index, "etl"))
     item_index = pd.read_parquet(require(run.item_index, "etl"))
     user_emb, item_emb = load_embeddings(run)
