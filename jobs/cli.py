@@ -7,6 +7,7 @@
     homerank evaluate --out RUN            full-ranking test metrics vs the popularity baseline
     homerank rank     --out RUN            top-K rankings per user (rankings/)
     homerank homepage --out RUN            homepage sections per user (homepage/, homepage.jsonl)
+    homerank preview  --run RUN --user U   one user's homepage as static HTML
     homerank run      --input PATH --out RUN   all of the above
     homerank demo                          generate + run into runs/demo/
 
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--resume", action="store_true",
                             help="skip stages whose inputs and config are unchanged (fingerprints in "
                                  "logs/stages.json) and continue an interrupted training from its checkpoints")
+
+    preview = sub.add_parser("preview", help="render one user's homepage as a static HTML page",
+                             description="Rows of cards (title, category, price, reason) from RUN/homepage/.")
+    preview.add_argument("--run", required=True, help="run directory with homepage/")
+    preview.add_argument("--user", required=True, help="user id as in the input log")
+    preview.add_argument("--out", help="HTML file (default: RUN/preview/USER.html)")
 
     demo = sub.add_parser("demo", help="generate the synthetic log and run the whole pipeline on it",
                           description="Writes the input to INPUT (default runs/demo/input) and the run to OUT "
@@ -193,12 +200,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
-    run_root = Path(args.out) if args.command != "generate" else None
+    run_root = Path(args.out) if args.command not in ("generate", "preview") else None
     try:
         _setup_logging(run_root if run_root is not None and args.command != "generate" else None,
                        getattr(args, "quiet", False))
         if args.command == "generate":
             _generate(args)
+        elif args.command == "preview":
+            from jobs.preview import write_preview
+            from jobs.rundir import RunDir
+
+            out = Path(args.out) if args.out else Path(args.run) / "preview" / f"{args.user}.html"
+            print(f"wrote {write_preview(RunDir(Path(args.run)), args.user, out)}")
         elif args.command == "demo":
             _demo(args)
         else:

@@ -70,3 +70,31 @@ def tiny_config(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_CONFIG)
     return path
+
+
+HOMEPAGE_CONFIG = """
+seed: 3
+device: cpu
+interactions: {min_user_interactions: 3, min_item_interactions: 3}
+train: {embedding_dim: 16, num_layers: 2, epochs: 3, batch_size: 2048, lr: 0.01, threads: 2}
+rank: {k: 10}
+homepage:
+  max_per_category: 2
+  new_arrival_days: 30
+  repeat_purchase_categories: [Coffee, Grocery, Pets, Books, Shoes, Garden, Kitchen, Toys, Audio]
+"""
+
+
+@pytest.fixture(scope="session")
+def homepage_run(tiny_log, tmp_path_factory):
+    from jobs.cli import main
+
+    run = tmp_path_factory.mktemp("homepage_run")
+    config = run / "c.yaml"
+    catalogue = tiny_log / "items.parquet"
+    config.write_text(HOMEPAGE_CONFIG.replace("seed: 3", f"seed: 3\ningest: {{catalogue: {catalogue}}}"))
+    assert main(["run", "--input", str(tiny_log / "events"), "--out", str(run / "run"), "--config", str(config),
+                 "--quiet"]) == 0
+    return run / "run", tiny_log
+
+

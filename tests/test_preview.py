@@ -1,0 +1,61 @@
+"""The HTML preview, rendered in a real headless Chromium (Debian's package, installed when absent)."""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from jobs.cli import main
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            pass
+        found = shutil.which("chromium")
+    if not found:
+        pytest.skip("Debian chromium is not installed and could not be installed (apt-get chromium)")
+    return found
+
+
+@pytest.mark.slow
+def test_preview_renders_rows_and_cards_in_headless_chromium(homepage_run, tmp_path):
+    run, _ = homepage_run
+    page = pd.read_parquet(run / "homepage")
+    user = page["user_id"].iloc[0]
+    expected = page[page["user_id"] == user]
+    out = tmp_path / "page.html"
+    assert main(["preview", "--run", str(run), "--user", str(user), "--out", str(out)]) == 0
+    browser = chromium()
+    profile = tmp_path / "profile"
+    dom = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", out.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert len(re.findall(r"<section class=\"section\"", dom)) == expected["section"].nunique()
+    assert len(re.findall(r"<div class=\"card\"", dom)) == len(expected)
+    for title in expected["section_title"].unique():
+        assert title.replace("&", "&amp;") in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "preview.png"
+    subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,1400",
+                    out.as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_preview_of_unknown_user_is_a_user_error(homepage_run, capsys):
+    run, _ = homepage_run
+    assert main(["preview", "--run", str(run), "--user", "no-such-user"]) == 2
+    assert "no-such-user" in capsys.readouterr().err
