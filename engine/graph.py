@@ -83,11 +83,10 @@ def interaction_matrix(
     return matrix
 
 
-def normalised_adjacency(interactions: Any, sparse: Any) -> Any:
-    """A_hat = D^-1/2 [[0, R], [R^T, 0]] D^-1/2 as CSR (N x N)."""
+def normalised_adjacency(interactions: Any, sparse: Any = scipy.sparse, xp: Any = np) -> Any:
+    """A_hat = D^-1/2 [[0, R], [R^T, 0]] D^-1/2 as CSR (N x N); ``sparse``/``xp`` from the backend."""
     adjacency = sparse.bmat([[None, interactions], [interactions.T, None]], format="csr")
-    degree = np.asarray(adjacency.sum(axis=1)).ravel() if sparse is scipy.sparse else adjacency.sum(axis=1).ravel()
-    xp = np if sparse is scipy.sparse else __import__("cupy")
+    degree = xp.asarray(adjacency.sum(axis=1)).ravel()
     inv_sqrt = xp.zeros_like(degree, dtype=xp.float64)
     nonzero = degree > 0
     inv_sqrt[nonzero] = degree[nonzero] ** -0.5
@@ -110,7 +109,7 @@ def build_graph(
     interactions = interaction_matrix(
         xp.asarray(users), xp.asarray(items), xp.asarray(values), num_users, num_items, sparse
     )
-    normalised = normalised_adjacency(interactions, sparse).tocoo()
+    normalised = normalised_adjacency(interactions, sparse, xp).tocoo()
     row, col, data = (backend.asnumpy(a) for a in (normalised.row, normalised.col, normalised.data))
     order = np.lexsort((col, row))
     edge_index = torch.from_numpy(np.vstack([row[order], col[order]]).astype(np.int64))
