@@ -64,7 +64,17 @@ class HomepageConfig(StrictModel):
         SectionConfig(kind="new_arrivals", title="New arrivals for you", slots=8),
         SectionConfig(kind="buy_again", title="Buy again", slots=6),
     ])
-    max_per_category: int = Field(3, ge=1, description="at most this many items of one category per row")
+    max_per_category: int = Field(3, ge=1, description="at most this many items of one category per row "
+                                  "(diversity: category_cap)")
+    diversity: Literal["category_cap", "mmr"] = Field(
+        "category_cap", description="per-row diversity: a cap per category, or maximal marginal relevance"
+    )
+    mmr_lambda: float = Field(0.7, ge=0, le=1, description="MMR trade-off: 1 = relevance only, 0 = diversity only")
+    mmr_pool_factor: int = Field(5, ge=1, description="MMR picks a row from the top slots x this many candidates")
+    merchandising: str | None = Field(
+        None, description="CSV/Parquet of boosts and pins (rule, item_id|category, weight, section, slot, "
+        "start, end); see jobs/merchandising.py"
+    )
     trending_window_days: float = Field(7.0, gt=0)
     trending_half_life_days: float = Field(2.0, gt=0)
     new_arrival_days: float = Field(14.0, gt=0)

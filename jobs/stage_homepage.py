@@ -9,9 +9,13 @@ interacted with get an inductive embedding = mean of the model items of the same
 else of the category), ``buy_again`` (items bought before, in repeat-purchase categories, newest first).
 
 Rules across the page: an item appears once; out-of-stock items never appear; purchased items only in
-``buy_again``; at most ``max_per_category`` items of one category per row. Every slot has a machine-readable
-``reason``. Users without a model embedding (no training history) get popularity / global trending rows, so no
-page is empty.
+``buy_again``; per-row diversity is either at most ``max_per_category`` items of one category per row
+(``diversity: category_cap``) or maximal marginal relevance over learned item vectors with trade-off
+``mmr_lambda`` (``diversity: mmr``). Merchandising boosts re-rank a row's candidates and pins take fixed slots
+(``homepage.merchandising``, see jobs.merchandising); a pinned item is kept out of every other row. Every slot
+has a machine-readable ``reason`` (``...;boost:+w`` when a boost moved it, ``pin:merchandising:rowN``).
+Users without a model embedding (no training history) get popularity / global trending rows, so no page is
+empty.
 
 Writes ``homepage/`` (Parquet: user_id, section, section_title, slot, item_id, score, reason, with a
 ``_SUCCESS.json`` manifest), ``homepage.jsonl`` (one object per user, rows in order) and
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +40,7 @@ from engine.backend import Backend
 from engine.split import SPLIT
 from gnn.metrics import top_k
 from jobs.config import HomepageConfig, JobConfig, SectionConfig
+from jobs.merchandising import Merchandising, load_merchandising
 from jobs.page_quality import page_quality
 from jobs.rundir import RunDir, atomic_path, read_json, write_json, write_parquet_dataset
 from jobs.stage_io import require
@@ -120,37 +126,95 @@ def _title(section: SectionConfig, **values: str) -> str:
 
 
 class PageBuilder:
-    """Fills one user's sections in order under the page rules."""
+    """Fills one user's sections in order under the page rules, the diversity setting and the merchandising
+    rules. ``vectors`` are unit-norm item vectors by catalogue position (n_catalogue, d), used by MMR."""
 
-    def __init__(self, catalogue: Catalogue, settings: HomepageConfig) -> None:
+    def __init__(self, catalogue: Catalogue, settings: HomepageConfig, vectors: np.ndarray,
+                 merchandising: Merchandising | None = None) -> None:
         self.catalogue = catalogue
         self.settings = settings
+        self.vectors = vectors
+        self.merchandising = merchandising or Merchandising()
+        self.reserved = self.merchandising.pinned_positions  # pinned items appear only in their pinned slot
         self.rows: list[tuple] = []
+
+    def _boosted(self, section: str, candidates: np.ndarray, scores: np.ndarray, reasons: list[str] | str
+                 ) -> tuple[np.ndarray, np.ndarray, list[str] | str]:
+        """Re-rank the head of a source by z(score) + boost (see jobs.merchandising); boosted slots say so."""
+        boost = self.merchandising.boost_for(section)
+        if boost is None:
+            return candidates, scores, reasons
+        head = min(candidates.size, self.settings.candidates)
+        lift = boost[candidates[:head]]
+        if not lift.any():
+            return candidates, scores, reasons
+        z = scores[:head] - scores[:head].mean()
+        z = z / (z.std() or 1.0)
+        order = np.argsort(-(z + lift), kind="stable")
+        full = [reasons] * candidates.size if isinstance(reasons, str) else list(reasons)
+        head_reasons = [f"{full[i]};boost:{lift[i]:+g}" if lift[i] else full[i] for i in order.tolist()]
+        return (np.concatenate([candidates[:head][order], candidates[head:]]),
+                np.concatenate([scores[:head][order], scores[head:]]), head_reasons + full[head:])
+
+    def _mmr(self, pool: list[tuple[int, float, str]], room: int) -> list[tuple[int, float, str]]:
+        """Maximal marginal relevance over the pool (in relevance order): repeatedly take the item maximising
+        lambda * rel(i) - (1 - lambda) * max_{j chosen} cos(v_i, v_j), with rel = 1 - rank / |pool|."""
+        lam = self.settings.mmr_lambda
+        positions = np.array([p for p, _, _ in pool])
+        relevance = 1.0 - np.arange(len(pool)) / len(pool)
+        vectors = self.vectors[positions]
+        closest = np.full(len(pool), -np.inf)
+        taken = np.zeros(len(pool), dtype=bool)
+        chosen: list[int] = []
+        for _ in range(min(room, len(pool))):
+            redundancy = np.where(np.isfinite(closest), closest, 0.0)
+            gain = np.where(taken, -np.inf, lam * relevance - (1 - lam) * redundancy)
+            best = int(np.argmax(gain))
+            chosen.append(best)
+            taken[best] = True
+            closest = np.maximum(closest, vectors @ vectors[best])
+        return [pool[i] for i in chosen]
 
     def fill(self, user_id: Any, section: SectionConfig, title: str,
              sources: list[tuple[np.ndarray, np.ndarray, list[str] | str]], used: set[int], purchased: set[int],
              allow_purchased: bool = False, category_cap: bool = True) -> int:
-        """Take items from ``sources`` (candidates, scores, reasons), in order, until the row is full."""
+        """Take items from ``sources`` (candidates, scores, reasons), in order, until the row is full; active
+        pins of this section then take their slots."""
+        def allowed(position: int) -> bool:
+            return (position not in used and bool(self.catalogue.in_stock[position])
+                    and (allow_purchased or position not in purchased))
+
+        pins = [p for p in self.merchandising.pins_for(section.kind) if allowed(p.position)]
+        room = section.slots - len(pins)
+        mmr = self.settings.diversity == "mmr" and category_cap
+        pool_size = max(room * self.settings.mmr_pool_factor, room) if mmr else room
+        pool: list[tuple[int, float, str]] = []
         per_category: dict[str, int] = {}
-        slot = 0
-        for candidates, scores, reasons in sources:
+        for source in sources:
+            candidates, scores, reasons = self._boosted(section.kind, *source)
             for rank, position in enumerate(candidates.tolist()):
-                if slot >= section.slots:
-                    return slot
-                if position in used or not self.catalogue.in_stock[position]:
-                    continue
-                if position in purchased and not allow_purchased:
+                if len(pool) >= pool_size:
+                    break
+                if not allowed(position) or position in self.reserved:
                     continue
                 category = self.catalogue.category[position]
-                if category_cap and per_category.get(category, 0) >= self.settings.max_per_category:
-                    continue
-                per_category[category] = per_category.get(category, 0) + 1
-                used.add(position)
-                slot += 1
-                reason = reasons if isinstance(reasons, str) else reasons[rank]
-                self.rows.append((user_id, section.kind, title, slot, self.catalogue.item_ids[position],
-                                  float(scores[rank]), reason))
-        return slot
+                if category_cap and not mmr:
+                    if per_category.get(category, 0) >= self.settings.max_per_category:
+                        continue
+                    per_category[category] = per_category.get(category, 0) + 1
+                used_reason = reasons if isinstance(reasons, str) else reasons[rank]
+                pool.append((position, float(scores[rank]), used_reason))
+                used.add(position)  # so a later source cannot offer it twice; released below if not chosen
+        chosen = self._mmr(pool, room) if mmr and pool else pool[:room]
+        for position, _, _ in pool[len(chosen):] if not mmr else pool:
+            used.discard(position)
+        row = list(chosen)
+        for pin in pins:
+            row.insert(min(pin.slot - 1, len(row)), (pin.position, float("nan"), f"pin:merchandising:row{pin.rule}"))
+        for slot, (position, score, reason) in enumerate(row, start=1):
+            used.add(position)
+            self.rows.append((user_id, section.kind, title, slot, self.catalogue.item_ids[position], score, reason))
+        return len(row)
 
 
 def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
@@ -200,7 +264,8 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     trending_by_category = {c: by_trend[catalogue.category[by_trend] == c] for c in np.unique(catalogue.category)}
     created = pd.to_datetime(catalogue.created_at)
     new_positions = np.flatnonzero(np.asarray(created >= ref_time - pd.Timedelta(days=settings.new_arrival_days)))
-    new_vectors = _inductive_item_vectors(catalogue, item_emb)[torch.from_numpy(new_positions)]
+    all_vectors = _inductive_item_vectors(catalogue, item_emb)
+    new_vectors = all_vectors[torch.from_numpy(new_positions)]
     new_scores = (user_emb @ new_vectors.T).numpy() if new_positions.size else np.zeros((user_emb.shape[0], 0))
     new_reason = np.where(catalogue.model_index[new_positions] >= 0, "new_arrival:model_score",
                           "new_arrival:cold_start_category_price_band")
@@ -220,7 +285,12 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     global_category = pd.Series(catalogue.trending).groupby(catalogue.category).sum().idxmax()
     model_row = dict(zip(user_index[S.USER], user_index[S.USER_INDEX], strict=True))
 
-    builder = PageBuilder(catalogue, settings)
+    merchandising = None
+    if settings.merchandising:
+        merchandising = load_merchandising(settings.merchandising, catalogue.item_ids, catalogue.category,
+                                           [section.kind for section in settings.sections], ref_time)
+        log.info("merchandising: %s", merchandising.stats)
+    builder = PageBuilder(catalogue, settings, F.normalize(all_vectors, dim=1).numpy(), merchandising)
     users = np.sort(interactions[S.USER].unique())
     for user in users.tolist():
         row = model_row.get(user)
@@ -267,6 +337,12 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     stats = {"users": int(page["user_id"].nunique()), "rows": len(page),
              "sections": page.groupby("section").size().to_dict(),
              "cold_users": int(sum(model_row.get(u) is None for u in users.tolist())),
+             "diversity": settings.diversity if settings.diversity == "category_cap"
+             else f"mmr(lambda={settings.mmr_lambda})",
+             "merchandising": {**merchandising.stats,
+                               "pinned_slots": int(page["reason"].str.startswith("pin:").sum()),
+                               "boosted_slots": int(page["reason"].str.contains(";boost:", regex=False).sum())}
+             if merchandising else None,
              "quality": page_quality(page, rankings, catalogue.item_ids, catalogue.category, catalogue.popularity,
                                      catalogue.model_index, edges, user_index, item_index)}
     write_json(run.homepage_stats, stats)
@@ -289,10 +365,15 @@ def _write_jsonl(run: RunDir, page: pd.DataFrame) -> None:
             if not sections or sections[-1]["section"] != row.section:
                 sections.append({"section": row.section, "title": row.section_title, "items": []})
             sections[-1]["items"].append({"slot": int(row.slot), "item_id": _plain(row.item_id),
-                                          "score": round(float(row.score), 6), "reason": row.reason})
+                                          "score": _json_score(row.score), "reason": row.reason})
         if user is not None:
             flush(handle, user, sections)
 
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def _json_score(score: float) -> float | None:
+    """Pinned slots have no model score: NaN in Parquet, null in JSON."""
+    return None if math.isnan(score) else round(float(score), 6)
