@@ -1,13 +1,27 @@
-"""The run report (``report.md``): what went in, what was dropped and why, the graph, the training curve,
-and the test metrics of the GNN next to the popularity baseline. Built only from the run directory's
-artifacts, so it can be regenerated at any time."""
+"""The run report: what went in, what was dropped and why, the graph, the training curve, the test metrics of
+the GNN next to the popularity baseline, and the homepage's page quality. Written as ``report.md`` (figures as
+PNG files in ``report/``) and as a self-contained ``report.html`` (the same text, figures embedded). Built
+only from the run directory's artifacts, so it can be regenerated at any time."""
 
 from __future__ import annotations
 
+import base64
+import html
+import re
 from pathlib import Path
 from typing import Any
 
-from jobs.rundir import RunDir, read_json, write_text
+import markdown
+
+from jobs import report_plots
+from jobs.rundir import RunDir, atomic_path, read_json, write_text
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 980px; margin: 24px auto; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 8px 0; } th, td { border: 1px solid #ccc; padding: 3px 8px; }
+th { background: #f0f0ee; } td { text-align: right; } td:first-child { text-align: left; }
+code { background: #f3f3f1; padding: 0 3px; } img { max-width: 100%; border: 1px solid #eee; }
+"""
 
 
 def _maybe(path: Path) -> Any:
@@ -103,6 +117,33 @@ def _homepage_section(stats: dict[str, Any]) -> list[str]:
             f"Offline accuracy of the `for_you` row (after the page rules): {accuracy or 'n/a'}."]
 
 
+def _figure(run: RunDir, name: str, title: str, png: bytes | None) -> list[str]:
+    """Save a figure as report/NAME.png and return the Markdown that shows it (nothing if there is no data)."""
+    if png is None:
+        return []
+    folder = run.root / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"{name}.png") as tmp:
+        tmp.write_bytes(png)
+    return ["", f"![{title}](report/{name}.png)"]
+
+
+def _html(run: RunDir, text: str) -> str:
+    """report.md as one HTML file: Markdown tables rendered, figures inlined as data URIs."""
+    body = markdown.markdown(text, extensions=["tables"])
+
+    def inline(match: re.Match[str]) -> str:
+        path = run.root / html.unescape(match.group(1))
+        if not path.is_file():
+            return match.group(0)
+        return 'src="data:image/png;base64,' + base64.b64encode(path.read_bytes()).decode() + '"'
+
+    body = re.sub(r'src="(report/[\w.-]+\.png)"', inline, body)
+    title = html.escape(f"homerank run report — {run.root}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{HTML_STYLE}</style>"
+            f"</head><body>{body}</body></html>")
+
+
 def write_report(run: RunDir) -> Path:
     parts = [f"# homerank run report — `{run.root}`", ""]
     metrics, etl = _maybe(run.metrics), _maybe(run.etl_stats)
@@ -118,9 +159,11 @@ def write_report(run: RunDir) -> Path:
     graph = _maybe(run.graph_stats)
     if graph:
         parts += _graph_section(graph)
+        parts += _figure(run, "degree_distributions", "Degree distributions", report_plots.degree_distributions(graph))
     train = _maybe(run.train_summary)
     if train:
         parts += _train_section(train)
+        parts += _figure(run, "training_curve", "Training curve", report_plots.training_curve(train))
     if metrics:
         parts += _metrics_section(metrics)
     rank = _maybe(run.rank_stats)
@@ -133,5 +176,8 @@ def write_report(run: RunDir) -> Path:
     homepage = _maybe(run.homepage_stats)
     if homepage and "quality" in homepage:
         parts += _homepage_section(homepage)
-    write_text(run.report, "\n".join(parts) + "\n")
+        parts += _figure(run, "page_quality", "Page quality", report_plots.page_quality_bars(homepage["quality"]))
+    text = "\n".join(parts) + "\n"
+    write_text(run.report, text)
+    write_text(run.report_html, _html(run, text))
     return run.report

@@ -34,6 +34,7 @@ class RunDir:
     config = property(lambda self: self.root / "config.yaml")
     metrics = property(lambda self: self.root / "metrics.json")
     report = property(lambda self: self.root / "report.md")
+    report_html = property(lambda self: self.root / "report.html")
     logs = property(lambda self: self.root / "logs")
     quarantine = property(lambda self: self.root / "quarantine")
     etl = property(lambda self: self.root / "etl")

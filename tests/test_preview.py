@@ -59,3 +59,25 @@ def test_preview_of_unknown_user_is_a_user_error(homepage_run, capsys):
     run, _ = homepage_run
     assert main(["preview", "--run", str(run), "--user", "no-such-user"]) == 2
     assert "no-such-user" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_html_report_shows_metrics_and_plots_in_headless_chromium(homepage_run, tmp_path):
+    run, _ = homepage_run
+    report = (run / "report.html").read_text()
+    # three figures, embedded so the file stands alone; the Markdown report links the same PNGs
+    assert report.count("data:image/png;base64,") == 3
+    markdown_report = (run / "report.md").read_text()
+    for name in ("training_curve", "degree_distributions", "page_quality"):
+        assert f"(report/{name}.png)" in markdown_report and (run / "report" / f"{name}.png").stat().st_size > 5_000
+    browser = chromium()
+    profile = tmp_path / "profile"
+    dom = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", (run / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "Test metrics" in dom and "plain top-K" in dom and dom.count("<table>") >= 5
+    assert dom.count("<img ") == 3
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1100,3000",
+                    (run / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
