@@ -44,12 +44,12 @@ def first_time(curve: list[dict], key: str, threshold: float) -> float | None:
 
 
 def our_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_items: int) -> list[dict]:
-    train = split_index(edges, "train", num_users, num_items)
+    known = split_index(edges, ["train", "valid"], num_users, num_items)  # all of train.txt is masked
     test = split_index(edges, "test", num_users, num_items)
     curve = []
     for path in sorted((run.root / "train" / "snapshots").glob("epoch_*.pt")):
         snap = torch.load(path, weights_only=True)
-        metrics = evaluate_ranking(embedding_scorer(snap["users"], snap["items"]), test, train, [20])
+        metrics = evaluate_ranking(embedding_scorer(snap["users"], snap["items"]), test, known, [20])
         curve.append({"epoch": int(snap["epoch"]), "seconds": round(float(snap["elapsed"]), 2),
                       "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"]})
     return curve

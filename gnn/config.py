@@ -17,6 +17,10 @@ class LinearFilterConfig(StrictModel):
     singular_vectors: int = Field(256, ge=1, description="k of the ideal low-pass filter")
     alpha: float = Field(0.3, ge=0, description="weight of the low-pass term inside GF-CF")
     weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    refit: bool = Field(
+        True, description="after its share is chosen on validation, refit the filter on train + validation pairs "
+        "(it has no trained parameters, so the final scorer uses all known history)"
+    )
 
 
 class TrainConfig(StrictModel):
@@ -45,6 +49,10 @@ class TrainConfig(StrictModel):
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     linear_filter: LinearFilterConfig = Field(default_factory=LinearFilterConfig)
+    propagate_known_edges: bool = Field(
+        True, description="final embeddings propagate over train + validation edges (all known history); "
+        "early stopping and model choices still see only the training graph"
+    )
     memory_limit_gb: float | None = Field(
         None, gt=0, description="memory the guard may plan with (default: what the device has free)"
     )

@@ -87,6 +87,7 @@ class LinearFilter:
         return score
 
     def state(self) -> dict[str, Tensor]:
+        """Singular vectors, degrees and alpha; R itself is rebuilt from the same pairs (`from_state`)."""
         return {"vectors": self.vectors, "item_degree": self.item_degree, "alpha": torch.tensor(self.alpha)}
 
     @classmethod

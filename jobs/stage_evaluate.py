@@ -27,19 +27,22 @@ def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     num_users, num_items = user_emb.shape[0], item_emb.shape[0]
     model_scores = load_scorer(run, edges, backend.torch_device)
     device = backend.torch_device
-    train = split_index(edges, "train", num_users, num_items)
+    # at test time everything before the test period is known history: train and validation pairs are masked
+    known = split_index(edges, ["train", "valid"], num_users, num_items)
     test = split_index(edges, "test", num_users, num_items)
     ks = config.evaluate.ks
     batch = config.evaluate.batch_size
     popularity = popularity_scorer(item_popularity(edges, num_items).to(device))
-    test_metrics = evaluate_ranking(model_scores, test, train, ks, batch, device)
-    baseline = evaluate_ranking(popularity, test, train, ks, batch, device)
+    test_metrics = evaluate_ranking(model_scores, test, known, ks, batch, device)
+    baseline = evaluate_ranking(popularity, test, known, ks, batch, device)
     result: dict[str, Any] = {"test": test_metrics, "baselines": {"popularity": baseline}}
-    if (edges[SPLIT] == "valid").any():
-        valid = split_index(edges, "valid", num_users, num_items)
-        result["valid"] = evaluate_ranking(model_scores, valid, train, ks, batch, device)
-    eval_seconds = time.perf_counter() - started
     summary = read_json(require(run.train_summary, "train"))
+    # validation metrics are those the model was selected with (the training graph only): the final scorer
+    # may use validation edges (train.propagate_known_edges, linear_filter.refit), so it is not re-scored on them
+    best = [h["valid"] for h in summary["history"] if h["epoch"] == summary["best_epoch"] and h.get("valid")]
+    if best:
+        result["valid"] = best[0]
+    eval_seconds = time.perf_counter() - started
     etl = read_json(require(run.etl_stats, "etl"))
     counts = edges[SPLIT].value_counts()
     metrics = {

@@ -22,8 +22,9 @@ def require(path: Path, stage: str) -> Path:
     return path
 
 
-def split_index(edges: pd.DataFrame, split: str, num_users: int, num_items: int) -> CSRIndex:
-    part = edges[edges[SPLIT] == split]
+def split_index(edges: pd.DataFrame, split: str | list[str], num_users: int, num_items: int) -> CSRIndex:
+    """Per-user item lists of one split, or of the union of several (e.g. ``["train", "valid"]``)."""
+    part = edges[edges[SPLIT].isin([split] if isinstance(split, str) else split)]
     return CSRIndex.from_pairs(part[S.USER_INDEX].to_numpy(), part[S.ITEM_INDEX].to_numpy(), num_users, num_items)
 
 

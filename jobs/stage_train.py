@@ -7,11 +7,13 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from engine import schema as S
 from engine.backend import Backend
+from engine.graph import build_graph
 from engine.split import SPLIT
 from gnn.linear_filter import LinearFilter, ensemble_scorer
 from gnn.memory import check_training_memory
@@ -53,13 +55,23 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
                             checkpoint_dir=run.checkpoints,
                             snapshot_dir=run.root / "train" / "snapshots" if config.train.snapshots else None,
                             show_progress=show_progress, resume=resume)
-    user_emb, item_emb = result.model.embeddings(data.adjacency.to(backend.torch_device),
-                                                 cosine=config.train.loss == "softmax")
+    cosine = config.train.loss == "softmax"
+    device = backend.torch_device
+    user_emb, item_emb = result.model.embeddings(data.adjacency.to(device), cosine=cosine)  # training graph only
+    ensemble = None
+    if config.train.linear_filter.enabled:  # its share is chosen on validation with training-graph embeddings
+        known = edges[edges[SPLIT].isin(["train", "valid"])]
+        ensemble = _fit_linear_filter(run, config, data, backend, user_emb, item_emb,
+                                      (known[S.USER_INDEX].to_numpy(), known[S.ITEM_INDEX].to_numpy()))
+    if config.train.propagate_known_edges and has_valid:
+        known = edges[edges[SPLIT].isin(["train", "valid"])]
+        known_graph, _ = build_graph(known[S.USER_INDEX].to_numpy(), known[S.ITEM_INDEX].to_numpy(),
+                                     known[S.WEIGHT].to_numpy(), graph.num_users, graph.num_items,
+                                     config.graph.edge_weight, backend)
+        user_emb, item_emb = result.model.embeddings(known_graph.adjacency(device), cosine=cosine)
+        log.info("final embeddings: propagated over %d train + validation edges", len(known))
     with atomic_path(run.embeddings) as tmp:
         torch.save({"users": user_emb.cpu(), "items": item_emb.cpu()}, tmp)
-    ensemble = None
-    if config.train.linear_filter.enabled:
-        ensemble = _fit_linear_filter(run, config, data, backend, user_emb, item_emb)
     summary = {
         "device": backend.device_label,
         "linear_filter": ensemble,
@@ -76,8 +88,9 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
 
 
 def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend: Backend, user_emb: torch.Tensor,
-                       item_emb: torch.Tensor) -> dict[str, Any]:
-    """Fit GF-CF on the training pairs and choose its ensemble share on validation."""
+                       item_emb: torch.Tensor, known_pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Fit GF-CF on the training pairs and choose its ensemble share on validation; then (``refit``) fit it
+    again on ``known_pairs`` (train + validation), which the final scorer uses."""
     settings = config.train.linear_filter
     started = time.perf_counter()
     linear = LinearFilter.fit(data.train_users.numpy(), data.train_items.numpy(), data.num_users, data.num_items,
@@ -96,9 +109,16 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
             scores[str(candidate)] = values[metric]
             log.info("linear filter share %.2f: valid %s %.4f", candidate, metric, values[metric])
         weight = float(max(settings.weights, key=lambda w: scores[str(w)]))
+    refit = settings.refit and data.valid is not None and weight > 0
+    if refit:
+        users, items = known_pairs
+        log.info("linear filter: refit on %d train + validation pairs", users.size)
+        linear = LinearFilter.fit(users, items, data.num_users, data.num_items, settings.singular_vectors,
+                                  settings.alpha, config.seed)
     with atomic_path(run.root / "train" / "linear_filter.pt") as tmp:
-        torch.save({**linear.state(), "weight": torch.tensor(weight)}, tmp)
-    return {"weight": weight, "valid": scores, "seconds": round(time.perf_counter() - started, 3)}
+        torch.save({**linear.state(), "weight": torch.tensor(weight), "fit_on_valid": torch.tensor(refit)}, tmp)
+    return {"weight": weight, "valid": scores, "fit_on": "train+valid" if refit else "train",
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
 def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> ScoreFn:
@@ -109,7 +129,8 @@ def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> Score
     if not path.exists():
         return scorer
     state = torch.load(path, weights_only=True)
-    train = edges[edges[SPLIT] == "train"]
+    fitted_on = ["train", "valid"] if bool(state.get("fit_on_valid", False)) else ["train"]
+    train = edges[edges[SPLIT].isin(fitted_on)]
     linear = LinearFilter.from_state(state, train[S.USER_INDEX].to_numpy(), train[S.ITEM_INDEX].to_numpy(),
                                      user_emb.shape[0], item_emb.shape[0])
     return ensemble_scorer(scorer, linear.scorer(device), float(state["weight"]))
