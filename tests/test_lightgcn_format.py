@@ -60,3 +60,24 @@ def test_pipeline_on_tiny_split_with_hand_checked_metrics(tiny_split, tmp_path):
     assert rankings.groupby("user_id").size().eq(2).all()
     known = {(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 0), (2, 3), (2, 4), (2, 5), (3, 4), (3, 5), (3, 3)}
     assert not set(zip(rankings["user_id"], rankings["item_id"], strict=True)) & known
+
+
+def test_validation_items_are_masked_at_test_time(tmp_path):
+    # training popularity: item 0 (4 users) > item 1 (3) > items 2, 5 (1). User 4 trained on item 2, holds item 0
+    # out for validation and item 1 for test. With train + valid masked, popularity ranks item 1 first for user 4
+    # (a hit at K=1); with only train masked it would rank item 0 first (a miss).
+    folder = tmp_path / "split"
+    folder.mkdir()
+    (folder / "train.txt").write_text("0 0 1\n1 0 1\n2 0 1\n3 0 5\n4 2\n")
+    (folder / "valid.txt").write_text("4 0\n")
+    (folder / "test.txt").write_text("4 1\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("device: cpu\ningest: {format: lightgcn}\n"
+                      "train: {embedding_dim: 4, num_layers: 1, epochs: 2, batch_size: 8}\n"
+                      "evaluate: {ks: [1, 2]}\nrank: {k: 1}\n")
+    run = tmp_path / "run"
+    assert main(["run", "--input", str(folder), "--out", str(run), "--config", str(config), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["baselines"]["popularity"]["recall@1"] == 1.0
+    # the model ranks among items 1, 3, 4, 5 only: it can never spend a slot on the validation item 0
+    assert set(metrics["valid"]) >= {"recall@1", "ndcg@2"}
