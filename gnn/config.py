@@ -26,6 +26,10 @@ class LinearFilterConfig(StrictModel):
 class TrainConfig(StrictModel):
     embedding_dim: int = Field(64, ge=1)
     num_layers: int = Field(3, ge=0, description="LightGCN propagation layers")
+    init: Literal["normal", "spectral"] = Field(
+        "normal", description="layer-0 embeddings: N(0, 0.1^2), or the top-d SVD of the normalised interactions "
+        "(gnn.spectral, a warm start)"
+    )
     epochs: int = Field(40, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(16384, ge=1, description="positive (user, item) pairs per step")
     lr: float = Field(0.01, gt=0)

@@ -24,6 +24,7 @@ from gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
 from gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
 from gnn.model import LightGCNRecommender
 from gnn.sampling import sample_negatives
+from gnn.spectral import spectral_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,11 @@ def train_lightgcn(
     if config.threads:
         torch.set_num_threads(config.threads)
     model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
+    if config.init == "spectral" and checkpoint is None:
+        target = float(model.layer0.detach().norm(dim=1).mean())
+        with torch.no_grad():
+            model.layer0.copy_(spectral_embeddings(data.train_users.numpy(), data.train_items.numpy(),
+                                                   data.num_users, data.num_items, config.embedding_dim, target, seed))
     model.to(device)
     adjacency = data.adjacency.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

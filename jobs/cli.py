@@ -161,9 +161,11 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _print_summary(run, metrics) -> None:
     test, pop = metrics["test"], metrics["baselines"]["popularity"]
+    ks = sorted(int(key.split("@")[1]) for key in test if key.startswith("recall@"))
+    k = 20 if 20 in ks else ks[-1]  # evaluate.ks decides which cut-offs exist
     print(f"\nhomerank: run finished in {run.root}")
-    print(f"  test recall@20 {test['recall@20']:.4f} (popularity {pop['recall@20']:.4f}), "
-          f"ndcg@20 {test['ndcg@20']:.4f} (popularity {pop['ndcg@20']:.4f}), device {metrics['device']}")
+    print(f"  test recall@{k} {test[f'recall@{k}']:.4f} (popularity {pop[f'recall@{k}']:.4f}), "
+          f"ndcg@{k} {test[f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f}), device {metrics['device']}")
     print(f"  rankings: {run.rankings}/   metrics: {run.metrics}   report: {run.report}")
     if run.homepage.exists():
         print(f"  homepage: {run.homepage}/ and {run.root / 'homepage.jsonl'}")
