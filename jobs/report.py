@@ -40,54 +40,98 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def _rows_section(etl: dict[str, Any]) -> list[str]:
     rows = etl["rows"]
     conserved = rows["in"] == rows["kept"] + rows["quarantined"] + rows["duplicates"]
-    out = ["## Ingest", "", _table(["rows in", "kept", "quarantined", "duplicates removed"],
-                                   [[rows["in"], rows["kept"], rows["quarantined"], rows["duplicates"]]]), "",
-           f"Conservation check `in = kept + quarantined + duplicates`: **{'holds' if conserved else 'FAILS'}**."]
+    out = [
+        "## Ingest",
+        "",
+        _table(
+            ["rows in", "kept", "quarantined", "duplicates removed"],
+            [[rows["in"], rows["kept"], rows["quarantined"], rows["duplicates"]]],
+        ),
+        "",
+        f"Conservation check `in = kept + quarantined + duplicates`: **{'holds' if conserved else 'FAILS'}**.",
+    ]
     if etl.get("quarantine_reasons"):
-        out += ["", "Quarantined rows by reason (files in `quarantine/`):", "",
-                _table(["reason", "rows"], [[k, v] for k, v in etl["quarantine_reasons"].items()])]
+        out += [
+            "",
+            "Quarantined rows by reason (files in `quarantine/`):",
+            "",
+            _table(["reason", "rows"], [[k, v] for k, v in etl["quarantine_reasons"].items()]),
+        ]
     kcore = etl["kcore"]
-    out += ["", f"Input files: {etl['files']} · ids as {etl['id_dtype']} · reference time {etl['reference_time']}",
-            "", "## Interactions", "",
-            _table(["", "users", "items", "edges"],
-                   [["all time", etl["users_all_time"], etl["items_all_time"], etl["edges_all_time"]],
-                    [f"k-core ({kcore['rounds']} rounds)", kcore["users"], kcore["items"], kcore["edges"]]]),
-            "", "Temporal split (edges): " + ", ".join(f"{k} {v}" for k, v in etl["split"].items())]
+    out += [
+        "",
+        f"Input files: {etl['files']} · ids as {etl['id_dtype']} · reference time {etl['reference_time']}",
+        "",
+        "## Interactions",
+        "",
+        _table(
+            ["", "users", "items", "edges"],
+            [
+                ["all time", etl["users_all_time"], etl["items_all_time"], etl["edges_all_time"]],
+                [f"k-core ({kcore['rounds']} rounds)", kcore["users"], kcore["items"], kcore["edges"]],
+            ],
+        ),
+        "",
+        "Temporal split (edges): " + ", ".join(f"{k} {v}" for k, v in etl["split"].items()),
+    ]
     if etl.get("gates"):
-        out += ["", "Data-quality gates:", "",
-                _table(["gate", "value", "threshold", "result"],
-                       [[g["gate"], g["value"], g["threshold"], "pass" if g["passed"] else "**FAIL**"]
-                        for g in etl["gates"]])]
+        out += [
+            "",
+            "Data-quality gates:",
+            "",
+            _table(
+                ["gate", "value", "threshold", "result"],
+                [[g["gate"], g["value"], g["threshold"], "pass" if g["passed"] else "**FAIL**"] for g in etl["gates"]],
+            ),
+        ]
     return out
 
 
 def _graph_section(graph: dict[str, Any]) -> list[str]:
-    rows = [[name, d["min"], d["mean"], d["median"], d["p90"], d["max"]]
-            for name, d in (("users", graph["user_degree"]), ("items", graph["item_degree"]))]
-    out = ["", "## Graph (training edges)", "",
-           f"{graph['users']} users + {graph['items']} items, {graph['edges']} edges, density "
-           f"{graph['density']:.2e}, {graph['components']} connected component(s), largest holds "
-           f"{graph['largest_component_share']:.1%} of the nodes; isolated: {graph['isolated_users']} users, "
-           f"{graph['isolated_items']} items.", "",
-           _table(["degree", "min", "mean", "median", "p90", "max"], rows)]
+    rows = [
+        [name, d["min"], d["mean"], d["median"], d["p90"], d["max"]]
+        for name, d in (("users", graph["user_degree"]), ("items", graph["item_degree"]))
+    ]
+    out = [
+        "",
+        "## Graph (training edges)",
+        "",
+        f"{graph['users']} users + {graph['items']} items, {graph['edges']} edges, density "
+        f"{graph['density']:.2e}, {graph['components']} connected component(s), largest holds "
+        f"{graph['largest_component_share']:.1%} of the nodes; isolated: {graph['isolated_users']} users, "
+        f"{graph['isolated_items']} items.",
+        "",
+        _table(["degree", "min", "mean", "median", "p90", "max"], rows),
+    ]
     for side in ("user", "item"):
         hist = graph.get(f"{side}_degree_histogram")
         if hist and hist["counts"]:
-            bins = [f"{a}–{b - 1}" if b - 1 > a else str(a) for a, b in zip(hist["edges"][:-1], hist["edges"][1:],
-                                                                           strict=True)]
-            out += ["", f"{side.title()} degree distribution:", "",
-                    _table(["degree", "nodes"], [[b, c] for b, c in zip(bins, hist["counts"], strict=True) if c])]
+            bins = [
+                f"{a}–{b - 1}" if b - 1 > a else str(a)
+                for a, b in zip(hist["edges"][:-1], hist["edges"][1:], strict=True)
+            ]
+            out += [
+                "",
+                f"{side.title()} degree distribution:",
+                "",
+                _table(["degree", "nodes"], [[b, c] for b, c in zip(bins, hist["counts"], strict=True) if c]),
+            ]
     return out
 
 
 def _train_section(train: dict[str, Any]) -> list[str]:
     metric = train["early_stopping_metric"]
     rows = [[h["epoch"], h["loss"], h.get("valid", {}).get(metric, ""), h["seconds"]] for h in train["history"]]
-    return ["", "## Training", "",
-            f"{train['epochs']} epochs on {train['device']} in {train['train_seconds']:.1f} s; best epoch "
-            f"{train['best_epoch']} (validation {metric} {train['best_valid'] or 0:.4f}); stopped: "
-            f"{train['stopped_because']}.", "",
-            _table(["epoch", "loss", f"valid {metric}", "seconds"], rows)]
+    return [
+        "",
+        "## Training",
+        "",
+        f"{train['epochs']} epochs on {train['device']} in {train['train_seconds']:.1f} s; best epoch "
+        f"{train['best_epoch']} (validation {metric} {train['best_valid'] or 0:.4f}); stopped: "
+        f"{train['stopped_because']}.",
+        "",
+        _table(["epoch", "loss", f"valid {metric}", "seconds"], rows),
+    ]
 
 
 def _metrics_section(metrics: dict[str, Any]) -> list[str]:
@@ -96,8 +140,12 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     for key, value in test.items():
         base = popularity.get(key, 0.0)
         rows.append([key, value, base, f"{value / base:.2f}x" if base else "—"])
-    return ["", "## Test metrics (full ranking, training items masked)", "",
-            _table(["metric", "LightGCN", "popularity", "ratio"], rows)]
+    return [
+        "",
+        "## Test metrics (full ranking, training items masked)",
+        "",
+        _table(["metric", "LightGCN", "popularity", "ratio"], rows),
+    ]
 
 
 def _homepage_section(stats: dict[str, Any]) -> list[str]:
@@ -106,15 +154,33 @@ def _homepage_section(stats: dict[str, Any]) -> list[str]:
     baseline = quality.get("top_k_baseline", {})
     rows = [[name, quality["homepage"][name], baseline.get(name, "—")] for name in names]
     accuracy = ", ".join(f"{k} {v:.4f}" for k, v in quality.get("for_you_accuracy", {}).items() if k != "users")
-    return ["", "## Homepage", "",
-            f"`homepage/` and `homepage.jsonl`: {stats['rows']} slots for {stats['users']} users "
-            f"({stats['cold_users']} without a model embedding, served by fallbacks); slots per section: "
-            + ", ".join(f"{k} {v}" for k, v in stats["sections"].items()) + ".", "",
-            "Page quality (coverage and Gini over the catalogue; diversity = share of different-category pairs "
-            "per page; novelty = mean self-information in bits; cold share = slots holding items the model never "
-            "trained on):", "",
-            _table(["metric", "homepage", "plain top-K (rankings/)"], rows), "",
-            f"Offline accuracy of the `for_you` row (after the page rules): {accuracy or 'n/a'}."]
+    lines = [
+        "",
+        "## Homepage",
+        "",
+        f"`homepage/` and `homepage.jsonl`: {stats['rows']} slots for {stats['users']} users "
+        f"({stats['cold_users']} without a model embedding, served by fallbacks); slots per section: "
+        + ", ".join(f"{k} {v}" for k, v in stats["sections"].items())
+        + ".",
+        "",
+        "Page quality (coverage and Gini over the catalogue; diversity = share of different-category pairs "
+        "per page; novelty = mean self-information in bits; cold share = slots holding items the model never "
+        "trained on):",
+        "",
+        _table(["metric", "homepage", "plain top-K (rankings/)"], rows),
+        "",
+        f"Offline accuracy of the `for_you` row (after the page rules): {accuracy or 'n/a'}.",
+    ]
+    check = stats.get("rule_check")
+    if check:
+        broken = {k: v for k, v in check["violations"].items() if v}
+        lines += [
+            "",
+            f"Page rules checked over all {check['users_checked']} users and {check['slots_checked']} "
+            f"slots: **{'all hold' if check['passed'] else 'BROKEN: ' + str(broken)}** "
+            f"({', '.join(check['violations'])}).",
+        ]
+    return lines
 
 
 def _figure(run: RunDir, name: str, title: str, png: bytes | None) -> list[str]:
@@ -140,8 +206,10 @@ def _html(run: RunDir, text: str) -> str:
 
     body = re.sub(r'src="(report/[\w.-]+\.png)"', inline, body)
     title = html.escape(f"homerank run report — {run.root}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{HTML_STYLE}</style>"
-            f"</head><body>{body}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{HTML_STYLE}</style>"
+        f"</head><body>{body}</body></html>"
+    )
 
 
 def write_report(run: RunDir) -> Path:
@@ -149,8 +217,10 @@ def write_report(run: RunDir) -> Path:
     metrics, etl = _maybe(run.metrics), _maybe(run.etl_stats)
     if metrics:
         dataset = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in metrics["dataset"].items())
-        parts += [f"Device: **{metrics['device']}** · model {metrics.get('model', 'lightgcn')} · training "
-                  f"{metrics['train_seconds']:.1f} s · {metrics['epochs']} epochs · {dataset}"]
+        parts += [
+            f"Device: **{metrics['device']}** · model {metrics.get('model', 'lightgcn')} · training "
+            f"{metrics['train_seconds']:.1f} s · {metrics['epochs']} epochs · {dataset}"
+        ]
     timings = _maybe(run.timings)
     if timings:
         parts += ["", "Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
@@ -168,11 +238,15 @@ def write_report(run: RunDir) -> Path:
         parts += _metrics_section(metrics)
     rank = _maybe(run.rank_stats)
     if rank:
-        parts += ["", "## Rankings", "",
-                  f"`rankings/`: {rank['rows']} rows for {rank['users']} users (top {rank['k']}); "
-                  f"{rank['model_users']} ranked by the GNN, {rank['popularity_users']} without training "
-                  f"history by popularity; {rank['users_with_fewer_than_k']} users with fewer than K allowed "
-                  f"items; {rank['excluded_pairs']} (user, item) pairs excluded."]
+        parts += [
+            "",
+            "## Rankings",
+            "",
+            f"`rankings/`: {rank['rows']} rows for {rank['users']} users (top {rank['k']}); "
+            f"{rank['model_users']} ranked by the GNN, {rank['popularity_users']} without training "
+            f"history by popularity; {rank['users_with_fewer_than_k']} users with fewer than K allowed "
+            f"items; {rank['excluded_pairs']} (user, item) pairs excluded.",
+        ]
     homepage = _maybe(run.homepage_stats)
     if homepage and "quality" in homepage:
         parts += _homepage_section(homepage)

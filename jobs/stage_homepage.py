@@ -42,6 +42,7 @@ from gnn.metrics import top_k
 from jobs.config import HomepageConfig, JobConfig, SectionConfig
 from jobs.merchandising import Merchandising, load_merchandising
 from jobs.page_quality import page_quality
+from jobs.page_rules import check_page_rules
 from jobs.rundir import RunDir, atomic_path, read_json, write_json, write_parquet_dataset
 from jobs.stage_io import require
 from jobs.stage_train import load_embeddings, load_scorer
@@ -333,10 +334,17 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     page = pd.DataFrame(builder.rows, columns=HOMEPAGE_COLUMNS)
     write_parquet_dataset(run.homepage, page)
     _write_jsonl(run, page)
+    rule_check = check_page_rules(
+        page, pd.Series(catalogue.in_stock, index=catalogue.item_ids), pd.Series(catalogue.category,
+                                                                                 index=catalogue.item_ids),
+        bought[[S.USER, S.ITEM]], users, settings)
+    if not rule_check["passed"]:
+        log.error("homepage: page rules broken: %s", rule_check["violations"])
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
     stats = {"users": int(page["user_id"].nunique()), "rows": len(page),
              "sections": page.groupby("section").size().to_dict(),
              "cold_users": int(sum(model_row.get(u) is None for u in users.tolist())),
+             "rule_check": rule_check,
              "diversity": settings.diversity if settings.diversity == "category_cap"
              else f"mmr(lambda={settings.mmr_lambda})",
              "merchandising": {**merchandising.stats,

@@ -38,6 +38,11 @@ def test_every_page_follows_the_rules(homepage_run):
     assert viewed.str.startswith("Because you viewed ").all() and not viewed.str.contains("{", regex=False).any()
     trending = page[page["section"] == "trending_in_category"]
     assert (trending["section_title"] == "Trending in " + trending["category"]).all()
+    # the stage checks the same rules over its whole output on every run (the demo included)
+    check = json.loads((run / "homepage_stats.json").read_text())["rule_check"]
+    assert check["passed"] and check["users_checked"] == page["user_id"].nunique()
+    assert check["slots_checked"] == len(page)
+    assert "Page rules checked over all" in (run / "report.md").read_text()
 
 
 @pytest.mark.slow

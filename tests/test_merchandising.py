@@ -107,7 +107,7 @@ def test_pins_boosts_and_mmr_over_every_page(homepage_run, tmp_path):
     page = pd.read_parquet(run / "homepage")
     stats = json.loads((run / "homepage_stats.json").read_text())
     assert stats["merchandising"]["active_pins"] == 1 and stats["merchandising"]["inactive"] == 1
-    assert stats["diversity"] == "mmr(lambda=0.3)"
+    assert stats["diversity"] == "mmr(lambda=0.3)" and stats["rule_check"]["passed"]
     # the page rules still hold for every user
     assert set(page["user_id"]) == set(before["user_id"])
     assert not page.duplicated(["user_id", "item_id"]).any()
