@@ -17,6 +17,10 @@ class LinearFilterConfig(StrictModel):
     singular_vectors: int = Field(256, ge=1, description="k of the ideal low-pass filter")
     alpha: float = Field(0.3, ge=0, description="weight of the low-pass term inside GF-CF")
     weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    choice_users: int | None = Field(
+        10_000, ge=1, description="validation users (a seeded random sample) scored to choose the share; "
+        "null = all of them"
+    )
     refit: bool = Field(
         True, description="after its share is chosen on validation, refit the filter on train + validation pairs "
         "(it has no trained parameters, so the final scorer uses all known history)"

@@ -79,9 +79,14 @@ class LinearFilter:
         interactions = self.interactions
 
         def score(batch: Tensor) -> Tensor:
-            rows = torch.from_numpy(interactions[batch.cpu().numpy()].toarray()).to(device)  # (B, I)
+            block = interactions[batch.cpu().numpy()]  # the users' rows of R, CSR (B, I)
+            crow = torch.from_numpy(block.indptr.astype(np.int64)).to(device)
+            col = torch.from_numpy(block.indices.astype(np.int64)).to(device)
+            size = (batch.numel(), interactions.shape[1])
+            rows = torch.sparse_csr_tensor(crow, col, torch.ones(col.numel(), device=device), size=size).to_dense()
             linear = torch.sparse.mm(normalised_t, torch.sparse.mm(normalised, rows.T)).T  # r R~^T R~
-            ideal = ((rows * inv_sqrt) @ vectors) @ vectors.T * degree.sqrt()
+            scaled = torch.sparse_csr_tensor(crow, col, inv_sqrt[col], size=size)  # r D_I^-1/2, still sparse
+            ideal = (torch.sparse.mm(scaled, vectors) @ vectors.T) * degree.sqrt()
             return linear + self.alpha * ideal
 
         return score

@@ -54,6 +54,11 @@ class CSRIndex:
                                                                              lengths)
         return rows, self.indices[torch.repeat_interleave(start, lengths) + offsets]
 
+    def restrict(self, users: Tensor) -> CSRIndex:
+        """The same lists for ``users`` only; every other user gets an empty list."""
+        rows, items = self.pairs(users)
+        return CSRIndex.from_pairs(users[rows].numpy(), items.numpy(), self.indptr.numel() - 1, self.num_items)
+
     def keys(self) -> Tensor:
         """Sorted keys u * I + i of all pairs."""
         users = torch.repeat_interleave(torch.arange(self.indptr.numel() - 1), self.counts())

@@ -103,7 +103,15 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
         gnn = embedding_scorer(user_emb.to(device), item_emb.to(device))
         metric = config.train.early_stopping_metric
         ks = sorted({*config.evaluate.ks, int(metric.split("@")[1])})
-        blends = evaluate_blends(gnn, linear.scorer(device), settings.weights, data.valid, train_index, ks,
+        truth = data.valid
+        with_items = torch.nonzero(truth.counts() > 0).flatten()
+        if settings.choice_users is not None and with_items.numel() > settings.choice_users:
+            generator = torch.Generator().manual_seed(config.seed)
+            sample = with_items[torch.randperm(with_items.numel(), generator=generator)[: settings.choice_users]]
+            truth = truth.restrict(sample.sort().values)
+            log.info("linear filter: share chosen on %d of %d validation users", settings.choice_users,
+                     with_items.numel())
+        blends = evaluate_blends(gnn, linear.scorer(device), settings.weights, truth, train_index, ks,
                                  config.evaluate.batch_size, device)
         for candidate, values in blends.items():
             scores[str(candidate)] = values[metric]

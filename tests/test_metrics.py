@@ -65,3 +65,12 @@ def test_page_quality_by_hand():
     category = pd.Series({"a": "x", "b": "x", "c": "y"})
     # user 1: pairs (a,b) same, (a,c), (b,c) different -> 2/3; user 2: (a,b) same -> 0
     assert intra_list_diversity(pages, category) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_restrict_keeps_only_the_chosen_users():
+    from gnn.metrics import CSRIndex
+
+    index = CSRIndex.from_pairs(np.array([0, 0, 1, 2, 2, 2]), np.array([1, 3, 0, 0, 1, 2]), 4, 5)
+    kept = index.restrict(torch.tensor([0, 2]))
+    assert kept.counts().tolist() == [2, 0, 3, 0]
+    assert kept.indices.tolist() == [1, 3, 0, 1, 2]
