@@ -98,6 +98,8 @@ def main() -> None:
                args.data, "--out", str(run.root), "--config", args.config]
     print("$", " ".join(command), flush=True)
     if not args.reuse_run:
+        if run.root.exists():  # a fresh run: its log then holds this run only (run directories append logs)
+            shutil.rmtree(run.root)
         with open(out / "run.log", "w") as log_file:
             log_file.write("$ " + " ".join(command) + "\n")
             log_file.flush()
