@@ -16,6 +16,7 @@ class LinearFilterConfig(StrictModel):
     enabled: bool = False
     singular_vectors: int = Field(256, ge=1, description="k of the ideal low-pass filter")
     alpha: float = Field(0.3, ge=0, description="weight of the low-pass term inside GF-CF")
+    sharpening: float = Field(0.0, ge=0, description="BSPM-style sharpening step: s <- s - beta * s R~^T R~")
     weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     choice_users: int | None = Field(
         10_000, ge=1, description="validation users (a seeded random sample) scored to choose the share; "

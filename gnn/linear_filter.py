@@ -5,9 +5,12 @@ With the binary training matrix R (U x I), degrees D_U, D_I and R~ = D_U^-1/2 R 
     s_u = r_u R~^T R~  +  alpha * r_u D_I^-1/2 V_k V_k^T D_I^1/2
 
 The first term is the normalised item-item (linear) filter, the second an ideal low-pass filter built from
-the top-k right singular vectors V_k (I x k) of R~. Nothing is trained; the fit is one truncated SVD.
-Scores for a block of users are two sparse-dense products (R~ r^T, then R~^T of that) plus two thin dense
-products, so full ranking stays a blocked matmul.
+the top-k right singular vectors V_k (I x k) of R~. With ``sharpening`` beta > 0 the scores then take one
+explicit Euler step of the reverse heat equation on the item graph P = R~^T R~ (the sharpening step of BSPM,
+Choi et al., SIGIR 2023): s <- s - beta * s P, which subtracts the over-smoothed, popular component.
+Nothing is trained; the fit is one truncated SVD. Scores for a block of users are two sparse-dense products
+(R~ r^T, then R~^T of that; two more with sharpening) plus two thin dense products, so full ranking stays a
+blocked matmul.
 """
 
 from __future__ import annotations
@@ -56,10 +59,11 @@ class LinearFilter:
     vectors: Tensor
     item_degree: Tensor
     alpha: float
+    sharpening: float = 0.0
 
     @classmethod
     def fit(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, k: int = 256,
-            alpha: float = 0.3, seed: int = 0) -> LinearFilter:
+            alpha: float = 0.3, seed: int = 0, sharpening: float = 0.0) -> LinearFilter:
         started = time.perf_counter()
         matrix, normalised, item_degree = normalised_interactions(users, items, num_users, num_items)
         k = min(k, min(num_users, num_items) - 1)
@@ -67,7 +71,7 @@ class LinearFilter:
         _, _, vt = scipy.sparse.linalg.svds(normalised, k=k, v0=rng.random(min(normalised.shape)))
         log.info("linear filter: top-%d SVD in %.1fs", k, time.perf_counter() - started)
         return cls(matrix, normalised, torch.from_numpy(np.ascontiguousarray(vt.T, dtype=np.float32)),
-                   torch.from_numpy(item_degree.astype(np.float32)), alpha)
+                   torch.from_numpy(item_degree.astype(np.float32)), alpha, sharpening)
 
     def scorer(self, device: torch.device | str = "cpu"):
         """Returns ``score(users (B,)) -> (B, I)`` (see the module formula)."""
@@ -87,20 +91,26 @@ class LinearFilter:
             linear = torch.sparse.mm(normalised_t, torch.sparse.mm(normalised, rows.T)).T  # r R~^T R~
             scaled = torch.sparse_csr_tensor(crow, col, inv_sqrt[col], size=size)  # r D_I^-1/2, still sparse
             ideal = (torch.sparse.mm(scaled, vectors) @ vectors.T) * degree.sqrt()
-            return linear + self.alpha * ideal
+            scores = linear + self.alpha * ideal
+            if self.sharpening:
+                smoothed = torch.sparse.mm(normalised_t, torch.sparse.mm(normalised, scores.T.contiguous())).T
+                scores = scores - self.sharpening * smoothed
+            return scores
 
         return score
 
     def state(self) -> dict[str, Tensor]:
         """Singular vectors, degrees and alpha; R itself is rebuilt from the same pairs (`from_state`)."""
-        return {"vectors": self.vectors, "item_degree": self.item_degree, "alpha": torch.tensor(self.alpha)}
+        return {"vectors": self.vectors, "item_degree": self.item_degree, "alpha": torch.tensor(self.alpha),
+                "sharpening": torch.tensor(self.sharpening)}
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], users: np.ndarray, items: np.ndarray, num_users: int,
                    num_items: int) -> LinearFilter:
         """Rebuild from saved singular vectors and the same training pairs (no SVD)."""
         matrix, normalised, _ = normalised_interactions(users, items, num_users, num_items)
-        return cls(matrix, normalised, state["vectors"], state["item_degree"], float(state["alpha"]))
+        return cls(matrix, normalised, state["vectors"], state["item_degree"], float(state["alpha"]),
+                   float(state.get("sharpening", 0.0)))
 
 
 def ensemble_scorer(first, second, weight: float):

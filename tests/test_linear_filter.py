@@ -22,6 +22,12 @@ def test_gf_cf_scores_match_the_dense_formula():
     np.testing.assert_allclose(v.T @ v, np.eye(3), atol=1e-5)
     top = np.linalg.svd(norm)[2][:3]
     np.testing.assert_allclose(v @ v.T, top.T @ top, atol=1e-4)  # same subspace (order and sign free)
+    # sharpening: s - beta * s P with P = R~^T R~ (one Euler step of the reverse heat equation)
+    sharpened = LinearFilter(fitted.interactions, fitted.normalised, fitted.vectors, fitted.item_degree, 0.5, 0.7)
+    np.testing.assert_allclose(sharpened.scorer()(torch.arange(12)).numpy(), expected - 0.7 * expected @ norm.T @ norm,
+                               rtol=1e-4, atol=1e-4)
+    restored = LinearFilter.from_state(sharpened.state(), users, items, 12, 9)
+    assert restored.sharpening == pytest.approx(0.7) and restored.alpha == pytest.approx(0.5)
 
 
 def test_ensemble_mixes_standardised_scores():
