@@ -190,13 +190,14 @@ class PageBuilder:
         mmr = self.settings.diversity == "mmr" and category_cap
         pool_size = max(room * self.settings.mmr_pool_factor, room) if mmr else room
         pool: list[tuple[int, float, str]] = []
+        offered: set[int] = set()  # a later source cannot offer an item twice
         per_category: dict[str, int] = {}
         for source in sources:
             candidates, scores, reasons = self._boosted(section.kind, *source)
             for rank, position in enumerate(candidates.tolist()):
                 if len(pool) >= pool_size:
                     break
-                if not allowed(position) or position in self.reserved:
+                if not allowed(position) or position in self.reserved or position in offered:
                     continue
                 category = self.catalogue.category[position]
                 if category_cap and not mmr:
@@ -205,11 +206,8 @@ class PageBuilder:
                     per_category[category] = per_category.get(category, 0) + 1
                 used_reason = reasons if isinstance(reasons, str) else reasons[rank]
                 pool.append((position, float(scores[rank]), used_reason))
-                used.add(position)  # so a later source cannot offer it twice; released below if not chosen
-        chosen = self._mmr(pool, room) if mmr and pool else pool[:room]
-        for position, _, _ in pool[len(chosen):] if not mmr else pool:
-            used.discard(position)
-        row = list(chosen)
+                offered.add(position)
+        row = self._mmr(pool, room) if mmr and pool else pool[:room]
         for pin in pins:
             row.insert(min(pin.slot - 1, len(row)), (pin.position, float("nan"), f"pin:merchandising:row{pin.rule}"))
         for slot, (position, score, reason) in enumerate(row, start=1):

@@ -58,13 +58,12 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     cosine = config.train.loss == "softmax"
     device = backend.torch_device
     user_emb, item_emb = result.model.embeddings(data.adjacency.to(device), cosine=cosine)  # training graph only
+    known = edges[edges[SPLIT].isin(["train", "valid"])]  # all known history, for the final scorer
     ensemble = None
     if config.train.linear_filter.enabled:  # its share is chosen on validation with training-graph embeddings
-        known = edges[edges[SPLIT].isin(["train", "valid"])]
         ensemble = _fit_linear_filter(run, config, data, backend, user_emb, item_emb,
                                       (known[S.USER_INDEX].to_numpy(), known[S.ITEM_INDEX].to_numpy()))
     if config.train.propagate_known_edges and has_valid:
-        known = edges[edges[SPLIT].isin(["train", "valid"])]
         known_graph, _ = build_graph(known[S.USER_INDEX].to_numpy(), known[S.ITEM_INDEX].to_numpy(),
                                      known[S.WEIGHT].to_numpy(), graph.num_users, graph.num_items,
                                      config.graph.edge_weight, backend)

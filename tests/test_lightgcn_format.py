@@ -11,15 +11,18 @@ from engine.lightgcn_format import carve_validation, load_lightgcn, read_pairs
 from jobs.cli import main
 
 
+def write_split(folder, train: str, valid: str, test: str):
+    """A lightgcn-format folder with the given train.txt / valid.txt / test.txt contents."""
+    folder.mkdir()
+    for name, text in (("train", train), ("valid", valid), ("test", test)):
+        (folder / f"{name}.txt").write_text(text)
+    return folder
+
+
 @pytest.fixture()
 def tiny_split(tmp_path):
-    folder = tmp_path / "tiny"
-    folder.mkdir()
     # 4 users, 6 items; users 0/1 like items 0-2, users 2/3 like items 3-5
-    (folder / "train.txt").write_text("0 0 1\n1 1 2\n2 3 4\n3 4 5\n")
-    (folder / "valid.txt").write_text("0 2\n2 5\n")
-    (folder / "test.txt").write_text("1 0\n3 3\n")
-    return folder
+    return write_split(tmp_path / "tiny", "0 0 1\n1 1 2\n2 3 4\n3 4 5\n", "0 2\n2 5\n", "1 0\n3 3\n")
 
 
 def test_reads_pairs_and_splits(tiny_split):
@@ -66,11 +69,7 @@ def test_validation_items_are_masked_at_test_time(tmp_path):
     # training popularity: item 0 (4 users) > item 1 (3) > items 2, 5 (1). User 4 trained on item 2, holds item 0
     # out for validation and item 1 for test. With train + valid masked, popularity ranks item 1 first for user 4
     # (a hit at K=1); with only train masked it would rank item 0 first (a miss).
-    folder = tmp_path / "split"
-    folder.mkdir()
-    (folder / "train.txt").write_text("0 0 1\n1 0 1\n2 0 1\n3 0 5\n4 2\n")
-    (folder / "valid.txt").write_text("4 0\n")
-    (folder / "test.txt").write_text("4 1\n")
+    folder = write_split(tmp_path / "split", "0 0 1\n1 0 1\n2 0 1\n3 0 5\n4 2\n", "4 0\n", "4 1\n")
     config = tmp_path / "c.yaml"
     config.write_text("device: cpu\ningest: {format: lightgcn}\n"
                       "train: {embedding_dim: 4, num_layers: 1, epochs: 2, batch_size: 8}\n"
