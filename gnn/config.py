@@ -16,7 +16,11 @@ class LinearFilterConfig(StrictModel):
     enabled: bool = False
     singular_vectors: int = Field(256, ge=1, description="k of the ideal low-pass filter")
     alpha: float = Field(0.3, ge=0, description="weight of the low-pass term inside GF-CF")
-    sharpening: float = Field(0.0, ge=0, description="BSPM-style sharpening step: s <- s - beta * s R~^T R~")
+    sharpening: float = Field(
+        0.0, ge=0, description="BSPM sharpening time T: integrate ds/dt = -s R~^T R~ over [0, T] (0 = plain GF-CF)"
+    )
+    sharpening_solver: Literal["euler", "rk4"] = Field("euler", description="ODE solver of the sharpening process")
+    sharpening_steps: int = Field(1, ge=1, description="solver steps over [0, T]")
     weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     choice_users: int | None = Field(
         10_000, ge=1, description="validation users (a seeded random sample) scored to choose the share; "

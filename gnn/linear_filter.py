@@ -5,18 +5,28 @@ With the binary training matrix R (U x I), degrees D_U, D_I and R~ = D_U^-1/2 R 
     s_u = r_u R~^T R~  +  alpha * r_u D_I^-1/2 V_k V_k^T D_I^1/2
 
 The first term is the normalised item-item (linear) filter, the second an ideal low-pass filter built from
-the top-k right singular vectors V_k (I x k) of R~. With ``sharpening`` beta > 0 the scores then take one
-explicit Euler step of the reverse heat equation on the item graph P = R~^T R~ (the sharpening step of BSPM,
-Choi et al., SIGIR 2023): s <- s - beta * s P, which subtracts the over-smoothed, popular component.
-Nothing is trained; the fit is one truncated SVD. Scores for a block of users are two sparse-dense products
-(R~ r^T, then R~^T of that; two more with sharpening) plus two thin dense products, so full ranking stays a
-blocked matmul.
+the top-k right singular vectors V_k (I x k) of R~.
+
+With a sharpening time T > 0 the scores are then carried along the sharpening process of BSPM (Choi et al.,
+SIGIR 2023), the reverse heat equation on the item graph P = R~^T R~,
+
+    ds/dt = - s P,   s(0) = the GF-CF scores above,  integrated over [0, T] in K steps of h = T / K:
+
+    euler:  s <- s - h s P                                   (one product with P per step)
+    rk4:    k1 = -s P, k2 = -(s + h/2 k1) P, k3 = -(s + h/2 k2) P, k4 = -(s + h k3) P,
+            s <- s + h/6 (k1 + 2 k2 + 2 k3 + k4)             (four per step)
+
+which takes back the over-smoothed, popular component that the blurring (P) spread over every user. Every step
+is a polynomial in P, so the whole filter stays linear in r_u. Nothing is trained; the fit is one truncated
+SVD. Each product with P is two sparse-dense products (R~ x^T, then R~^T of that), so scoring a block of users
+stays a blocked matmul.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,10 +70,13 @@ class LinearFilter:
     item_degree: Tensor
     alpha: float
     sharpening: float = 0.0
+    sharpening_solver: str = "euler"
+    sharpening_steps: int = 1
 
     @classmethod
     def fit(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, k: int = 256,
-            alpha: float = 0.3, seed: int = 0, sharpening: float = 0.0) -> LinearFilter:
+            alpha: float = 0.3, seed: int = 0, sharpening: float = 0.0, sharpening_solver: str = "euler",
+            sharpening_steps: int = 1) -> LinearFilter:
         started = time.perf_counter()
         matrix, normalised, item_degree = normalised_interactions(users, items, num_users, num_items)
         k = min(k, min(num_users, num_items) - 1)
@@ -71,7 +84,8 @@ class LinearFilter:
         _, _, vt = scipy.sparse.linalg.svds(normalised, k=k, v0=rng.random(min(normalised.shape)))
         log.info("linear filter: top-%d SVD in %.1fs", k, time.perf_counter() - started)
         return cls(matrix, normalised, torch.from_numpy(np.ascontiguousarray(vt.T, dtype=np.float32)),
-                   torch.from_numpy(item_degree.astype(np.float32)), alpha, sharpening)
+                   torch.from_numpy(item_degree.astype(np.float32)), alpha, sharpening, sharpening_solver,
+                   sharpening_steps)
 
     def scorer(self, device: torch.device | str = "cpu"):
         """Returns ``score(users (B,)) -> (B, I)`` (see the module formula)."""
@@ -88,21 +102,39 @@ class LinearFilter:
             col = torch.from_numpy(block.indices.astype(np.int64)).to(device)
             size = (batch.numel(), interactions.shape[1])
             rows = torch.sparse_csr_tensor(crow, col, torch.ones(col.numel(), device=device), size=size).to_dense()
-            linear = torch.sparse.mm(normalised_t, torch.sparse.mm(normalised, rows.T)).T  # r R~^T R~
+            linear = propagate(rows)  # r R~^T R~
             scaled = torch.sparse_csr_tensor(crow, col, inv_sqrt[col], size=size)  # r D_I^-1/2, still sparse
             ideal = (torch.sparse.mm(scaled, vectors) @ vectors.T) * degree.sqrt()
-            scores = linear + self.alpha * ideal
-            if self.sharpening:
-                smoothed = torch.sparse.mm(normalised_t, torch.sparse.mm(normalised, scores.T.contiguous())).T
-                scores = scores - self.sharpening * smoothed
-            return scores
+            return self._sharpen(linear + self.alpha * ideal, propagate)
+
+        def propagate(scores: Tensor) -> Tensor:  # s P = ((R~^T (R~ s^T)))^T, shape (B, I)
+            return torch.sparse.mm(normalised_t, torch.sparse.mm(normalised, scores.T.contiguous())).T
 
         return score
 
+    def _sharpen(self, scores: Tensor, propagate: Callable[[Tensor], Tensor]) -> Tensor:
+        """Integrate ds/dt = -s P from 0 to ``sharpening`` (module docstring); ``propagate(s) = s P``."""
+        if not self.sharpening:
+            return scores
+        h = self.sharpening / self.sharpening_steps
+        for _ in range(self.sharpening_steps):
+            if self.sharpening_solver == "euler":
+                scores = scores - h * propagate(scores)
+            else:  # classical Runge-Kutta
+                k1 = -propagate(scores)
+                k2 = -propagate(scores + h / 2 * k1)
+                k3 = -propagate(scores + h / 2 * k2)
+                k4 = -propagate(scores + h * k3)
+                scores = scores + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return scores
+
     def state(self) -> dict[str, Tensor]:
-        """Singular vectors, degrees and alpha; R itself is rebuilt from the same pairs (`from_state`)."""
+        """Singular vectors, degrees and the filter settings; R itself is rebuilt from the same pairs
+        (`from_state`)."""
         return {"vectors": self.vectors, "item_degree": self.item_degree, "alpha": torch.tensor(self.alpha),
-                "sharpening": torch.tensor(self.sharpening)}
+                "sharpening": torch.tensor(self.sharpening),
+                "sharpening_rk4": torch.tensor(self.sharpening_solver == "rk4"),
+                "sharpening_steps": torch.tensor(self.sharpening_steps)}
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], users: np.ndarray, items: np.ndarray, num_users: int,
@@ -110,7 +142,9 @@ class LinearFilter:
         """Rebuild from saved singular vectors and the same training pairs (no SVD)."""
         matrix, normalised, _ = normalised_interactions(users, items, num_users, num_items)
         return cls(matrix, normalised, state["vectors"], state["item_degree"], float(state["alpha"]),
-                   float(state.get("sharpening", 0.0)))
+                   float(state.get("sharpening", 0.0)),
+                   "rk4" if bool(state.get("sharpening_rk4", False)) else "euler",
+                   int(state.get("sharpening_steps", 1)))
 
 
 def ensemble_scorer(first, second, weight: float):

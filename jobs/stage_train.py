@@ -93,8 +93,8 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
     settings = config.train.linear_filter
     started = time.perf_counter()
     linear = LinearFilter.fit(data.train_users.numpy(), data.train_items.numpy(), data.num_users, data.num_items,
-                              settings.singular_vectors, settings.alpha, config.seed,
-                              settings.sharpening)
+                              settings.singular_vectors, settings.alpha, config.seed, settings.sharpening,
+                              settings.sharpening_solver, settings.sharpening_steps)
     device = backend.torch_device
     weight, scores = 1.0 if data.valid is None else 0.0, {}
     if data.valid is not None:
@@ -122,7 +122,8 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
         users, items = known_pairs
         log.info("linear filter: refit on %d train + validation pairs", users.size)
         linear = LinearFilter.fit(users, items, data.num_users, data.num_items, settings.singular_vectors,
-                                  settings.alpha, config.seed, settings.sharpening)
+                                  settings.alpha, config.seed, settings.sharpening, settings.sharpening_solver,
+                                  settings.sharpening_steps)
     with atomic_path(run.root / "train" / "linear_filter.pt") as tmp:
         torch.save({**linear.state(), "weight": torch.tensor(weight), "fit_on_valid": torch.tensor(refit)}, tmp)
     return {"weight": weight, "valid": scores, "fit_on": "train+valid" if refit else "train",

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +30,19 @@ def test_gf_cf_scores_match_the_dense_formula():
                                rtol=1e-4, atol=1e-4)
     restored = LinearFilter.from_state(sharpened.state(), users, items, 12, 9)
     assert restored.sharpening == pytest.approx(0.7) and restored.alpha == pytest.approx(0.5)
+    # Euler in two steps of h = T/2: s (I - h P)^2
+    p = norm.T @ norm
+    two_steps = LinearFilter(fitted.interactions, fitted.normalised, fitted.vectors, fitted.item_degree, 0.5, 1.6,
+                             "euler", 2)
+    np.testing.assert_allclose(two_steps.scorer()(torch.arange(12)).numpy(),
+                               expected @ (np.eye(9) - 0.8 * p) @ (np.eye(9) - 0.8 * p), rtol=1e-4, atol=1e-4)
+    # one RK4 step of h on ds/dt = -s P is the 4th-order Taylor polynomial of exp(-h P)
+    h = 2.5
+    rk4 = LinearFilter(fitted.interactions, fitted.normalised, fitted.vectors, fitted.item_degree, 0.5, h, "rk4", 1)
+    taylor = sum(np.linalg.matrix_power(-h * p, n) / math.factorial(n) for n in range(5))
+    np.testing.assert_allclose(rk4.scorer()(torch.arange(12)).numpy(), expected @ taylor, rtol=1e-4, atol=1e-4)
+    restored = LinearFilter.from_state(rk4.state(), users, items, 12, 9)
+    assert (restored.sharpening_solver, restored.sharpening_steps) == ("rk4", 1)
 
 
 def test_ensemble_mixes_standardised_scores():
