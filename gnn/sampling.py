@@ -2,8 +2,9 @@
 
 Positives are kept as sorted int64 keys ``u * I + i``; a candidate (u, j) is rejected when its key is
 found by ``searchsorted``. Rejected candidates are redrawn together, round after round, so there is no
-Python loop over users. Users who interacted with every item cannot get a negative: their last draw is
-kept after ``max_rounds`` (it happens only on toy data).
+Python loop over users. Entries still rejected after ``max_rounds`` belong to users who interacted with
+almost every item; they draw uniformly from their explicit complement instead (a loop over those few users
+only). Users who interacted with every item have no negative: their last draw is kept (toy data only).
 """
 
 from __future__ import annotations
@@ -43,4 +44,22 @@ def sample_negatives(
         negatives[todo] = redraw
         still = is_positive(users[todo], redraw, keys, num_items)
         todo = todo[still]
+    if todo.numel():
+        _draw_from_complement(negatives, users, todo, num_items, keys, generator)
     return negatives
+
+
+def _draw_from_complement(negatives: Tensor, users: Tensor, todo: Tensor, num_items: int, keys: Tensor,
+                          generator: torch.Generator | None) -> None:
+    """Fill ``negatives[todo]`` uniformly from each user's non-positive items, in place."""
+    for user in torch.unique(users[todo]).tolist():
+        start, end = torch.searchsorted(keys, torch.tensor([user * num_items, (user + 1) * num_items],
+                                                           device=keys.device)).tolist()
+        allowed = torch.ones(num_items, dtype=torch.bool, device=keys.device)
+        allowed[keys[start:end] - user * num_items] = False
+        complement = allowed.nonzero().flatten()
+        if complement.numel() == 0:
+            continue
+        entries = todo[users[todo] == user]
+        pick = torch.randint(0, complement.numel(), entries.shape, generator=generator, device=keys.device)
+        negatives[entries] = complement[pick]

@@ -26,3 +26,15 @@ def test_sampling_is_reproducible_with_a_seed():
     a = sample_negatives(users, 10, keys, torch.Generator().manual_seed(1))
     b = sample_negatives(users, 10, keys, torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
+
+
+def test_users_with_one_negative_left_still_get_it():
+    # user 0 has every item but 7, user 1 every item but 2 and 5; one rejection round forces the fallback
+    items = torch.arange(40)
+    users = torch.cat([torch.zeros(39, dtype=torch.long), torch.ones(38, dtype=torch.long)])
+    positives = torch.cat([items[items != 7], items[(items != 2) & (items != 5)]])
+    keys = positive_keys(users, positives, 40)
+    query = torch.tensor([0, 1] * 50)
+    negatives = sample_negatives(query, 40, keys, torch.Generator().manual_seed(0), max_rounds=1)
+    assert set(negatives[query == 0].tolist()) == {7}
+    assert set(negatives[query == 1].tolist()) == {2, 5}
