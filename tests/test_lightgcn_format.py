@@ -1,6 +1,7 @@
 """The lightgcn input format on a tiny hand-made split, through the real pipeline."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,14 +47,20 @@ def test_carved_validation_keeps_one_training_item():
     assert mask[users == 0].sum() == 2 and mask[users == 1].sum() == 0 and mask[users == 2].sum() == 1
 
 
-def test_pipeline_on_tiny_split_with_hand_checked_metrics(tiny_split, tmp_path):
+def run_pipeline(folder: Path, tmp_path: Path, train: str, ks: str, rank_k: int) -> tuple[Path, dict]:
+    """`homerank run` on a lightgcn folder with the given train/evaluate/rank settings: (run dir, metrics)."""
     config = tmp_path / "c.yaml"
-    config.write_text("device: cpu\ningest: {format: lightgcn}\n"
-                      "train: {embedding_dim: 8, num_layers: 1, epochs: 30, batch_size: 8, lr: 0.05, l2: 0.0}\n"
-                      "evaluate: {ks: [1, 2, 20]}\nrank: {k: 2}\n")
+    config.write_text(f"device: cpu\ningest: {{format: lightgcn}}\ntrain: {train}\n"
+                      f"evaluate: {{ks: {ks}}}\nrank: {{k: {rank_k}}}\n")
     run = tmp_path / "run"
-    assert main(["run", "--input", str(tiny_split), "--out", str(run), "--config", str(config), "--quiet"]) == 0
-    metrics = json.loads((run / "metrics.json").read_text())
+    assert main(["run", "--input", str(folder), "--out", str(run), "--config", str(config), "--quiet"]) == 0
+    return run, json.loads((run / "metrics.json").read_text())
+
+
+def test_pipeline_on_tiny_split_with_hand_checked_metrics(tiny_split, tmp_path):
+    run, metrics = run_pipeline(tiny_split, tmp_path,
+                                "{embedding_dim: 8, num_layers: 1, epochs: 30, batch_size: 8, lr: 0.05, l2: 0.0}",
+                                "[1, 2, 20]", 2)
     assert metrics["dataset"] == {"users": 4, "items": 6, "train_edges": 8, "valid_edges": 2, "test_edges": 2}
     # only training items are masked (protocol): user 1 ranks items 0, 3, 4, 5 and user 3 ranks 0, 1, 2, 3;
     # the two communities put each test item (0 and 3) first
@@ -70,13 +77,8 @@ def test_validation_items_are_masked_at_test_time(tmp_path):
     # out for validation and item 1 for test. With train + valid masked, popularity ranks item 1 first for user 4
     # (a hit at K=1); with only train masked it would rank item 0 first (a miss).
     folder = write_split(tmp_path / "split", "0 0 1\n1 0 1\n2 0 1\n3 0 5\n4 2\n", "4 0\n", "4 1\n")
-    config = tmp_path / "c.yaml"
-    config.write_text("device: cpu\ningest: {format: lightgcn}\n"
-                      "train: {embedding_dim: 4, num_layers: 1, epochs: 2, batch_size: 8}\n"
-                      "evaluate: {ks: [1, 2]}\nrank: {k: 1}\n")
-    run = tmp_path / "run"
-    assert main(["run", "--input", str(folder), "--out", str(run), "--config", str(config), "--quiet"]) == 0
-    metrics = json.loads((run / "metrics.json").read_text())
+    _, metrics = run_pipeline(folder, tmp_path, "{embedding_dim: 4, num_layers: 1, epochs: 2, batch_size: 8}",
+                              "[1, 2]", 1)
     assert metrics["baselines"]["popularity"]["recall@1"] == 1.0
     # the model ranks among items 1, 3, 4, 5 only: it can never spend a slot on the validation item 0
     assert set(metrics["valid"]) >= {"recall@1", "ndcg@2"}
