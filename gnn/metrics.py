@@ -162,13 +162,12 @@ def evaluate_blends(
 
 def standardise(scores: Tensor) -> Tensor:
     """Per-row z-score, so two scorers on different scales can be mixed."""
-    mean = scores.mean(dim=1, keepdim=True)
-    std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
-    return (scores - mean) / std
+    std, mean = torch.std_mean(scores, dim=1, keepdim=True)
+    return (scores - mean).div_(std.clamp_min_(1e-12))
 
 
 def _z_blend(first: Tensor, second: Tensor, weight: float) -> Tensor:
-    return (1 - weight) * first + weight * second
+    return first.mul(1 - weight).add_(second, alpha=weight)
 
 
 def embedding_scorer(user_emb: Tensor, item_emb: Tensor) -> ScoreFn:

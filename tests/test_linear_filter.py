@@ -43,6 +43,10 @@ def test_gf_cf_scores_match_the_dense_formula():
     np.testing.assert_allclose(rk4.scorer()(torch.arange(12)).numpy(), expected @ taylor, rtol=1e-4, atol=1e-4)
     restored = LinearFilter.from_state(rk4.state(), users, items, 12, 9)
     assert (restored.sharpening_solver, restored.sharpening_steps) == ("rk4", 1)
+    # users scored in chunks (any order, any chunk size) get the same rows as one block
+    shuffled = torch.tensor([7, 2, 11, 0, 5, 9, 1, 3, 10, 4, 8, 6])
+    np.testing.assert_allclose(two_steps.scorer(chunk=5)(shuffled).numpy(),
+                               two_steps.scorer()(torch.arange(12)).numpy()[shuffled.numpy()], rtol=1e-5, atol=1e-6)
 
 
 def test_ensemble_mixes_standardised_scores():
