@@ -19,6 +19,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_info  # noqa: E402
+from gnn.linear_filter import LinearFilter  # noqa: E402
 from gnn.metrics import embedding_scorer, evaluate_ranking  # noqa: E402
+from jobs.config import load_config  # noqa: E402
 from jobs.rundir import RunDir  # noqa: E402
 from jobs.stage_io import split_index  # noqa: E402
 
@@ -53,6 +56,23 @@ def our_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_items: int) 
         curve.append({"epoch": int(snap["epoch"]), "seconds": round(float(snap["elapsed"]), 2),
                       "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"]})
     return curve
+
+
+def filter_alone_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_items: int) -> list[dict]:
+    """The recipe's GF-CF filter on its own: fitted on all of train.txt (train + validation pairs) with the
+    run's settings, timed, and scored on test. One point: (fit seconds, test metrics)."""
+    settings = load_config(run.config).train.linear_filter
+    known = edges[edges["split"] != "test"]
+    started = time.perf_counter()
+    linear = LinearFilter.fit(known["user_index"].to_numpy(), known["item_index"].to_numpy(), num_users, num_items,
+                              k=settings.singular_vectors, alpha=settings.alpha, sharpening=settings.sharpening,
+                              sharpening_solver=settings.sharpening_solver, sharpening_steps=settings.sharpening_steps)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    metrics = evaluate_ranking(linear.scorer(), split_index(edges, "test", num_users, num_items),
+                               split_index(edges, ["train", "valid"], num_users, num_items), [20])
+    print(f"GF-CF alone: fit {fit_seconds:.1f}s, test scored in {time.perf_counter() - started:.1f}s", flush=True)
+    return [{"epoch": "closed form", "seconds": round(fit_seconds, 2), **metrics}]
 
 
 def plot(curves: dict[str, list[dict]], out: Path, title: str) -> None:
@@ -115,6 +135,8 @@ def main() -> None:
         curves["homerank"].append({"epoch": "final (LightGCN + GF-CF)",
                                    "seconds": round(metrics["train_seconds"] + summary["linear_filter"]["seconds"], 2),
                                    "recall@20": metrics["test"]["recall@20"], "ndcg@20": metrics["test"]["ndcg@20"]})
+    if summary.get("linear_filter"):
+        curves["homerank GF-CF alone (no training)"] = filter_alone_curve(run, edges, num_users, num_items)
     budget = args.peer_budget or max(60.0, metrics["train_seconds"])
     if not args.skip_peers:
         train = edges[edges["split"] != "test"]  # peers train on all of train.txt (no validation needed)
