@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--reuse-run", action="store_true", help="do not rerun homerank; use the existing run")
     parser.add_argument("--peer-budget", type=float, default=None, help="seconds (default: our training time)")
     args = parser.parse_args()
+    for message in ("Sparse CSR tensor support is in beta state", "Sparse invariant checks are implicitly"):
+        warnings.filterwarnings("ignore", message=message)  # as the homerank CLI does
     name = args.name or Path(args.data).name
     out = ROOT / "bench" / "results" / "accuracy" / name
     out.mkdir(parents=True, exist_ok=True)
