@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import machine_info  # noqa: E402
 from gnn.linear_filter import LinearFilter  # noqa: E402
 from gnn.metrics import embedding_scorer, evaluate_ranking  # noqa: E402
+from jobs.cli import quiet_library_warnings  # noqa: E402
 from jobs.config import load_config  # noqa: E402
 from jobs.rundir import RunDir  # noqa: E402
 from jobs.stage_io import split_index  # noqa: E402
@@ -65,9 +65,8 @@ def filter_alone_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_ite
     settings = load_config(run.config).train.linear_filter
     known = edges[edges["split"] != "test"]
     started = time.perf_counter()
-    linear = LinearFilter.fit(known["user_index"].to_numpy(), known["item_index"].to_numpy(), num_users, num_items,
-                              k=settings.singular_vectors, alpha=settings.alpha, sharpening=settings.sharpening,
-                              sharpening_solver=settings.sharpening_solver, sharpening_steps=settings.sharpening_steps)
+    linear = LinearFilter.fit_settings(known["user_index"].to_numpy(), known["item_index"].to_numpy(), num_users,
+                                       num_items, settings)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     metrics = evaluate_ranking(linear.scorer(), split_index(edges, "test", num_users, num_items),
@@ -111,8 +110,7 @@ def main() -> None:
     parser.add_argument("--reuse-run", action="store_true", help="do not rerun homerank; use the existing run")
     parser.add_argument("--peer-budget", type=float, default=None, help="seconds (default: our training time)")
     args = parser.parse_args()
-    for message in ("Sparse CSR tensor support is in beta state", "Sparse invariant checks are implicitly"):
-        warnings.filterwarnings("ignore", message=message)  # as the homerank CLI does
+    quiet_library_warnings()  # as the homerank CLI does
     name = args.name or Path(args.data).name
     out = ROOT / "bench" / "results" / "accuracy" / name
     out.mkdir(parents=True, exist_ok=True)

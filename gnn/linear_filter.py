@@ -35,7 +35,8 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
-from gnn.metrics import standardise
+from gnn.config import LinearFilterConfig
+from gnn.metrics import mix_standardised, standardise
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,13 @@ class LinearFilter:
         return cls(matrix, normalised, torch.from_numpy(np.ascontiguousarray(vt.T, dtype=np.float32)),
                    torch.from_numpy(item_degree.astype(np.float32)), alpha, sharpening, sharpening_solver,
                    sharpening_steps)
+
+    @classmethod
+    def fit_settings(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int,
+                     settings: LinearFilterConfig, seed: int = 0) -> LinearFilter:
+        """`fit` with the vectors, low-pass weight and sharpening of a ``train.linear_filter`` config."""
+        return cls.fit(users, items, num_users, num_items, settings.singular_vectors, settings.alpha, seed,
+                       settings.sharpening, settings.sharpening_solver, settings.sharpening_steps)
 
     def scorer(self, device: torch.device | str = "cpu", chunk: int = 1024):
         """Returns ``score(users (B,)) -> (B, I)`` (see the module formula).
@@ -165,4 +173,4 @@ def ensemble_scorer(first, second, weight: float):
         return first
     if weight >= 1:
         return second
-    return lambda batch: standardise(first(batch)).mul_(1 - weight).add_(standardise(second(batch)), alpha=weight)
+    return lambda batch: mix_standardised(standardise(first(batch)), standardise(second(batch)), weight)

@@ -141,7 +141,7 @@ def evaluate_blends(
 
     The default blend is (1 - w) * z(first) + w * z(second) with per-row z-scores (see `standardise`).
     """
-    blend = blend or _z_blend
+    blend = blend or mix_standardised
     n_truth = truth.counts()
     users = torch.nonzero(n_truth > 0).flatten()
     ranked: dict[float, list[Tensor]] = {w: [] for w in weights}
@@ -166,7 +166,8 @@ def standardise(scores: Tensor) -> Tensor:
     return (scores - mean).div_(std.clamp_min_(1e-12))
 
 
-def _z_blend(first: Tensor, second: Tensor, weight: float) -> Tensor:
+def mix_standardised(first: Tensor, second: Tensor, weight: float) -> Tensor:
+    """(1 - weight) * first + weight * second, for row-standardised scores (see `standardise`)."""
     return first.mul(1 - weight).add_(second, alpha=weight)
 
 

@@ -190,7 +190,7 @@ def _stage(args: argparse.Namespace) -> None:
     print(f"homerank {args.command}: done ({run.root})")
 
 
-def _quiet_library_warnings() -> None:
+def quiet_library_warnings() -> None:
     import warnings
 
     for message in ("Sparse CSR tensor support is in beta state", "Sparse invariant checks are implicitly",
@@ -199,7 +199,7 @@ def _quiet_library_warnings() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_library_warnings()
+    quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     run_root = Path(args.out) if args.command not in ("generate", "preview") else None

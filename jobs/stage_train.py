@@ -92,9 +92,8 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
     again on ``known_pairs`` (train + validation), which the final scorer uses."""
     settings = config.train.linear_filter
     started = time.perf_counter()
-    linear = LinearFilter.fit(data.train_users.numpy(), data.train_items.numpy(), data.num_users, data.num_items,
-                              settings.singular_vectors, settings.alpha, config.seed, settings.sharpening,
-                              settings.sharpening_solver, settings.sharpening_steps)
+    linear = LinearFilter.fit_settings(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
+                                       data.num_items, settings, config.seed)
     device = backend.torch_device
     weight, scores = 1.0 if data.valid is None else 0.0, {}
     if data.valid is not None:
@@ -121,9 +120,7 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
     if refit:
         users, items = known_pairs
         log.info("linear filter: refit on %d train + validation pairs", users.size)
-        linear = LinearFilter.fit(users, items, data.num_users, data.num_items, settings.singular_vectors,
-                                  settings.alpha, config.seed, settings.sharpening, settings.sharpening_solver,
-                                  settings.sharpening_steps)
+        linear = LinearFilter.fit_settings(users, items, data.num_users, data.num_items, settings, config.seed)
     with atomic_path(run.root / "train" / "linear_filter.pt") as tmp:
         torch.save({**linear.state(), "weight": torch.tensor(weight), "fit_on_valid": torch.tensor(refit)}, tmp)
     return {"weight": weight, "valid": scores, "fit_on": "train+valid" if refit else "train",
