@@ -59,6 +59,17 @@ def our_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_items: int) 
     return curve
 
 
+def refit_alone_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_items: int,
+                      seconds: float) -> list[dict]:
+    """The refit LightGCN on its own (the run's final embeddings, no filter), scored on test. One point, at
+    the end of both trainings."""
+    final = torch.load(run.embeddings, weights_only=True)
+    metrics = evaluate_ranking(embedding_scorer(final["users"], final["items"]),
+                               split_index(edges, "test", num_users, num_items),
+                               split_index(edges, ["train", "valid"], num_users, num_items), [20])
+    return [{"epoch": "refit", "seconds": round(seconds, 2), **metrics}]
+
+
 def filter_alone_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_items: int) -> list[dict]:
     """The recipe's GF-CF filter on its own: fitted on all of train.txt (train + validation pairs) with the
     run's settings, timed, and scored on test. One point: (fit seconds, test metrics)."""
@@ -136,6 +147,9 @@ def main() -> None:
         curves["homerank"].append({"epoch": "final (LightGCN + GF-CF)",
                                    "seconds": round(metrics["train_seconds"] + summary["linear_filter"]["seconds"], 2),
                                    "recall@20": metrics["test"]["recall@20"], "ndcg@20": metrics["test"]["ndcg@20"]})
+    if summary.get("refit"):
+        curves["homerank LightGCN alone, refit on train.txt"] = refit_alone_curve(run, edges, num_users, num_items,
+                                                                                   metrics["train_seconds"])
     if summary.get("linear_filter"):
         curves["homerank GF-CF alone (no training)"] = filter_alone_curve(run, edges, num_users, num_items)
     budget = args.peer_budget or max(60.0, metrics["train_seconds"])

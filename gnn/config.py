@@ -66,6 +66,11 @@ class TrainConfig(StrictModel):
         True, description="final embeddings propagate over train + validation edges (all known history); "
         "early stopping and model choices still see only the training graph"
     )
+    refit: bool = Field(
+        False, description="after early stopping, train a fresh model on train + validation pairs for the best "
+        "epoch's count (same schedule and seed); the final embeddings come from it. Choices (epochs, filter share) "
+        "are still made on validation with the first model"
+    )
     memory_limit_gb: float | None = Field(
         None, gt=0, description="memory the guard may plan with (default: what the device has free)"
     )

@@ -99,8 +99,12 @@ def train_lightgcn(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     show_progress: bool = True,
     resume: bool = False,
+    stop_epoch: int | None = None,
 ) -> TrainResult:
     """Train LightGCN; returns the model holding the best validation state (or the last, without valid).
+
+    ``stop_epoch`` ends training after that epoch while the learning-rate schedule still spans
+    ``config.epochs``: a refit then follows the first run's trajectory up to its best epoch.
 
     With ``resume``, training continues from the newest ``checkpoint_dir/epoch_*.pt`` (model, optimizer,
     schedule, sampler RNG, history and best state are all restored), so a killed run finishes with the same
@@ -161,9 +165,10 @@ def train_lightgcn(
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} ep"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show_progress,
                         transient=False)
+    last_epoch = config.epochs if stop_epoch is None else min(stop_epoch, config.epochs)
     with progress:
-        task = progress.add_task("train", total=config.epochs, completed=first_epoch - 1, status="")
-        for epoch in range(first_epoch, config.epochs + 1):
+        task = progress.add_task("train", total=last_epoch, completed=first_epoch - 1, status="")
+        for epoch in range(first_epoch, last_epoch + 1):
             epoch_start = time.perf_counter()
             model.train()
             order = _epoch_order(users_all, data.num_users, config.loss == "softmax", generator)

@@ -18,7 +18,7 @@ from engine.split import SPLIT
 from gnn.linear_filter import LinearFilter, ensemble_scorer
 from gnn.memory import check_training_memory
 from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends
-from gnn.train import TrainData, train_lightgcn
+from gnn.train import TrainData, TrainResult, train_lightgcn
 from jobs.config import JobConfig
 from jobs.rundir import RunDir, atomic_path, write_json
 from jobs.stage_graph import load_graph
@@ -51,6 +51,9 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     stale_filter = run.root / "train" / "linear_filter.pt"
     if stale_filter.exists():
         stale_filter.unlink()
+    if not resume:  # an earlier run's refit checkpoints must not be resumed from
+        for stale in (run.checkpoints / "refit").glob("*.pt"):
+            stale.unlink()
     result = train_lightgcn(data, config.train, config.evaluate, config.seed, backend.torch_device,
                             checkpoint_dir=run.checkpoints,
                             snapshot_dir=run.root / "train" / "snapshots" if config.train.snapshots else None,
@@ -63,14 +66,21 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     if config.train.linear_filter.enabled:  # its share is chosen on validation with training-graph embeddings
         ensemble = _fit_linear_filter(run, config, data, backend, user_emb, item_emb,
                                       (known[S.USER_INDEX].to_numpy(), known[S.ITEM_INDEX].to_numpy()))
-    if config.train.propagate_known_edges and has_valid:
+    refit = None
+    if (config.train.propagate_known_edges or config.train.refit) and has_valid:
         known_graph, _ = build_graph(known[S.USER_INDEX].to_numpy(), known[S.ITEM_INDEX].to_numpy(),
                                      known[S.WEIGHT].to_numpy(), graph.num_users, graph.num_items,
                                      config.graph.edge_weight, backend)
-        user_emb, item_emb = result.model.embeddings(known_graph.adjacency(device), cosine=cosine)
+        model = result.model
+        if config.train.refit:
+            refit = _refit_lightgcn(run, config, known, graph.num_users, graph.num_items, known_graph.adjacency(),
+                                    result.best_epoch, backend, show_progress, resume)
+            model = refit.model
+        user_emb, item_emb = model.embeddings(known_graph.adjacency(device), cosine=cosine)
         log.info("final embeddings: propagated over %d train + validation edges", len(known))
     with atomic_path(run.embeddings) as tmp:
         torch.save({"users": user_emb.cpu(), "items": item_emb.cpu()}, tmp)
+    refit_seconds = refit.train_seconds if refit is not None else 0.0
     summary = {
         "device": backend.device_label,
         "linear_filter": ensemble,
@@ -79,7 +89,9 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
         "best_valid": result.best_metric,
         "early_stopping_metric": config.train.early_stopping_metric,
         "stopped_because": result.stopped_because,
-        "train_seconds": round(result.train_seconds, 3),
+        "train_seconds": round(result.train_seconds + refit_seconds, 3),  # both trainings, when refitting
+        "refit": None if refit is None else {"epochs": refit.epochs, "pairs": len(known),
+                                             "train_seconds": round(refit_seconds, 3)},
         "history": result.history,
     }
     write_json(run.train_summary, summary)
@@ -125,6 +137,25 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
         torch.save({**linear.state(), "weight": torch.tensor(weight), "fit_on_valid": torch.tensor(refit)}, tmp)
     return {"weight": weight, "valid": scores, "fit_on": "train+valid" if refit else "train",
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _refit_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_users: int, num_items: int,
+                    adjacency: torch.Tensor, epochs: int, backend: Backend, show_progress: bool,
+                    resume: bool) -> TrainResult:
+    """Train a fresh LightGCN on all known pairs (train + validation) for ``epochs`` epochs, with the same
+    seed and learning-rate schedule as the validated run, and no validation (it is in the training data)."""
+    data = TrainData(
+        num_users=num_users,
+        num_items=num_items,
+        train_users=torch.from_numpy(known[S.USER_INDEX].to_numpy().copy()),
+        train_items=torch.from_numpy(known[S.ITEM_INDEX].to_numpy().copy()),
+        adjacency=adjacency,
+    )
+    log.info("refit: training a fresh model on %d train + validation pairs for %d epochs", len(known), epochs)
+    folder = run.checkpoints / "refit"
+    return train_lightgcn(data, config.train, config.evaluate, config.seed, backend.torch_device,
+                          checkpoint_dir=folder, show_progress=show_progress,
+                          resume=resume and any(folder.glob("epoch_*.pt")), stop_epoch=epochs)
 
 
 def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> ScoreFn:

@@ -6,9 +6,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from engine.backend import resolve_backend
 from engine.errors import HomerankError
+from engine.graph import build_graph
 from engine.lightgcn_format import carve_validation, load_lightgcn, read_pairs
+from gnn.config import EvalConfig, TrainConfig
+from gnn.train import TrainData, train_lightgcn
 from jobs.cli import main
 
 
@@ -82,3 +87,30 @@ def test_validation_items_are_masked_at_test_time(tmp_path):
     assert metrics["baselines"]["popularity"]["recall@1"] == 1.0
     # the model ranks among items 1, 3, 4, 5 only: it can never spend a slot on the validation item 0
     assert set(metrics["valid"]) >= {"recall@1", "ndcg@2"}
+
+
+def test_refit_trains_a_fresh_model_on_train_and_validation_for_the_best_epoch(tiny_split, tmp_path):
+    run, metrics = run_pipeline(tiny_split, tmp_path,
+                                "{embedding_dim: 8, num_layers: 1, epochs: 12, batch_size: 8, lr: 0.05, l2: 0.0, "
+                                "lr_schedule: cosine, refit: true}", "[1, 2, 20]", 2)
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    refit = summary["refit"]
+    assert refit["epochs"] == summary["best_epoch"] and refit["pairs"] == 8 + 2
+    assert summary["train_seconds"] >= refit["train_seconds"] > 0
+    assert (run / "checkpoints" / "refit" / "best.pt").exists()
+    # the refit model still separates the two communities: each test item ranks first
+    assert metrics["test"]["recall@2"] == 1.0
+
+
+def test_stop_epoch_follows_the_full_schedule():
+    """A run stopped after epoch 3 of a 6-epoch cosine schedule repeats the first 3 epochs of the full run."""
+    users, items = np.array([0, 0, 1, 1, 2, 2, 3, 3]), np.array([0, 1, 1, 2, 3, 4, 4, 5])
+    backend = resolve_backend("cpu")
+    graph, _ = build_graph(users, items, np.ones(8), 4, 6, "binary", backend)
+    data = TrainData(4, 6, torch.from_numpy(users), torch.from_numpy(items), graph.adjacency())
+    config = TrainConfig(embedding_dim=4, num_layers=1, epochs=6, batch_size=3, lr=0.05, lr_schedule="cosine")
+    full = train_lightgcn(data, config, EvalConfig(), 0, torch.device("cpu"), show_progress=False)
+    stopped = train_lightgcn(data, config, EvalConfig(), 0, torch.device("cpu"), show_progress=False, stop_epoch=3)
+    assert stopped.epochs == 3 and full.epochs == 6
+    assert [r["loss"] for r in stopped.history] == [r["loss"] for r in full.history[:3]]
+    assert not torch.equal(stopped.model.layer0, full.model.layer0)
