@@ -22,6 +22,10 @@ class LinearFilterConfig(StrictModel):
     sharpening_solver: Literal["euler", "rk4"] = Field("euler", description="ODE solver of the sharpening process")
     sharpening_steps: int = Field(1, ge=1, description="solver steps over [0, T]")
     weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    popularity_weights: list[float] = Field(
+        default_factory=lambda: [0.0], description="weights p of a popularity prior p * z(log(1 + item degree)) "
+        "added to the blend; chosen on validation jointly with the share (every share x every p; [0] = none)"
+    )
     choice_users: int | None = Field(
         10_000, ge=1, description="validation users (a seeded random sample) scored to choose the share; "
         "null = all of them"

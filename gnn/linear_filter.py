@@ -167,10 +167,13 @@ class LinearFilter:
                    int(state.get("sharpening_steps", 1)))
 
 
-def ensemble_scorer(first, second, weight: float):
-    """score = (1 - weight) * z(first) + weight * z(second), row-standardised (see `standardise`)."""
-    if weight <= 0:
-        return first
-    if weight >= 1:
-        return second
-    return lambda batch: mix_standardised(standardise(first(batch)), standardise(second(batch)), weight)
+def ensemble_scorer(first, second, weight: float, prior: Tensor | None = None, prior_weight: float = 0.0):
+    """score = (1 - weight) * z(first) + weight * z(second) (+ prior_weight * prior), row-standardised (see
+    `standardise`); ``prior`` is a (1, I) row such as `gnn.metrics.popularity_prior`."""
+    if not prior_weight:
+        if weight <= 0:
+            return first
+        if weight >= 1:
+            return second
+    return lambda batch: mix_standardised(standardise(first(batch)), standardise(second(batch)), weight, prior,
+                                          prior_weight)

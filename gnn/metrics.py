@@ -13,7 +13,7 @@ CSR index lists turned into (row, col) pairs, so nothing loops over users in Pyt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,30 +132,34 @@ def evaluate_ranking(
     return metrics_from_hits(hits, n_truth[users], ks)
 
 
-def evaluate_blends(
-    first: ScoreFn, second: ScoreFn, weights: list[float], truth: CSRIndex, exclude: CSRIndex | None,
-    ks: list[int], batch_size: int = 2048, device: torch.device | str = "cpu",
-    blend: Callable[[Tensor, Tensor, float], Tensor] | None = None,
-) -> dict[float, dict[str, float]]:
-    """Metrics of ``blend(first, second, w)`` for every weight w, scoring each block of users once.
+Blend = float | tuple[float, float]  # a share w of the second scorer, or (w, p) with a prior's weight p
 
-    The default blend is (1 - w) * z(first) + w * z(second) with per-row z-scores (see `standardise`).
+
+def evaluate_blends(
+    first: ScoreFn, second: ScoreFn, weights: Sequence[Blend], truth: CSRIndex, exclude: CSRIndex | None,
+    ks: list[int], batch_size: int = 2048, device: torch.device | str = "cpu",
+    prior: Tensor | None = None,
+) -> dict[Blend, dict[str, float]]:
+    """Metrics of every candidate blend, scoring each block of users once.
+
+    A candidate w scores (1 - w) * z(first) + w * z(second) with per-row z-scores (see `standardise`); a
+    candidate (w, p) adds p * prior, a (1, I) row such as `popularity_prior`. Results are keyed by candidate.
     """
-    blend = blend or mix_standardised
     n_truth = truth.counts()
     users = torch.nonzero(n_truth > 0).flatten()
-    ranked: dict[float, list[Tensor]] = {w: [] for w in weights}
+    ranked: dict[Blend, list[Tensor]] = {w: [] for w in weights}
     k = max(ks)
     for start in range(0, users.numel(), batch_size):
         batch = users[start : start + batch_size]
         a, b = first(batch.to(device)).float(), second(batch.to(device)).float()
         a, b = standardise(a), standardise(b)
         rows, cols = exclude.pairs(batch.cpu()) if exclude is not None else (None, None)
-        for weight in weights:
-            scores = blend(a, b, weight)
+        for candidate in weights:
+            share, prior_weight = candidate if isinstance(candidate, tuple) else (candidate, 0.0)
+            scores = mix_standardised(a, b, share, prior, prior_weight)
             if rows is not None:
                 scores[rows.to(device), cols.to(device)] = -torch.inf
-            ranked[weight].append(torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu())
+            ranked[candidate].append(torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu())
     return {w: metrics_from_hits(hits_matrix(users, torch.cat(r), truth), n_truth[users], ks)
             for w, r in ranked.items()}
 
@@ -166,9 +170,18 @@ def standardise(scores: Tensor) -> Tensor:
     return (scores - mean).div_(std.clamp_min_(1e-12))
 
 
-def mix_standardised(first: Tensor, second: Tensor, weight: float) -> Tensor:
-    """(1 - weight) * first + weight * second, for row-standardised scores (see `standardise`)."""
-    return first.mul(1 - weight).add_(second, alpha=weight)
+def mix_standardised(first: Tensor, second: Tensor, weight: float, prior: Tensor | None = None,
+                     prior_weight: float = 0.0) -> Tensor:
+    """(1 - weight) * first + weight * second (+ prior_weight * prior), for row-standardised (B, I) scores
+    (see `standardise`) and a (1, I) prior row. Returns a new tensor."""
+    mixed = first.mul(1 - weight).add_(second, alpha=weight)
+    return mixed.add_(prior, alpha=prior_weight) if prior is not None and prior_weight else mixed
+
+
+def popularity_prior(item_degree: Tensor) -> Tensor:
+    """The popularity prior z(log(1 + d_i)) over items, shape (1, I): the items' log training degrees as one
+    z-scored row, on the scale of the standardised scores it is added to."""
+    return standardise(torch.log1p(item_degree.float()).view(1, -1))
 
 
 def embedding_scorer(user_emb: Tensor, item_emb: Tensor) -> ScoreFn:

@@ -17,7 +17,7 @@ from engine.graph import build_graph
 from engine.split import SPLIT
 from gnn.linear_filter import LinearFilter, ensemble_scorer
 from gnn.memory import check_training_memory
-from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends
+from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends, popularity_prior
 from gnn.train import TrainData, TrainResult, train_lightgcn
 from jobs.config import JobConfig
 from jobs.rundir import RunDir, atomic_path, write_json
@@ -107,7 +107,7 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
     linear = LinearFilter.fit_settings(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
                                        data.num_items, settings, config.seed)
     device = backend.torch_device
-    weight, scores = 1.0 if data.valid is None else 0.0, {}
+    weight, prior_weight, scores = 1.0 if data.valid is None else 0.0, 0.0, {}
     if data.valid is not None:
         train_index = CSRIndex.from_pairs(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
                                           data.num_items)
@@ -122,21 +122,31 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
             truth = truth.restrict(sample.sort().values)
             log.info("linear filter: share chosen on %d of %d validation users", settings.choice_users,
                      with_items.numel())
-        blends = evaluate_blends(gnn, linear.scorer(device), settings.weights, truth, train_index, ks,
-                                 config.evaluate.batch_size, device)
-        for candidate, values in blends.items():
-            scores[str(candidate)] = values[metric]
-            log.info("linear filter share %.2f: valid %s %.4f", candidate, metric, values[metric])
-        weight = float(max(settings.weights, key=lambda w: scores[str(w)]))
-    refit = settings.refit and data.valid is not None and weight > 0
+        # every share with every prior weight; on a tie the earlier candidate (smaller prior weight) wins
+        candidates = [(share, p) for p in settings.popularity_weights for share in settings.weights]
+        prior = popularity_prior(linear.item_degree).to(device)
+        blends = evaluate_blends(gnn, linear.scorer(device), candidates, truth, train_index, ks,
+                                 config.evaluate.batch_size, device, prior=prior)
+        for (share, p), values in blends.items():
+            scores[_blend_key(share, p)] = values[metric]
+            log.info("linear filter share %.2f, popularity prior %.2f: valid %s %.4f", share, p, metric, values[metric])
+        weight, prior_weight = max(candidates, key=lambda c: scores[_blend_key(*c)])
+        weight, prior_weight = float(weight), float(prior_weight)
+    refit = settings.refit and data.valid is not None and (weight > 0 or prior_weight != 0)
     if refit:
         users, items = known_pairs
         log.info("linear filter: refit on %d train + validation pairs", users.size)
         linear = LinearFilter.fit_settings(users, items, data.num_users, data.num_items, settings, config.seed)
     with atomic_path(run.root / "train" / "linear_filter.pt") as tmp:
-        torch.save({**linear.state(), "weight": torch.tensor(weight), "fit_on_valid": torch.tensor(refit)}, tmp)
-    return {"weight": weight, "valid": scores, "fit_on": "train+valid" if refit else "train",
-            "seconds": round(time.perf_counter() - started, 3)}
+        torch.save({**linear.state(), "weight": torch.tensor(weight), "popularity_weight": torch.tensor(prior_weight),
+                    "fit_on_valid": torch.tensor(refit)}, tmp)
+    return {"weight": weight, "popularity_weight": prior_weight, "valid": scores,
+            "fit_on": "train+valid" if refit else "train", "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _blend_key(share: float, prior_weight: float) -> str:
+    """metrics.json key of a candidate blend: the share alone ("0.15") when it has no popularity prior."""
+    return str(share) if prior_weight == 0 else f"{share}, popularity {prior_weight}"
 
 
 def _refit_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_users: int, num_items: int,
@@ -170,7 +180,9 @@ def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> Score
     train = edges[edges[SPLIT].isin(fitted_on)]
     linear = LinearFilter.from_state(state, train[S.USER_INDEX].to_numpy(), train[S.ITEM_INDEX].to_numpy(),
                                      user_emb.shape[0], item_emb.shape[0])
-    return ensemble_scorer(scorer, linear.scorer(device), float(state["weight"]))
+    prior_weight = float(state.get("popularity_weight", 0.0))
+    return ensemble_scorer(scorer, linear.scorer(device), float(state["weight"]),
+                           popularity_prior(linear.item_degree).to(device), prior_weight)
 
 
 def load_embeddings(run: RunDir) -> tuple[torch.Tensor, torch.Tensor]:

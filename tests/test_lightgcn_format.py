@@ -114,3 +114,21 @@ def test_stop_epoch_follows_the_full_schedule():
     assert stopped.epochs == 3 and full.epochs == 6
     assert [r["loss"] for r in stopped.history] == [r["loss"] for r in full.history[:3]]
     assert not torch.equal(stopped.model.layer0, full.model.layer0)
+
+
+def test_filter_share_and_popularity_prior_are_chosen_on_validation(tiny_split, tmp_path):
+    run, metrics = run_pipeline(tiny_split, tmp_path,
+                                "{embedding_dim: 8, num_layers: 1, epochs: 10, batch_size: 8, lr: 0.05, l2: 0.0, "
+                                "linear_filter: {enabled: true, singular_vectors: 2, weights: [0.0, 0.5, 1.0], "
+                                "popularity_weights: [0.0, 0.5], choice_users: null}}", "[1, 2, 20]", 2)
+    chosen = metrics["linear_filter"]
+    # every share with every prior weight was scored; plain shares keep their old keys
+    assert set(chosen["valid"]) == {"0.0", "0.5", "1.0", "0.0, popularity 0.5", "0.5, popularity 0.5",
+                                    "1.0, popularity 0.5"}
+    key = str(chosen["weight"]) if chosen["popularity_weight"] == 0 else \
+        f"{chosen['weight']}, popularity {chosen['popularity_weight']}"
+    assert chosen["valid"][key] == max(chosen["valid"].values())
+    state = torch.load(run / "train" / "linear_filter.pt", weights_only=True)
+    assert float(state["popularity_weight"]) == chosen["popularity_weight"]
+    # the two communities still put each test item first
+    assert metrics["test"]["recall@2"] == 1.0

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gnn.linear_filter import LinearFilter, ensemble_scorer
-from gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking, standardise
+from gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking, popularity_prior, standardise
 
 
 def test_gf_cf_scores_match_the_dense_formula():
@@ -70,3 +70,30 @@ def test_blend_evaluation_matches_one_scorer_at_a_time():
     for weight in (0.0, 0.4, 1.0):
         mixed = lambda batch, w=weight: (1 - w) * standardise(first(batch)) + w * standardise(second(batch))  # noqa: E731
         assert blends[weight] == evaluate_ranking(mixed, truth, train, [2, 5], batch_size=4)
+
+
+def test_popularity_prior_is_the_z_scored_log_degree():
+    # log(1 + d) = 0, 1, 2 -> mean 1, sample std 1 -> z = -1, 0, 1
+    degree = torch.tensor([0.0, math.e - 1, math.e**2 - 1])
+    torch.testing.assert_close(popularity_prior(degree), torch.tensor([[-1.0, 0.0, 1.0]]))
+
+
+def test_blends_with_a_prior_match_the_ensemble_scorer():
+    torch.manual_seed(1)
+    a_scores, b_scores = torch.randn(6, 10), torch.randn(6, 10)
+    first, second = (lambda batch: a_scores[batch]), (lambda batch: b_scores[batch])  # noqa: E731
+    prior = popularity_prior(torch.arange(10.0))
+    train = CSRIndex.from_pairs(np.array([0, 1, 2]), np.array([1, 2, 3]), 6, 10)
+    truth = CSRIndex.from_pairs(np.array([0, 1, 3, 4, 5, 5]), np.array([9, 5, 6, 7, 8, 9]), 6, 10)
+    candidates = [(0.0, 0.0), (0.4, 0.0), (0.4, 0.5), (1.0, 2.0)]
+    blends = evaluate_blends(first, second, candidates, truth, train, [2, 5], batch_size=4, prior=prior)
+    for share, weight in candidates:
+        scorer = ensemble_scorer(first, second, share, prior, weight)
+        assert blends[(share, weight)] == evaluate_ranking(scorer, truth, train, [2, 5], batch_size=4)
+    # the prior's share adds p * z(log(1 + d)) to the standardised blend, for every user alike
+    batch = torch.tensor([0, 3])
+    torch.testing.assert_close(ensemble_scorer(first, second, 0.4, prior, 0.5)(batch),
+                               0.6 * standardise(a_scores[batch]) + 0.4 * standardise(b_scores[batch]) + 0.5 * prior)
+    # a large prior weight turns the ranking into popularity: item 9 first for everyone it is not masked for
+    top = torch.topk(ensemble_scorer(first, second, 0.4, prior, 100.0)(torch.arange(6)), 1).indices.flatten()
+    assert top.tolist() == [9] * 6
