@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from gnn.config import LinearFilterConfig
-from gnn.metrics import mix_standardised, standardise
+from gnn.metrics import mix_standardised, popularity_prior, standardise
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,10 @@ class LinearFilter:
                 k4 = -propagate(scores + h * k3)
                 scores = scores + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         return scores
+
+    def popularity_prior(self, device: torch.device | str = "cpu") -> Tensor:
+        """`gnn.metrics.popularity_prior` of the item degrees this filter was fit on, shape (1, I)."""
+        return popularity_prior(self.item_degree).to(device)
 
     def state(self) -> dict[str, Tensor]:
         """Singular vectors, degrees and the filter settings; R itself is rebuilt from the same pairs

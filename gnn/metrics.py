@@ -154,11 +154,13 @@ def evaluate_blends(
         a, b = first(batch.to(device)).float(), second(batch.to(device)).float()
         a, b = standardise(a), standardise(b)
         rows, cols = exclude.pairs(batch.cpu()) if exclude is not None else (None, None)
+        if rows is not None:  # one host-to-device copy per block, not one per candidate
+            rows, cols = rows.to(device), cols.to(device)
         for candidate in weights:
             share, prior_weight = candidate if isinstance(candidate, tuple) else (candidate, 0.0)
             scores = mix_standardised(a, b, share, prior, prior_weight)
             if rows is not None:
-                scores[rows.to(device), cols.to(device)] = -torch.inf
+                scores[rows, cols] = -torch.inf
             ranked[candidate].append(torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu())
     return {w: metrics_from_hits(hits_matrix(users, torch.cat(r), truth), n_truth[users], ks)
             for w, r in ranked.items()}

@@ -17,7 +17,7 @@ from engine.graph import build_graph
 from engine.split import SPLIT
 from gnn.linear_filter import LinearFilter, ensemble_scorer
 from gnn.memory import check_training_memory
-from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends, popularity_prior
+from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends
 from gnn.train import TrainData, TrainResult, train_lightgcn
 from jobs.config import JobConfig
 from jobs.rundir import RunDir, atomic_path, write_json
@@ -124,9 +124,8 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
                      with_items.numel())
         # every share with every prior weight; on a tie the earlier candidate (smaller prior weight) wins
         candidates = [(share, p) for p in settings.popularity_weights for share in settings.weights]
-        prior = popularity_prior(linear.item_degree).to(device)
         blends = evaluate_blends(gnn, linear.scorer(device), candidates, truth, train_index, ks,
-                                 config.evaluate.batch_size, device, prior=prior)
+                                 config.evaluate.batch_size, device, prior=linear.popularity_prior(device))
         for (share, p), values in blends.items():
             scores[_blend_key(share, p)] = values[metric]
             log.info("linear filter share %.2f, popularity prior %.2f: valid %s %.4f", share, p, metric, values[metric])
@@ -182,7 +181,7 @@ def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> Score
                                      user_emb.shape[0], item_emb.shape[0])
     prior_weight = float(state.get("popularity_weight", 0.0))
     return ensemble_scorer(scorer, linear.scorer(device), float(state["weight"]),
-                           popularity_prior(linear.item_degree).to(device), prior_weight)
+                           linear.popularity_prior(device), prior_weight)
 
 
 def load_embeddings(run: RunDir) -> tuple[torch.Tensor, torch.Tensor]:
