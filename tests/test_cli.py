@@ -116,6 +116,20 @@ def test_example_config_is_the_default():
     assert load_config("configs/example.yaml") == JobConfig()
 
 
+@pytest.mark.parametrize("name", ["lightgcn_recipe", "lightgcn_fast", "lightgcn_minute"])
+def test_bench_presets_load_and_differ_only_where_documented(name):
+    """The committed presets validate, and share the recipe's model (only budget-related settings differ)."""
+    from jobs.config import load_config
+
+    recipe = load_config("bench/configs/lightgcn_recipe.yaml")
+    preset = load_config(f"bench/configs/{name}.yaml")
+    assert preset.ingest.format == "lightgcn" and preset.train.linear_filter.enabled
+    for field in ("embedding_dim", "num_layers", "loss", "temperature", "negatives", "lr", "lr_schedule"):
+        assert getattr(preset.train, field) == getattr(recipe.train, field), field
+    for field in ("singular_vectors", "alpha", "sharpening", "sharpening_steps"):
+        assert getattr(preset.train.linear_filter, field) == getattr(recipe.train.linear_filter, field), field
+
+
 def test_quarantine_gate_stops_before_training(tmp_path):
     log = tmp_path / "log.csv"
     rows = ["user_id,item_id,event_type,timestamp"]
