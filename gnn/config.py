@@ -21,6 +21,10 @@ class LinearFilterConfig(StrictModel):
     )
     sharpening_solver: Literal["euler", "rk4"] = Field("euler", description="ODE solver of the sharpening process")
     sharpening_steps: int = Field(1, ge=1, description="solver steps over [0, T]")
+    svd_solver: Literal["arpack", "randomized"] = Field(
+        "arpack", description="top-k SVD: exact ARPACK, or randomized subspace iteration (gnn.svd, ~3x faster)"
+    )
+    svd_iterations: int = Field(4, ge=0, description="power iterations of the randomized SVD")
     weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     popularity_weights: list[float] = Field(
         default_factory=lambda: [0.0], description="weights p of a popularity prior p * z(log(1 + item degree)) "

@@ -16,11 +16,11 @@ import logging
 import time
 
 import numpy as np
-import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
 from gnn.linear_filter import normalised_interactions
+from gnn.svd import truncated_svd
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,9 @@ def spectral_embeddings(users: np.ndarray, items: np.ndarray, num_users: int, nu
     started = time.perf_counter()
     _, normalised, _ = normalised_interactions(users, items, num_users, num_items)
     k = min(dim, min(num_users, num_items) - 1)
-    rng = np.random.default_rng(seed)
-    left, values, right_t = scipy.sparse.linalg.svds(normalised, k=k, v0=rng.random(min(normalised.shape)))
+    left, values, right = truncated_svd(normalised, k, seed=seed)
     root = np.sqrt(np.clip(values, 0, None))
-    stacked = np.vstack([left * root, right_t.T * root])
+    stacked = np.vstack([left * root, right * root])
     if k < dim:  # tiny graphs: pad with zeros up to the embedding width
         stacked = np.hstack([stacked, np.zeros((stacked.shape[0], dim - k))])
     mean_norm = np.linalg.norm(stacked, axis=1).mean()

@@ -8,12 +8,13 @@ from gnn.linear_filter import LinearFilter, ensemble_scorer
 from gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking, popularity_prior, standardise
 
 
-def test_gf_cf_scores_match_the_dense_formula():
+@pytest.mark.parametrize("svd_solver", ["arpack", "randomized"])
+def test_gf_cf_scores_match_the_dense_formula(svd_solver):
     rng = np.random.default_rng(0)
     dense = (rng.random((12, 9)) < 0.35).astype(np.float64)
     dense[:, 0] = 1  # no empty item column
     users, items = np.nonzero(dense)
-    fitted = LinearFilter.fit(users, items, 12, 9, k=3, alpha=0.5)
+    fitted = LinearFilter.fit(users, items, 12, 9, k=3, alpha=0.5, svd_solver=svd_solver, svd_iterations=8)
     du, di = dense.sum(1), dense.sum(0)
     norm = dense / np.sqrt(np.where(du > 0, du, 1))[:, None] / np.sqrt(di)[None, :]
     v = fitted.vectors.numpy().astype(np.float64)
