@@ -70,22 +70,25 @@ class LinearFilter:
     @classmethod
     def fit(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, k: int = 256,
             alpha: float = 0.3, seed: int = 0, sharpening: float = 0.0, sharpening_solver: str = "euler",
-            sharpening_steps: int = 1, svd_solver: SvdSolver = "arpack", svd_iterations: int = 4) -> LinearFilter:
-        """Normalise R and take the top-``k`` right singular vectors of R~ (`gnn.svd.truncated_svd`)."""
+            sharpening_steps: int = 1, svd_solver: SvdSolver = "arpack", svd_iterations: int = 4,
+            device: torch.device | str = "cpu") -> LinearFilter:
+        """Normalise R and take the top-``k`` right singular vectors of R~ (`gnn.svd.truncated_svd`, randomized
+        on ``device``)."""
         matrix, normalised, item_degree = normalised_interactions(users, items, num_users, num_items)
         k = min(k, min(num_users, num_items) - 1)
-        _, _, right = truncated_svd(normalised, k, svd_solver, svd_iterations, seed)
+        _, _, right = truncated_svd(normalised, k, svd_solver, svd_iterations, seed, device)
         return cls(matrix, normalised, torch.from_numpy(np.ascontiguousarray(right, dtype=np.float32)),
                    torch.from_numpy(item_degree.astype(np.float32)), alpha, sharpening, sharpening_solver,
                    sharpening_steps)
 
     @classmethod
     def fit_settings(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int,
-                     settings: LinearFilterConfig, seed: int = 0) -> LinearFilter:
+                     settings: LinearFilterConfig, seed: int = 0, device: torch.device | str = "cpu"
+                     ) -> LinearFilter:
         """`fit` with the vectors, low-pass weight and sharpening of a ``train.linear_filter`` config."""
         return cls.fit(users, items, num_users, num_items, settings.singular_vectors, settings.alpha, seed,
                        settings.sharpening, settings.sharpening_solver, settings.sharpening_steps,
-                       settings.svd_solver, settings.svd_iterations)
+                       settings.svd_solver, settings.svd_iterations, device)
 
     def scorer(self, device: torch.device | str = "cpu", chunk: int = 1024):
         """Returns ``score(users (B,)) -> (B, I)`` (see the module formula).

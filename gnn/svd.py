@@ -39,10 +39,11 @@ def torch_csr(matrix: scipy.sparse.csr_matrix) -> Tensor:
 
 
 def truncated_svd(matrix: scipy.sparse.csr_matrix, k: int, solver: SvdSolver = "arpack", iterations: int = 4,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``k`` singular triplets (U (m, k), s (k,), V (n, k)), singular values descending.
+                  seed: int = 0, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` singular triplets (U (m, k), s (k,), V (n, k)), singular values descending, as numpy arrays.
 
-    ``k`` must be below min(m, n) (ARPACK's limit). ``iterations`` (randomized only) is q of the module docstring.
+    ``k`` must be below min(m, n) (ARPACK's limit). ``iterations`` and ``device`` (where the products and QRs
+    run) apply to the randomized solver only; ``iterations`` is q of the module docstring.
     """
     started = time.perf_counter()
     if solver == "arpack":
@@ -51,18 +52,18 @@ def truncated_svd(matrix: scipy.sparse.csr_matrix, k: int, solver: SvdSolver = "
         order = np.argsort(values)[::-1]
         left, values, right = left[:, order], values[order], right_t[order].T
     else:
-        left, values, right = _randomized(matrix, k, iterations, seed)
+        left, values, right = _randomized(matrix, k, iterations, seed, torch.device(device))
     log.info("top-%d SVD (%s) in %.1fs", k, solver, time.perf_counter() - started)
     return left, values, np.ascontiguousarray(right)
 
 
-def _randomized(matrix: scipy.sparse.csr_matrix, k: int, iterations: int, seed: int
+def _randomized(matrix: scipy.sparse.csr_matrix, k: int, iterations: int, seed: int, device: torch.device
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    a = torch_csr(matrix)
-    a_t = torch_csr(matrix.T.tocsr())
+    a = torch_csr(matrix).to(device)
+    a_t = torch_csr(matrix.T.tocsr()).to(device)
     width = min(k + OVERSAMPLE, min(matrix.shape))
-    generator = torch.Generator().manual_seed(seed)
-    sketch = torch.randn(matrix.shape[1], width, generator=generator)
+    generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same sketch on every device
+    sketch = torch.randn(matrix.shape[1], width, generator=generator).to(device)
     q, _ = torch.linalg.qr(torch.sparse.mm(a, sketch))  # (m, l)
     for _ in range(iterations):
         z, _ = torch.linalg.qr(torch.sparse.mm(a_t, q))  # (n, l)
@@ -70,4 +71,4 @@ def _randomized(matrix: scipy.sparse.csr_matrix, k: int, iterations: int, seed: 
     small = torch.sparse.mm(a_t, q).T  # B = Q^T A, (l, n)
     left_small, values, right_t = torch.linalg.svd(small, full_matrices=False)
     left = q @ left_small[:, :k]
-    return left.numpy(), values[:k].numpy(), right_t[:k].T.numpy()
+    return left.cpu().numpy(), values[:k].cpu().numpy(), right_t[:k].T.cpu().numpy()

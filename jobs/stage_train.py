@@ -104,9 +104,9 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
     again on ``known_pairs`` (train + validation), which the final scorer uses."""
     settings = config.train.linear_filter
     started = time.perf_counter()
-    linear = LinearFilter.fit_settings(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
-                                       data.num_items, settings, config.seed)
     device = backend.torch_device
+    linear = LinearFilter.fit_settings(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
+                                       data.num_items, settings, config.seed, device)
     weight, prior_weight, scores = 1.0 if data.valid is None else 0.0, 0.0, {}
     if data.valid is not None:
         train_index = CSRIndex.from_pairs(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
@@ -135,7 +135,8 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
     if refit:
         users, items = known_pairs
         log.info("linear filter: refit on %d train + validation pairs", users.size)
-        linear = LinearFilter.fit_settings(users, items, data.num_users, data.num_items, settings, config.seed)
+        linear = LinearFilter.fit_settings(users, items, data.num_users, data.num_items, settings, config.seed,
+                                           device)
     with atomic_path(run.root / "train" / "linear_filter.pt") as tmp:
         torch.save({**linear.state(), "weight": torch.tensor(weight), "popularity_weight": torch.tensor(prior_weight),
                     "fit_on_valid": torch.tensor(refit)}, tmp)

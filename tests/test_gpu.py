@@ -38,3 +38,15 @@ def test_propagation_and_metrics_agree_between_cpu_and_cuda():
     gpu = evaluate_ranking(embedding_scorer(users_gpu, items_gpu), test, train, [10, 20], 16, "cuda")
     for key in cpu:
         assert gpu[key] == pytest.approx(cpu[key], abs=1e-6)
+
+
+def test_randomized_svd_agrees_between_cpu_and_cuda():
+    import scipy.sparse
+
+    from gnn.svd import truncated_svd
+
+    matrix = scipy.sparse.random(120, 90, density=0.1, random_state=np.random.default_rng(0), format="csr")
+    _, values_cpu, right_cpu = truncated_svd(matrix, 8, "randomized", iterations=8, device="cpu")
+    _, values_gpu, right_gpu = truncated_svd(matrix, 8, "randomized", iterations=8, device="cuda")
+    np.testing.assert_allclose(values_gpu, values_cpu, rtol=1e-4)
+    np.testing.assert_allclose(right_gpu @ right_gpu.T, right_cpu @ right_cpu.T, atol=1e-3)  # same subspace
