@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= runs/demo
 
-.PHONY: demo test install install-test install-bench bench-etl bench-accuracy lint clean
+.PHONY: demo test install install-test install-bench bench-etl bench-accuracy bench-accuracy-minute lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-etl: install-bench
 
 bench-accuracy: install-bench
 	$(PY) bench/accuracy_bench.py
+
+bench-accuracy-minute: install-bench
+	$(PY) bench/accuracy_bench.py --config bench/configs/lightgcn_minute.yaml --name gowalla-minute
 
 lint: install-bench
 	$(VENV)/bin/ruff check engine gnn jobs bench tests

@@ -116,7 +116,7 @@ def test_example_config_is_the_default():
     assert load_config("configs/example.yaml") == JobConfig()
 
 
-@pytest.mark.parametrize("name", ["lightgcn_recipe", "lightgcn_fast", "lightgcn_minute"])
+@pytest.mark.parametrize("name", ["lightgcn_recipe", "lightgcn_minute"])
 def test_bench_presets_load_and_differ_only_where_documented(name):
     """The committed presets validate, and share the recipe's model (only budget-related settings differ)."""
     from jobs.config import load_config
