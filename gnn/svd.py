@@ -8,7 +8,7 @@ Randomized, for A (m x n) sparse, k vectors, l = k + oversample columns and q po
     B = Q^T A  (l x n);   B = U_B S V^T  (dense SVD)  ->  top-k of S, V
 
 Every product is a sparse (CSR) x dense product and every QR is a tall-skinny LAPACK call, all multi-threaded
-in torch: on Gowalla (29,858 x 40,981, 0.73M nnz) k = 448 with q = 4 takes ~7 s on 2 cores against ~24 s
+in torch: on Gowalla (29,858 x 40,981, 0.73M nnz) k = 448 with q = 4 takes ~6 s on 2 cores against 24-38 s
 for ARPACK (`scipy.sparse.linalg.svds`). With few iterations the tail of the top-k is not converged to the exact
 singular vectors; for the low-pass filter that is harmless (validation scores in bench/accuracy.md).
 """
