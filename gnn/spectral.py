@@ -13,7 +13,6 @@ equal to that of the default N(0, 0.1^2) initialisation, so the learning rate me
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 def spectral_embeddings(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, dim: int,
                         target_norm: float, seed: int = 0) -> Tensor:
     """E^(0) of the module docstring, shape (num_users + num_items, dim), float32."""
-    started = time.perf_counter()
     _, normalised, _ = normalised_interactions(users, items, num_users, num_items)
     k = min(dim, min(num_users, num_items) - 1)
     left, values, right = truncated_svd(normalised, k, seed=seed)
@@ -38,5 +36,5 @@ def spectral_embeddings(users: np.ndarray, items: np.ndarray, num_users: int, nu
         stacked = np.hstack([stacked, np.zeros((stacked.shape[0], dim - k))])
     mean_norm = np.linalg.norm(stacked, axis=1).mean()
     stacked *= target_norm / mean_norm if mean_norm > 0 else 1.0
-    log.info("spectral warm start: top-%d SVD in %.1fs", k, time.perf_counter() - started)
+    log.info("spectral warm start: E^(0) from the top-%d singular triplets (gnn.svd logs the SVD's time)", k)
     return torch.from_numpy(stacked.astype(np.float32))
