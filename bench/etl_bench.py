@@ -26,10 +26,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine_info  # noqa: E402
-from engine.backend import resolve_backend  # noqa: E402
-from jobs.config import JobConfig  # noqa: E402
-from jobs.pipeline import run_stage  # noqa: E402
-from jobs.rundir import RunDir  # noqa: E402
+from homerank.engine.backend import resolve_backend  # noqa: E402
+from homerank.jobs.config import JobConfig  # noqa: E402
+from homerank.jobs.pipeline import run_stage  # noqa: E402
+from homerank.jobs.rundir import RunDir  # noqa: E402
 
 WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0}
 TYPES = list(WEIGHTS)
@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     input_dir = Path(args.input)
     if not (input_dir / "events").exists():
-        from engine.synthetic import generate
+        from homerank.engine.synthetic import generate
 
         generate(input_dir)
     events = input_dir / "events"

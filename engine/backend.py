@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse
 import torch
 
-from engine.errors import HomerankError
+from homerank.engine.errors import HomerankError
 
 log = logging.getLogger(__name__)
 

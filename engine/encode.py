@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine import schema as S
+from homerank.engine import schema
 
 
 def fit_index(ids: Any, id_column: str, index_column: str) -> pd.DataFrame:
@@ -24,7 +24,7 @@ def fit_index(ids: Any, id_column: str, index_column: str) -> pd.DataFrame:
 
 def encode_edges(edges: pd.DataFrame, user_index: pd.DataFrame, item_index: pd.DataFrame) -> pd.DataFrame:
     """Add user_index / item_index columns (inner join: rows with unknown ids are dropped)."""
-    out = edges.merge(user_index, on=S.USER, how="inner").merge(item_index, on=S.ITEM, how="inner")
+    out = edges.merge(user_index, on=schema.USER, how="inner").merge(item_index, on=schema.ITEM, how="inner")
     return out
 
 

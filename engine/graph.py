@@ -22,7 +22,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import torch
 
-from engine.backend import Backend
+from homerank.engine.backend import Backend
 
 log = logging.getLogger(__name__)
 

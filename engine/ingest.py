@@ -25,11 +25,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine import schema as S
-from engine.backend import Backend
-from engine.config import IngestConfig
-from engine.errors import HomerankError
-from engine.privacy import pseudonym_key, pseudonymise
+from homerank.engine import schema
+from homerank.engine.backend import Backend
+from homerank.engine.config import IngestConfig
+from homerank.engine.errors import HomerankError
+from homerank.engine.privacy import pseudonym_key, pseudonymise
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def read_columns(file: InputFile) -> list[str]:
 
 
 def check_required_columns(
-    file: InputFile, columns: list[str], required: tuple[str, ...] = S.REQUIRED_EVENT_COLUMNS
+    file: InputFile, columns: list[str], required: tuple[str, ...] = schema.REQUIRED_EVENT_COLUMNS
 ) -> None:
     missing = [c for c in required if c not in columns]
     if missing:
@@ -129,8 +129,8 @@ def check_required_columns(
 
 
 def _parquet_id_dtype(file: InputFile) -> IdDtype:
-    schema = pq.read_schema(file.path)
-    kinds = {pa.types.is_integer(schema.field(c).type) for c in (S.USER, S.ITEM)}
+    arrow_schema = pq.read_schema(file.path)
+    kinds = {pa.types.is_integer(arrow_schema.field(c).type) for c in (schema.USER, schema.ITEM)}
     return "int64" if kinds == {True} else "string"
 
 
@@ -212,42 +212,42 @@ def validate_events(
     def flag(mask: pd.Series, why: str) -> None:
         reason.loc[mask & reason.isna()] = why
 
-    users, bad_users = _coerce_ids(raw[S.USER], id_dtype)
+    users, bad_users = _coerce_ids(raw[schema.USER], id_dtype)
     flag(bad_users, "null_or_bad_user_id")
-    items, bad_items = _coerce_ids(raw[S.ITEM], id_dtype)
+    items, bad_items = _coerce_ids(raw[schema.ITEM], id_dtype)
     flag(bad_items, "null_or_bad_item_id")
-    events = raw[S.EVENT].astype("string").str.strip().str.lower()
+    events = raw[schema.EVENT].astype("string").str.strip().str.lower()
     flag(~events.isin(event_types).fillna(False).astype(bool), "unknown_event_type")
-    timestamps = _parse_timestamps(raw[S.TS], timestamp_unit)
+    timestamps = _parse_timestamps(raw[schema.TS], timestamp_unit)
     flag(timestamps.isna(), "unparsable_timestamp")
-    clean = pd.DataFrame({S.USER: users, S.ITEM: items, S.EVENT: events, S.TS: timestamps})
-    if S.SESSION in raw.columns:
-        clean[S.SESSION] = raw[S.SESSION].astype("string")
-    if S.VALUE in raw.columns:
-        value = pd.to_numeric(raw[S.VALUE], errors="coerce")
-        flag(value.isna() & raw[S.VALUE].notna(), "non_numeric_value")
-        clean[S.VALUE] = value.astype("float64")
+    clean = pd.DataFrame({schema.USER: users, schema.ITEM: items, schema.EVENT: events, schema.TS: timestamps})
+    if schema.SESSION in raw.columns:
+        clean[schema.SESSION] = raw[schema.SESSION].astype("string")
+    if schema.VALUE in raw.columns:
+        value = pd.to_numeric(raw[schema.VALUE], errors="coerce")
+        flag(value.isna() & raw[schema.VALUE].notna(), "non_numeric_value")
+        clean[schema.VALUE] = value.astype("float64")
     bad = reason.notna().to_numpy()
     rejected = raw.loc[bad].astype("string")
-    rejected[S.REASON] = reason[bad]
-    rejected[S.SOURCE_FILE] = source_file
-    rejected[S.SOURCE_ROW] = np.arange(row_offset, row_offset + n, dtype="int64")[bad]
+    rejected[schema.REASON] = reason[bad]
+    rejected[schema.SOURCE_FILE] = source_file
+    rejected[schema.SOURCE_ROW] = np.arange(row_offset, row_offset + n, dtype="int64")[bad]
     clean = clean.loc[~bad].reset_index(drop=True)
-    clean[S.EVENT] = clean[S.EVENT].astype("string")
+    clean[schema.EVENT] = clean[schema.EVENT].astype("string")
     return clean, rejected.reset_index(drop=True)
 
 
 def _empty_clean(columns: list[str], id_dtype: IdDtype) -> pd.DataFrame:
     meta = {
-        S.USER: pd.Series(dtype=id_dtype),
-        S.ITEM: pd.Series(dtype=id_dtype),
-        S.EVENT: pd.Series(dtype="string"),
-        S.TS: pd.Series(dtype="datetime64[ns]"),
+        schema.USER: pd.Series(dtype=id_dtype),
+        schema.ITEM: pd.Series(dtype=id_dtype),
+        schema.EVENT: pd.Series(dtype="string"),
+        schema.TS: pd.Series(dtype="datetime64[ns]"),
     }
-    if S.SESSION in columns:
-        meta[S.SESSION] = pd.Series(dtype="string")
-    if S.VALUE in columns:
-        meta[S.VALUE] = pd.Series(dtype="float64")
+    if schema.SESSION in columns:
+        meta[schema.SESSION] = pd.Series(dtype="string")
+    if schema.VALUE in columns:
+        meta[schema.VALUE] = pd.Series(dtype="float64")
     return pd.DataFrame(meta)
 
 
@@ -262,8 +262,8 @@ def _read_and_validate(
         raise HomerankError(f"{file.path}: could not be read ({first_line})") from None
     clean, rejected = validate_events(raw, file.path, event_types, id_dtype, unit)
     if pseudonym_key is not None:
-        clean[S.USER] = pseudonymise(clean[S.USER], pseudonym_key)
-        rejected[S.USER] = pseudonymise(rejected[S.USER], pseudonym_key)
+        clean[schema.USER] = pseudonymise(clean[schema.USER], pseudonym_key)
+        rejected[schema.USER] = pseudonymise(rejected[schema.USER], pseudonym_key)
     return clean, rejected, len(raw)
 
 
@@ -280,8 +280,8 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
         columns = read_columns(file)
         check_required_columns(file, columns)
         column_sets.append(columns)
-    optional = [c for c in S.OPTIONAL_EVENT_COLUMNS if all(c in cols for cols in column_sets)]
-    columns = list(S.REQUIRED_EVENT_COLUMNS) + optional
+    optional = [c for c in schema.OPTIONAL_EVENT_COLUMNS if all(c in cols for cols in column_sets)]
+    columns = list(schema.REQUIRED_EVENT_COLUMNS) + optional
     resolved_ids = decide_id_dtype(files, id_dtype)
     key = pseudonym_key() if config.pseudonymise_user_ids else None
     event_types = [e.strip().lower() for e in config.event_types]
@@ -293,7 +293,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     parts = dask.persist(*[read(f, columns, event_types, resolved_ids, config.timestamp_unit, key) for f in files])
     meta = _empty_clean(columns, resolved_ids)
     if key is not None:
-        meta[S.USER] = meta[S.USER].astype("string")
+        meta[schema.USER] = meta[schema.USER].astype("string")
     clean = dd.from_delayed([p[0] for p in parts], meta=meta, verify_meta=False)
     if backend.name == "gpu":
         clean = clean.to_backend("cudf")
@@ -303,7 +303,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     quarantine = (
         pd.concat([r for r in rejected_list if len(r)], ignore_index=True)
         if any(len(r) for r in rejected_list)
-        else pd.DataFrame(columns=[*columns, S.REASON, S.SOURCE_FILE, S.SOURCE_ROW])
+        else pd.DataFrame(columns=[*columns, schema.REASON, schema.SOURCE_FILE, schema.SOURCE_ROW])
     )
     rows = {
         "in": int(rows_in),
@@ -313,7 +313,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     }
     if rows["in"] != rows["kept"] + rows["quarantined"] + rows["duplicates"]:  # pragma: no cover - invariant
         raise AssertionError(f"row conservation violated: {rows}")
-    reasons = quarantine[S.REASON].value_counts().to_dict() if len(quarantine) else {}
+    reasons = quarantine[schema.REASON].value_counts().to_dict() if len(quarantine) else {}
     log.info("ingest: rows %s, quarantine reasons %s", rows, reasons)
     return Ingested(
         events=deduped,
@@ -331,7 +331,7 @@ def read_catalogue(path: str) -> pd.DataFrame:
     frames = []
     for file in files:
         columns = read_columns(file)
-        check_required_columns(file, columns, S.CATALOGUE_REQUIRED)
+        check_required_columns(file, columns, schema.CATALOGUE_REQUIRED)
         frames.append(pd.read_parquet(file.path) if file.format == "parquet" else pd.read_csv(file.path))
     return pd.concat(frames, ignore_index=True)
 

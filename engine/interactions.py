@@ -15,8 +15,8 @@ from typing import Any
 import dask.dataframe as dd
 import pandas as pd
 
-from engine import schema as S
-from engine.errors import HomerankError
+from homerank.engine import schema
+from homerank.engine.errors import HomerankError
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -29,19 +29,19 @@ def check_weights(weights: dict[str, float], event_types: list[str]) -> None:
 
 def weight_events(frame: Any, weights: dict[str, float], half_life_days: float | None, ref_time: Any) -> Any:
     """Add a ``weight`` column to an event frame (pandas, cudf or dask) following the module formula."""
-    base = frame[S.EVENT].map(weights, meta=(S.EVENT, "float64")) if isinstance(frame, dd.DataFrame) else (
-        frame[S.EVENT].map(weights)
+    base = frame[schema.EVENT].map(weights, meta=(schema.EVENT, "float64")) if isinstance(frame, dd.DataFrame) else (
+        frame[schema.EVENT].map(weights)
     )
     base = base.astype("float64")
     if half_life_days is not None:
-        age_days = (ref_time - frame[S.TS]).dt.total_seconds() / SECONDS_PER_DAY
+        age_days = (ref_time - frame[schema.TS]).dt.total_seconds() / SECONDS_PER_DAY
         base = base * (0.5 ** (age_days / half_life_days))
-    return frame.assign(**{S.WEIGHT: base})
+    return frame.assign(**{schema.WEIGHT: base})
 
 
 def _with_type_counts(frame: Any, event_types: list[str]) -> Any:
     return frame.assign(
-        **{S.count_column(t): (frame[S.EVENT] == t).astype("int64") for t in event_types}
+        **{schema.count_column(t): (frame[schema.EVENT] == t).astype("int64") for t in event_types}
     )
 
 
@@ -53,12 +53,12 @@ def aggregate_edges(events: Any, event_types: list[str]) -> Any:
     """
     counted = _with_type_counts(events, event_types)
     spec: dict[str, tuple[str, str]] = {
-        S.WEIGHT: (S.WEIGHT, "sum"),
-        S.FIRST_TS: (S.TS, "min"),
-        S.LAST_TS: (S.TS, "max"),
+        schema.WEIGHT: (schema.WEIGHT, "sum"),
+        schema.FIRST_TS: (schema.TS, "min"),
+        schema.LAST_TS: (schema.TS, "max"),
     }
-    spec.update({S.count_column(t): (S.count_column(t), "sum") for t in event_types})
-    grouped = counted.groupby([S.USER, S.ITEM], sort=False)
+    spec.update({schema.count_column(t): (schema.count_column(t), "sum") for t in event_types})
+    grouped = counted.groupby([schema.USER, schema.ITEM], sort=False)
     if isinstance(counted, dd.DataFrame):
         aggregated = grouped.agg(**spec, split_out=1 if counted.npartitions <= 16 else counted.npartitions // 8)
     else:
@@ -68,4 +68,4 @@ def aggregate_edges(events: Any, event_types: list[str]) -> Any:
 
 def sort_edges(edges: pd.DataFrame) -> pd.DataFrame:
     """Deterministic order (user, item) so reruns give identical tables."""
-    return edges.sort_values([S.USER, S.ITEM], kind="stable").reset_index(drop=True)
+    return edges.sort_values([schema.USER, schema.ITEM], kind="stable").reset_index(drop=True)

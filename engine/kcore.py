@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from engine import schema as S
+from homerank.engine import schema
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +19,11 @@ def kcore_filter(edges: Any, min_user: int, min_item: int, max_rounds: int = 100
     """Return (filtered edges, rounds needed). ``edges`` has one row per distinct (user_id, item_id)."""
     current = edges
     for round_ in range(1, max_rounds + 1):
-        user_degree = current[S.USER].value_counts()
-        item_degree = current[S.ITEM].value_counts()
+        user_degree = current[schema.USER].value_counts()
+        item_degree = current[schema.ITEM].value_counts()
         keep_users = user_degree.index[user_degree >= min_user]
         keep_items = item_degree.index[item_degree >= min_item]
-        mask = current[S.USER].isin(keep_users) & current[S.ITEM].isin(keep_items)
+        mask = current[schema.USER].isin(keep_users) & current[schema.ITEM].isin(keep_items)
         if bool(mask.all()):
             return current.reset_index(drop=True), round_
         current = current[mask]

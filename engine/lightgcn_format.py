@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.errors import HomerankError
-from engine.split import holdout_size
+from homerank.engine.errors import HomerankError
+from homerank.engine.split import holdout_size
 
 SPLIT_FILES = ("train", "valid", "test")
 

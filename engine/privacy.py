@@ -11,7 +11,7 @@ import os
 
 import pandas as pd
 
-from engine.errors import HomerankError
+from homerank.engine.errors import HomerankError
 
 KEY_VARIABLE = "HOMERANK_PSEUDONYM_KEY"
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from engine import schema as S
-from engine.config import SplitConfig
+from homerank.engine import schema
+from homerank.engine.config import SplitConfig
 
 SPLIT = "split"
 CUTOFF = "cutoff"
@@ -39,10 +39,10 @@ def temporal_split(edges: pd.DataFrame, config: SplitConfig) -> tuple[pd.DataFra
     Returns:
         (edges with a ``split`` column, cutoffs: user_index, cutoff for users with any held-out item).
     """
-    ordered = edges.sort_values([S.USER_INDEX, S.FIRST_TS, S.ITEM_INDEX], kind="stable").reset_index(drop=True)
-    users = ordered[S.USER_INDEX].to_numpy()
-    position = ordered.groupby(S.USER_INDEX, sort=False).cumcount().to_numpy()
-    n_per_user = ordered.groupby(S.USER_INDEX, sort=False)[S.ITEM_INDEX].transform("size").to_numpy()
+    ordered = edges.sort_values([schema.USER_INDEX, schema.FIRST_TS, schema.ITEM_INDEX], kind="stable").reset_index(drop=True)
+    users = ordered[schema.USER_INDEX].to_numpy()
+    position = ordered.groupby(schema.USER_INDEX, sort=False).cumcount().to_numpy()
+    n_per_user = ordered.groupby(schema.USER_INDEX, sort=False)[schema.ITEM_INDEX].transform("size").to_numpy()
     n_test = np.minimum(holdout_size(config.test, n_per_user), np.maximum(n_per_user - config.min_train, 0))
     room = np.maximum(n_per_user - config.min_train - n_test, 0)
     n_valid = np.minimum(holdout_size(config.valid, n_per_user), room)
@@ -50,7 +50,7 @@ def temporal_split(edges: pd.DataFrame, config: SplitConfig) -> tuple[pd.DataFra
     split = np.where(from_end < n_test, "test", np.where(from_end < n_test + n_valid, "valid", "train"))
     ordered[SPLIT] = pd.Categorical(split, categories=["train", "valid", "test"])
     held = ordered[ordered[SPLIT] != "train"]
-    cutoffs = held.groupby(S.USER_INDEX, as_index=False)[S.FIRST_TS].min().rename(columns={S.FIRST_TS: CUTOFF})
+    cutoffs = held.groupby(schema.USER_INDEX, as_index=False)[schema.FIRST_TS].min().rename(columns={schema.FIRST_TS: CUTOFF})
     del users
     return ordered, cutoffs
 
@@ -61,6 +61,6 @@ def train_event_filter(events: pd.DataFrame, train_keys: pd.DataFrame) -> pd.Dat
     ``train_keys`` has user_id, item_id and ``cutoff`` (NaT = user has no held-out items: keep all).
     Works on pandas/cudf and dask frames alike.
     """
-    joined = events.merge(train_keys, on=[S.USER, S.ITEM], how="inner")
-    keep = joined[CUTOFF].isna() | (joined[S.TS] <= joined[CUTOFF])
+    joined = events.merge(train_keys, on=[schema.USER, schema.ITEM], how="inner")
+    keep = joined[CUTOFF].isna() | (joined[schema.TS] <= joined[CUTOFF])
     return joined[keep].drop(columns=[CUTOFF])

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from engine.config import StrictModel
+from homerank.engine.config import StrictModel
 
 
 class LinearFilterConfig(StrictModel):

@@ -33,9 +33,9 @@ import scipy.sparse
 import torch
 from torch import Tensor
 
-from gnn.config import LinearFilterConfig
-from gnn.metrics import mix_standardised, popularity_prior, standardise
-from gnn.svd import SvdSolver, torch_csr, truncated_svd
+from homerank.gnn.config import LinearFilterConfig
+from homerank.gnn.metrics import mix_standardised, popularity_prior, standardise
+from homerank.gnn.svd import SvdSolver, torch_csr, truncated_svd
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import HomerankError
-from gnn.config import EvalConfig, TrainConfig
+from homerank.engine.errors import HomerankError
+from homerank.gnn.config import EvalConfig, TrainConfig
 
 SAFETY = 1.5
 

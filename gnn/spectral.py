@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gnn.linear_filter import normalised_interactions
-from gnn.svd import truncated_svd
+from homerank.gnn.linear_filter import normalised_interactions
+from homerank.gnn.svd import truncated_svd
 
 log = logging.getLogger(__name__)
 

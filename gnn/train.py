@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from engine.errors import HomerankError
-from gnn.config import EvalConfig, TrainConfig
-from gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
-from gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
-from gnn.model import LightGCNRecommender
-from gnn.sampling import sample_negatives
-from gnn.spectral import spectral_embeddings
+from homerank.engine.errors import HomerankError
+from homerank.gnn.config import EvalConfig, TrainConfig
+from homerank.gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
+from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from homerank.gnn.model import LightGCNRecommender
+from homerank.gnn.sampling import sample_negatives
+from homerank.gnn.spectral import spectral_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.errors import HomerankError
+from homerank.engine.errors import HomerankError
 
 log = logging.getLogger("homerank")
 
@@ -115,7 +115,7 @@ def _setup_logging(run_root: Path | None, quiet: bool) -> None:
 
 
 def _resolve_config(args: argparse.Namespace, run_root: Path | None):
-    from jobs.config import load_config, with_overrides
+    from homerank.jobs.config import load_config, with_overrides
 
     path = args.config
     if path is None and run_root is not None and (run_root / "config.yaml").exists():
@@ -127,7 +127,7 @@ def _resolve_config(args: argparse.Namespace, run_root: Path | None):
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from engine.synthetic import SyntheticSpec, generate
+    from homerank.engine.synthetic import SyntheticSpec, generate
 
     for name in ("users", "items", "events"):
         if getattr(args, name) < 1:
@@ -140,10 +140,10 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from engine.backend import resolve_backend
-    from engine.synthetic import SyntheticSpec, generate
-    from jobs.pipeline import run_pipeline
-    from jobs.rundir import RunDir
+    from homerank.engine.backend import resolve_backend
+    from homerank.engine.synthetic import SyntheticSpec, generate
+    from homerank.jobs.pipeline import run_pipeline
+    from homerank.jobs.rundir import RunDir
 
     run = RunDir(Path(args.out)).ensure()
     input_dir = Path(args.input) if args.input else run.root / "input"
@@ -172,9 +172,9 @@ def _print_summary(run, metrics) -> None:
 
 
 def _stage(args: argparse.Namespace) -> None:
-    from engine.backend import resolve_backend
-    from jobs.pipeline import run_pipeline, run_stage, write_resolved_config
-    from jobs.rundir import RunDir
+    from homerank.engine.backend import resolve_backend
+    from homerank.jobs.pipeline import run_pipeline, run_stage, write_resolved_config
+    from homerank.jobs.rundir import RunDir
 
     run = RunDir(Path(args.out)).ensure()
     config = _resolve_config(args, run.root)
@@ -209,8 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "generate":
             _generate(args)
         elif args.command == "preview":
-            from jobs.preview import write_preview
-            from jobs.rundir import RunDir
+            from homerank.jobs.preview import write_preview
+            from homerank.jobs.rundir import RunDir
 
             out = Path(args.out) if args.out else Path(args.run) / "preview" / f"{args.user}.html"
             print(f"wrote {write_preview(RunDir(Path(args.run)), args.user, out)}")

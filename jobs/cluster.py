@@ -7,9 +7,9 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from engine.backend import Backend
-from engine.errors import HomerankError
-from jobs.config import ClusterConfig
+from homerank.engine.backend import Backend
+from homerank.engine.errors import HomerankError
+from homerank.jobs.config import ClusterConfig
 
 log = logging.getLogger(__name__)
 

@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
 
-from engine.config import GraphConfig, IngestConfig, InteractionConfig, SplitConfig, StrictModel
-from engine.errors import HomerankError
-from gnn.config import EvalConfig, TrainConfig
+from homerank.engine.config import GraphConfig, IngestConfig, InteractionConfig, SplitConfig, StrictModel
+from homerank.engine.errors import HomerankError
+from homerank.gnn.config import EvalConfig, TrainConfig
 
 
 class ClusterConfig(StrictModel):
@@ -136,12 +137,50 @@ def load_config(path: str | Path | None) -> JobConfig:
 
 
 def with_overrides(config: JobConfig, **overrides: Any) -> JobConfig:
-    """Apply CLI overrides (None means "not given")."""
+    """Apply CLI overrides of top-level keys (None means "not given")."""
     data = config.model_dump()
     for key, value in overrides.items():
         if value is not None:
             data[key] = value
     return parse_config(data, "command line")
+
+
+def apply_dotted(config: JobConfig, overrides: Mapping[str, Any], source: str = "overrides") -> JobConfig:
+    """Set ``section.key`` (any depth, e.g. ``train.linear_filter.enabled``) to a value and validate the whole
+    config again, exactly as the YAML file is validated.
+
+    >>> apply_dotted(JobConfig(), {"train.epochs": 10}).train.epochs
+    10
+    """
+    data = config.model_dump()
+    for dotted, value in overrides.items():
+        parts = str(dotted).split(".")
+        if not all(parts):
+            raise HomerankError(f"{source}: {dotted!r}: expected a dotted key such as train.epochs")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise HomerankError(f"{source}: {dotted}: {where!r} is not a config section")
+            node = child
+        if isinstance(node, dict) and parts[-1] not in node:
+            raise HomerankError(f"{source}: {dotted}: unknown key")
+        node[parts[-1]] = value
+    return parse_config(data, source)
+
+
+def parse_set_option(text: str) -> tuple[str, Any]:
+    """``section.key=value`` from ``--set``; the value is read as YAML (``10``, ``0.5``, ``true``, ``[1, 2]``,
+    ``null``), so it gets the same types as in a config file."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise HomerankError(f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise HomerankError(f"--set {text!r}: the value is not valid YAML") from None
+    return key.strip(), value
 
 
 def dump_config(config: JobConfig) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import GateError
-from jobs.config import GatesConfig
+from homerank.engine.errors import GateError
+from homerank.jobs.config import GatesConfig
 
 
 def evaluate_gates(stats: dict[str, Any], previous: dict[str, Any] | None, gates: GatesConfig) -> list[dict]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.errors import HomerankError
+from homerank.engine.errors import HomerankError
 
 RULES = ("boost", "pin")
 COLUMNS = ("rule", "item_id", "category", "weight", "section", "slot", "start", "end")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine import schema as S
-from engine.split import SPLIT
+from homerank.engine import schema
+from homerank.engine.split import SPLIT
 
 
 def gini(exposure: np.ndarray) -> float:
@@ -61,14 +61,14 @@ def list_metrics(pages: pd.DataFrame, item_ids: np.ndarray, category: np.ndarray
 def for_you_accuracy(page: pd.DataFrame, edges: pd.DataFrame, user_index: pd.DataFrame,
                      item_index: pd.DataFrame) -> dict[str, float]:
     """Recall and NDCG of the for_you row (at its own length) against the test items (LightGCN protocol)."""
-    test = edges[edges[SPLIT] == "test"][[S.USER, S.ITEM]].assign(relevant=True)
+    test = edges[edges[SPLIT] == "test"][[schema.USER, schema.ITEM]].assign(relevant=True)
     row = page[page["section"] == "for_you"][["user_id", "slot", "item_id"]]
     if row.empty or test.empty:
         return {}
     length = int(row["slot"].max())
-    hits = row.merge(test, left_on=["user_id", "item_id"], right_on=[S.USER, S.ITEM], how="left")
+    hits = row.merge(test, left_on=["user_id", "item_id"], right_on=[schema.USER, schema.ITEM], how="left")
     hits["gain"] = hits["relevant"].fillna(False).astype(float) / np.log2(hits["slot"] + 1)
-    truth = test.groupby(S.USER).size()
+    truth = test.groupby(schema.USER).size()
     per_user = hits.groupby("user_id").agg(hits=("relevant", lambda s: s.fillna(False).sum()), dcg=("gain", "sum"))
     per_user = per_user.join(truth.rename("n_truth"), how="inner")
     ideal = per_user["n_truth"].clip(upper=length).map(lambda n: (1 / np.log2(np.arange(2, n + 2))).sum())

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.config import HomepageConfig
+from homerank.jobs.config import HomepageConfig
 
 UNCAPPED_SECTIONS = ("trending_in_category", "buy_again")
 

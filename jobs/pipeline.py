@@ -12,18 +12,18 @@ import time
 from importlib import metadata
 from typing import Any
 
-from engine.backend import Backend
-from engine.errors import HomerankError
-from jobs.cluster import dask_client
-from jobs.config import JobConfig, dump_config
-from jobs.report import write_report
-from jobs.rundir import RunDir, read_json, write_json, write_text
-from jobs.stage_etl import run_etl
-from jobs.stage_evaluate import run_evaluate
-from jobs.stage_graph import run_graph
-from jobs.stage_homepage import run_homepage
-from jobs.stage_rank import run_rank
-from jobs.stage_train import run_train
+from homerank.engine.backend import Backend
+from homerank.engine.errors import HomerankError
+from homerank.jobs.cluster import dask_client
+from homerank.jobs.config import JobConfig, dump_config
+from homerank.jobs.report import write_report
+from homerank.jobs.rundir import RunDir, read_json, write_json, write_text
+from homerank.jobs.stage_etl import run_etl
+from homerank.jobs.stage_evaluate import run_evaluate
+from homerank.jobs.stage_graph import run_graph
+from homerank.jobs.stage_homepage import run_homepage
+from homerank.jobs.stage_rank import run_rank
+from homerank.jobs.stage_train import run_train
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def input_fingerprint(input_path: str, config: JobConfig) -> list[list[Any]]:
     """(path, size, mtime) of every input file: a changed daily drop changes the ETL fingerprint."""
     from pathlib import Path
 
-    from engine.ingest import discover_files
+    from homerank.engine.ingest import discover_files
 
     if config.ingest.format == "lightgcn":
         files = sorted(str(p) for p in Path(input_path).glob("*.txt"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine.errors import HomerankError
-from jobs.rundir import RunDir
+from homerank.engine.errors import HomerankError
+from homerank.jobs.rundir import RunDir
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; background: #f6f6f4; color: #222; }
@@ -54,7 +54,7 @@ def render_preview(run: RunDir, user: str) -> str:
 
 
 def write_preview(run: RunDir, user: str, out: Path) -> Path:
-    from jobs.rundir import write_text
+    from homerank.jobs.rundir import write_text
 
     write_text(out, render_preview(run, user))
     return out

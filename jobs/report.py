@@ -13,8 +13,8 @@ from typing import Any
 
 import markdown
 
-from jobs import report_plots
-from jobs.rundir import RunDir, atomic_path, read_json, write_text
+from homerank.jobs import report_plots
+from homerank.jobs.rundir import RunDir, atomic_path, read_json, write_text
 
 HTML_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 24px auto; color: #222; line-height: 1.45; }

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from engine.errors import HomerankError
+from homerank.engine.errors import HomerankError
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,18 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from engine import schema as S
-from engine.backend import Backend
-from engine.encode import encode_edges, fit_index
-from engine.errors import HomerankError
-from engine.ingest import ingest_events, read_catalogue
-from engine.interactions import aggregate_edges, check_weights, sort_edges, weight_events
-from engine.kcore import kcore_filter
-from engine.lightgcn_format import load_lightgcn
-from engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
-from jobs.config import JobConfig
-from jobs.gates import enforce, evaluate_gates
-from jobs.rundir import RunDir, read_json, write_json, write_parquet, write_parquet_dataset
+from homerank.engine import schema
+from homerank.engine.backend import Backend
+from homerank.engine.encode import encode_edges, fit_index
+from homerank.engine.errors import HomerankError
+from homerank.engine.ingest import ingest_events, read_catalogue
+from homerank.engine.interactions import aggregate_edges, check_weights, sort_edges, weight_events
+from homerank.engine.kcore import kcore_filter
+from homerank.engine.lightgcn_format import load_lightgcn
+from homerank.engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
+from homerank.jobs.config import JobConfig
+from homerank.jobs.gates import enforce, evaluate_gates
+from homerank.jobs.rundir import RunDir, read_json, write_json, write_parquet, write_parquet_dataset
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,15 @@ def run_lightgcn_etl(input_path: str, run: RunDir, config: JobConfig) -> dict[st
     started = time.perf_counter()
     previous = _previous_stats(run)
     edges, num_users, num_items, valid_from_file = load_lightgcn(input_path, config.split.valid, config.seed)
-    edges[S.USER] = edges[S.USER_INDEX]
-    edges[S.ITEM] = edges[S.ITEM_INDEX]
-    edges[S.WEIGHT] = 1.0
-    user_index = pd.DataFrame({S.USER: np.arange(num_users), S.USER_INDEX: np.arange(num_users)})
-    item_index = pd.DataFrame({S.ITEM: np.arange(num_items), S.ITEM_INDEX: np.arange(num_items)})
+    edges[schema.USER] = edges[schema.USER_INDEX]
+    edges[schema.ITEM] = edges[schema.ITEM_INDEX]
+    edges[schema.WEIGHT] = 1.0
+    user_index = pd.DataFrame({schema.USER: np.arange(num_users), schema.USER_INDEX: np.arange(num_users)})
+    item_index = pd.DataFrame({schema.ITEM: np.arange(num_items), schema.ITEM_INDEX: np.arange(num_items)})
     # every known pair is "an interaction" with no event type: ranking excludes all of them
-    interactions = edges.drop_duplicates([S.USER, S.ITEM])[[S.USER, S.ITEM, S.WEIGHT]].assign(
-        **{S.count_column(LIGHTGCN_EVENT): 1})
-    write_parquet_dataset(run.quarantine, pd.DataFrame(columns=[S.REASON]))
+    interactions = edges.drop_duplicates([schema.USER, schema.ITEM])[[schema.USER, schema.ITEM, schema.WEIGHT]].assign(
+        **{schema.count_column(LIGHTGCN_EVENT): 1})
+    write_parquet_dataset(run.quarantine, pd.DataFrame(columns=[schema.REASON]))
     write_parquet(run.interactions, interactions.reset_index(drop=True))
     write_parquet(run.edges, edges)
     write_parquet(run.user_index, user_index)
@@ -108,7 +108,7 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
         if ingested.rows["kept"] == 0:
             raise HomerankError(f"{input_path}: no valid rows left after validation (see {run.quarantine})")
         events = ingested.events
-        ref_time = events[S.TS].max().compute()
+        ref_time = events[schema.TS].max().compute()
         weighted = weight_events(events, config.interactions.weights, config.interactions.half_life_days, ref_time)
         all_edges = sort_edges(backend.to_host(aggregate_edges(weighted, event_types).compute()))
         write_parquet(run.interactions, all_edges)
@@ -119,24 +119,24 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
                 "interactions: the k-core filter left no interactions; lower "
                 "interactions.min_user_interactions / min_item_interactions"
             )
-        user_index = fit_index(core[S.USER], S.USER, S.USER_INDEX)
-        item_index = fit_index(core[S.ITEM], S.ITEM, S.ITEM_INDEX)
+        user_index = fit_index(core[schema.USER], schema.USER, schema.USER_INDEX)
+        item_index = fit_index(core[schema.ITEM], schema.ITEM, schema.ITEM_INDEX)
         encoded = encode_edges(core, user_index, item_index)
         split_edges, cutoffs = temporal_split(encoded, config.split)
-        train_keys = split_edges.loc[split_edges[SPLIT] == "train", [S.USER, S.ITEM, S.USER_INDEX]]
-        train_keys = train_keys.merge(cutoffs, on=S.USER_INDEX, how="left").drop(columns=[S.USER_INDEX])
+        train_keys = split_edges.loc[split_edges[SPLIT] == "train", [schema.USER, schema.ITEM, schema.USER_INDEX]]
+        train_keys = train_keys.merge(cutoffs, on=schema.USER_INDEX, how="left").drop(columns=[schema.USER_INDEX])
         train_keys[CUTOFF] = train_keys[CUTOFF].astype("datetime64[ns]")
         train_events = train_event_filter(weighted, backend.from_host(train_keys)
                                           if not isinstance(weighted, dd.DataFrame) else train_keys)
         train_weights = backend.to_host(aggregate_edges(train_events, event_types).compute())
-    value_columns = [S.WEIGHT, S.FIRST_TS, S.LAST_TS, *(S.count_column(t) for t in event_types)]
+    value_columns = [schema.WEIGHT, schema.FIRST_TS, schema.LAST_TS, *(schema.count_column(t) for t in event_types)]
     train_rows = split_edges[split_edges[SPLIT] == "train"].drop(columns=value_columns)
-    train_rows = train_rows.merge(train_weights, on=[S.USER, S.ITEM], how="left")
-    if train_rows[S.WEIGHT].isna().any():  # pragma: no cover - every train edge has an event <= cutoff
+    train_rows = train_rows.merge(train_weights, on=[schema.USER, schema.ITEM], how="left")
+    if train_rows[schema.WEIGHT].isna().any():  # pragma: no cover - every train edge has an event <= cutoff
         raise AssertionError("training edge without events before its cutoff")
     held_out = split_edges[split_edges[SPLIT] != "train"]
     edges = pd.concat([train_rows, held_out[train_rows.columns]], ignore_index=True)
-    edges = edges.sort_values([S.USER_INDEX, S.ITEM_INDEX], kind="stable").reset_index(drop=True)
+    edges = edges.sort_values([schema.USER_INDEX, schema.ITEM_INDEX], kind="stable").reset_index(drop=True)
     write_parquet(run.edges, edges)
     write_parquet(run.user_index, user_index)
     write_parquet(run.item_index, item_index)
@@ -153,8 +153,8 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
         "quarantine_reasons": ingested.reasons,
         "reference_time": str(ref_time),
         "edges_all_time": len(all_edges),
-        "users_all_time": int(all_edges[S.USER].nunique()),
-        "items_all_time": int(all_edges[S.ITEM].nunique()),
+        "users_all_time": int(all_edges[schema.USER].nunique()),
+        "items_all_time": int(all_edges[schema.ITEM].nunique()),
         "kcore": {"rounds": rounds, "edges": len(core), "users": len(user_index), "items": len(item_index)},
         "split": _split_counts(edges),
         "catalogue_rows": catalogue_rows,

@@ -9,13 +9,13 @@ from typing import Any
 
 import pandas as pd
 
-from engine.backend import Backend
-from engine.split import SPLIT
-from gnn.metrics import evaluate_ranking, popularity_scorer
-from jobs.config import JobConfig
-from jobs.rundir import RunDir, read_json, write_json
-from jobs.stage_io import item_popularity, require, split_index
-from jobs.stage_train import load_embeddings, load_scorer
+from homerank.engine.backend import Backend
+from homerank.engine.split import SPLIT
+from homerank.gnn.metrics import evaluate_ranking, popularity_scorer
+from homerank.jobs.config import JobConfig
+from homerank.jobs.rundir import RunDir, read_json, write_json
+from homerank.jobs.stage_io import item_popularity, require, split_index
+from homerank.jobs.stage_train import load_embeddings, load_scorer
 
 log = logging.getLogger(__name__)
 

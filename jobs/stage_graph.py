@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine import schema as S
-from engine.backend import Backend
-from engine.graph import BipartiteGraph, build_graph, degree_histogram, graph_statistics
-from engine.split import SPLIT
-from jobs.config import JobConfig
-from jobs.rundir import RunDir, atomic_path, write_json
-from jobs.stage_io import require
+from homerank.engine import schema
+from homerank.engine.backend import Backend
+from homerank.engine.graph import BipartiteGraph, build_graph, degree_histogram, graph_statistics
+from homerank.engine.split import SPLIT
+from homerank.jobs.config import JobConfig
+from homerank.jobs.rundir import RunDir, atomic_path, write_json
+from homerank.jobs.stage_io import require
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ def run_graph(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any
     num_users = len(pd.read_parquet(require(run.user_index, "etl")))
     num_items = len(pd.read_parquet(require(run.item_index, "etl")))
     train = edges[edges[SPLIT] == "train"]
-    graph, _ = build_graph(train[S.USER_INDEX].to_numpy(), train[S.ITEM_INDEX].to_numpy(),
-                           train[S.WEIGHT].to_numpy(), num_users, num_items, config.graph.edge_weight, backend)
+    graph, _ = build_graph(train[schema.USER_INDEX].to_numpy(), train[schema.ITEM_INDEX].to_numpy(),
+                           train[schema.WEIGHT].to_numpy(), num_users, num_items, config.graph.edge_weight, backend)
     with atomic_path(run.graph) as tmp:
         torch.save(graph.to_dict(), tmp)
     stats = graph_statistics(graph, backend)

@@ -35,17 +35,17 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from engine import schema as S
-from engine.backend import Backend
-from engine.split import SPLIT
-from gnn.metrics import top_k
-from jobs.config import HomepageConfig, JobConfig, SectionConfig
-from jobs.merchandising import Merchandising, load_merchandising
-from jobs.page_quality import page_quality
-from jobs.page_rules import check_page_rules
-from jobs.rundir import RunDir, atomic_path, read_json, write_json, write_parquet_dataset
-from jobs.stage_io import require
-from jobs.stage_train import load_embeddings, load_scorer
+from homerank.engine import schema
+from homerank.engine.backend import Backend
+from homerank.engine.split import SPLIT
+from homerank.gnn.metrics import top_k
+from homerank.jobs.config import HomepageConfig, JobConfig, SectionConfig
+from homerank.jobs.merchandising import Merchandising, load_merchandising
+from homerank.jobs.page_quality import page_quality
+from homerank.jobs.page_rules import check_page_rules
+from homerank.jobs.rundir import RunDir, atomic_path, read_json, write_json, write_parquet_dataset
+from homerank.jobs.stage_io import require
+from homerank.jobs.stage_train import load_embeddings, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +74,31 @@ class Catalogue:
 def _catalogue(run: RunDir, interactions: pd.DataFrame, item_index: pd.DataFrame, edges: pd.DataFrame,
                ref_time: pd.Timestamp, settings: HomepageConfig) -> Catalogue:
     items = (pd.read_parquet(run.catalogue) if run.catalogue.exists()
-             else pd.DataFrame({S.ITEM: interactions[S.ITEM].unique()}))
-    seen = pd.DataFrame({S.ITEM: interactions[S.ITEM].unique()})
-    items = items.drop_duplicates(S.ITEM).merge(seen, on=S.ITEM, how="outer")
+             else pd.DataFrame({schema.ITEM: interactions[schema.ITEM].unique()}))
+    seen = pd.DataFrame({schema.ITEM: interactions[schema.ITEM].unique()})
+    items = items.drop_duplicates(schema.ITEM).merge(seen, on=schema.ITEM, how="outer")
     items["category"] = items.get("category", pd.Series(index=items.index, dtype=object)).fillna("Other")
-    items["title"] = items.get("title", pd.Series(index=items.index, dtype=object)).fillna(items[S.ITEM].astype(str))
+    items["title"] = items.get("title", pd.Series(index=items.index, dtype=object)).fillna(items[schema.ITEM].astype(str))
     items["in_stock"] = items.get("in_stock", pd.Series(True, index=items.index)).fillna(False).astype(bool)
     created = pd.to_datetime(items.get("created_at", pd.Series(pd.NaT, index=items.index)), errors="coerce")
     items["created_at"] = created.astype("datetime64[ns]")
     price = pd.to_numeric(items.get("price", pd.Series(np.nan, index=items.index)), errors="coerce")
     items["price_band"] = pd.qcut(price.rank(method="first"), 4, labels=False) if price.notna().sum() >= 4 else 0
     items["price_band"] = items["price_band"].fillna(-1).astype(int)
-    items = items.merge(item_index, on=S.ITEM, how="left")
-    recent = interactions[interactions[S.LAST_TS] >= ref_time - pd.Timedelta(days=settings.trending_window_days)]
-    age = (ref_time - recent[S.LAST_TS]).dt.total_seconds() / SECONDS_PER_DAY
-    trend = (0.5 ** (age / settings.trending_half_life_days)).groupby(recent[S.ITEM]).sum()
+    items = items.merge(item_index, on=schema.ITEM, how="left")
+    recent = interactions[interactions[schema.LAST_TS] >= ref_time - pd.Timedelta(days=settings.trending_window_days)]
+    age = (ref_time - recent[schema.LAST_TS]).dt.total_seconds() / SECONDS_PER_DAY
+    trend = (0.5 ** (age / settings.trending_half_life_days)).groupby(recent[schema.ITEM]).sum()
     train = edges[edges[SPLIT] == "train"]
-    popularity = train.groupby(S.ITEM_INDEX).size()
-    items = items.sort_values(S.ITEM, kind="stable").reset_index(drop=True)
-    model_index = items[S.ITEM_INDEX].fillna(-1).astype(np.int64).to_numpy()
+    popularity = train.groupby(schema.ITEM_INDEX).size()
+    items = items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
+    model_index = items[schema.ITEM_INDEX].fillna(-1).astype(np.int64).to_numpy()
     return Catalogue(
-        item_ids=items[S.ITEM].to_numpy(), category=items["category"].astype(str).to_numpy(),
+        item_ids=items[schema.ITEM].to_numpy(), category=items["category"].astype(str).to_numpy(),
         title=items["title"].astype(str).to_numpy(), in_stock=items["in_stock"].to_numpy(),
         created_at=items["created_at"].to_numpy(), price_band=items["price_band"].to_numpy(),
         model_index=model_index,
-        trending=items[S.ITEM].map(trend).fillna(0.0).to_numpy(dtype=np.float64),
+        trending=items[schema.ITEM].map(trend).fillna(0.0).to_numpy(dtype=np.float64),
         popularity=np.where(model_index >= 0, pd.Series(model_index).map(popularity).fillna(0).to_numpy(), 0.0),
     )
 
@@ -220,7 +220,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     settings = config.homepage
     edges = pd.read_parquet(require(run.edges, "etl"))
     interactions = pd.read_parquet(require(run.interactions, "etl"))
-    if S.LAST_TS not in interactions.columns:  # e.g. the lightgcn format: pairs without time or event type
+    if schema.LAST_TS not in interactions.columns:  # e.g. the lightgcn format: pairs without time or event type
         stats = {"skipped": "the input has no timestamps or event types (lightgcn format): no homepage"}
         log.info("homepage: %s", stats["skipped"])
         write_json(run.homepage_stats, stats)
@@ -229,10 +229,10 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     item_index = pd.read_parquet(require(run.item_index, "etl"))
     user_emb, item_emb = load_embeddings(run)
     etl = read_json(require(run.etl_stats, "etl"))
-    ref_time = pd.Timestamp(etl.get("reference_time") or interactions[S.LAST_TS].max())
+    ref_time = pd.Timestamp(etl.get("reference_time") or interactions[schema.LAST_TS].max())
     catalogue = _catalogue(run, interactions, item_index, edges, ref_time, settings)
     position_of = catalogue.position()
-    interactions["pos"] = interactions[S.ITEM].map(position_of)
+    interactions["pos"] = interactions[schema.ITEM].map(position_of)
     device = backend.torch_device
 
     # model candidates (ensemble-aware scorer), as catalogue positions
@@ -246,8 +246,8 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
 
     # item-item neighbours by cosine of item embeddings, for the anchors we need
     normed = F.normalize(item_emb, dim=1)
-    viewed = interactions[interactions.get(S.count_column("view"), interactions[S.WEIGHT]) > 0]
-    last_viewed = viewed.sort_values(S.LAST_TS).groupby(S.USER).tail(1).set_index(S.USER)["pos"]
+    viewed = interactions[interactions.get(schema.count_column("view"), interactions[schema.WEIGHT]) > 0]
+    last_viewed = viewed.sort_values(schema.LAST_TS).groupby(schema.USER).tail(1).set_index(schema.USER)["pos"]
     anchors = np.unique([p for p in last_viewed.to_numpy() if catalogue.model_index[p] >= 0])
     neighbours: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if anchors.size:
@@ -271,18 +271,18 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     by_popularity = np.argsort(-catalogue.popularity, kind="stable")
 
     # per-user facts
-    purchased_col = S.count_column("purchase")
+    purchased_col = schema.count_column("purchase")
     bought = interactions[interactions[purchased_col] > 0] if purchased_col in interactions else interactions.iloc[:0]
-    purchased = bought.groupby(S.USER)["pos"].apply(set).to_dict()
+    purchased = bought.groupby(schema.USER)["pos"].apply(set).to_dict()
     repeat = set(settings.repeat_purchase_categories)
     again = bought[np.isin(catalogue.category[bought["pos"].to_numpy()], list(repeat))]
-    buy_again = again.sort_values(S.LAST_TS, ascending=False).groupby(S.USER)["pos"].apply(np.array).to_dict()
+    buy_again = again.sort_values(schema.LAST_TS, ascending=False).groupby(schema.USER)["pos"].apply(np.array).to_dict()
     weights = interactions.assign(category=catalogue.category[interactions["pos"].to_numpy()])
-    top_category = (weights.groupby([S.USER, "category"])[S.WEIGHT].sum().reset_index()
-                    .sort_values([S.USER, S.WEIGHT, "category"], ascending=[True, False, True])
-                    .groupby(S.USER).head(1).set_index(S.USER)["category"])
+    top_category = (weights.groupby([schema.USER, "category"])[schema.WEIGHT].sum().reset_index()
+                    .sort_values([schema.USER, schema.WEIGHT, "category"], ascending=[True, False, True])
+                    .groupby(schema.USER).head(1).set_index(schema.USER)["category"])
     global_category = pd.Series(catalogue.trending).groupby(catalogue.category).sum().idxmax()
-    model_row = dict(zip(user_index[S.USER], user_index[S.USER_INDEX], strict=True))
+    model_row = dict(zip(user_index[schema.USER], user_index[schema.USER_INDEX], strict=True))
 
     merchandising = None
     if settings.merchandising:
@@ -290,7 +290,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
                                            [section.kind for section in settings.sections], ref_time)
         log.info("merchandising: %s", merchandising.stats)
     builder = PageBuilder(catalogue, settings, F.normalize(all_vectors, dim=1).numpy(), merchandising)
-    users = np.sort(interactions[S.USER].unique())
+    users = np.sort(interactions[schema.USER].unique())
     for user in users.tolist():
         row = model_row.get(user)
         used: set[int] = set()
@@ -335,7 +335,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     rule_check = check_page_rules(
         page, pd.Series(catalogue.in_stock, index=catalogue.item_ids), pd.Series(catalogue.category,
                                                                                  index=catalogue.item_ids),
-        bought[[S.USER, S.ITEM]], users, settings)
+        bought[[schema.USER, schema.ITEM]], users, settings)
     if not rule_check["passed"]:
         log.error("homepage: page rules broken: %s", rule_check["violations"])
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine import schema as S
-from engine.errors import HomerankError
-from engine.split import SPLIT
-from gnn.metrics import CSRIndex
+from homerank.engine import schema
+from homerank.engine.errors import HomerankError
+from homerank.engine.split import SPLIT
+from homerank.gnn.metrics import CSRIndex
 
 
 def require(path: Path, stage: str) -> Path:
@@ -25,10 +25,10 @@ def require(path: Path, stage: str) -> Path:
 def split_index(edges: pd.DataFrame, split: str | list[str], num_users: int, num_items: int) -> CSRIndex:
     """Per-user item lists of one split, or of the union of several (e.g. ``["train", "valid"]``)."""
     part = edges[edges[SPLIT].isin([split] if isinstance(split, str) else split)]
-    return CSRIndex.from_pairs(part[S.USER_INDEX].to_numpy(), part[S.ITEM_INDEX].to_numpy(), num_users, num_items)
+    return CSRIndex.from_pairs(part[schema.USER_INDEX].to_numpy(), part[schema.ITEM_INDEX].to_numpy(), num_users, num_items)
 
 
 def item_popularity(edges: pd.DataFrame, num_items: int) -> torch.Tensor:
     """Number of training users per item, shape (I,)."""
     train = edges[edges[SPLIT] == "train"]
-    return torch.from_numpy(np.bincount(train[S.ITEM_INDEX].to_numpy(), minlength=num_items).astype(np.float32))
+    return torch.from_numpy(np.bincount(train[schema.ITEM_INDEX].to_numpy(), minlength=num_items).astype(np.float32))

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine import schema as S
-from engine.backend import Backend
-from engine.encode import decode
-from gnn.metrics import CSRIndex, popularity_scorer, top_k
-from jobs.config import JobConfig
-from jobs.rundir import RunDir, write_json, write_parquet_dataset
-from jobs.stage_io import item_popularity, require
-from jobs.stage_train import load_embeddings, load_scorer
+from homerank.engine import schema
+from homerank.engine.backend import Backend
+from homerank.engine.encode import decode
+from homerank.gnn.metrics import CSRIndex, popularity_scorer, top_k
+from homerank.jobs.config import JobConfig
+from homerank.jobs.rundir import RunDir, write_json, write_parquet_dataset
+from homerank.jobs.stage_io import item_popularity, require
+from homerank.jobs.stage_train import load_embeddings, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,14 @@ def _excluded_pairs(interactions: pd.DataFrame, exclude_types: list[str]) -> pd.
     """(user_id, item_id) pairs never to rank. Logs without event types (the lightgcn format) carry only
     ``n_interaction``: then every known pair is excluded."""
     if not exclude_types:
-        return interactions.iloc[:0][[S.USER, S.ITEM]]
-    columns = [S.count_column(t) for t in exclude_types if S.count_column(t) in interactions.columns]
-    if not columns and S.count_column("interaction") in interactions.columns:
-        columns = [S.count_column("interaction")]
+        return interactions.iloc[:0][[schema.USER, schema.ITEM]]
+    columns = [schema.count_column(t) for t in exclude_types if schema.count_column(t) in interactions.columns]
+    if not columns and schema.count_column("interaction") in interactions.columns:
+        columns = [schema.count_column("interaction")]
     mask = np.zeros(len(interactions), dtype=bool)
     for column in columns:
         mask |= interactions[column].to_numpy() > 0
-    return interactions.loc[mask, [S.USER, S.ITEM]]
+    return interactions.loc[mask, [schema.USER, schema.ITEM]]
 
 
 def _ranking_frame(user_ids: np.ndarray, items: torch.Tensor, scores: torch.Tensor,
@@ -52,7 +52,7 @@ def _ranking_frame(user_ids: np.ndarray, items: torch.Tensor, scores: torch.Tens
     frame = pd.DataFrame({
         "user_id": np.repeat(user_ids, k),
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_ids)),
-        "item_id": decode(items.numpy().ravel(), item_index, S.ITEM, S.ITEM_INDEX),
+        "item_id": decode(items.numpy().ravel(), item_index, schema.ITEM, schema.ITEM_INDEX),
         "score": scores.numpy().ravel().astype(np.float32),
     })
     return frame[valid.ravel()]
@@ -69,20 +69,20 @@ def run_rank(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]
     k = min(config.rank.k, num_items)
 
     # all users with history: model users first (0..U-1), then the ones without training history
-    known = interactions[[S.USER]].drop_duplicates().merge(user_index, on=S.USER, how="left")
-    cold = known[known[S.USER_INDEX].isna()][S.USER].sort_values(kind="stable").to_numpy()
-    everyone = pd.concat([user_index.sort_values(S.USER_INDEX),
-                          pd.DataFrame({S.USER: cold, S.USER_INDEX: np.arange(num_users, num_users + len(cold))})],
+    known = interactions[[schema.USER]].drop_duplicates().merge(user_index, on=schema.USER, how="left")
+    cold = known[known[schema.USER_INDEX].isna()][schema.USER].sort_values(kind="stable").to_numpy()
+    everyone = pd.concat([user_index.sort_values(schema.USER_INDEX),
+                          pd.DataFrame({schema.USER: cold, schema.USER_INDEX: np.arange(num_users, num_users + len(cold))})],
                          ignore_index=True)
     excluded = _excluded_pairs(interactions, config.rank.exclude_event_types)
-    excluded = excluded.merge(everyone, on=S.USER).merge(item_index, on=S.ITEM)
-    exclude = CSRIndex.from_pairs(excluded[S.USER_INDEX].to_numpy(), excluded[S.ITEM_INDEX].to_numpy(),
+    excluded = excluded.merge(everyone, on=schema.USER).merge(item_index, on=schema.ITEM)
+    exclude = CSRIndex.from_pairs(excluded[schema.USER_INDEX].to_numpy(), excluded[schema.ITEM_INDEX].to_numpy(),
                                   len(everyone), num_items)
 
     model_users = torch.arange(num_users)
     items, scores = top_k(load_scorer(run, edges, device), model_users, k, exclude,
                           config.rank.batch_size, device)
-    frames = [_ranking_frame(everyone[S.USER].to_numpy()[:num_users], items, scores, item_index)]
+    frames = [_ranking_frame(everyone[schema.USER].to_numpy()[:num_users], items, scores, item_index)]
     if len(cold):
         popularity = popularity_scorer(item_popularity(edges, num_items).to(device))
         cold_users = torch.arange(num_users, len(everyone))

@@ -11,18 +11,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine import schema as S
-from engine.backend import Backend
-from engine.graph import build_graph
-from engine.split import SPLIT
-from gnn.linear_filter import LinearFilter, ensemble_scorer
-from gnn.memory import check_training_memory
-from gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends
-from gnn.train import TrainData, TrainResult, train_lightgcn
-from jobs.config import JobConfig
-from jobs.rundir import RunDir, atomic_path, write_json
-from jobs.stage_graph import load_graph
-from jobs.stage_io import require, split_index
+from homerank.engine import schema
+from homerank.engine.backend import Backend
+from homerank.engine.graph import build_graph
+from homerank.engine.split import SPLIT
+from homerank.gnn.linear_filter import LinearFilter, ensemble_scorer
+from homerank.gnn.memory import check_training_memory
+from homerank.gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends
+from homerank.gnn.train import TrainData, TrainResult, train_lightgcn
+from homerank.jobs.config import JobConfig
+from homerank.jobs.rundir import RunDir, atomic_path, write_json
+from homerank.jobs.stage_graph import load_graph
+from homerank.jobs.stage_io import require, split_index
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     data = TrainData(
         num_users=graph.num_users,
         num_items=graph.num_items,
-        train_users=torch.from_numpy(train[S.USER_INDEX].to_numpy().copy()),
-        train_items=torch.from_numpy(train[S.ITEM_INDEX].to_numpy().copy()),
+        train_users=torch.from_numpy(train[schema.USER_INDEX].to_numpy().copy()),
+        train_items=torch.from_numpy(train[schema.ITEM_INDEX].to_numpy().copy()),
         adjacency=graph.adjacency(),
         valid=split_index(edges, "valid", graph.num_users, graph.num_items) if has_valid else None,
     )
@@ -65,11 +65,11 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     ensemble = None
     if config.train.linear_filter.enabled:  # its share is chosen on validation with training-graph embeddings
         ensemble = _fit_linear_filter(run, config, data, backend, user_emb, item_emb,
-                                      (known[S.USER_INDEX].to_numpy(), known[S.ITEM_INDEX].to_numpy()))
+                                      (known[schema.USER_INDEX].to_numpy(), known[schema.ITEM_INDEX].to_numpy()))
     refit = None
     if (config.train.propagate_known_edges or config.train.refit) and has_valid:
-        known_graph, _ = build_graph(known[S.USER_INDEX].to_numpy(), known[S.ITEM_INDEX].to_numpy(),
-                                     known[S.WEIGHT].to_numpy(), graph.num_users, graph.num_items,
+        known_graph, _ = build_graph(known[schema.USER_INDEX].to_numpy(), known[schema.ITEM_INDEX].to_numpy(),
+                                     known[schema.WEIGHT].to_numpy(), graph.num_users, graph.num_items,
                                      config.graph.edge_weight, backend)
         model = result.model
         if config.train.refit:
@@ -157,8 +157,8 @@ def _refit_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_use
     data = TrainData(
         num_users=num_users,
         num_items=num_items,
-        train_users=torch.from_numpy(known[S.USER_INDEX].to_numpy().copy()),
-        train_items=torch.from_numpy(known[S.ITEM_INDEX].to_numpy().copy()),
+        train_users=torch.from_numpy(known[schema.USER_INDEX].to_numpy().copy()),
+        train_items=torch.from_numpy(known[schema.ITEM_INDEX].to_numpy().copy()),
         adjacency=adjacency,
     )
     log.info("refit: training a fresh model on %d train + validation pairs for %d epochs", len(known), epochs)
@@ -178,7 +178,7 @@ def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> Score
     state = torch.load(path, weights_only=True)
     fitted_on = ["train", "valid"] if bool(state.get("fit_on_valid", False)) else ["train"]
     train = edges[edges[SPLIT].isin(fitted_on)]
-    linear = LinearFilter.from_state(state, train[S.USER_INDEX].to_numpy(), train[S.ITEM_INDEX].to_numpy(),
+    linear = LinearFilter.from_state(state, train[schema.USER_INDEX].to_numpy(), train[schema.ITEM_INDEX].to_numpy(),
                                      user_emb.shape[0], item_emb.shape[0])
     prior_weight = float(state.get("popularity_weight", 0.0))
     return ensemble_scorer(scorer, linear.scorer(device), float(state["weight"]),

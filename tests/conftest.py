@@ -39,7 +39,7 @@ def make_events(rows: list[tuple]) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def tiny_log(tmp_path_factory) -> Path:
     """A small synthetic log (events/ + items.parquet) shared by end-to-end tests."""
-    from engine.synthetic import SyntheticSpec, generate
+    from homerank.engine.synthetic import SyntheticSpec, generate
 
     out = tmp_path_factory.mktemp("tiny_log")
     generate(out, SyntheticSpec(users=400, items=200, events=20_000, users_per_partition=150, seed=7))
@@ -87,7 +87,7 @@ homepage:
 
 @pytest.fixture(scope="session")
 def homepage_run(tiny_log, tmp_path_factory):
-    from jobs.cli import main
+    from homerank.jobs.cli import main
 
     run = tmp_path_factory.mktemp("homepage_run")
     config = run / "c.yaml"

@@ -7,11 +7,11 @@ import sys
 import pandas as pd
 import pytest
 
-from jobs.cli import main
+from homerank.jobs.cli import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "homerank.jobs.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_user_error(result, *fragments):
@@ -99,7 +99,7 @@ def test_end_to_end_run_on_tiny_log(tiny_log, tiny_config, tmp_path):
 
 
 def test_generate_is_deterministic(tmp_path):
-    from engine.synthetic import SyntheticSpec, generate
+    from homerank.engine.synthetic import SyntheticSpec, generate
 
     spec = SyntheticSpec(users=50, items=40, events=2000, users_per_partition=20, seed=11)
     generate(tmp_path / "a", spec)
@@ -111,7 +111,7 @@ def test_generate_is_deterministic(tmp_path):
 
 
 def test_example_config_is_the_default():
-    from jobs.config import JobConfig, load_config
+    from homerank.jobs.config import JobConfig, load_config
 
     assert load_config("configs/example.yaml") == JobConfig()
 
@@ -119,7 +119,7 @@ def test_example_config_is_the_default():
 @pytest.mark.parametrize("name", ["lightgcn_recipe", "lightgcn_minute"])
 def test_bench_presets_load_and_differ_only_where_documented(name):
     """The committed presets validate, and share the recipe's model (only budget-related settings differ)."""
-    from jobs.config import load_config
+    from homerank.jobs.config import load_config
 
     recipe = load_config("bench/configs/lightgcn_recipe.yaml")
     preset = load_config(f"bench/configs/{name}.yaml")

@@ -12,11 +12,11 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import schema as S
-from engine.backend import resolve_backend
-from engine.config import IngestConfig
-from engine.errors import HomerankError
-from engine.ingest import ingest_events
+from homerank.engine import schema
+from homerank.engine.backend import resolve_backend
+from homerank.engine.config import IngestConfig
+from homerank.engine.errors import HomerankError
+from homerank.engine.ingest import ingest_events
 
 CPU = resolve_backend("cpu")
 OUTCOMES = {"ingested": 0, "user_error": 0}
@@ -46,9 +46,9 @@ def check(path, files_written):
         return
     rows = result.rows
     assert rows["in"] == rows["kept"] + rows["quarantined"] + rows["duplicates"]
-    assert result.quarantine[S.REASON].notna().all()
+    assert result.quarantine[schema.REASON].notna().all()
     events = result.events.compute()
-    assert len(events) == rows["kept"] and events[S.TS].notna().all()
+    assert len(events) == rows["kept"] and events[schema.TS].notna().all()
     OUTCOMES["ingested"] += 1
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.backend import resolve_backend
-from engine.graph import build_graph
-from gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
-from gnn.model import LightGCNRecommender
+from homerank.engine.backend import resolve_backend
+from homerank.engine.graph import build_graph
+from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from homerank.gnn.model import LightGCNRecommender
 
 pytestmark = pytest.mark.gpu
 
@@ -43,7 +43,7 @@ def test_propagation_and_metrics_agree_between_cpu_and_cuda():
 def test_randomized_svd_agrees_between_cpu_and_cuda():
     import scipy.sparse
 
-    from gnn.svd import truncated_svd
+    from homerank.gnn.svd import truncated_svd
 
     matrix = scipy.sparse.random(120, 90, density=0.1, random_state=np.random.default_rng(0), format="csr")
     _, values_cpu, right_cpu = truncated_svd(matrix, 8, "randomized", iterations=8, device="cpu")

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from engine.backend import resolve_backend
-from engine.graph import build_graph, graph_statistics
+from homerank.engine.backend import resolve_backend
+from homerank.engine.graph import build_graph, graph_statistics
 
 CPU = resolve_backend("cpu")
 

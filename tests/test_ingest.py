@@ -3,11 +3,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import schema as S
-from engine.backend import resolve_backend
-from engine.config import IngestConfig
-from engine.errors import HomerankError
-from engine.ingest import discover_files, ingest_events, validate_events
+from homerank.engine import schema
+from homerank.engine.backend import resolve_backend
+from homerank.engine.config import IngestConfig
+from homerank.engine.errors import HomerankError
+from homerank.engine.ingest import discover_files, ingest_events, validate_events
 
 CPU = resolve_backend("cpu")
 TYPES = ["view", "click", "cart", "purchase"]
@@ -54,11 +54,11 @@ def test_bad_rows_quarantined_with_reasons_and_duplicates_dropped(tmp_path):
     result = ingest_events(str(path), IngestConfig(), CPU)
     assert result.rows == {"in": 6, "kept": 2, "quarantined": 3, "duplicates": 1}
     assert result.reasons == {"null_or_bad_user_id": 1, "unknown_event_type": 1, "unparsable_timestamp": 1}
-    assert sorted(result.quarantine[S.SOURCE_ROW].tolist()) == [2, 3, 4]
-    assert set(result.quarantine[S.SOURCE_FILE]) == {str(path)}
-    events = result.events.compute().sort_values(S.USER)
-    assert events[S.EVENT].tolist() == ["view", "purchase"]
-    assert events[S.TS].iloc[1] == pd.Timestamp("2026-01-01")
+    assert sorted(result.quarantine[schema.SOURCE_ROW].tolist()) == [2, 3, 4]
+    assert set(result.quarantine[schema.SOURCE_FILE]) == {str(path)}
+    events = result.events.compute().sort_values(schema.USER)
+    assert events[schema.EVENT].tolist() == ["view", "purchase"]
+    assert events[schema.TS].iloc[1] == pd.Timestamp("2026-01-01")
 
 
 def test_reads_directory_and_glob_of_mixed_files(tmp_path):
@@ -92,9 +92,9 @@ def test_conservation_law_on_arbitrary_rows(data):
     raw = pd.DataFrame(data, columns=["user_id", "item_id", "event_type", "timestamp"], dtype=object)
     clean, rejected = validate_events(raw, "gen.csv", TYPES, "string")
     assert len(clean) + len(rejected) == len(raw)
-    assert rejected[S.REASON].notna().all()
-    assert clean[S.USER].notna().all() and clean[S.TS].notna().all()
-    assert set(clean[S.EVENT]) <= set(TYPES)
+    assert rejected[schema.REASON].notna().all()
+    assert clean[schema.USER].notna().all() and clean[schema.TS].notna().all()
+    assert set(clean[schema.EVENT]) <= set(TYPES)
     deduped = clean.drop_duplicates()
     assert len(deduped) + (len(clean) - len(deduped)) + len(rejected) == len(raw)
 
@@ -109,9 +109,9 @@ def test_pseudonymised_ids_never_reach_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("HOMERANK_PSEUDONYM_KEY", "a-secret-of-some-length")
     first = ingest_events(str(path), config, CPU).events.compute()
     again = ingest_events(str(path), config, CPU).events.compute()
-    assert not set(first[S.USER]) & {"alice", "bob"}
-    assert all(u.startswith("u_") and len(u) == 18 for u in first[S.USER])
-    assert sorted(first[S.USER]) == sorted(again[S.USER])  # same key, same pseudonyms
+    assert not set(first[schema.USER]) & {"alice", "bob"}
+    assert all(u.startswith("u_") and len(u) == 18 for u in first[schema.USER])
+    assert sorted(first[schema.USER]) == sorted(again[schema.USER])  # same key, same pseudonyms
     monkeypatch.setenv("HOMERANK_PSEUDONYM_KEY", "another-secret-entirely")
     other = ingest_events(str(path), config, CPU).events.compute()
-    assert not set(other[S.USER]) & set(first[S.USER])
+    assert not set(other[schema.USER]) & set(first[schema.USER])

@@ -1,11 +1,11 @@
 import pandas as pd
 
-from engine import schema as S
-from engine.kcore import kcore_filter
+from homerank.engine import schema
+from homerank.engine.kcore import kcore_filter
 
 
 def edges(pairs):
-    return pd.DataFrame(pairs, columns=[S.USER, S.ITEM])
+    return pd.DataFrame(pairs, columns=[schema.USER, schema.ITEM])
 
 
 def test_iterated_kcore_needs_a_second_round():
@@ -16,7 +16,7 @@ def test_iterated_kcore_needs_a_second_round():
     kept, rounds = kcore_filter(edges(pairs), 2, 2)
     # round 1: item degrees x2 y2 w3 z1 q1 -> drop z, q; users: c->{w}, d->{w}
     # round 2: users c, d have 1 item -> dropped; w now has only a -> round 3 drops w; a keeps x, y
-    assert set(map(tuple, kept[[S.USER, S.ITEM]].to_numpy())) == {("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")}
+    assert set(map(tuple, kept[[schema.USER, schema.ITEM]].to_numpy())) == {("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")}
     assert rounds == 4  # three rounds that remove, one that confirms the fixed point
 
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.backend import resolve_backend
-from engine.errors import HomerankError
-from engine.graph import build_graph
-from engine.lightgcn_format import carve_validation, load_lightgcn, read_pairs
-from gnn.config import EvalConfig, TrainConfig
-from gnn.train import TrainData, train_lightgcn
-from jobs.cli import main
+from homerank.engine.backend import resolve_backend
+from homerank.engine.errors import HomerankError
+from homerank.engine.graph import build_graph
+from homerank.engine.lightgcn_format import carve_validation, load_lightgcn, read_pairs
+from homerank.gnn.config import EvalConfig, TrainConfig
+from homerank.gnn.train import TrainData, train_lightgcn
+from homerank.jobs.cli import main
 
 
 def write_split(folder, train: str, valid: str, test: str):

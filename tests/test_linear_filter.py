@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gnn.linear_filter import LinearFilter, ensemble_scorer
-from gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking, popularity_prior, standardise
+from homerank.gnn.linear_filter import LinearFilter, ensemble_scorer
+from homerank.gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking, popularity_prior, standardise
 
 
 @pytest.mark.parametrize("svd_solver", ["arpack", "randomized"])

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from engine.errors import HomerankError
-from gnn.config import EvalConfig, TrainConfig
-from gnn.memory import SAFETY, check_training_memory, estimate_training_memory
+from homerank.engine.errors import HomerankError
+from homerank.gnn.config import EvalConfig, TrainConfig
+from homerank.gnn.memory import SAFETY, check_training_memory, estimate_training_memory
 
 
 def test_estimate_by_hand():

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.errors import HomerankError
-from jobs.merchandising import load_merchandising
+from homerank.engine.errors import HomerankError
+from homerank.jobs.merchandising import load_merchandising
 
 ITEMS = np.array([10, 11, 12, 13])
 CATEGORIES = np.array(["Shoes", "Shoes", "Books", "Toys"])
@@ -78,7 +78,7 @@ def _intra_row_cosine(page: pd.DataFrame, vectors: dict, section: str) -> float:
 
 @pytest.mark.slow
 def test_pins_boosts_and_mmr_over_every_page(homepage_run, tmp_path):
-    from jobs.cli import main
+    from homerank.jobs.cli import main
 
     source, log = homepage_run
     run = tmp_path / "run"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnn.metrics import CSRIndex, evaluate_ranking, hits_matrix, metrics_from_hits, popularity_scorer, top_k
+from homerank.gnn.metrics import CSRIndex, evaluate_ranking, hits_matrix, metrics_from_hits, popularity_scorer, top_k
 
 
 def test_metrics_by_hand():
@@ -57,7 +57,7 @@ def test_csr_pairs_expand_rows():
 def test_page_quality_by_hand():
     import pandas as pd
 
-    from jobs.page_quality import gini, intra_list_diversity
+    from homerank.jobs.page_quality import gini, intra_list_diversity
 
     assert gini(np.array([1, 1, 1, 1])) == pytest.approx(0.0)
     assert gini(np.array([0, 0, 0, 4])) == pytest.approx(0.75)  # (n - 1) / n for one item taking all
@@ -68,7 +68,7 @@ def test_page_quality_by_hand():
 
 
 def test_restrict_keeps_only_the_chosen_users():
-    from gnn.metrics import CSRIndex
+    from homerank.gnn.metrics import CSRIndex
 
     index = CSRIndex.from_pairs(np.array([0, 0, 1, 2, 2, 2]), np.array([1, 3, 0, 0, 1, 2]), 4, 5)
     kept = index.restrict(torch.tensor([0, 2]))

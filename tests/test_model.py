@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch_geometric.nn.models import LightGCN
 
-from engine.backend import resolve_backend
-from engine.graph import build_graph
-from gnn.losses import bpr_loss, sampled_softmax_loss
-from gnn.model import LightGCNRecommender
+from homerank.engine.backend import resolve_backend
+from homerank.engine.graph import build_graph
+from homerank.gnn.losses import bpr_loss, sampled_softmax_loss
+from homerank.gnn.model import LightGCNRecommender
 
 
 def test_sparse_csr_path_equals_pyg_message_passing():

@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from jobs.cli import main
+from homerank.jobs.cli import main
 
 CONFIG = """
 seed: 5
@@ -25,7 +25,7 @@ rank: {k: 10}
 
 @pytest.mark.slow
 def test_sigkill_during_training_then_resume(tmp_path):
-    from engine.synthetic import SyntheticSpec, generate
+    from homerank.engine.synthetic import SyntheticSpec, generate
 
     generate(tmp_path / "log", SyntheticSpec(users=1500, items=600, events=80_000, users_per_partition=500, seed=3))
     config = tmp_path / "c.yaml"
@@ -39,7 +39,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
     for command in ("train", "evaluate", "rank"):
         assert main([command, "--out", str(first), "--quiet"]) == 0
 
-    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "train", "--out", str(second), "--quiet"],
+    process = subprocess.Popen([sys.executable, "-m", "homerank.jobs.cli", "train", "--out", str(second), "--quiet"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not (second / "checkpoints" / "epoch_0003.pt").exists():
@@ -84,7 +84,7 @@ def test_run_resume_skips_completed_stages_and_reruns_after_a_change(tiny_log, t
 
 @pytest.mark.slow
 def test_sigkill_during_run_then_run_resume(tmp_path):
-    from engine.synthetic import SyntheticSpec, generate
+    from homerank.engine.synthetic import SyntheticSpec, generate
 
     generate(tmp_path / "log", SyntheticSpec(users=1500, items=600, events=80_000, users_per_partition=500, seed=4))
     config = tmp_path / "c.yaml"
@@ -92,7 +92,7 @@ def test_sigkill_during_run_then_run_resume(tmp_path):
     args = ["run", "--input", str(tmp_path / "log" / "events"), "--config", str(config), "--quiet"]
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--out", str(killed)],
+    process = subprocess.Popen([sys.executable, "-m", "homerank.jobs.cli", *args, "--out", str(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not (killed / "checkpoints" / "epoch_0004.pt").exists():

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from engine.errors import HomerankError
-from jobs.rundir import MANIFEST, atomic_path, verify_dataset, write_parquet_dataset
+from homerank.engine.errors import HomerankError
+from homerank.jobs.rundir import MANIFEST, atomic_path, verify_dataset, write_parquet_dataset
 
 
 def test_dataset_manifest_counts_rows_and_detects_tampering(tmp_path):

@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnn.sampling import is_positive, positive_keys, sample_negatives
+from homerank.gnn.sampling import is_positive, positive_keys, sample_negatives
 
 
 @settings(max_examples=50, deadline=None)

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from gnn.spectral import spectral_embeddings
+from homerank.gnn.spectral import spectral_embeddings
 
 
 def test_warm_start_reproduces_the_rank_k_approximation():

@@ -2,19 +2,19 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import schema as S
-from engine.config import SplitConfig
-from engine.interactions import aggregate_edges, weight_events
-from engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
+from homerank.engine import schema
+from homerank.engine.config import SplitConfig
+from homerank.engine.interactions import aggregate_edges, weight_events
+from homerank.engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
 from tests.conftest import make_events
 
 
 def encoded(rows):
     """rows of (user_index, item_index, first_ts day)."""
-    frame = pd.DataFrame(rows, columns=[S.USER_INDEX, S.ITEM_INDEX, "day"])
-    frame[S.FIRST_TS] = pd.Timestamp("2026-01-01") + pd.to_timedelta(frame.pop("day"), unit="D")
-    frame[S.USER] = frame[S.USER_INDEX]
-    frame[S.ITEM] = frame[S.ITEM_INDEX]
+    frame = pd.DataFrame(rows, columns=[schema.USER_INDEX, schema.ITEM_INDEX, "day"])
+    frame[schema.FIRST_TS] = pd.Timestamp("2026-01-01") + pd.to_timedelta(frame.pop("day"), unit="D")
+    frame[schema.USER] = frame[schema.USER_INDEX]
+    frame[schema.ITEM] = frame[schema.ITEM_INDEX]
     return frame
 
 
@@ -22,15 +22,15 @@ def test_last_items_by_first_interaction_go_to_test_then_valid():
     # user 0 met items in the order 5 (day 1), 3 (day 2), 9 (day 3), 1 (day 4), 7 (day 5)
     edges = encoded([(0, 9, 3), (0, 5, 1), (0, 7, 5), (0, 3, 2), (0, 1, 4)])
     out, cutoffs = temporal_split(edges, SplitConfig(test=1, valid=1))
-    split = dict(zip(out[S.ITEM_INDEX], out[SPLIT], strict=True))
+    split = dict(zip(out[schema.ITEM_INDEX], out[SPLIT], strict=True))
     assert split == {5: "train", 3: "train", 9: "train", 1: "valid", 7: "test"}
-    assert cutoffs.set_index(S.USER_INDEX)[CUTOFF][0] == pd.Timestamp("2026-01-05")  # first held-out time
+    assert cutoffs.set_index(schema.USER_INDEX)[CUTOFF][0] == pd.Timestamp("2026-01-05")  # first held-out time
 
 
 def test_fraction_rounds_and_keeps_min_train():
     edges = encoded([(0, i, i) for i in range(10)] + [(1, 0, 0), (1, 1, 1)] + [(2, 0, 0)])
     out, _ = temporal_split(edges, SplitConfig(test=0.2, valid=0.1, min_train=1))
-    counts = out.groupby([S.USER_INDEX, SPLIT], observed=False).size().unstack(fill_value=0)
+    counts = out.groupby([schema.USER_INDEX, SPLIT], observed=False).size().unstack(fill_value=0)
     assert counts.loc[0].to_dict() == {"train": 7, "valid": 1, "test": 2}
     assert counts.loc[1].to_dict() == {"train": 1, "valid": 0, "test": 1}  # room for one held-out item only
     assert counts.loc[2].to_dict() == {"train": 1, "valid": 0, "test": 0}  # a single item stays in train
@@ -40,17 +40,17 @@ def test_fraction_rounds_and_keeps_min_train():
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30), st.integers(0, 50)), min_size=1, max_size=80),
        st.sampled_from([1, 2, 0.2, 0.5]), st.sampled_from([0, 1, 0.1]))
 def test_split_properties(rows, test, valid):
-    edges = encoded(rows).drop_duplicates([S.USER_INDEX, S.ITEM_INDEX])
+    edges = encoded(rows).drop_duplicates([schema.USER_INDEX, schema.ITEM_INDEX])
     config = SplitConfig(test=test, valid=valid, min_train=1)
     out, _ = temporal_split(edges, config)
     assert len(out) == len(edges)
-    for _, group in out.groupby(S.USER_INDEX):
+    for _, group in out.groupby(schema.USER_INDEX):
         assert (group[SPLIT] == "train").sum() >= 1
-        train_latest = group.loc[group[SPLIT] == "train", S.FIRST_TS].max()
-        held = group.loc[group[SPLIT] != "train", S.FIRST_TS]
+        train_latest = group.loc[group[SPLIT] == "train", schema.FIRST_TS].max()
+        held = group.loc[group[SPLIT] != "train", schema.FIRST_TS]
         assert held.empty or held.min() >= train_latest  # nothing held out is older than training
-        valid_latest = group.loc[group[SPLIT] == "valid", S.FIRST_TS].max()
-        test_times = group.loc[group[SPLIT] == "test", S.FIRST_TS]
+        valid_latest = group.loc[group[SPLIT] == "valid", schema.FIRST_TS].max()
+        test_times = group.loc[group[SPLIT] == "test", schema.FIRST_TS]
         assert test_times.empty or pd.isna(valid_latest) or test_times.min() >= valid_latest
 
 
@@ -62,8 +62,8 @@ def test_training_weights_stop_at_the_cutoff():
         ("a", "y", "view", "2026-01-05 00:00"),
         ("a", "x", "purchase", "2026-01-10 00:00"),
     ])
-    weighted = weight_events(events, {"view": 1.0, "purchase": 8.0}, None, events[S.TS].max())
-    keys = pd.DataFrame({S.USER: ["a"], S.ITEM: ["x"], CUTOFF: [pd.Timestamp("2026-01-05")]})
+    weighted = weight_events(events, {"view": 1.0, "purchase": 8.0}, None, events[schema.TS].max())
+    keys = pd.DataFrame({schema.USER: ["a"], schema.ITEM: ["x"], CUTOFF: [pd.Timestamp("2026-01-05")]})
     train = aggregate_edges(train_event_filter(weighted, keys), ["view", "purchase"])
-    assert train[S.WEIGHT].tolist() == [1.0]
+    assert train[schema.WEIGHT].tolist() == [1.0]
     assert train["n_purchase"].tolist() == [0]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from gnn.svd import truncated_svd
+from homerank.gnn.svd import truncated_svd
 
 
 def _sparse(rows: int, cols: int, density: float, seed: int) -> scipy.sparse.csr_matrix:

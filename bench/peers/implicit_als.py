@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
 
 
 def run_implicit_als(

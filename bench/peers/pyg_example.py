@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch_geometric.nn import LightGCN
 
-from gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
 
 
 def run_pyg_example(
