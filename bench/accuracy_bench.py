@@ -28,13 +28,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_info  # noqa: E402
 from homerank.gnn.linear_filter import LinearFilter  # noqa: E402
 from homerank.gnn.metrics import embedding_scorer, evaluate_ranking  # noqa: E402
+from homerank.jobs.artifacts import split_index  # noqa: E402
 from homerank.jobs.cli import quiet_library_warnings  # noqa: E402
 from homerank.jobs.config import load_config  # noqa: E402
 from homerank.jobs.rundir import RunDir  # noqa: E402
-from homerank.jobs.stage_io import split_index  # noqa: E402
+
+from bench.machine import machine_info  # noqa: E402
 
 FLOOR = {"recall@20": 0.1830, "ndcg@20": 0.1554}  # LightGCN paper, Gowalla
 GOAL = {"recall@20": 0.1900, "ndcg@20": 0.1600}

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse
 import torch
-
 from homerank.engine.errors import HomerankError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 import torch
-
 from homerank.engine.backend import Backend
 
 log = logging.getLogger(__name__)

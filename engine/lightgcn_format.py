@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from homerank.engine.errors import HomerankError
 from homerank.engine.split import holdout_size
 

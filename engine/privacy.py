@@ -10,7 +10,6 @@ import hmac
 import os
 
 import pandas as pd
-
 from homerank.engine.errors import HomerankError
 
 KEY_VARIABLE = "HOMERANK_PSEUDONYM_KEY"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
 from homerank.engine import schema
 from homerank.engine.config import SplitConfig
 
@@ -39,7 +38,8 @@ def temporal_split(edges: pd.DataFrame, config: SplitConfig) -> tuple[pd.DataFra
     Returns:
         (edges with a ``split`` column, cutoffs: user_index, cutoff for users with any held-out item).
     """
-    ordered = edges.sort_values([schema.USER_INDEX, schema.FIRST_TS, schema.ITEM_INDEX], kind="stable").reset_index(drop=True)
+    ordered = edges.sort_values([schema.USER_INDEX, schema.FIRST_TS, schema.ITEM_INDEX], kind="stable")
+    ordered = ordered.reset_index(drop=True)
     users = ordered[schema.USER_INDEX].to_numpy()
     position = ordered.groupby(schema.USER_INDEX, sort=False).cumcount().to_numpy()
     n_per_user = ordered.groupby(schema.USER_INDEX, sort=False)[schema.ITEM_INDEX].transform("size").to_numpy()
@@ -50,7 +50,8 @@ def temporal_split(edges: pd.DataFrame, config: SplitConfig) -> tuple[pd.DataFra
     split = np.where(from_end < n_test, "test", np.where(from_end < n_test + n_valid, "valid", "train"))
     ordered[SPLIT] = pd.Categorical(split, categories=["train", "valid", "test"])
     held = ordered[ordered[SPLIT] != "train"]
-    cutoffs = held.groupby(schema.USER_INDEX, as_index=False)[schema.FIRST_TS].min().rename(columns={schema.FIRST_TS: CUTOFF})
+    cutoffs = held.groupby(schema.USER_INDEX, as_index=False)[schema.FIRST_TS].min()
+    cutoffs = cutoffs.rename(columns={schema.FIRST_TS: CUTOFF})
     del users
     return ordered, cutoffs
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
-
 from homerank.engine.config import StrictModel
+from pydantic import Field, field_validator
 
 
 class LinearFilterConfig(StrictModel):

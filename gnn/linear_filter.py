@@ -31,11 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 import torch
-from torch import Tensor
-
 from homerank.gnn.config import LinearFilterConfig
 from homerank.gnn.metrics import mix_standardised, popularity_prior, standardise
 from homerank.gnn.svd import SvdSolver, torch_csr, truncated_svd
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 

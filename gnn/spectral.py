@@ -16,10 +16,9 @@ import logging
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from homerank.gnn.linear_filter import normalised_interactions
 from homerank.gnn.svd import truncated_svd
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
 from homerank.engine.errors import HomerankError
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
@@ -25,6 +23,7 @@ from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
 from homerank.gnn.model import LightGCNRecommender
 from homerank.gnn.sampling import sample_negatives
 from homerank.gnn.spectral import spectral_embeddings
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
-
 from homerank.engine.config import GraphConfig, IngestConfig, InteractionConfig, SplitConfig, StrictModel
 from homerank.engine.errors import HomerankError
 from homerank.gnn.config import EvalConfig, TrainConfig
+from pydantic import Field, ValidationError
 
 
 class ClusterConfig(StrictModel):

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from homerank.engine.errors import HomerankError
 
 RULES = ("boost", "pin")

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from homerank.engine import schema
 from homerank.engine.split import SPLIT
 

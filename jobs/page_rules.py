@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from homerank.jobs.config import HomepageConfig
 
 UNCAPPED_SECTIONS = ("trending_in_category", "buy_again")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import markdown
-
 from homerank.jobs import report_plots
 from homerank.jobs.rundir import RunDir, atomic_path, read_json, write_text
 

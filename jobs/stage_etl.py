@@ -15,7 +15,6 @@ from typing import Any
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.encode import encode_edges, fit_index

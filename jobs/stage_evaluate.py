@@ -8,14 +8,12 @@ import time
 from typing import Any
 
 import pandas as pd
-
 from homerank.engine.backend import Backend
 from homerank.engine.split import SPLIT
 from homerank.gnn.metrics import evaluate_ranking, popularity_scorer
+from homerank.jobs.artifacts import item_popularity, load_embeddings, load_scorer, require, split_index
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, read_json, write_json
-from homerank.jobs.stage_io import item_popularity, require, split_index
-from homerank.jobs.stage_train import load_embeddings, load_scorer
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
 from homerank.engine import schema
 from homerank.engine.backend import Backend
-from homerank.engine.graph import BipartiteGraph, build_graph, degree_histogram, graph_statistics
+from homerank.engine.graph import build_graph, degree_histogram, graph_statistics
 from homerank.engine.split import SPLIT
+from homerank.jobs.artifacts import require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, atomic_path, write_json
-from homerank.jobs.stage_io import require
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,3 @@ def run_graph(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any
     log.info("graph: %d users, %d items, %d edges, %d components", num_users, num_items, stats["edges"],
              stats["components"])
     return stats
-
-
-def load_graph(run: RunDir) -> BipartiteGraph:
-    return BipartiteGraph.from_dict(torch.load(require(run.graph, "graph"), weights_only=True))

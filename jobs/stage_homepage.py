@@ -34,18 +34,16 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.split import SPLIT
 from homerank.gnn.metrics import top_k
+from homerank.jobs.artifacts import load_embeddings, load_scorer, require
 from homerank.jobs.config import HomepageConfig, JobConfig, SectionConfig
 from homerank.jobs.merchandising import Merchandising, load_merchandising
 from homerank.jobs.page_quality import page_quality
 from homerank.jobs.page_rules import check_page_rules
 from homerank.jobs.rundir import RunDir, atomic_path, read_json, write_json, write_parquet_dataset
-from homerank.jobs.stage_io import require
-from homerank.jobs.stage_train import load_embeddings, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +76,8 @@ def _catalogue(run: RunDir, interactions: pd.DataFrame, item_index: pd.DataFrame
     seen = pd.DataFrame({schema.ITEM: interactions[schema.ITEM].unique()})
     items = items.drop_duplicates(schema.ITEM).merge(seen, on=schema.ITEM, how="outer")
     items["category"] = items.get("category", pd.Series(index=items.index, dtype=object)).fillna("Other")
-    items["title"] = items.get("title", pd.Series(index=items.index, dtype=object)).fillna(items[schema.ITEM].astype(str))
+    titles = items.get("title", pd.Series(index=items.index, dtype=object))
+    items["title"] = titles.fillna(items[schema.ITEM].astype(str))
     items["in_stock"] = items.get("in_stock", pd.Series(True, index=items.index)).fillna(False).astype(bool)
     created = pd.to_datetime(items.get("created_at", pd.Series(pd.NaT, index=items.index)), errors="coerce")
     items["created_at"] = created.astype("datetime64[ns]")

@@ -16,15 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.encode import decode
 from homerank.gnn.metrics import CSRIndex, popularity_scorer, top_k
+from homerank.jobs.artifacts import item_popularity, load_embeddings, load_scorer, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, write_json, write_parquet_dataset
-from homerank.jobs.stage_io import item_popularity, require
-from homerank.jobs.stage_train import load_embeddings, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +69,8 @@ def run_rank(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]
     # all users with history: model users first (0..U-1), then the ones without training history
     known = interactions[[schema.USER]].drop_duplicates().merge(user_index, on=schema.USER, how="left")
     cold = known[known[schema.USER_INDEX].isna()][schema.USER].sort_values(kind="stable").to_numpy()
-    everyone = pd.concat([user_index.sort_values(schema.USER_INDEX),
-                          pd.DataFrame({schema.USER: cold, schema.USER_INDEX: np.arange(num_users, num_users + len(cold))})],
-                         ignore_index=True)
+    cold_rows = pd.DataFrame({schema.USER: cold, schema.USER_INDEX: np.arange(num_users, num_users + len(cold))})
+    everyone = pd.concat([user_index.sort_values(schema.USER_INDEX), cold_rows], ignore_index=True)
     excluded = _excluded_pairs(interactions, config.rank.exclude_event_types)
     excluded = excluded.merge(everyone, on=schema.USER).merge(item_index, on=schema.ITEM)
     exclude = CSRIndex.from_pairs(excluded[schema.USER_INDEX].to_numpy(), excluded[schema.ITEM_INDEX].to_numpy(),

@@ -10,19 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.graph import build_graph
 from homerank.engine.split import SPLIT
-from homerank.gnn.linear_filter import LinearFilter, ensemble_scorer
+from homerank.gnn.linear_filter import LinearFilter
 from homerank.gnn.memory import check_training_memory
-from homerank.gnn.metrics import CSRIndex, ScoreFn, embedding_scorer, evaluate_blends
+from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_blends
 from homerank.gnn.train import TrainData, TrainResult, train_lightgcn
+from homerank.jobs.artifacts import load_graph, require, split_index
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, atomic_path, write_json
-from homerank.jobs.stage_graph import load_graph
-from homerank.jobs.stage_io import require, split_index
 
 log = logging.getLogger(__name__)
 
@@ -166,25 +164,3 @@ def _refit_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_use
     return train_lightgcn(data, config.train, config.evaluate, config.seed, backend.torch_device,
                           checkpoint_dir=folder, show_progress=show_progress,
                           resume=resume and any(folder.glob("epoch_*.pt")), stop_epoch=epochs)
-
-
-def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> ScoreFn:
-    """The run's scoring function: LightGCN embeddings, ensembled with GF-CF when the run fitted one."""
-    user_emb, item_emb = load_embeddings(run)
-    scorer = embedding_scorer(user_emb.to(device), item_emb.to(device))
-    path = run.root / "train" / "linear_filter.pt"
-    if not path.exists():
-        return scorer
-    state = torch.load(path, weights_only=True)
-    fitted_on = ["train", "valid"] if bool(state.get("fit_on_valid", False)) else ["train"]
-    train = edges[edges[SPLIT].isin(fitted_on)]
-    linear = LinearFilter.from_state(state, train[schema.USER_INDEX].to_numpy(), train[schema.ITEM_INDEX].to_numpy(),
-                                     user_emb.shape[0], item_emb.shape[0])
-    prior_weight = float(state.get("popularity_weight", 0.0))
-    return ensemble_scorer(scorer, linear.scorer(device), float(state["weight"]),
-                           linear.popularity_prior(device), prior_weight)
-
-
-def load_embeddings(run: RunDir) -> tuple[torch.Tensor, torch.Tensor]:
-    data = torch.load(require(run.embeddings, "train"), weights_only=True)
-    return data["users"], data["items"]

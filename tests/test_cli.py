@@ -6,12 +6,12 @@ import sys
 
 import pandas as pd
 import pytest
-
 from homerank.jobs.cli import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "homerank.jobs.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "homerank.jobs.cli", *args], capture_output=True, text=True,
+                          timeout=300)
 
 
 def assert_user_error(result, *fragments):

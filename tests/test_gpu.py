@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from homerank.engine.backend import resolve_backend
 from homerank.engine.graph import build_graph
 from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
@@ -42,7 +41,6 @@ def test_propagation_and_metrics_agree_between_cpu_and_cuda():
 
 def test_randomized_svd_agrees_between_cpu_and_cuda():
     import scipy.sparse
-
     from homerank.gnn.svd import truncated_svd
 
     matrix = scipy.sparse.random(120, 90, density=0.1, random_state=np.random.default_rng(0), format="csr")

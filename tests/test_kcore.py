@@ -1,5 +1,4 @@
 import pandas as pd
-
 from homerank.engine import schema
 from homerank.engine.kcore import kcore_filter
 
@@ -16,7 +15,8 @@ def test_iterated_kcore_needs_a_second_round():
     kept, rounds = kcore_filter(edges(pairs), 2, 2)
     # round 1: item degrees x2 y2 w3 z1 q1 -> drop z, q; users: c->{w}, d->{w}
     # round 2: users c, d have 1 item -> dropped; w now has only a -> round 3 drops w; a keeps x, y
-    assert set(map(tuple, kept[[schema.USER, schema.ITEM]].to_numpy())) == {("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")}
+    pairs = set(map(tuple, kept[[schema.USER, schema.ITEM]].to_numpy()))
+    assert pairs == {("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")}
     assert rounds == 4  # three rounds that remove, one that confirms the fixed point
 
 

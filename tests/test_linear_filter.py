@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from homerank.gnn.linear_filter import LinearFilter, ensemble_scorer
 from homerank.gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking, popularity_prior, standardise
 

@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from homerank.engine.errors import HomerankError
 from homerank.jobs.merchandising import load_merchandising
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pandas as pd
-
 from homerank.jobs.config import HomepageConfig, SectionConfig
 from homerank.jobs.page_rules import check_page_rules
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from homerank.jobs.cli import main
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

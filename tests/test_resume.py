@@ -9,7 +9,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from homerank.jobs.cli import main
 
 CONFIG = """

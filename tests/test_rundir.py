@@ -1,6 +1,5 @@
 import pandas as pd
 import pytest
-
 from homerank.engine.errors import HomerankError
 from homerank.jobs.rundir import MANIFEST, atomic_path, verify_dataset, write_parquet_dataset
 

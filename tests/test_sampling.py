@@ -1,8 +1,7 @@
 import torch
+from homerank.gnn.sampling import is_positive, positive_keys, sample_negatives
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from homerank.gnn.sampling import is_positive, positive_keys, sample_negatives
 
 
 @settings(max_examples=50, deadline=None)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-
 from homerank.gnn.spectral import spectral_embeddings
 
 

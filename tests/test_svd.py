@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import scipy.sparse
-
 from homerank.gnn.svd import truncated_svd
 
 

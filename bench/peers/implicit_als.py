@@ -12,7 +12,6 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse
 import torch
-
 from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
 
 

@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch_geometric.nn import LightGCN
-
 from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from torch_geometric.nn import LightGCN
 
 
 def run_pyg_example(
