@@ -1,14 +1,18 @@
-"""The single CPU/GPU seam.
+"""The single CPU/GPU seam: every CPU/GPU decision of the job is made here, once.
 
-`resolve_backend("auto" | "cpu" | "gpu")` is called once per job; the returned `Backend` is passed down to
-every stage. Stage code is written against the shared pandas/NumPy/scipy.sparse subset and calls
-``backend.xdf`` (pandas | cudf), ``backend.xp`` (numpy | cupy), ``backend.sparse`` (scipy.sparse |
-cupyx.scipy.sparse) and ``backend.torch_device`` instead of importing a library directly, so no function is
-written twice. Dask gets the same switch through ``dataframe.backend`` ("pandas" | "cudf").
+`resolve_backend("auto" | "cpu" | "gpu")` is called once per job; the returned `Backend` is passed down to every
+stage. Stage code is written against the shared pandas/NumPy/scipy.sparse subset and calls ``backend.xdf``
+(pandas | cudf), ``backend.xp`` (numpy | cupy), ``backend.sparse`` (scipy.sparse | cupyx.scipy.sparse) and
+``backend.torch_device`` instead of importing a library directly, so no function is written twice. Dask gets
+the same switch through ``dataframe.backend`` (`Backend.dask_config`), local clusters come from
+`Backend.local_cluster` and graph algorithms from `Backend.connected_components`.
 
-Rule for ``auto``: the GPU path is chosen only when CUDA is usable from torch *and* RAPIDS (cudf, cupy)
-imports. ``gpu`` demands CUDA; if RAPIDS is missing the frames stay on pandas and only the model runs on
-CUDA (logged as a warning), which is what a plain PyTorch GPU box gives you.
+The frame library and the torch device are named separately (``frames`` and ``torch_device``): a CUDA machine
+without RAPIDS runs frames on pandas and the model on CUDA, and says so.
+
+Rule for ``auto``: frames go to cuDF only when CUDA is usable from torch *and* RAPIDS (cudf, cupy) imports; the
+model goes to CUDA whenever torch sees a CUDA device. ``gpu`` demands CUDA (frames stay on pandas, with a
+warning, when RAPIDS is missing). cuGraph is used for graph statistics when it imports on a cuDF backend.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse
+import scipy.sparse.csgraph
 import torch
+
 from homerank.engine.errors import HomerankError
 
 log = logging.getLogger(__name__)
 
 DeviceChoice = Literal["auto", "cpu", "gpu"]
+FrameLibrary = Literal["pandas", "cudf"]
 
 
 def _rapids_modules() -> tuple[ModuleType, ModuleType, ModuleType] | None:
@@ -42,74 +49,125 @@ def _rapids_modules() -> tuple[ModuleType, ModuleType, ModuleType] | None:
     return cudf, cupy, cupy_sparse
 
 
+def _cugraph_available() -> bool:
+    try:
+        import cugraph  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Backend:
     """Resolved compute backend.
 
     Attributes:
-        name: ``"cpu"`` or ``"gpu"`` (frames on the GPU).
-        xdf: dataframe module, ``pandas`` or ``cudf``.
-        xp: array module, ``numpy`` or ``cupy``.
+        frames: the dataframe library, ``"pandas"`` or ``"cudf"``.
+        xdf: that dataframe module. xp: array module, ``numpy`` or ``cupy``.
         sparse: sparse-matrix module, ``scipy.sparse`` or ``cupyx.scipy.sparse``.
-        torch_device: where the model trains (``cpu`` or ``cuda``).
+        torch_device: where the model trains and scores (``cpu`` or ``cuda``).
+        graph_library: ``"scipy"`` or ``"cugraph"`` for graph algorithms (connected components).
     """
 
-    name: Literal["cpu", "gpu"]
+    frames: FrameLibrary
     xdf: ModuleType
     xp: ModuleType
     sparse: ModuleType
     torch_device: torch.device
+    graph_library: Literal["scipy", "cugraph"] = "scipy"
 
     @property
-    def dask_dataframe_backend(self) -> str:
-        return "cudf" if self.name == "gpu" else "pandas"
+    def frames_on_gpu(self) -> bool:
+        return self.frames == "cudf"
 
     @property
     def device_label(self) -> str:
         """What metrics.json reports as ``device``: ``"cuda"`` or ``"cpu"`` (where the model ran)."""
         return "cuda" if self.torch_device.type == "cuda" else "cpu"
 
+    def describe(self) -> dict[str, str]:
+        """One line per choice, for logs and reports."""
+        return {"frames": self.frames, "arrays": self.xp.__name__, "model": str(self.torch_device),
+                "graph": self.graph_library}
+
     def to_host(self, frame: Any) -> pd.DataFrame:
         """Bring a frame of this backend to pandas (no copy on the CPU path)."""
         return frame if isinstance(frame, pd.DataFrame) else frame.to_pandas()
 
-    def from_host(self, frame: pd.DataFrame) -> Any:
-        return frame if self.xdf is pd else self.xdf.from_pandas(frame)
-
     def asnumpy(self, array: Any) -> np.ndarray:
         return np.asarray(array) if self.xp is np else self.xp.asnumpy(array)
+
+    def on_backend(self, frame: Any) -> Any:
+        """A dask DataFrame with partitions of this backend's frame library (``to_backend``)."""
+        return frame.to_backend(self.frames) if self.frames_on_gpu else frame
 
     @contextlib.contextmanager
     def dask_config(self) -> Iterator[None]:
         """Make ``dask.dataframe`` create partitions of this backend inside the block."""
         import dask
 
-        with dask.config.set({"dataframe.backend": self.dask_dataframe_backend}):
+        with dask.config.set({"dataframe.backend": self.frames}):
             yield
+
+    def local_cluster(self, n_workers: int | None, threads_per_worker: int | None, processes: bool) -> Any:
+        """A local dask cluster for this backend: ``LocalCUDACluster`` (one worker per GPU, dask-cuda) when frames
+        live on the GPU, else ``LocalCluster``."""
+        if self.frames_on_gpu:
+            from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
+
+            return LocalCUDACluster(n_workers=n_workers, threads_per_worker=threads_per_worker or 1,
+                                    dashboard_address=None)
+        from distributed import LocalCluster
+
+        return LocalCluster(n_workers=n_workers or 1, threads_per_worker=threads_per_worker, processes=processes,
+                            dashboard_address=None)
+
+    def connected_components(self, rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
+        """Component label per node (num_nodes,) of the undirected graph with edges (rows[k], cols[k]); labels
+        are 0..C-1. cuGraph's weakly connected components on the GPU backend, scipy's csgraph otherwise."""
+        if self.graph_library == "cugraph":
+            return _cugraph_components(rows, cols, num_nodes)
+        adjacency = scipy.sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(num_nodes, num_nodes))
+        return scipy.sparse.csgraph.connected_components(adjacency, directed=False)[1]
+
+
+def _cugraph_components(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
+    """GPU twin of the scipy path in `Backend.connected_components` (never run on this project's CI)."""
+    import cudf  # type: ignore[import-not-found]
+    import cugraph  # type: ignore[import-not-found]
+
+    graph = cugraph.Graph(directed=False)
+    graph.from_cudf_edgelist(cudf.DataFrame({"src": rows, "dst": cols}), source="src", destination="dst")
+    labels = cugraph.weakly_connected_components(graph).to_pandas()
+    out = np.arange(num_nodes)  # isolated nodes (absent from the edge list): a component of their own
+    out[labels["vertex"].to_numpy()] = num_nodes + labels["labels"].to_numpy()
+    return np.unique(out, return_inverse=True)[1]
 
 
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+CPU = Backend("pandas", pd, np, scipy.sparse, torch.device("cpu"))
+
+
 def resolve_backend(device: DeviceChoice | str = "auto") -> Backend:
     """Turn ``--device auto|cpu|gpu`` into a `Backend` (see the module docstring for the rule)."""
     if device not in ("auto", "cpu", "gpu"):
         raise HomerankError(f"--device must be one of auto, cpu, gpu (got {device!r})")
-    cpu = Backend("cpu", pd, np, scipy.sparse, torch.device("cpu"))
     if device == "cpu":
-        return cpu
-    rapids = _rapids_modules() if cuda_available() else None
-    if device == "auto":
-        if rapids is None:
-            log.info("device auto: CUDA+RAPIDS not both available, using the CPU backend")
-            return cpu
-        cudf, cupy, cupy_sparse = rapids
-        return Backend("gpu", cudf, cupy, cupy_sparse, torch.device("cuda"))
-    if not cuda_available():
+        return CPU
+    cuda = cuda_available()
+    if device == "gpu" and not cuda:
         raise HomerankError("--device gpu: no CUDA device is visible to torch; use --device cpu or auto")
+    if not cuda:
+        log.info("device auto: no CUDA device, using the CPU backend")
+        return CPU
+    rapids = _rapids_modules()
     if rapids is None:
-        log.warning("--device gpu: RAPIDS (cudf/cupy) not importable; frames stay on pandas, model on CUDA")
-        return Backend("cpu", pd, np, scipy.sparse, torch.device("cuda"))
+        log.warning("device %s: RAPIDS (cudf/cupy) not importable; frames stay on pandas, the model runs on CUDA",
+                    device)
+        return Backend("pandas", pd, np, scipy.sparse, torch.device("cuda"))
     cudf, cupy, cupy_sparse = rapids
-    return Backend("gpu", cudf, cupy, cupy_sparse, torch.device("cuda"))
+    graph_library = "cugraph" if _cugraph_available() else "scipy"
+    return Backend("cudf", cudf, cupy, cupy_sparse, torch.device("cuda"), graph_library)

@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EVENT_TYPES = ["view", "click", "cart", "purchase"]
 DEFAULT_WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0}
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys and wrong types are errors."""
+    """Base for every config section: unknown keys and wrong types are errors.
+
+    Old configs keep working across renames: ``renamed_keys`` maps an old key of the section to its new name
+    (the value moves over, with a warning); ``retired_keys`` maps a removed key to the value it may still
+    carry harmlessly (its old default: dropped with a warning) and why it went (any other value is an error).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    section: ClassVar[str] = "config"
+    renamed_keys: ClassVar[dict[str, str]] = {}
+    retired_keys: ClassVar[dict[str, tuple[Any, str]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not (cls.renamed_keys or cls.retired_keys):
+            return data
+        data = dict(data)
+        for old, new in cls.renamed_keys.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"{cls.section}.{old} is the old name of {cls.section}.{new}; give only {new}")
+                log.warning("config: %s.%s is now called %s.%s", cls.section, old, cls.section, new)
+                data[new] = data.pop(old)
+        for old, (harmless, why) in cls.retired_keys.items():
+            if old in data:
+                value = data.pop(old)
+                if value != harmless:
+                    raise ValueError(f"{cls.section}.{old} was removed: {why}")
+                log.warning("config: %s.%s was removed (%s); ignoring it", cls.section, old, why)
+        return data
 
 
 class IngestConfig(StrictModel):
@@ -40,7 +71,12 @@ class IngestConfig(StrictModel):
 class InteractionConfig(StrictModel):
     """Event weights, time decay and the k-core filter."""
 
-    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    section: ClassVar[str] = "interactions"
+    renamed_keys: ClassVar[dict[str, str]] = {"weights": "event_weights"}
+
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS), description="weight of one event of each type"
+    )
     half_life_days: float | None = Field(
         None, gt=0, description="exponential time decay: weight * 0.5 ** (age_days / half_life_days)"
     )

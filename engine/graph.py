@@ -8,7 +8,7 @@ Nodes: users ``0..U-1`` then items ``U..U+I-1`` (N = U + I). With the U x I inte
 
 Exported for PyG as ``edge_index`` (2, 2E) int64 and ``edge_weight`` (2E,) float32 holding A_hat's
 non-zeros in CSR order. Built with ``backend.sparse`` (scipy.sparse on CPU, cupyx.scipy.sparse on GPU);
-connected components come from cuGraph on the GPU backend when it imports, else from (cupyx.)scipy csgraph.
+connected components come from `Backend.connected_components` (cuGraph or scipy's csgraph).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
-import scipy.sparse.csgraph
 import torch
 from homerank.engine.backend import Backend
+from homerank.engine.matrices import csr_from_pairs, inverse_sqrt
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +73,10 @@ def edge_values(weights: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown graph.edge_weight {mode!r}")
 
 
-def interaction_matrix(
-    users: np.ndarray, items: np.ndarray, values: np.ndarray, num_users: int, num_items: int, sparse: Any
-) -> Any:
-    """R (U x I) in CSR; duplicate (u, i) pairs are summed."""
-    matrix = sparse.coo_matrix((values, (users, items)), shape=(num_users, num_items)).tocsr()
-    matrix.sum_duplicates()
-    return matrix
-
-
 def normalised_adjacency(interactions: Any, sparse: Any = scipy.sparse, xp: Any = np) -> Any:
     """A_hat = D^-1/2 [[0, R], [R^T, 0]] D^-1/2 as CSR (N x N); ``sparse``/``xp`` from the backend."""
     adjacency = sparse.bmat([[None, interactions], [interactions.T, None]], format="csr")
-    degree = xp.asarray(adjacency.sum(axis=1)).ravel()
-    inv_sqrt = xp.zeros_like(degree, dtype=xp.float64)
-    nonzero = degree > 0
-    inv_sqrt[nonzero] = degree[nonzero] ** -0.5
-    scale = sparse.diags(inv_sqrt)
+    scale = sparse.diags(inverse_sqrt(xp.asarray(adjacency.sum(axis=1), dtype=xp.float64).ravel()))
     return (scale @ adjacency @ scale).tocsr()
 
 
@@ -105,9 +92,8 @@ def build_graph(
     """Build A_hat from encoded training edges. Returns (PyG graph on the host, raw R on the backend)."""
     xp, sparse = backend.xp, backend.sparse
     values = edge_values(np.asarray(weights), edge_weight)
-    interactions = interaction_matrix(
-        xp.asarray(users), xp.asarray(items), xp.asarray(values), num_users, num_items, sparse
-    )
+    interactions = csr_from_pairs(xp.asarray(users), xp.asarray(items), num_users, num_items,
+                                  values=xp.asarray(values), sparse=sparse)
     normalised = normalised_adjacency(interactions, sparse, xp).tocoo()
     row, col, data = (backend.asnumpy(a) for a in (normalised.row, normalised.col, normalised.data))
     order = np.lexsort((col, row))
@@ -128,37 +114,14 @@ def _describe(degree: np.ndarray) -> dict[str, float]:
     }
 
 
-def connected_components(graph: BipartiteGraph, backend: Backend) -> np.ndarray:
-    """Component label per node (N,). cuGraph (GPU backend, when importable) else scipy csgraph."""
-    row, col = graph.edge_index.numpy()
-    if backend.name == "gpu":
-        try:
-            import cudf  # type: ignore[import-not-found]
-            import cugraph  # type: ignore[import-not-found]
-
-            frame = cudf.DataFrame({"src": row, "dst": col})
-            g = cugraph.Graph(directed=False)
-            g.from_cudf_edgelist(frame, source="src", destination="dst")
-            labels = cugraph.weakly_connected_components(g).to_pandas()
-            out = np.arange(graph.num_nodes)  # isolated nodes: own component
-            out[labels["vertex"].to_numpy()] = graph.num_nodes + labels["labels"].to_numpy()
-            return np.unique(out, return_inverse=True)[1]
-        except ImportError:
-            log.info("cuGraph not importable; connected components on the host with scipy")
-    adjacency = scipy.sparse.coo_matrix(
-        (np.ones(row.size), (row, col)), shape=(graph.num_nodes, graph.num_nodes)
-    )
-    _, labels = scipy.sparse.csgraph.connected_components(adjacency, directed=False)
-    return labels
-
-
 def graph_statistics(graph: BipartiteGraph, backend: Backend) -> dict[str, Any]:
     """Degree statistics, density and connected components (for the report)."""
     row = graph.edge_index[0].numpy()
     degree = np.bincount(row, minlength=graph.num_nodes)
     user_degree, item_degree = degree[: graph.num_users], degree[graph.num_users :]
     edges = int(row.size // 2)
-    labels = connected_components(graph, backend)
+    rows, cols = graph.edge_index.numpy()
+    labels = backend.connected_components(rows, cols, graph.num_nodes)
     sizes = np.bincount(labels)
     return {
         "users": graph.num_users,

@@ -294,8 +294,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     if key is not None:
         meta[schema.USER] = meta[schema.USER].astype("string")
     clean = dd.from_delayed([p[0] for p in parts], meta=meta, verify_meta=False)
-    if backend.name == "gpu":
-        clean = clean.to_backend("cudf")
+    clean = backend.on_backend(clean)
     deduped = clean.drop_duplicates(split_out=_split_out(clean.npartitions)).persist()
     rows_in, rejected_list = dask.compute(sum(p[2] for p in parts), [p[1] for p in parts])
     kept_before, kept = dask.compute(clean.shape[0], deduped.shape[0])

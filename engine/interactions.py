@@ -23,7 +23,13 @@ SECONDS_PER_DAY = 86_400.0
 def check_weights(weights: dict[str, float], event_types: list[str]) -> None:
     missing = [t for t in event_types if t not in weights]
     if missing:
-        raise HomerankError(f"interactions.weights: no weight for event type {missing[0]!r}")
+        raise HomerankError(f"interactions.event_weights: no weight for event type {missing[0]!r}")
+
+
+def half_life_decay(ref_time: Any, timestamps: Any, half_life_days: float) -> Any:
+    """0.5 ** (age_days / half_life_days) with age = ref_time - timestamps, for a pandas, cuDF or dask series."""
+    age_days = (ref_time - timestamps).dt.total_seconds() / SECONDS_PER_DAY
+    return 0.5 ** (age_days / half_life_days)
 
 
 def weight_events(frame: Any, weights: dict[str, float], half_life_days: float | None, ref_time: Any) -> Any:
@@ -33,8 +39,7 @@ def weight_events(frame: Any, weights: dict[str, float], half_life_days: float |
     )
     base = base.astype("float64")
     if half_life_days is not None:
-        age_days = (ref_time - frame[schema.TS]).dt.total_seconds() / SECONDS_PER_DAY
-        base = base * (0.5 ** (age_days / half_life_days))
+        base = base * half_life_decay(ref_time, frame[schema.TS], half_life_days)
     return frame.assign(**{schema.WEIGHT: base})
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from homerank.engine.config import StrictModel
 from pydantic import Field, field_validator
@@ -10,7 +10,10 @@ from pydantic import Field, field_validator
 
 class LinearFilterConfig(StrictModel):
     """Optional GF-CF linear filter ensembled with LightGCN (gnn.linear_filter); its share is chosen on
-    the validation split from ``weights`` (0 = LightGCN alone, 1 = filter alone)."""
+    the validation split from ``shares`` (0 = LightGCN alone, 1 = filter alone)."""
+
+    section: ClassVar[str] = "train.linear_filter"
+    renamed_keys: ClassVar[dict[str, str]] = {"weights": "shares", "refit": "refit_with_valid"}
 
     enabled: bool = False
     singular_vectors: int = Field(256, ge=1, description="k of the ideal low-pass filter")
@@ -25,7 +28,10 @@ class LinearFilterConfig(StrictModel):
         "Gowalla)"
     )
     svd_iterations: int = Field(4, ge=0, description="power iterations of the randomized SVD")
-    weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    shares: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], description="candidate shares w of the filter in the "
+        "blend (1 - w) z(LightGCN) + w z(GF-CF), chosen on validation"
+    )
     popularity_weights: list[float] = Field(
         default_factory=lambda: [0.0], description="weights p of a popularity prior p * z(log(1 + item degree)) "
         "added to the blend; chosen on validation jointly with the share (every share x every p; [0] = none)"
@@ -34,19 +40,22 @@ class LinearFilterConfig(StrictModel):
         10_000, ge=1, description="validation users (a seeded random sample) scored to choose the share; "
         "null = all of them"
     )
-    refit: bool = Field(
+    refit_with_valid: bool = Field(
         True, description="after its share is chosen on validation, refit the filter on train + validation pairs "
         "(it has no trained parameters, so the final scorer uses all known history)"
     )
 
 
 class TrainConfig(StrictModel):
+    section: ClassVar[str] = "train"
+    renamed_keys: ClassVar[dict[str, str]] = {"refit": "retrain_with_valid"}
+    retired_keys: ClassVar[dict[str, tuple[Any, str]]] = {
+        "init": ("normal", "the spectral warm start showed no gain (bench/accuracy.md); layer 0 is N(0, 0.1^2)"),
+        "snapshots": (False, "accuracy-vs-time snapshots are taken by the accuracy bench (bench/accuracy_bench.py)"),
+    }
+
     embedding_dim: int = Field(64, ge=1)
     num_layers: int = Field(3, ge=0, description="LightGCN propagation layers")
-    init: Literal["normal", "spectral"] = Field(
-        "normal", description="layer-0 embeddings: N(0, 0.1^2), or the top-d SVD of the normalised interactions "
-        "(gnn.spectral, a warm start)"
-    )
     epochs: int = Field(40, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(16384, ge=1, description="positive (user, item) pairs per step")
     lr: float = Field(0.01, gt=0)
@@ -64,9 +73,6 @@ class TrainConfig(StrictModel):
     early_stopping_metric: str = "ndcg@20"
     checkpoint_every: int = Field(5, ge=1, description="write checkpoints/epoch_NNNN.pt every N epochs")
     keep_checkpoints: int = Field(3, ge=1, description="keep only the newest N epoch checkpoints")
-    snapshots: bool = Field(
-        False, description="save scoring embeddings at every evaluation (train/snapshots/) for time-accuracy curves"
-    )
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     linear_filter: LinearFilterConfig = Field(default_factory=LinearFilterConfig)
@@ -74,7 +80,7 @@ class TrainConfig(StrictModel):
         True, description="final embeddings propagate over train + validation edges (all known history); "
         "early stopping and model choices still see only the training graph"
     )
-    refit: bool = Field(
+    retrain_with_valid: bool = Field(
         False, description="after early stopping, train a fresh model on train + validation pairs for the best "
         "epoch's count (same schedule and seed); the final embeddings come from it. Choices (epochs, filter share) "
         "are still made on validation with the first model"

@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse
 import torch
+from homerank.engine.matrices import csr_from_pairs, inverse_sqrt
 from homerank.gnn.config import LinearFilterConfig
-from homerank.gnn.metrics import mix_standardised, popularity_prior, standardise
 from homerank.gnn.svd import SvdSolver, torch_csr, truncated_svd
 from torch import Tensor
 
@@ -42,15 +43,16 @@ log = logging.getLogger(__name__)
 def normalised_interactions(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
                             ) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix, np.ndarray]:
     """(binary R, R~ = D_U^-1/2 R D_I^-1/2, item degrees) from training pairs."""
-    matrix = scipy.sparse.csr_matrix((np.ones(users.size, dtype=np.float32), (users, items)),
-                                     shape=(num_users, num_items))
-    matrix.data[:] = 1.0  # binary even if a pair repeats
-    user_degree = np.asarray(matrix.sum(axis=1)).ravel()
-    item_degree = np.asarray(matrix.sum(axis=0)).ravel()
-    inv_u = np.divide(1.0, np.sqrt(user_degree), out=np.zeros_like(user_degree), where=user_degree > 0)
-    inv_i = np.divide(1.0, np.sqrt(item_degree), out=np.zeros_like(item_degree), where=item_degree > 0)
-    normalised = (scipy.sparse.diags(inv_u) @ matrix @ scipy.sparse.diags(inv_i)).tocsr().astype(np.float32)
-    return matrix, normalised, item_degree
+    return normalise_binary(csr_from_pairs(users, items, num_users, num_items, binary=True))
+
+
+def normalise_binary(matrix: scipy.sparse.csr_matrix
+                     ) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix, np.ndarray]:
+    """(R, R~ = D_U^-1/2 R D_I^-1/2, item degrees (I,)) for a binary CSR R (U x I)."""
+    user_degree = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+    item_degree = np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
+    normalised = scipy.sparse.diags(inverse_sqrt(user_degree)) @ matrix @ scipy.sparse.diags(inverse_sqrt(item_degree))
+    return matrix, normalised.tocsr().astype(np.float32), item_degree
 
 
 @dataclass
@@ -101,7 +103,7 @@ class LinearFilter:
         normalised_t = torch_csr(self.normalised.T.tocsr()).to(device)  # R~^T (I, U)
         vectors = self.vectors.to(device)
         degree = self.item_degree.to(device)
-        inv_sqrt = torch.where(degree > 0, degree.rsqrt(), torch.zeros_like(degree))
+        inv_sqrt = inverse_sqrt(degree)
         lifted = vectors * (self.alpha * degree.sqrt()).unsqueeze(1)  # alpha D_I^1/2 V_k, (I, k)
         interactions = self.interactions
 
@@ -142,36 +144,21 @@ class LinearFilter:
                 scores = scores + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         return scores
 
-    def popularity_prior(self, device: torch.device | str = "cpu") -> Tensor:
-        """`gnn.metrics.popularity_prior` of the item degrees this filter was fit on, shape (1, I)."""
-        return popularity_prior(self.item_degree).to(device)
-
-    def state(self) -> dict[str, Tensor]:
-        """Singular vectors, degrees and the filter settings; R itself is rebuilt from the same pairs
-        (`from_state`)."""
-        return {"vectors": self.vectors, "item_degree": self.item_degree, "alpha": torch.tensor(self.alpha),
-                "sharpening": torch.tensor(self.sharpening),
-                "sharpening_rk4": torch.tensor(self.sharpening_solver == "rk4"),
-                "sharpening_steps": torch.tensor(self.sharpening_steps)}
+    def state(self) -> dict[str, Any]:
+        """Everything needed to score again without an SVD: R as CSR arrays, the singular vectors, the item
+        degrees and the filter settings (loadable with ``torch.load(weights_only=True)``)."""
+        return {"indptr": torch.from_numpy(self.interactions.indptr.astype(np.int64)),
+                "indices": torch.from_numpy(self.interactions.indices.astype(np.int64)),
+                "shape": list(self.interactions.shape), "vectors": self.vectors, "item_degree": self.item_degree,
+                "alpha": float(self.alpha), "sharpening": float(self.sharpening),
+                "sharpening_solver": self.sharpening_solver, "sharpening_steps": int(self.sharpening_steps)}
 
     @classmethod
-    def from_state(cls, state: dict[str, Tensor], users: np.ndarray, items: np.ndarray, num_users: int,
-                   num_items: int) -> LinearFilter:
-        """Rebuild from saved singular vectors and the same training pairs (no SVD)."""
-        matrix, normalised, _ = normalised_interactions(users, items, num_users, num_items)
+    def from_state(cls, state: dict[str, Any]) -> LinearFilter:
+        """Rebuild a fitted filter from `state` (no SVD)."""
+        indptr, indices = state["indptr"].numpy(), state["indices"].numpy()
+        matrix = scipy.sparse.csr_matrix((np.ones(indices.size, dtype=np.float32), indices, indptr),
+                                         shape=tuple(state["shape"]))
+        matrix, normalised, _ = normalise_binary(matrix)
         return cls(matrix, normalised, state["vectors"], state["item_degree"], float(state["alpha"]),
-                   float(state.get("sharpening", 0.0)),
-                   "rk4" if bool(state.get("sharpening_rk4", False)) else "euler",
-                   int(state.get("sharpening_steps", 1)))
-
-
-def ensemble_scorer(first, second, weight: float, prior: Tensor | None = None, prior_weight: float = 0.0):
-    """score = (1 - weight) * z(first) + weight * z(second) (+ prior_weight * prior), row-standardised (see
-    `standardise`); ``prior`` is a (1, I) row such as `gnn.metrics.popularity_prior`."""
-    if not prior_weight:
-        if weight <= 0:
-            return first
-        if weight >= 1:
-            return second
-    return lambda batch: mix_standardised(standardise(first(batch)), standardise(second(batch)), weight, prior,
-                                          prior_weight)
+                   float(state["sharpening"]), str(state["sharpening_solver"]), int(state["sharpening_steps"]))

@@ -13,15 +13,17 @@ CSR index lists turned into (row, col) pairs, so nothing loops over users in Pyt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse
 import torch
 from torch import Tensor
 
-ScoreFn = Callable[[Tensor], Tensor]  # user indices (B,) -> scores (B, I)
+from homerank.engine.matrices import csr_from_pairs
+from homerank.gnn.keys import is_member
+from homerank.gnn.scorer import ScoreFn, mix_standardised, standardise
+
 
 
 @dataclass
@@ -34,11 +36,7 @@ class CSRIndex:
 
     @classmethod
     def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> CSRIndex:
-        matrix = scipy.sparse.csr_matrix(
-            (np.ones(len(users), dtype=np.float32), (np.asarray(users), np.asarray(items))),
-            shape=(num_users, num_items),
-        )
-        matrix.sum_duplicates()
+        matrix = csr_from_pairs(np.asarray(users), np.asarray(items), num_users, num_items)
         return cls(torch.from_numpy(matrix.indptr.astype(np.int64)),
                    torch.from_numpy(matrix.indices.astype(np.int64)), num_items)
 
@@ -89,12 +87,7 @@ def top_k(
 
 def hits_matrix(users: Tensor, ranked: Tensor, truth: CSRIndex) -> Tensor:
     """hits[b, r] = ranked[b, r] is in T_{users[b]}; shape like ``ranked``."""
-    keys = truth.keys()
-    query = users.view(-1, 1) * truth.num_items + ranked
-    if keys.numel() == 0:
-        return torch.zeros_like(query, dtype=torch.bool)
-    position = torch.searchsorted(keys, query.flatten()).clamp_(max=keys.numel() - 1)
-    return (keys[position] == query.flatten()).view_as(ranked)
+    return is_member(truth.keys(), users.view(-1, 1) * truth.num_items + ranked)
 
 
 def metrics_from_hits(hits: Tensor, n_truth: Tensor, ks: list[int]) -> dict[str, float]:
@@ -164,33 +157,3 @@ def evaluate_blends(
             ranked[candidate].append(torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu())
     return {w: metrics_from_hits(hits_matrix(users, torch.cat(r), truth), n_truth[users], ks)
             for w, r in ranked.items()}
-
-
-def standardise(scores: Tensor) -> Tensor:
-    """Per-row z-score, so two scorers on different scales can be mixed."""
-    std, mean = torch.std_mean(scores, dim=1, keepdim=True)
-    return (scores - mean).div_(std.clamp_min_(1e-12))
-
-
-def mix_standardised(first: Tensor, second: Tensor, weight: float, prior: Tensor | None = None,
-                     prior_weight: float = 0.0) -> Tensor:
-    """(1 - weight) * first + weight * second (+ prior_weight * prior), for row-standardised (B, I) scores
-    (see `standardise`) and a (1, I) prior row. Returns a new tensor."""
-    mixed = first.mul(1 - weight).add_(second, alpha=weight)
-    return mixed.add_(prior, alpha=prior_weight) if prior is not None and prior_weight else mixed
-
-
-def popularity_prior(item_degree: Tensor) -> Tensor:
-    """The popularity prior z(log(1 + d_i)) over items, shape (1, I): the items' log training degrees as one
-    z-scored row, on the scale of the standardised scores it is added to."""
-    return standardise(torch.log1p(item_degree.float()).view(1, -1))
-
-
-def embedding_scorer(user_emb: Tensor, item_emb: Tensor) -> ScoreFn:
-    """scores = E_users[batch] @ E_items^T, shape (B, I)."""
-    return lambda batch: user_emb[batch] @ item_emb.T
-
-
-def popularity_scorer(item_popularity: Tensor) -> ScoreFn:
-    """Every user gets the same scores: the item's training popularity (I,)."""
-    return lambda batch: item_popularity.view(1, -1).expand(batch.numel(), -1).clone()

@@ -12,19 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def positive_keys(users: Tensor, items: Tensor, num_items: int) -> Tensor:
-    """Sorted unique keys u * I + i, shape (P,)."""
-    return torch.unique(users.long() * num_items + items.long())
+from homerank.gnn.keys import is_member
 
 
 def is_positive(users: Tensor, items: Tensor, keys: Tensor, num_items: int) -> Tensor:
-    """Boolean mask: (users[k], items[k]) is a positive pair."""
-    query = users.long() * num_items + items.long()
-    if keys.numel() == 0:
-        return torch.zeros_like(query, dtype=torch.bool)
-    position = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
-    return keys[position] == query
+    """Boolean mask: (users[k], items[k]) is a positive pair (``keys`` from `gnn.keys.pair_keys`)."""
+    return is_member(keys, users.long() * num_items + items.long())
 
 
 def sample_negatives(

@@ -18,14 +18,17 @@ import numpy as np
 import torch
 from homerank.engine.errors import HomerankError
 from homerank.gnn.config import EvalConfig, TrainConfig
+from homerank.gnn.keys import pair_keys
 from homerank.gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
-from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from homerank.gnn.metrics import CSRIndex, evaluate_ranking
+from homerank.gnn.scorer import embedding_scorer
 from homerank.gnn.model import LightGCNRecommender
 from homerank.gnn.sampling import sample_negatives
-from homerank.gnn.spectral import spectral_embeddings
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 log = logging.getLogger(__name__)
+
+EvaluationHook = Callable[[int, torch.Tensor, torch.Tensor, float], None]
 
 
 @dataclass
@@ -94,8 +97,8 @@ def train_lightgcn(
     seed: int,
     device: torch.device,
     checkpoint_dir: Path | None = None,
-    snapshot_dir: Path | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_evaluation: EvaluationHook | None = None,
     show_progress: bool = True,
     resume: bool = False,
     stop_epoch: int | None = None,
@@ -104,6 +107,9 @@ def train_lightgcn(
 
     ``stop_epoch`` ends training after that epoch while the learning-rate schedule still spans
     ``config.epochs``: a refit then follows the first run's trajectory up to its best epoch.
+
+    ``on_evaluation(epoch, user_emb (U, d), item_emb (I, d), elapsed_seconds)`` is called with the scoring
+    embeddings at every validation step (the accuracy bench saves them for its accuracy-vs-time curve).
 
     With ``resume``, training continues from the newest ``checkpoint_dir/epoch_*.pt`` (model, optimizer,
     schedule, sampler RNG, history and best state are all restored), so a killed run finishes with the same
@@ -114,17 +120,11 @@ def train_lightgcn(
     if resume and checkpoint is None:
         log.warning("--resume: no epoch checkpoint in %s, training from the start", checkpoint_dir)
     if checkpoint is None:  # a fresh run: an earlier run's files would be mistaken for ours
-        for folder in (checkpoint_dir, snapshot_dir):
-            for stale in folder.glob("*.pt") if folder is not None else ():
-                stale.unlink()
+        for stale in checkpoint_dir.glob("*.pt") if checkpoint_dir is not None else ():
+            stale.unlink()
     if config.threads:
         torch.set_num_threads(config.threads)
     model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
-    if config.init == "spectral" and checkpoint is None:
-        target = float(model.layer0.detach().norm(dim=1).mean())
-        with torch.no_grad():
-            model.layer0.copy_(spectral_embeddings(data.train_users.numpy(), data.train_items.numpy(),
-                                                   data.num_users, data.num_items, config.embedding_dim, target, seed))
     model.to(device)
     adjacency = data.adjacency.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -133,7 +133,7 @@ def train_lightgcn(
                 if config.lr_schedule == "cosine" else None)
     generator = torch.Generator(device=device).manual_seed(seed)
     users_all, items_all = data.train_users.to(device), data.train_items.to(device)
-    keys = torch.unique(users_all * data.num_items + items_all)
+    keys = pair_keys(users_all, items_all, data.num_items)
     train_index = CSRIndex.from_pairs(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
                                       data.num_items)
     num_pairs = users_all.numel()
@@ -207,11 +207,8 @@ def train_lightgcn(
                 valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid, train_index,
                                                  ks, eval_config.batch_size, device)
                 record["valid"] = valid_metrics
-                if snapshot_dir is not None:
-                    snapshot_dir.mkdir(parents=True, exist_ok=True)
-                    torch.save({"users": user_emb.cpu(), "items": item_emb.cpu(), "epoch": epoch,
-                                "elapsed": time.perf_counter() - started},
-                               snapshot_dir / f"epoch_{epoch:04d}.pt")
+                if on_evaluation is not None:
+                    on_evaluation(epoch, user_emb, item_emb, time.perf_counter() - started)
                 value = valid_metrics[metric_name]
                 if result.best_metric is None or value > result.best_metric:
                     result.best_metric, result.best_epoch, since_best = value, epoch, 0

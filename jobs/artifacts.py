@@ -11,8 +11,8 @@ from homerank.engine import schema
 from homerank.engine.errors import HomerankError
 from homerank.engine.graph import BipartiteGraph
 from homerank.engine.split import SPLIT
-from homerank.gnn.linear_filter import LinearFilter, ensemble_scorer
-from homerank.gnn.metrics import CSRIndex, ScoreFn, embedding_scorer
+from homerank.gnn.metrics import CSRIndex
+from homerank.gnn.scorer import ScoreFn, Scorer
 from homerank.jobs.rundir import RunDir
 
 
@@ -41,23 +41,12 @@ def load_graph(run: RunDir) -> BipartiteGraph:
     return BipartiteGraph.from_dict(torch.load(require(run.graph, "graph"), weights_only=True))
 
 
-def load_scorer(run: RunDir, edges: pd.DataFrame, device: torch.device) -> ScoreFn:
-    """The run's scoring function: LightGCN embeddings, ensembled with GF-CF when the run fitted one."""
-    user_emb, item_emb = load_embeddings(run)
-    scorer = embedding_scorer(user_emb.to(device), item_emb.to(device))
-    path = run.root / "train" / "linear_filter.pt"
-    if not path.exists():
-        return scorer
-    state = torch.load(path, weights_only=True)
-    fitted_on = ["train", "valid"] if bool(state.get("fit_on_valid", False)) else ["train"]
-    train = edges[edges[SPLIT].isin(fitted_on)]
-    linear = LinearFilter.from_state(state, train[schema.USER_INDEX].to_numpy(), train[schema.ITEM_INDEX].to_numpy(),
-                                     user_emb.shape[0], item_emb.shape[0])
-    prior_weight = float(state.get("popularity_weight", 0.0))
-    return ensemble_scorer(scorer, linear.scorer(device), float(state["weight"]),
-                           linear.popularity_prior(device), prior_weight)
+def load_scorer(run: RunDir, device: torch.device | str = "cpu") -> ScoreFn:
+    """The run's final scoring function (`homerank.gnn.scorer.Scorer`, as the train stage saved it)."""
+    return Scorer.load(require(run.scorer, "train")).score_fn(device)
 
 
 def load_embeddings(run: RunDir) -> tuple[torch.Tensor, torch.Tensor]:
-    data = torch.load(require(run.embeddings, "train"), weights_only=True)
-    return data["users"], data["items"]
+    """The final user (U, d) and item (I, d) embeddings of the run's scorer."""
+    scorer = Scorer.load(require(run.scorer, "train"))
+    return scorer.user_embeddings, scorer.item_embeddings

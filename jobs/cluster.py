@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def dask_client(config: ClusterConfig, backend: Backend) -> Iterator[object]:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
@@ -29,14 +29,7 @@ def dask_client(config: ClusterConfig, backend: Backend) -> Iterator[object]:
         with client:
             yield client
         return
-    if backend.name == "gpu":
-        from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
-
-        cluster = LocalCUDACluster(n_workers=config.n_workers, threads_per_worker=config.threads_per_worker or 1,
-                                   dashboard_address=None)
-    else:
-        cluster = LocalCluster(n_workers=config.n_workers or 1, threads_per_worker=config.threads_per_worker,
-                               processes=config.processes, dashboard_address=None)
+    cluster = backend.local_cluster(config.n_workers, config.threads_per_worker, config.processes)
     with cluster, Client(cluster) as client:
         log.info("dask: local cluster with %d worker(s)", len(cluster.workers))
         yield client

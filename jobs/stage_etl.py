@@ -12,7 +12,6 @@ import logging
 import time
 from typing import Any
 
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from homerank.engine import schema
@@ -97,7 +96,7 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
     started = time.perf_counter()
     previous = _previous_stats(run)
     event_types = [t.strip().lower() for t in config.ingest.event_types]
-    check_weights(config.interactions.weights, event_types)
+    check_weights(config.interactions.event_weights, event_types)
     unknown_exclusions = [t for t in config.rank.exclude_event_types if t not in event_types]
     if unknown_exclusions:
         raise HomerankError(f"rank.exclude_event_types: {unknown_exclusions[0]!r} is not in ingest.event_types")
@@ -108,7 +107,8 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
             raise HomerankError(f"{input_path}: no valid rows left after validation (see {run.quarantine})")
         events = ingested.events
         ref_time = events[schema.TS].max().compute()
-        weighted = weight_events(events, config.interactions.weights, config.interactions.half_life_days, ref_time)
+        weighted = weight_events(events, config.interactions.event_weights, config.interactions.half_life_days,
+                                 ref_time)
         all_edges = sort_edges(backend.to_host(aggregate_edges(weighted, event_types).compute()))
         write_parquet(run.interactions, all_edges)
         core, rounds = kcore_filter(all_edges, config.interactions.min_user_interactions,
@@ -125,8 +125,7 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
         train_keys = split_edges.loc[split_edges[SPLIT] == "train", [schema.USER, schema.ITEM, schema.USER_INDEX]]
         train_keys = train_keys.merge(cutoffs, on=schema.USER_INDEX, how="left").drop(columns=[schema.USER_INDEX])
         train_keys[CUTOFF] = train_keys[CUTOFF].astype("datetime64[ns]")
-        train_events = train_event_filter(weighted, backend.from_host(train_keys)
-                                          if not isinstance(weighted, dd.DataFrame) else train_keys)
+        train_events = train_event_filter(weighted, train_keys)
         train_weights = backend.to_host(aggregate_edges(train_events, event_types).compute())
     value_columns = [schema.WEIGHT, schema.FIRST_TS, schema.LAST_TS, *(schema.count_column(t) for t in event_types)]
     train_rows = split_edges[split_edges[SPLIT] == "train"].drop(columns=value_columns)

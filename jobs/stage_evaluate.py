@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 from homerank.engine.backend import Backend
 from homerank.engine.split import SPLIT
-from homerank.gnn.metrics import evaluate_ranking, popularity_scorer
+from homerank.gnn.metrics import evaluate_ranking
+from homerank.gnn.scorer import popularity_scorer
 from homerank.jobs.artifacts import item_popularity, load_embeddings, load_scorer, require, split_index
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, read_json, write_json
@@ -23,7 +24,7 @@ def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     user_emb, item_emb = load_embeddings(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     num_users, num_items = user_emb.shape[0], item_emb.shape[0]
-    model_scores = load_scorer(run, edges, backend.torch_device)
+    model_scores = load_scorer(run, backend.torch_device)
     device = backend.torch_device
     # at test time everything before the test period is known history: train and validation pairs are masked
     known = split_index(edges, ["train", "valid"], num_users, num_items)
@@ -49,7 +50,7 @@ def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         "train_seconds": summary["train_seconds"],
         "epochs": summary["epochs"],
         "best_epoch": summary["best_epoch"],
-        "model": "lightgcn" + ("+gf-cf" if summary.get("linear_filter") else ""),
+        "model": summary.get("scorer", "lightgcn"),
         "linear_filter": summary.get("linear_filter"),
         "eval_seconds": round(eval_seconds, 3),
         "dataset": {

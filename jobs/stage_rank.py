@@ -19,7 +19,8 @@ import torch
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.encode import decode
-from homerank.gnn.metrics import CSRIndex, popularity_scorer, top_k
+from homerank.gnn.metrics import CSRIndex, top_k
+from homerank.gnn.scorer import popularity_scorer
 from homerank.jobs.artifacts import item_popularity, load_embeddings, load_scorer, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, write_json, write_parquet_dataset
@@ -77,7 +78,7 @@ def run_rank(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]
                                   len(everyone), num_items)
 
     model_users = torch.arange(num_users)
-    items, scores = top_k(load_scorer(run, edges, device), model_users, k, exclude,
+    items, scores = top_k(load_scorer(run, device), model_users, k, exclude,
                           config.rank.batch_size, device)
     frames = [_ranking_frame(everyone[schema.USER].to_numpy()[:num_users], items, scores, item_index)]
     if len(cold):

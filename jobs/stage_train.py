@@ -1,5 +1,7 @@
-"""Stage 3 — train: graph + training/validation edges -> LightGCN (checkpoints/, train/embeddings.pt,
-train/summary.json with the per-epoch history)."""
+"""Stage 3 — train: graph + training/validation edges -> LightGCN (``checkpoints/``), the optional GF-CF
+filter with its share chosen on validation, and the final scorer that evaluate, rank, homepage and
+`homerank.Run.recommend` all use (``train/scorer.pt``, `homerank.gnn.scorer`); ``train/summary.json`` holds
+the per-epoch history."""
 
 from __future__ import annotations
 
@@ -16,17 +18,18 @@ from homerank.engine.graph import build_graph
 from homerank.engine.split import SPLIT
 from homerank.gnn.linear_filter import LinearFilter
 from homerank.gnn.memory import check_training_memory
-from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_blends
-from homerank.gnn.train import TrainData, TrainResult, train_lightgcn
+from homerank.gnn.metrics import CSRIndex, evaluate_blends
+from homerank.gnn.scorer import Scorer, embedding_scorer, popularity_prior
+from homerank.gnn.train import EvaluationHook, TrainData, TrainResult, train_lightgcn
 from homerank.jobs.artifacts import load_graph, require, split_index
 from homerank.jobs.config import JobConfig
-from homerank.jobs.rundir import RunDir, atomic_path, write_json
+from homerank.jobs.rundir import RunDir, write_json
 
 log = logging.getLogger(__name__)
 
 
 def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: bool = True,
-              resume: bool = False) -> dict[str, Any]:
+              resume: bool = False, on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     train = edges[edges[SPLIT] == "train"]
@@ -46,42 +49,54 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
              estimate.bytes_available / 2**30)
     if not has_valid:
         log.warning("no validation edges (split.valid = 0): no early stopping, the last epoch is kept")
-    stale_filter = run.root / "train" / "linear_filter.pt"
-    if stale_filter.exists():
-        stale_filter.unlink()
-    if not resume:  # an earlier run's refit checkpoints must not be resumed from
-        for stale in (run.checkpoints / "refit").glob("*.pt"):
+    if run.scorer.exists():  # never leave an earlier training's scorer beside this one's checkpoints
+        run.scorer.unlink()
+    if not resume:  # an earlier run's retraining checkpoints must not be resumed from
+        for stale in run.retrain_checkpoints.glob("*.pt"):
             stale.unlink()
     result = train_lightgcn(data, config.train, config.evaluate, config.seed, backend.torch_device,
-                            checkpoint_dir=run.checkpoints,
-                            snapshot_dir=run.root / "train" / "snapshots" if config.train.snapshots else None,
+                            checkpoint_dir=run.checkpoints, on_evaluation=on_evaluation,
                             show_progress=show_progress, resume=resume)
     cosine = config.train.loss == "softmax"
     device = backend.torch_device
     user_emb, item_emb = result.model.embeddings(data.adjacency.to(device), cosine=cosine)  # training graph only
     known = edges[edges[SPLIT].isin(["train", "valid"])]  # all known history, for the final scorer
-    ensemble = None
+    ensemble, linear, share, prior_weight = None, None, 0.0, 0.0
     if config.train.linear_filter.enabled:  # its share is chosen on validation with training-graph embeddings
-        ensemble = _fit_linear_filter(run, config, data, backend, user_emb, item_emb,
-                                      (known[schema.USER_INDEX].to_numpy(), known[schema.ITEM_INDEX].to_numpy()))
+        ensemble, linear, share, prior_weight = _fit_linear_filter(
+            config, data, backend, user_emb, item_emb,
+            (known[schema.USER_INDEX].to_numpy(), known[schema.ITEM_INDEX].to_numpy()))
     refit = None
-    if (config.train.propagate_known_edges or config.train.refit) and has_valid:
+    if (config.train.propagate_known_edges or config.train.retrain_with_valid) and has_valid:
         known_graph, _ = build_graph(known[schema.USER_INDEX].to_numpy(), known[schema.ITEM_INDEX].to_numpy(),
                                      known[schema.WEIGHT].to_numpy(), graph.num_users, graph.num_items,
                                      config.graph.edge_weight, backend)
         model = result.model
-        if config.train.refit:
-            refit = _refit_lightgcn(run, config, known, graph.num_users, graph.num_items, known_graph.adjacency(),
+        if config.train.retrain_with_valid:
+            refit = _retrain_lightgcn(run, config, known, graph.num_users, graph.num_items, known_graph.adjacency(),
                                     result.best_epoch, backend, show_progress, resume)
             model = refit.model
         user_emb, item_emb = model.embeddings(known_graph.adjacency(device), cosine=cosine)
         log.info("final embeddings: propagated over %d train + validation edges", len(known))
-    with atomic_path(run.embeddings) as tmp:
-        torch.save({"users": user_emb.cpu(), "items": item_emb.cpu()}, tmp)
+    if share <= 0 and not prior_weight:
+        linear = None  # validation chose LightGCN alone: the filter takes no part in the final scores
+    scorer = Scorer(user_emb.cpu(), item_emb.cpu(), linear, share, prior_weight, settings={
+        "model": "lightgcn", "loss": config.train.loss, "cosine": cosine, "embedding_dim": config.train.embedding_dim,
+        "num_layers": config.train.num_layers, "best_epoch": result.best_epoch,
+        "embeddings_propagated_over": "train+valid" if has_valid and (
+            config.train.propagate_known_edges or config.train.retrain_with_valid) else "train",
+        "retrained_with_valid": refit is not None,
+        "linear_filter": None if ensemble is None else {"fit_on": ensemble["fit_on"],
+                                                        **config.train.linear_filter.model_dump(mode="json")},
+    })
+    scorer.save(run.scorer)
+    log.info("scorer: %s (filter share %.2f, popularity prior %.2f) -> %s", scorer.kind, share, prior_weight,
+             run.scorer)
     refit_seconds = refit.train_seconds if refit is not None else 0.0
     summary = {
         "device": backend.device_label,
         "linear_filter": ensemble,
+        "scorer": scorer.kind,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "best_valid": result.best_metric,
@@ -96,10 +111,12 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     return summary
 
 
-def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend: Backend, user_emb: torch.Tensor,
-                       item_emb: torch.Tensor, known_pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """Fit GF-CF on the training pairs and choose its ensemble share on validation; then (``refit``) fit it
-    again on ``known_pairs`` (train + validation), which the final scorer uses."""
+def _fit_linear_filter(config: JobConfig, data: TrainData, backend: Backend, user_emb: torch.Tensor,
+                       item_emb: torch.Tensor, known_pairs: tuple[np.ndarray, np.ndarray]
+                       ) -> tuple[dict[str, Any], LinearFilter, float, float]:
+    """Fit GF-CF on the training pairs and choose its share w and the popularity prior's weight p on validation;
+    then (``refit_with_valid``) fit it again on ``known_pairs`` (train + validation), which the final scorer
+    uses. Returns (summary for metrics.json, the filter, w, p)."""
     settings = config.train.linear_filter
     started = time.perf_counter()
     device = backend.torch_device
@@ -121,25 +138,24 @@ def _fit_linear_filter(run: RunDir, config: JobConfig, data: TrainData, backend:
             log.info("linear filter: share chosen on %d of %d validation users", settings.choice_users,
                      with_items.numel())
         # every share with every prior weight; on a tie the earlier candidate (smaller prior weight) wins
-        candidates = [(share, p) for p in settings.popularity_weights for share in settings.weights]
+        candidates = [(share, p) for p in settings.popularity_weights for share in settings.shares]
         blends = evaluate_blends(gnn, linear.scorer(device), candidates, truth, train_index, ks,
-                                 config.evaluate.batch_size, device, prior=linear.popularity_prior(device))
+                                 config.evaluate.batch_size, device,
+                                 prior=popularity_prior(linear.item_degree).to(device))
         for (share, p), values in blends.items():
             scores[_blend_key(share, p)] = values[metric]
             log.info("linear filter share %.2f, popularity prior %.2f: valid %s %.4f", share, p, metric, values[metric])
         weight, prior_weight = max(candidates, key=lambda c: scores[_blend_key(*c)])
         weight, prior_weight = float(weight), float(prior_weight)
-    refit = settings.refit and data.valid is not None and (weight > 0 or prior_weight != 0)
+    refit = settings.refit_with_valid and data.valid is not None and (weight > 0 or prior_weight != 0)
     if refit:
         users, items = known_pairs
         log.info("linear filter: refit on %d train + validation pairs", users.size)
         linear = LinearFilter.fit_settings(users, items, data.num_users, data.num_items, settings, config.seed,
                                            device)
-    with atomic_path(run.root / "train" / "linear_filter.pt") as tmp:
-        torch.save({**linear.state(), "weight": torch.tensor(weight), "popularity_weight": torch.tensor(prior_weight),
-                    "fit_on_valid": torch.tensor(refit)}, tmp)
-    return {"weight": weight, "popularity_weight": prior_weight, "valid": scores,
-            "fit_on": "train+valid" if refit else "train", "seconds": round(time.perf_counter() - started, 3)}
+    summary = {"weight": weight, "popularity_weight": prior_weight, "valid": scores,
+               "fit_on": "train+valid" if refit else "train", "seconds": round(time.perf_counter() - started, 3)}
+    return summary, linear, weight, prior_weight
 
 
 def _blend_key(share: float, prior_weight: float) -> str:
@@ -147,7 +163,7 @@ def _blend_key(share: float, prior_weight: float) -> str:
     return str(share) if prior_weight == 0 else f"{share}, popularity {prior_weight}"
 
 
-def _refit_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_users: int, num_items: int,
+def _retrain_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_users: int, num_items: int,
                     adjacency: torch.Tensor, epochs: int, backend: Backend, show_progress: bool,
                     resume: bool) -> TrainResult:
     """Train a fresh LightGCN on all known pairs (train + validation) for ``epochs`` epochs, with the same
@@ -159,8 +175,8 @@ def _refit_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_use
         train_items=torch.from_numpy(known[schema.ITEM_INDEX].to_numpy().copy()),
         adjacency=adjacency,
     )
-    log.info("refit: training a fresh model on %d train + validation pairs for %d epochs", len(known), epochs)
-    folder = run.checkpoints / "refit"
+    log.info("retrain_with_valid: a fresh model on %d train + validation pairs for %d epochs", len(known), epochs)
+    folder = run.retrain_checkpoints
     return train_lightgcn(data, config.train, config.evaluate, config.seed, backend.torch_device,
                           checkpoint_dir=folder, show_progress=show_progress,
                           resume=resume and any(folder.glob("epoch_*.pt")), stop_epoch=epochs)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from homerank.engine.backend import resolve_backend
 from homerank.engine.graph import build_graph
-from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from homerank.gnn.metrics import CSRIndex, evaluate_ranking
+from homerank.gnn.scorer import embedding_scorer
 from homerank.gnn.model import LightGCNRecommender
 
 pytestmark = pytest.mark.gpu

@@ -12,6 +12,7 @@ from homerank.engine.errors import HomerankError
 from homerank.engine.graph import build_graph
 from homerank.engine.lightgcn_format import carve_validation, load_lightgcn, read_pairs
 from homerank.gnn.config import EvalConfig, TrainConfig
+from homerank.gnn.scorer import Scorer
 from homerank.gnn.train import TrainData, train_lightgcn
 from homerank.jobs.cli import main
 
@@ -91,7 +92,7 @@ def test_validation_items_are_masked_at_test_time(tmp_path):
 def test_refit_trains_a_fresh_model_on_train_and_validation_for_the_best_epoch(tiny_split, tmp_path):
     run, metrics = run_pipeline(tiny_split, tmp_path,
                                 "{embedding_dim: 8, num_layers: 1, epochs: 12, batch_size: 8, lr: 0.05, l2: 0.0, "
-                                "lr_schedule: cosine, refit: true}", "[1, 2, 20]", 2)
+                                "lr_schedule: cosine, retrain_with_valid: true}", "[1, 2, 20]", 2)
     summary = json.loads((run / "train" / "summary.json").read_text())
     refit = summary["refit"]
     assert refit["epochs"] == summary["best_epoch"] and refit["pairs"] == 8 + 2
@@ -118,7 +119,7 @@ def test_stop_epoch_follows_the_full_schedule():
 def test_filter_share_and_popularity_prior_are_chosen_on_validation(tiny_split, tmp_path):
     run, metrics = run_pipeline(tiny_split, tmp_path,
                                 "{embedding_dim: 8, num_layers: 1, epochs: 10, batch_size: 8, lr: 0.05, l2: 0.0, "
-                                "linear_filter: {enabled: true, singular_vectors: 2, weights: [0.0, 0.5, 1.0], "
+                                "linear_filter: {enabled: true, singular_vectors: 2, shares: [0.0, 0.5, 1.0], "
                                 "popularity_weights: [0.0, 0.5], choice_users: null}}", "[1, 2, 20]", 2)
     chosen = metrics["linear_filter"]
     # every share with every prior weight was scored; plain shares keep their old keys
@@ -127,7 +128,8 @@ def test_filter_share_and_popularity_prior_are_chosen_on_validation(tiny_split, 
     key = str(chosen["weight"]) if chosen["popularity_weight"] == 0 else \
         f"{chosen['weight']}, popularity {chosen['popularity_weight']}"
     assert chosen["valid"][key] == max(chosen["valid"].values())
-    state = torch.load(run / "train" / "linear_filter.pt", weights_only=True)
-    assert float(state["popularity_weight"]) == chosen["popularity_weight"]
+    scorer = Scorer.load(run / "train" / "scorer.pt")  # the saved scorer carries the choice made on validation
+    assert (scorer.filter_share, scorer.popularity_weight) == (chosen["weight"], chosen["popularity_weight"])
+    assert metrics["model"] == scorer.kind and (scorer.linear_filter is None) == (scorer.kind == "lightgcn")
     # the two communities still put each test item first
     assert metrics["test"]["recall@2"] == 1.0

@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from homerank.gnn.linear_filter import LinearFilter, ensemble_scorer
-from homerank.gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking, popularity_prior, standardise
+from homerank.gnn.linear_filter import LinearFilter
+from homerank.gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking
+from homerank.gnn.scorer import blend_scorers, popularity_prior, standardise
 
 
 @pytest.mark.parametrize("svd_solver", ["arpack", "randomized"])
@@ -28,7 +29,7 @@ def test_gf_cf_scores_match_the_dense_formula(svd_solver):
     sharpened = LinearFilter(fitted.interactions, fitted.normalised, fitted.vectors, fitted.item_degree, 0.5, 0.7)
     np.testing.assert_allclose(sharpened.scorer()(torch.arange(12)).numpy(), expected - 0.7 * expected @ norm.T @ norm,
                                rtol=1e-4, atol=1e-4)
-    restored = LinearFilter.from_state(sharpened.state(), users, items, 12, 9)
+    restored = LinearFilter.from_state(sharpened.state())
     assert restored.sharpening == pytest.approx(0.7) and restored.alpha == pytest.approx(0.5)
     # Euler in two steps of h = T/2: s (I - h P)^2
     p = norm.T @ norm
@@ -41,7 +42,7 @@ def test_gf_cf_scores_match_the_dense_formula(svd_solver):
     rk4 = LinearFilter(fitted.interactions, fitted.normalised, fitted.vectors, fitted.item_degree, 0.5, h, "rk4", 1)
     taylor = sum(np.linalg.matrix_power(-h * p, n) / math.factorial(n) for n in range(5))
     np.testing.assert_allclose(rk4.scorer()(torch.arange(12)).numpy(), expected @ taylor, rtol=1e-4, atol=1e-4)
-    restored = LinearFilter.from_state(rk4.state(), users, items, 12, 9)
+    restored = LinearFilter.from_state(rk4.state())
     assert (restored.sharpening_solver, restored.sharpening_steps) == ("rk4", 1)
     # users scored in chunks (any order, any chunk size) get the same rows as one block
     shuffled = torch.tensor([7, 2, 11, 0, 5, 9, 1, 3, 10, 4, 8, 6])
@@ -53,9 +54,9 @@ def test_ensemble_mixes_standardised_scores():
     first = lambda batch: torch.tensor([[1.0, 2.0, 3.0]])  # noqa: E731
     second = lambda batch: torch.tensor([[30.0, 20.0, 10.0]])  # noqa: E731
     batch = torch.tensor([0])
-    assert torch.equal(ensemble_scorer(first, second, 0.0)(batch), first(batch))
-    assert torch.equal(ensemble_scorer(first, second, 1.0)(batch), second(batch))
-    mixed = ensemble_scorer(first, second, 0.5)(batch)
+    assert torch.equal(blend_scorers(first, second, 0.0)(batch), first(batch))
+    assert torch.equal(blend_scorers(first, second, 1.0)(batch), second(batch))
+    mixed = blend_scorers(first, second, 0.5)(batch)
     torch.testing.assert_close(mixed, torch.zeros(1, 3))  # opposite orders cancel exactly
     assert standardise(torch.tensor([[1.0, 3.0]]))[0].tolist() == pytest.approx([-0.7071, 0.7071], abs=1e-4)
 
@@ -78,7 +79,7 @@ def test_popularity_prior_is_the_z_scored_log_degree():
     torch.testing.assert_close(popularity_prior(degree), torch.tensor([[-1.0, 0.0, 1.0]]))
 
 
-def test_blends_with_a_prior_match_the_ensemble_scorer():
+def test_blends_with_a_prior_match_the_blend_scorers():
     torch.manual_seed(1)
     a_scores, b_scores = torch.randn(6, 10), torch.randn(6, 10)
     first, second = (lambda batch: a_scores[batch]), (lambda batch: b_scores[batch])  # noqa: E731
@@ -88,12 +89,12 @@ def test_blends_with_a_prior_match_the_ensemble_scorer():
     candidates = [(0.0, 0.0), (0.4, 0.0), (0.4, 0.5), (1.0, 2.0)]
     blends = evaluate_blends(first, second, candidates, truth, train, [2, 5], batch_size=4, prior=prior)
     for share, weight in candidates:
-        scorer = ensemble_scorer(first, second, share, prior, weight)
+        scorer = blend_scorers(first, second, share, prior, weight)
         assert blends[(share, weight)] == evaluate_ranking(scorer, truth, train, [2, 5], batch_size=4)
     # the prior's share adds p * z(log(1 + d)) to the standardised blend, for every user alike
     batch = torch.tensor([0, 3])
-    torch.testing.assert_close(ensemble_scorer(first, second, 0.4, prior, 0.5)(batch),
+    torch.testing.assert_close(blend_scorers(first, second, 0.4, prior, 0.5)(batch),
                                0.6 * standardise(a_scores[batch]) + 0.4 * standardise(b_scores[batch]) + 0.5 * prior)
     # a large prior weight turns the ranking into popularity: item 9 first for everyone it is not masked for
-    top = torch.topk(ensemble_scorer(first, second, 0.4, prior, 100.0)(torch.arange(6)), 1).indices.flatten()
+    top = torch.topk(blend_scorers(first, second, 0.4, prior, 100.0)(torch.arange(6)), 1).indices.flatten()
     assert top.tolist() == [9] * 6

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from homerank.gnn.metrics import CSRIndex, evaluate_ranking, hits_matrix, metrics_from_hits, popularity_scorer, top_k
+from homerank.gnn.metrics import CSRIndex, evaluate_ranking, hits_matrix, metrics_from_hits, top_k
+from homerank.gnn.scorer import popularity_scorer
 
 
 def test_metrics_by_hand():

@@ -1,5 +1,6 @@
 import torch
-from homerank.gnn.sampling import is_positive, positive_keys, sample_negatives
+from homerank.gnn.keys import pair_keys
+from homerank.gnn.sampling import is_positive, sample_negatives
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,7 @@ def test_negatives_are_never_positives(num_items, num_users, data):
     mask = torch.rand(num_users, num_items, generator=generator) < density
     mask[:, 0] = False  # every user has at least one negative
     users, items = mask.nonzero(as_tuple=True)
-    keys = positive_keys(users, items, num_items)
+    keys = pair_keys(users, items, num_items)
     query_users = torch.arange(num_users).repeat(5)
     negatives = sample_negatives(query_users, num_items, keys, generator)
     assert not is_positive(query_users, negatives, keys, num_items).any()
@@ -20,7 +21,7 @@ def test_negatives_are_never_positives(num_items, num_users, data):
 
 
 def test_sampling_is_reproducible_with_a_seed():
-    keys = positive_keys(torch.tensor([0, 1]), torch.tensor([1, 2]), 10)
+    keys = pair_keys(torch.tensor([0, 1]), torch.tensor([1, 2]), 10)
     users = torch.tensor([0, 1, 0, 1])
     a = sample_negatives(users, 10, keys, torch.Generator().manual_seed(1))
     b = sample_negatives(users, 10, keys, torch.Generator().manual_seed(1))
@@ -32,7 +33,7 @@ def test_users_with_one_negative_left_still_get_it():
     items = torch.arange(40)
     users = torch.cat([torch.zeros(39, dtype=torch.long), torch.ones(38, dtype=torch.long)])
     positives = torch.cat([items[items != 7], items[(items != 2) & (items != 5)]])
-    keys = positive_keys(users, positives, 40)
+    keys = pair_keys(users, positives, 40)
     query = torch.tensor([0, 1] * 50)
     negatives = sample_negatives(query, 40, keys, torch.Generator().manual_seed(0), max_rounds=1)
     assert set(negatives[query == 0].tolist()) == {7}

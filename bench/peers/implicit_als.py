@@ -12,7 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse
 import torch
-from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from homerank.gnn.metrics import CSRIndex, evaluate_ranking
+from homerank.gnn.scorer import embedding_scorer
 
 
 def run_implicit_als(

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from homerank.gnn.metrics import CSRIndex, embedding_scorer, evaluate_ranking
+from homerank.gnn.metrics import CSRIndex, evaluate_ranking
+from homerank.gnn.scorer import embedding_scorer
 from torch_geometric.nn import LightGCN
 
 
