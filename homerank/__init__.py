@@ -1,11 +1,13 @@
 """homerank: behaviour logs -> user-item graph -> LightGCN -> personalised homepages.
 
-The public Python API (see README, "From Python")::
+The public Python API (README, "From Python")::
 
     import homerank
+
     run = homerank.run("logs/", out="runs/today", **{"train.epochs": 10})
     run.metrics["test"]["recall@20"]
     run.recommend([1000017, 42], k=10)
+    run = homerank.Run.open("runs/demo")
 
 The packages follow the data journey: `homerank.engine` (logs -> clean frames -> graph), `homerank.gnn`
 (graph -> embeddings -> scores), `homerank.homepage` (scores -> pages), `homerank.jobs` (stages, run
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from homerank.api import Embeddings, Run, run
+from homerank.engine.errors import GateError, HomerankError
+
 try:
     __version__ = metadata.version("homerank")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["Embeddings", "GateError", "HomerankError", "Run", "__version__", "run"]

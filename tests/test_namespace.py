@@ -1,0 +1,46 @@
+"""homerank installs one import namespace: a user's own ``jobs/``, ``engine/`` or ``gnn/`` packages never shadow
+ours, and nothing named ``engine``, ``gnn`` or ``jobs`` is installed at the top level."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+FOREIGN = 'raise ImportError("the user\'s own {name} package was imported instead of homerank\'s")\n'
+
+
+def _foreign_project(root: Path) -> Path:
+    for name in ("jobs", "engine", "gnn", "homepage"):
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text(FOREIGN.format(name=name))
+        (root / name / "cli.py").write_text("def main():\n    raise SystemExit('foreign cli')\n")
+    return root
+
+
+def test_import_and_command_line_work_beside_foreign_packages(tmp_path):
+    project = _foreign_project(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(project)}  # the user's folders come first on the path
+    code = ("import homerank, homerank.jobs.cli, homerank.engine.ingest, homerank.gnn.train, homerank.homepage;"
+            "import jobs, sys; print(homerank.__version__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "the user's own jobs package" in done.stderr  # theirs is importable as theirs
+    code = "import homerank, homerank.jobs.cli, homerank.engine.ingest, homerank.gnn.train; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    for command in ([sys.executable, "-m", "homerank", "--help"],
+                    [shutil.which("homerank") or str(Path(sys.executable).parent / "homerank"), "--help"]):
+        done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "homerank" in done.stdout and "foreign" not in done.stdout, done.stderr
+
+
+def test_no_top_level_engine_gnn_or_jobs_is_installed(tmp_path):
+    code = ("import importlib.util, sys; sys.path = [p for p in sys.path if p not in ('', '.')];"
+            "print([n for n in ('engine', 'gnn', 'jobs', 'homepage') if importlib.util.find_spec(n)])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
