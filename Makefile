@@ -38,10 +38,10 @@ bench-etl: install-bench
 	$(PY) bench/etl_bench.py
 
 bench-accuracy: install-bench
-	$(PY) bench/accuracy_bench.py
+	$(PY) bench/accuracy_bench.py --config preset:recipe
 
 bench-accuracy-minute: install-bench
-	$(PY) bench/accuracy_bench.py --config bench/configs/lightgcn_minute.yaml --name gowalla-minute
+	$(PY) bench/accuracy_bench.py --config preset:minute --name gowalla-minute
 
 lint: install-bench
 	$(VENV)/bin/ruff check homerank engine gnn jobs bench tests

@@ -2,9 +2,10 @@
 implicit's ALS, same data, same machine, same evaluator.
 
 1. Runs the documented command
-       homerank run --input-format lightgcn --input DATA --out RUN --config bench/configs/lightgcn_recipe.yaml
+       homerank run --input-format lightgcn --input DATA --out RUN --config preset:recipe  (bench/snapshot_run.py)
    (early stopping on a validation slice carved from train.txt; test.txt is used once, for metrics.json).
-2. Builds our accuracy-vs-time curve from the run's snapshots (embeddings saved at each validation step):
+2. Builds our accuracy-vs-time curve from the run's snapshots (embeddings saved at each validation step by
+   bench/snapshot_run.py, which runs the same pipeline as `homerank run` with a hook into training):
    each is scored on test afterwards, for the plot and the time-to-floor only — no choice depends on it.
 3. Runs the peers within the same training-time budget, then writes
    bench/results/accuracy/<name>/{metrics.json, curves.json, summary.md, curves.png, run.log}.
@@ -28,14 +29,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from homerank.gnn.linear_filter import LinearFilter  # noqa: E402
-from homerank.gnn.metrics import embedding_scorer, evaluate_ranking  # noqa: E402
-from homerank.jobs.artifacts import split_index  # noqa: E402
-from homerank.jobs.cli import quiet_library_warnings  # noqa: E402
-from homerank.jobs.config import load_config  # noqa: E402
-from homerank.jobs.rundir import RunDir  # noqa: E402
-
 from bench.machine import machine_info  # noqa: E402
+from bench.snapshot_run import snapshot_folder  # noqa: E402
+from homerank.gnn.linear_filter import LinearFilter  # noqa: E402
+from homerank.gnn.metrics import evaluate_ranking  # noqa: E402
+from homerank.gnn.scorer import Scorer, embedding_scorer  # noqa: E402
+from homerank.jobs.artifacts import split_index  # noqa: E402
+from homerank.jobs.config import load_config  # noqa: E402
+from homerank.jobs.hygiene import quiet_library_warnings  # noqa: E402
+from homerank.jobs.rundir import RunDir  # noqa: E402
 
 FLOOR = {"recall@20": 0.1830, "ndcg@20": 0.1554}  # LightGCN paper, Gowalla
 GOAL = {"recall@20": 0.1900, "ndcg@20": 0.1600}
@@ -57,7 +59,7 @@ def our_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_items: int) 
     known = split_index(edges, ["train", "valid"], num_users, num_items)  # all of train.txt is masked
     test = split_index(edges, "test", num_users, num_items)
     curve = []
-    for path in sorted((run.root / "train" / "snapshots").glob("epoch_*.pt")):
+    for path in sorted(snapshot_folder(run).glob("epoch_*.pt")):
         snap = torch.load(path, weights_only=True)
         metrics = evaluate_ranking(embedding_scorer(snap["users"], snap["items"]), test, known, [20])
         curve.append({"epoch": int(snap["epoch"]), "seconds": round(float(snap["elapsed"]), 2),
@@ -69,8 +71,8 @@ def refit_alone_curve(run: RunDir, edges: pd.DataFrame, num_users: int, num_item
                       seconds: float) -> list[dict]:
     """The refit LightGCN on its own (the run's final embeddings, no filter), scored on test. One point, at
     the end of both trainings."""
-    final = torch.load(run.embeddings, weights_only=True)
-    metrics = evaluate_ranking(embedding_scorer(final["users"], final["items"]),
+    final = Scorer.load(run.scorer)
+    metrics = evaluate_ranking(embedding_scorer(final.user_embeddings, final.item_embeddings),
                                split_index(edges, "test", num_users, num_items),
                                split_index(edges, ["train", "valid"], num_users, num_items), [20])
     return [{"epoch": "refit", "seconds": round(seconds, 2), **metrics}]
@@ -121,7 +123,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="accuracy side by side on a LightGCN-format split")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "gowalla"))
     parser.add_argument("--name", default=None, help="results folder name (default: the data folder's name)")
-    parser.add_argument("--config", default=str(ROOT / "bench" / "configs" / "lightgcn_recipe.yaml"))
+    parser.add_argument("--config", default="preset:recipe",
+                        help="YAML file or a preset shipped with homerank: preset:recipe (default), preset:minute")
     parser.add_argument("--run", default=None, help="run directory (default: runs/bench/<name>)")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--reuse-run", action="store_true", help="do not rerun homerank; use the existing run")
@@ -132,8 +135,9 @@ def main() -> None:
     out = ROOT / "bench" / "results" / "accuracy" / name
     out.mkdir(parents=True, exist_ok=True)
     run = RunDir(Path(args.run) if args.run else ROOT / "runs" / "bench" / name)
-    command = [str(Path(sys.executable).parent / "homerank"), "run", "--input-format", "lightgcn", "--input",
-               args.data, "--out", str(run.root), "--config", args.config]
+    # `homerank run` plus the bench's snapshots (bench/snapshot_run.py): the same pipeline, in a process of its own
+    command = [sys.executable, "-m", "bench.snapshot_run", "--input", args.data, "--out", str(run.root),
+               "--config", args.config]
     print("$", " ".join(command), flush=True)
     if not args.reuse_run:
         if run.root.exists():  # a fresh run: its log then holds this run only (run directories append logs)
@@ -141,8 +145,8 @@ def main() -> None:
         with open(out / "run.log", "w") as log_file:
             log_file.write("$ " + " ".join(command) + "\n")
             log_file.flush()
-            subprocess.run(command, check=True, stdout=log_file, stderr=subprocess.STDOUT)
-    shutil.copy(run.root / "logs" / "homerank.log", out / "homerank.log")
+            subprocess.run(command, check=True, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    shutil.copy(run.log_file, out / "homerank.log")
     shutil.copy(run.config, out / "config.yaml")
     metrics = json.loads(run.metrics.read_text())
     edges = pd.read_parquet(run.edges)

@@ -25,12 +25,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import machine_info  # noqa: E402
 from homerank.engine.backend import resolve_backend  # noqa: E402
 from homerank.jobs.config import JobConfig  # noqa: E402
 from homerank.jobs.pipeline import run_stage  # noqa: E402
 from homerank.jobs.rundir import RunDir  # noqa: E402
-
-from bench.machine import machine_info  # noqa: E402
 
 WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0}
 TYPES = list(WEIGHTS)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 import torch
+
 from homerank.engine.backend import Backend
 from homerank.engine.matrices import csr_from_pairs, inverse_sqrt
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.config import IngestConfig

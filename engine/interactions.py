@@ -14,6 +14,7 @@ from typing import Any
 
 import dask.dataframe as dd
 import pandas as pd
+
 from homerank.engine import schema
 from homerank.engine.errors import HomerankError
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from homerank.engine.errors import HomerankError
 from homerank.engine.split import holdout_size
 

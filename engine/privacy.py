@@ -10,6 +10,7 @@ import hmac
 import os
 
 import pandas as pd
+
 from homerank.engine.errors import HomerankError
 
 KEY_VARIABLE = "HOMERANK_PSEUDONYM_KEY"

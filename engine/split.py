@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from homerank.engine import schema
 from homerank.engine.config import SplitConfig
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from homerank.engine.config import StrictModel
 from pydantic import Field, field_validator
+
+from homerank.engine.config import StrictModel
 
 
 class LinearFilterConfig(StrictModel):

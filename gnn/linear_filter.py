@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 import torch
+from torch import Tensor
+
 from homerank.engine.matrices import csr_from_pairs, inverse_sqrt
 from homerank.gnn.config import LinearFilterConfig
 from homerank.gnn.svd import SvdSolver, torch_csr, truncated_svd
-from torch import Tensor
 
 log = logging.getLogger(__name__)
 

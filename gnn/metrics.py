@@ -25,7 +25,6 @@ from homerank.gnn.keys import is_member
 from homerank.gnn.scorer import ScoreFn, mix_standardised, standardise
 
 
-
 @dataclass
 class CSRIndex:
     """Per-user item lists as CSR arrays (torch): items of user u are indices[indptr[u]:indptr[u+1]]."""

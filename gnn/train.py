@@ -16,15 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
 from homerank.engine.errors import HomerankError
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.keys import pair_keys
 from homerank.gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
-from homerank.gnn.scorer import embedding_scorer
 from homerank.gnn.model import LightGCNRecommender
 from homerank.gnn.sampling import sample_negatives
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from homerank.gnn.scorer import embedding_scorer
 
 log = logging.getLogger(__name__)
 

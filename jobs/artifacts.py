@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
 from homerank.engine import schema
 from homerank.engine.errors import HomerankError
 from homerank.engine.graph import BipartiteGraph

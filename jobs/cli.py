@@ -7,9 +7,17 @@
     homerank evaluate --out RUN            full-ranking test metrics vs the popularity baseline
     homerank rank     --out RUN            top-K rankings per user (rankings/)
     homerank homepage --out RUN            homepage sections per user (homepage/, homepage.jsonl)
-    homerank preview  --run RUN --user U   one user's homepage as static HTML
+    homerank preview  --out RUN --user U [--html FILE]   one user's homepage as static HTML
     homerank run      --input PATH --out RUN   all of the above
     homerank demo                          generate + run into runs/demo/
+    homerank --version                     prints ``homerank <version>``
+
+``--out`` is always the run directory (for ``generate``, the directory the log is written to). Every stage,
+``run`` and ``demo`` take ``--config FILE`` or ``--config preset:NAME`` (a preset shipped in
+``homerank/presets/``; ``homerank --help`` lists them) and repeatable ``--set section.key=value`` overrides,
+validated like the YAML and applied after ``--config``, ``--device``, ``--seed`` and ``--input-format``. A single
+stage given any of these writes the resolved config to RUN/config.yaml, so the next stages see it.
+``preview --run RUN`` is a deprecated alias of ``preview --out RUN``.
 
 User mistakes exit with status 2 and a one-line message; no traceback.
 """
@@ -23,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from homerank.engine.errors import HomerankError
+from homerank.jobs.hygiene import LOG_FORMAT, NOISY_LOGGERS, quiet_library_warnings
+from homerank.jobs.rundir import RunDir
 
 log = logging.getLogger("homerank")
 
@@ -35,19 +45,44 @@ def _add_common(parser: argparse.ArgumentParser, needs_input: bool = False) -> N
         parser.add_argument("--input-format", choices=["auto", "parquet", "csv", "lightgcn"],
                             help="override ingest.format (lightgcn: folder with train.txt/test.txt[/valid.txt])")
     parser.add_argument("--out", required=True, help="run directory (created if missing)")
-    parser.add_argument("--config", help="YAML config (default: RUN/config.yaml if present, else built-in)")
+    parser.add_argument("--config", help="YAML config or preset:NAME (default: RUN/config.yaml if present, else "
+                                         "built-in)")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], help="compute backend (default: config)")
     parser.add_argument("--seed", type=int, help="random seed (default: config)")
+    _add_set(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", dest="set_options", metavar="SECTION.KEY=VALUE",
+                        help="override one config key, validated like the YAML (value read as YAML; repeatable; "
+                             "applied after --config, --device, --seed and --input-format)")
+
+
+def _epilog() -> str:
+    from homerank.jobs.config import PRESET_PREFIX, list_presets
+
+    presets = list_presets()
+    width = max((len(PRESET_PREFIX + name) for name in presets), default=0)
+    lines = [f"  {PRESET_PREFIX + name:<{width}}  {summary}" for name, summary in presets.items()]
+    return (
+        "Each stage reads the previous stage's artifacts from the run directory (--out), so any stage can be rerun\n"
+        "alone. Override any config key with --set section.key=value (repeatable). See README.md for the config\n"
+        "and the run directory layout.\n\n"
+        f"presets shipped with homerank (--config {PRESET_PREFIX}NAME):\n" + "\n".join(lines)
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from homerank import __version__
+
     parser = argparse.ArgumentParser(
         prog="homerank",
         description="Behaviour logs -> user-item graph -> LightGCN -> personalised homepage rankings.",
-        epilog="Each stage reads the previous stage's artifacts from the run directory, so any stage can be "
-               "rerun alone. See README.md for the config and the run directory layout.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"homerank {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="write a synthetic e-commerce behaviour log (the embedded default)",
@@ -79,19 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
                                  "logs/stages.json) and continue an interrupted training from its checkpoints")
 
     preview = sub.add_parser("preview", help="render one user's homepage as a static HTML page",
+                             usage="homerank preview --out RUN --user USER [--html FILE]",
                              description="Rows of cards (title, category, price, reason) from RUN/homepage/.")
-    preview.add_argument("--run", required=True, help="run directory with homepage/")
+    # --out is checked in _preview, not by argparse: the deprecated --run may stand in for it
+    preview.add_argument("--out", metavar="RUN", help="run directory with homepage/ (required)")
     preview.add_argument("--user", required=True, help="user id as in the input log")
-    preview.add_argument("--out", help="HTML file (default: RUN/preview/USER.html)")
+    preview.add_argument("--html", metavar="FILE", help="HTML file (default: RUN/preview/USER.html)")
+    preview.add_argument("--run", dest="legacy_run", help=argparse.SUPPRESS)  # deprecated: --out RUN
 
     demo = sub.add_parser("demo", help="generate the synthetic log and run the whole pipeline on it",
                           description="Writes the input to INPUT (default runs/demo/input) and the run to OUT "
                                       "(default runs/demo).")
     demo.add_argument("--out", default=DEMO_OUT, help="run directory (default: runs/demo)")
     demo.add_argument("--input", help="where to generate the log (default: OUT/input)")
-    demo.add_argument("--config", help="YAML config (default: built-in)")
+    demo.add_argument("--config", help="YAML config or preset:NAME (default: built-in)")
     demo.add_argument("--device", choices=["auto", "cpu", "gpu"])
     demo.add_argument("--seed", type=int)
+    _add_set(demo)
     demo.add_argument("--quiet", action="store_true")
     return parser
 
@@ -106,23 +145,26 @@ def _setup_logging(run_root: Path | None, quiet: bool) -> None:
                           rich_tracebacks=False, console=None)
     root.addHandler(console)
     if run_root is not None:
-        (run_root / "logs").mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run_root / "logs" / "homerank.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log_file = RunDir(run_root).log_file
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
-    for noisy in ("distributed", "dask", "tornado", "asyncio"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _resolve_config(args: argparse.Namespace, run_root: Path | None):
-    from homerank.jobs.config import load_config, with_overrides
+    from homerank.jobs.config import apply_dotted, load_config, parse_set_option, with_overrides
 
     path = args.config
-    if path is None and run_root is not None and (run_root / "config.yaml").exists():
-        path = run_root / "config.yaml"
+    if path is None and run_root is not None and RunDir(run_root).config.exists():
+        path = RunDir(run_root).config
     config = with_overrides(load_config(path), device=args.device, seed=args.seed)
     if getattr(args, "input_format", None):
         config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"format": args.input_format})})
+    if getattr(args, "set_options", None):  # last, so --set wins over the flags above (a repeated key: the last)
+        config = apply_dotted(config, dict(parse_set_option(text) for text in args.set_options), source="--set")
     return config
 
 
@@ -143,10 +185,9 @@ def _demo(args: argparse.Namespace) -> None:
     from homerank.engine.backend import resolve_backend
     from homerank.engine.synthetic import SyntheticSpec, generate
     from homerank.jobs.pipeline import run_pipeline
-    from homerank.jobs.rundir import RunDir
 
     run = RunDir(Path(args.out)).ensure()
-    input_dir = Path(args.input) if args.input else run.root / "input"
+    input_dir = Path(args.input) if args.input else run.input_dir
     config = _resolve_config(argparse.Namespace(**{**vars(args), "config": args.config}), None)
     if config.ingest.catalogue is None:
         config = config.model_copy(update={"ingest": config.ingest.model_copy(
@@ -168,13 +209,12 @@ def _print_summary(run, metrics) -> None:
           f"ndcg@{k} {test[f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f}), device {metrics['device']}")
     print(f"  rankings: {run.rankings}/   metrics: {run.metrics}   report: {run.report}")
     if run.homepage.exists():
-        print(f"  homepage: {run.homepage}/ and {run.root / 'homepage.jsonl'}")
+        print(f"  homepage: {run.homepage}/ and {run.homepage_jsonl}")
 
 
 def _stage(args: argparse.Namespace) -> None:
     from homerank.engine.backend import resolve_backend
     from homerank.jobs.pipeline import run_pipeline, run_stage, write_resolved_config
-    from homerank.jobs.rundir import RunDir
 
     run = RunDir(Path(args.out)).ensure()
     config = _resolve_config(args, run.root)
@@ -183,19 +223,26 @@ def _stage(args: argparse.Namespace) -> None:
         metrics = run_pipeline(args.input, run, config, backend, show_progress=not args.quiet, resume=args.resume)
         _print_summary(run, metrics)
         return
-    if args.command == "etl" or args.config or args.device or args.seed is not None:
+    if args.command == "etl" or args.config or args.device or args.seed is not None or args.set_options:
         write_resolved_config(run, config)
     run_stage(args.command, run, config, backend, getattr(args, "input", None), show_progress=not args.quiet,
               resume=getattr(args, "resume", False))
     print(f"homerank {args.command}: done ({run.root})")
 
 
-def quiet_library_warnings() -> None:
-    import warnings
+def _preview(args: argparse.Namespace) -> None:
+    from homerank.jobs.preview import write_preview
 
-    for message in ("Sparse CSR tensor support is in beta state", "Sparse invariant checks are implicitly",
-                    "`torch.jit.script` is deprecated"):
-        warnings.filterwarnings("ignore", message=message)
+    run, html = args.out, args.html
+    if args.legacy_run is not None:  # the old flags: --run RUN [--out FILE.html]
+        if args.out is not None and args.html is not None:
+            raise HomerankError("preview: --run is a deprecated alias of --out; give --out RUN --html FILE")
+        log.warning("preview: --run is deprecated; use --out RUN (the run directory) and --html FILE")
+        run, html = args.legacy_run, args.html or args.out
+    if run is None:
+        raise HomerankError("preview: --out RUN is required (the run directory with homepage/)")
+    out = Path(html) if html else RunDir(Path(run)).preview(args.user)
+    print(f"wrote {write_preview(RunDir(Path(run)), args.user, out)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,11 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "generate":
             _generate(args)
         elif args.command == "preview":
-            from homerank.jobs.preview import write_preview
-            from homerank.jobs.rundir import RunDir
-
-            out = Path(args.out) if args.out else Path(args.run) / "preview" / f"{args.user}.html"
-            print(f"wrote {write_preview(RunDir(Path(args.run)), args.user, out)}")
+            _preview(args)
         elif args.command == "demo":
             _demo(args)
         else:

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import Field, ValidationError
+
 from homerank.engine.config import GraphConfig, IngestConfig, InteractionConfig, SplitConfig, StrictModel
 from homerank.engine.errors import HomerankError
 from homerank.gnn.config import EvalConfig, TrainConfig
-from pydantic import Field, ValidationError
 
 
 class ClusterConfig(StrictModel):
@@ -73,7 +76,7 @@ class HomepageConfig(StrictModel):
     mmr_pool_factor: int = Field(5, ge=1, description="MMR picks a row from the top slots x this many candidates")
     merchandising: str | None = Field(
         None, description="CSV/Parquet of boosts and pins (rule, item_id|category, weight, section, slot, "
-        "start, end); see jobs/merchandising.py"
+        "start, end); see homepage/merchandising.py"
     )
     trending_window_days: float = Field(7.0, gt=0)
     trending_half_life_days: float = Field(2.0, gt=0)
@@ -117,22 +120,53 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> JobConf
         raise HomerankError(_format_error(source, exc)) from None
 
 
+PRESET_PREFIX = "preset:"
+
+
+def list_presets() -> dict[str, str]:
+    """The presets shipped in ``homerank/presets/``: name -> the first comment line of its YAML file."""
+    presets = {}
+    for entry in sorted(resources.files("homerank.presets").iterdir(), key=lambda entry: entry.name):
+        if entry.name.endswith(".yaml"):
+            first = next(iter(entry.read_text().splitlines()), "")
+            presets[entry.name.removesuffix(".yaml")] = first.lstrip("#").strip() if first.startswith("#") else ""
+    return presets
+
+
+def preset_path(name: str) -> Traversable:
+    """The YAML file of the shipped preset ``name`` (``--config preset:NAME``); an unknown name is a user error
+    that lists the known ones."""
+    known = list_presets()
+    if name not in known:
+        choices = ", ".join(PRESET_PREFIX + known_name for known_name in known)
+        raise HomerankError(f"{PRESET_PREFIX}{name}: unknown preset (known: {choices})")
+    return resources.files("homerank.presets") / f"{name}.yaml"
+
+
 def load_config(path: str | Path | None) -> JobConfig:
-    """Read and validate a YAML config (safe loader). ``None`` gives the defaults."""
+    """Read and validate a YAML config (safe loader): a file, or ``preset:NAME`` for a preset shipped with the
+    package (`list_presets`). ``None`` gives the defaults."""
     if path is None:
         return JobConfig()
+    if isinstance(path, str) and path.startswith(PRESET_PREFIX):
+        name = path.removeprefix(PRESET_PREFIX)
+        return _parse_yaml(preset_path(name).read_text(), f"{PRESET_PREFIX}{name}")
     file = Path(path)
     if not file.is_file():
         raise HomerankError(f"{file}: config file not found")
+    return _parse_yaml(file.read_text(), str(file))
+
+
+def _parse_yaml(text: str, source: str) -> JobConfig:
     try:
-        data = yaml.safe_load(file.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise HomerankError(f"{file}: not valid YAML{where}") from None
+        raise HomerankError(f"{source}: not valid YAML{where}") from None
     if data is not None and not isinstance(data, dict):
-        raise HomerankError(f"{file}: the config must be a mapping of sections (got {type(data).__name__})")
-    return parse_config(data, str(file))
+        raise HomerankError(f"{source}: the config must be a mapping of sections (got {type(data).__name__})")
+    return parse_config(data, source)
 
 
 def with_overrides(config: JobConfig, **overrides: Any) -> JobConfig:

@@ -14,6 +14,7 @@ from typing import Any
 
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
+from homerank.gnn.train import EvaluationHook
 from homerank.jobs.cluster import dask_client
 from homerank.jobs.config import JobConfig, dump_config
 from homerank.jobs.report import write_report
@@ -55,11 +56,13 @@ def _record_timing(run: RunDir, stage: str, seconds: float) -> None:
 
 
 def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | None = None,
-              show_progress: bool = True, resume: bool = False) -> Any:
+              show_progress: bool = True, resume: bool = False, on_evaluation: EvaluationHook | None = None) -> Any:
+    """Run one stage, time it and refresh the report. ``on_evaluation`` reaches the training loop
+    (`homerank.gnn.train.train_lightgcn`): the accuracy bench records its accuracy-vs-time curve with it."""
     started = time.perf_counter()
     log.info("stage %s: start (%s)", stage, run.root)
     try:
-        result = _dispatch(stage, run, config, backend, input_path, show_progress, resume)
+        result = _dispatch(stage, run, config, backend, input_path, show_progress, resume, on_evaluation)
     except HomerankError:
         write_report(run)  # the report shows what stopped the job (quarantine counts, failed gates)
         raise
@@ -71,7 +74,7 @@ def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
 
 
 def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | None,
-              show_progress: bool, resume: bool) -> Any:
+              show_progress: bool, resume: bool, on_evaluation: EvaluationHook | None) -> Any:
     if stage == "etl":
         assert input_path is not None
         with dask_client(config.cluster, backend):
@@ -79,7 +82,8 @@ def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
     elif stage == "graph":
         result = run_graph(run, config, backend)
     elif stage == "train":
-        result = run_train(run, config, backend, show_progress=show_progress, resume=resume)
+        result = run_train(run, config, backend, show_progress=show_progress, resume=resume,
+                           on_evaluation=on_evaluation)
     elif stage == "evaluate":
         result = run_evaluate(run, config, backend)
     elif stage == "rank":
@@ -91,7 +95,7 @@ def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
     return result
 
 
-STAGE_OUTPUTS = {"etl": ("etl_stats", "edges"), "graph": ("graph",), "train": ("embeddings", "train_summary"),
+STAGE_OUTPUTS = {"etl": ("etl_stats", "edges"), "graph": ("graph",), "train": ("scorer", "train_summary"),
                  "evaluate": ("metrics",), "rank": ("rankings", "rank_stats"), "homepage": ("homepage_stats",)}
 
 
@@ -134,7 +138,8 @@ def _stage_complete(run: RunDir, stage: str, fingerprint: str, recorded: dict[st
 
 
 def run_pipeline(input_path: str, run: RunDir, config: JobConfig, backend: Backend,
-                 show_progress: bool = True, resume: bool = False) -> dict[str, Any]:
+                 show_progress: bool = True, resume: bool = False,
+                 on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
     """All stages in order. With ``resume``, stages whose recorded fingerprint matches are skipped and an
     interrupted training continues from its checkpoints (`gnn.train`)."""
     run.ensure()
@@ -154,7 +159,7 @@ def run_pipeline(input_path: str, run: RunDir, config: JobConfig, backend: Backe
         recorded[stage] = {"fingerprint": fingerprint, "status": "started"}
         write_json(run.stages, recorded)
         run_stage(stage, run, config, backend, input_path if stage == "etl" else None, show_progress,
-                  resume=continue_training)
+                  resume=continue_training, on_evaluation=on_evaluation)
         recorded[stage] = {"fingerprint": fingerprint, "status": "done"}
         write_json(run.stages, recorded)
         upstream_rerun = True

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 import pandas as pd
+
 from homerank.engine.errors import HomerankError
 from homerank.jobs.rundir import RunDir
 

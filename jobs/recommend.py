@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+
 from homerank.engine import schema
 from homerank.engine.encode import decode
 from homerank.gnn.metrics import CSRIndex, top_k

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import markdown
+
 from homerank.jobs import report_plots
 from homerank.jobs.rundir import RunDir, atomic_path, read_json, write_text
 
@@ -186,7 +187,7 @@ def _figure(run: RunDir, name: str, title: str, png: bytes | None) -> list[str]:
     """Save a figure as report/NAME.png and return the Markdown that shows it (nothing if there is no data)."""
     if png is None:
         return []
-    folder = run.root / "report"
+    folder = run.report_figures
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / f"{name}.png") as tmp:
         tmp.write_bytes(png)

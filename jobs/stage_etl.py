@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.encode import encode_edges, fit_index

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pandas as pd
+
 from homerank.engine.backend import Backend
 from homerank.engine.split import SPLIT
 from homerank.gnn.metrics import evaluate_ranking

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.graph import build_graph, degree_histogram, graph_statistics

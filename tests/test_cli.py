@@ -6,6 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
+
 from homerank.jobs.cli import main
 
 
@@ -116,13 +117,13 @@ def test_example_config_is_the_default():
     assert load_config("configs/example.yaml") == JobConfig()
 
 
-@pytest.mark.parametrize("name", ["lightgcn_recipe", "lightgcn_minute"])
-def test_bench_presets_load_and_differ_only_where_documented(name):
-    """The committed presets validate, and share the recipe's model (only budget-related settings differ)."""
+@pytest.mark.parametrize("name", ["recipe", "minute"])
+def test_presets_load_and_differ_only_where_documented(name):
+    """The shipped presets validate, and share the recipe's model (only budget-related settings differ)."""
     from homerank.jobs.config import load_config
 
-    recipe = load_config("bench/configs/lightgcn_recipe.yaml")
-    preset = load_config(f"bench/configs/{name}.yaml")
+    recipe = load_config("preset:recipe")
+    preset = load_config(f"preset:{name}")
     assert preset.ingest.format == "lightgcn" and preset.train.linear_filter.enabled
     for field in ("embedding_dim", "num_layers", "loss", "temperature", "negatives", "lr", "lr_schedule"):
         assert getattr(preset.train, field) == getattr(recipe.train, field), field
@@ -147,3 +148,148 @@ def test_quarantine_gate_stops_before_training(tmp_path):
     gates = json.loads((run / "etl" / "stats.json").read_text())["gates"]
     assert [g["passed"] for g in gates if g["gate"] == "max_quarantined_share"] == [False]
     assert "FAIL" in (run / "report.md").read_text()
+
+
+# --- command-line conventions: --set, --version, presets -------------------------------------------------------
+
+STAGES = ["etl", "graph", "train", "evaluate", "rank", "homepage", "run", "demo"]
+
+
+def stage_args(command, run):
+    """The smallest valid command line of ``command`` into run directory ``run``."""
+    args = [command, "--out", str(run), "--quiet"]
+    if command in ("etl", "run"):
+        args += ["--input", str(run.parent / "no-log-needed")]  # the config is resolved before the input is read
+    return args
+
+
+def assert_one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_set_overrides_the_config_and_a_stage_writes_it_to_the_run(tiny_log, tiny_config, tmp_path):
+    from homerank.jobs.config import load_config
+
+    run = tmp_path / "run"
+    assert main(["etl", "--input", str(tiny_log / "events"), "--out", str(run), "--config", str(tiny_config),
+                 "--seed", "5", "--quiet", "--set", "rank.k=7", "--set", "seed=9",
+                 "--set", "homepage.repeat_purchase_categories=[Books, Pets]"]) == 0
+    written = load_config(run / "config.yaml")
+    assert written.rank.k == 7 and written.homepage.repeat_purchase_categories == ["Books", "Pets"]
+    assert written.seed == 9  # --set is applied after --seed
+    assert written.train.epochs == 4 and written.device == "cpu"  # the rest comes from --config
+    # a later stage given only --set starts from RUN/config.yaml and writes the result back
+    assert main(["graph", "--out", str(run), "--quiet", "--set", "rank.k=8", "--set", "rank.k=11"]) == 0
+    again = load_config(run / "config.yaml")
+    assert again.rank.k == 11 and again.seed == 9 and again.train.epochs == 4  # a repeated key: the last wins
+
+
+@pytest.mark.parametrize("command", STAGES)
+def test_set_with_an_unknown_key_is_a_user_error_on_every_command(command, tmp_path, capsys):
+    assert main([*stage_args(command, tmp_path / "r"), "--set", "train.nope=1"]) == 2
+    assert_one_line_error(capsys, "--set", "train.nope", "unknown key")
+
+
+@pytest.mark.parametrize("option,fragments", [
+    ("train.epochs=-1", ["--set", "train.epochs", "greater than or equal to 1"]),
+    ("rank=3", ["--set", "rank"]),
+    ("foo", ["--set", "'foo'", "section.key=value"]),
+    ("=3", ["--set", "section.key=value"]),
+    ("train.lr=[1", ["--set", "train.lr", "not valid YAML"]),
+    ("nope.k=1", ["--set", "nope.k"]),
+])
+def test_bad_set_option_exits_2_naming_the_key(option, fragments, tmp_path, capsys):
+    assert main([*stage_args("train", tmp_path / "r"), "--set", option]) == 2
+    assert_one_line_error(capsys, *fragments)
+    assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_set_and_a_preset_on_a_single_stage_are_written_before_the_stage_runs(tmp_path, capsys):
+    from homerank.jobs.config import load_config
+
+    run = tmp_path / "r"
+    # no ETL output yet: graph fails, but only after the resolved config was written
+    assert main(["graph", "--out", str(run), "--quiet", "--config", "preset:minute", "--set", "train.epochs=3",
+                 "--device", "cpu"]) == 2
+    assert "etl" in capsys.readouterr().err
+    written = load_config(run / "config.yaml")
+    assert written.train.epochs == 3 and written.ingest.format == "lightgcn" and written.device == "cpu"
+
+
+def test_version(capsys):
+    from homerank import __version__
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip() == f"homerank {__version__}"
+
+
+def test_config_preset_resolves():
+    from homerank.jobs.config import list_presets, load_config, preset_path
+
+    assert load_config("preset:minute").train.epochs == 16
+    assert load_config("preset:recipe").train.epochs == 120
+    assert set(list_presets()) == {"minute", "recipe"}
+    assert all(summary for summary in list_presets().values())  # each file opens with a comment line
+    assert preset_path("minute").name == "minute.yaml"
+
+
+def test_presets_ship_as_package_data(tmp_path):
+    """Found through importlib.resources from any directory, not through the source tree's bench/ folder."""
+    script = "import importlib.resources as r; print(sorted(p.name for p in r.files('homerank.presets').iterdir()))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=60)
+    assert "'minute.yaml'" in result.stdout and "'recipe.yaml'" in result.stdout, result.stderr
+
+
+def test_unknown_preset_exits_2_naming_the_known_ones(tmp_path, capsys):
+    from homerank.engine.errors import HomerankError
+    from homerank.jobs.config import load_config
+
+    assert main([*stage_args("train", tmp_path / "r"), "--config", "preset:nope"]) == 2
+    assert_one_line_error(capsys, "preset:nope", "unknown preset", "preset:minute", "preset:recipe")
+    with pytest.raises(HomerankError, match="preset:minute"):
+        load_config("preset:nope")
+
+
+def test_help_lists_the_presets(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert "preset:minute" in out and "preset:recipe" in out and "--version" in out
+    assert "minute preset for LightGCN-format splits" in out  # the preset's first comment line
+
+
+def test_parse_set_option_reads_values_as_yaml():
+    from homerank.engine.errors import HomerankError
+    from homerank.jobs.config import parse_set_option
+
+    assert parse_set_option("train.epochs=10") == ("train.epochs", 10)
+    assert parse_set_option(" train.lr = 0.5") == ("train.lr", 0.5)
+    assert parse_set_option("ingest.catalogue=") == ("ingest.catalogue", None)
+    assert parse_set_option("homepage.diversity=mmr") == ("homepage.diversity", "mmr")
+    assert parse_set_option("evaluate.ks=[10, 20]") == ("evaluate.ks", [10, 20])
+    assert parse_set_option("cluster.address=tcp://h:1=2") == ("cluster.address", "tcp://h:1=2")
+    with pytest.raises(HomerankError, match="section.key=value"):
+        parse_set_option("train.epochs")
+
+
+def test_apply_dotted_validates_like_the_yaml():
+    from homerank.engine.errors import HomerankError
+    from homerank.jobs.config import JobConfig, apply_dotted
+
+    config = apply_dotted(JobConfig(), {"rank.k": 7, "homepage.mmr_lambda": 0.5}, source="--set")
+    assert config.rank.k == 7 and config.homepage.mmr_lambda == 0.5
+    with pytest.raises(HomerankError, match=r"^--set: train.nope: unknown key$"):
+        apply_dotted(JobConfig(), {"train.nope": 1}, source="--set")
+    with pytest.raises(HomerankError, match=r"^--set: rank.k\b"):
+        apply_dotted(JobConfig(), {"rank.k": 0}, source="--set")
+    with pytest.raises(HomerankError, match="not a config section"):
+        apply_dotted(JobConfig(), {"seed.value": 1}, source="--set")

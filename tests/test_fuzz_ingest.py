@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from homerank.engine import schema
 from homerank.engine.backend import resolve_backend
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
 from homerank.engine.ingest import ingest_events
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 CPU = resolve_backend("cpu")
 OUTCOMES = {"ingested": 0, "user_error": 0}

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
+
 from homerank.engine.backend import resolve_backend
 from homerank.engine.graph import build_graph
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
-from homerank.gnn.scorer import embedding_scorer
 from homerank.gnn.model import LightGCNRecommender
+from homerank.gnn.scorer import embedding_scorer
 
 pytestmark = pytest.mark.gpu
 
@@ -42,6 +43,7 @@ def test_propagation_and_metrics_agree_between_cpu_and_cuda():
 
 def test_randomized_svd_agrees_between_cpu_and_cuda():
     import scipy.sparse
+
     from homerank.gnn.svd import truncated_svd
 
     matrix = scipy.sparse.random(120, 90, density=0.1, random_state=np.random.default_rng(0), format="csr")

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
 from homerank.engine.backend import resolve_backend
 from homerank.engine.graph import build_graph, graph_statistics
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 CPU = resolve_backend("cpu")
 

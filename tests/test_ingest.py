@@ -1,12 +1,13 @@
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from homerank.engine import schema
 from homerank.engine.backend import resolve_backend
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
 from homerank.engine.ingest import discover_files, ingest_events, validate_events
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 CPU = resolve_backend("cpu")
 TYPES = ["view", "click", "cart", "purchase"]

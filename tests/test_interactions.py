@@ -1,9 +1,9 @@
 import math
 
 import pandas as pd
+
 from homerank.engine import schema
 from homerank.engine.interactions import aggregate_edges, weight_events
-
 from tests.conftest import make_events
 
 WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0}

@@ -1,4 +1,5 @@
 import pandas as pd
+
 from homerank.engine import schema
 from homerank.engine.kcore import kcore_filter
 

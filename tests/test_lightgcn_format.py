@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from homerank.engine.backend import resolve_backend
 from homerank.engine.errors import HomerankError
 from homerank.engine.graph import build_graph

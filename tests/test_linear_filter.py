@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from homerank.gnn.linear_filter import LinearFilter
 from homerank.gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking
 from homerank.gnn.scorer import blend_scorers, popularity_prior, standardise

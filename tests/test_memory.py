@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from homerank.engine.errors import HomerankError
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.memory import SAFETY, check_training_memory, estimate_training_memory

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking, hits_matrix, metrics_from_hits, top_k
 from homerank.gnn.scorer import popularity_scorer
 
@@ -56,6 +57,7 @@ def test_csr_pairs_expand_rows():
 
 def test_page_quality_by_hand():
     import pandas as pd
+
     from homerank.jobs.page_quality import gini, intra_list_diversity
 
     assert gini(np.array([1, 1, 1, 1])) == pytest.approx(0.0)

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from torch_geometric.nn.models import LightGCN
+
 from homerank.engine.backend import resolve_backend
 from homerank.engine.graph import build_graph
 from homerank.gnn.losses import bpr_loss, sampled_softmax_loss
 from homerank.gnn.model import LightGCNRecommender
-from torch_geometric.nn.models import LightGCN
 
 
 def test_sparse_csr_path_equals_pyg_message_passing():

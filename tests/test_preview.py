@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from homerank.jobs.cli import main
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -38,7 +39,7 @@ def test_preview_renders_rows_and_cards_in_headless_chromium(homepage_run, tmp_p
     user = page["user_id"].iloc[0]
     expected = page[page["user_id"] == user]
     out = tmp_path / "page.html"
-    assert main(["preview", "--run", str(run), "--user", str(user), "--out", str(out)]) == 0
+    assert main(["preview", "--out", str(run), "--user", str(user), "--html", str(out)]) == 0
     browser = chromium()
     profile = tmp_path / "profile"
     dom = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", out.as_uri()],
@@ -56,8 +57,48 @@ def test_preview_renders_rows_and_cards_in_headless_chromium(homepage_run, tmp_p
 
 def test_preview_of_unknown_user_is_a_user_error(homepage_run, capsys):
     run, _ = homepage_run
-    assert main(["preview", "--run", str(run), "--user", "no-such-user"]) == 2
+    assert main(["preview", "--out", str(run), "--user", "no-such-user"]) == 2
     assert "no-such-user" in capsys.readouterr().err
+
+
+def first_user(run: Path) -> str:
+    return str(pd.read_parquet(run / "homepage")["user_id"].iloc[0])
+
+
+def test_preview_writes_to_the_run_directory_by_default(homepage_run, tmp_path, capsys):
+    """``--out`` is the run directory, as in every other command; the page goes to RUN/preview/USER.html."""
+    source, _ = homepage_run
+    run = tmp_path / "run"  # a copy: the shared run directory stays as the pipeline left it
+    shutil.copytree(source / "homepage", run / "homepage")
+    shutil.copytree(source / "etl", run / "etl", ignore=shutil.ignore_patterns("*edges*", "*interactions*"))
+    user = first_user(run)
+    assert main(["preview", "--out", str(run), "--user", user]) == 0
+    page = run / "preview" / f"{user}.html"
+    assert page.exists() and str(page) in capsys.readouterr().out
+    assert "<section" in page.read_text()
+
+
+def test_deprecated_run_flag_still_works_with_a_warning(homepage_run, tmp_path, capsys):
+    """Old scripts: ``--run RUN --out FILE`` (``--out`` was then the HTML file)."""
+    run, _ = homepage_run
+    out = tmp_path / "old.html"
+    assert main(["preview", "--run", str(run), "--user", first_user(run), "--out", str(out)]) == 0
+    assert out.exists() and "<section" in out.read_text()
+    assert "deprecated" in capsys.readouterr().out  # the log warning (rich prints to stdout)
+    with pytest.raises(SystemExit):
+        main(["preview", "--help"])
+    shown = capsys.readouterr().out
+    assert "--html" in shown and "--run" not in shown  # the alias is hidden from --help
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--user", "u"], "--out RUN is required"),
+    (["--run", "r", "--out", "r", "--html", "f.html", "--user", "u"], "--run is a deprecated alias of --out"),
+])
+def test_preview_flag_mistakes_are_user_errors(args, fragment, capsys):
+    assert main(["preview", *args]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

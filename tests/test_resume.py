@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+
 from homerank.jobs.cli import main
 
 CONFIG = """

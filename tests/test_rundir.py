@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
+
 from homerank.engine.errors import HomerankError
-from homerank.jobs.rundir import MANIFEST, atomic_path, verify_dataset, write_parquet_dataset
+from homerank.jobs.rundir import MANIFEST, SUCCESS, atomic_path, verify_dataset, write_parquet_dataset
 
 
 def test_dataset_manifest_counts_rows_and_detects_tampering(tmp_path):
@@ -32,3 +33,15 @@ def test_missing_manifest_is_incomplete(tmp_path):
     (tmp_path / "partial").mkdir()
     with pytest.raises(HomerankError, match="incomplete"):
         verify_dataset(tmp_path / "partial")
+
+
+def test_dataset_has_an_empty_success_marker_beside_its_manifest(tmp_path):
+    """``_SUCCESS`` is what Spark, Hadoop and Airflow sensors wait for; readers skip it like the manifest."""
+    frame = pd.DataFrame({"a": [1, 2, 3]})
+    write_parquet_dataset(tmp_path / "rankings", frame)
+    assert SUCCESS == "_SUCCESS" and (tmp_path / "rankings" / SUCCESS).stat().st_size == 0
+    assert (tmp_path / "rankings" / MANIFEST).exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "rankings"), frame)
+    (tmp_path / "rankings" / SUCCESS).unlink()
+    with pytest.raises(HomerankError, match="_SUCCESS marker"):
+        verify_dataset(tmp_path / "rankings")

@@ -1,8 +1,9 @@
 import torch
-from homerank.gnn.keys import pair_keys
-from homerank.gnn.sampling import is_positive, sample_negatives
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from homerank.gnn.keys import pair_keys
+from homerank.gnn.sampling import is_positive, sample_negatives
 
 
 @settings(max_examples=50, deadline=None)

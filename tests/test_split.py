@@ -1,11 +1,11 @@
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from homerank.engine import schema
 from homerank.engine.config import SplitConfig
 from homerank.engine.interactions import aggregate_edges, weight_events
 from homerank.engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import make_events
 
 

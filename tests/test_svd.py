@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import scipy.sparse
+
 from homerank.gnn.svd import truncated_svd
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse
 import torch
+
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
 from homerank.gnn.scorer import embedding_scorer
 

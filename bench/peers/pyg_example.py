@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch_geometric.nn import LightGCN
+
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
 from homerank.gnn.scorer import embedding_scorer
-from torch_geometric.nn import LightGCN
 
 
 def run_pyg_example(
