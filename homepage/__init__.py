@@ -1,1 +1,15 @@
-"""homepage: model scores, the catalogue and recent behaviour -> one personalised page of sections per user."""
+"""homepage: model scores, the catalogue and recent behaviour -> one personalised page of sections per user.
+
+    catalogue      item facts by catalogue position (category, stock, price band, trending, popularity) and
+                   inductive vectors for items the model never saw
+    signals        page-wide facts computed once: model candidates, item neighbours, trending per category,
+                   new arrivals, each user's purchases and top category
+    sections       one function per section kind (a user's candidate sources) and the registry SECTION_KINDS
+                   (which kinds skip the category cap, which may show purchases)
+    merchandising  boosts and pins read from a file a merchandising team edits
+    rows           PageBuilder: fills a row under the page rules, the category cap or MMR, boosts and pins
+    rules          the page-rule check over every page after building
+    quality        page-quality metrics next to a plain top-K baseline, and the for_you row's accuracy
+    export         the page frame as one JSON object per user
+    build          build_pages: frames and arrays in, the page frame and its stats out
+"""

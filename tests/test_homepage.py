@@ -1,10 +1,29 @@
-"""The homepage rules, asserted over every user of an end-to-end run on a tiny synthetic log."""
+"""The homepage rules, asserted over every user of an end-to-end run on a tiny synthetic log; then the section
+functions, the section registry, the row builder and build_pages (frames in, no run directory) by hand."""
 
 import json
+from typing import get_args
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+
+from homerank.homepage.build import build_pages
+from homerank.homepage.catalogue import Catalogue
+from homerank.homepage.rows import PageBuilder
+from homerank.homepage.sections import (
+    PURCHASE_KINDS,
+    SECTION_KINDS,
+    UNCAPPED_KINDS,
+    because_you_viewed,
+    buy_again,
+    for_you,
+    new_arrivals,
+    trending_in_category,
+)
+from homerank.homepage.signals import PageSignals, top_categories
+from homerank.jobs.config import HomepageConfig, SectionConfig, SectionKind
 
 
 @pytest.mark.slow
@@ -72,3 +91,147 @@ def test_cold_users_new_items_and_outputs(homepage_run):
         assert 0 <= quality[side]["coverage"] <= 1 and 0 <= quality[side]["gini"] <= 1
     assert quality["homepage"]["cold_share"] > 0 and "recall@10" in quality["for_you_accuracy"]
     assert np.isfinite(quality["homepage"]["novelty_bits"])
+
+
+def _catalogue() -> Catalogue:
+    """Five items at positions 0..4; item 13 is unknown to the model."""
+    return Catalogue(
+        item_ids=np.array([10, 11, 12, 13, 14]), category=np.array(["A", "A", "B", "B", "C"]),
+        title=np.array(["t10", "t11", "t12", "t13", "t14"]), in_stock=np.array([True, True, True, True, True]),
+        created_at=np.array(["2026-01-01"] * 5, dtype="datetime64[ns]"), price_band=np.array([0, 1, 2, 3, 0]),
+        model_index=np.array([0, 1, 2, -1, 3]), trending=np.array([0.5, 2.0, 1.0, 0.0, 3.0]),
+        popularity=np.array([3.0, 1.0, 2.0, 0.0, 5.0]))
+
+
+def _signals(new_positions: list[int] | None = None) -> PageSignals:
+    """User "u" has a model row, user "c" is cold."""
+    catalogue = _catalogue()
+    new = np.array([3, 4] if new_positions is None else new_positions, dtype=np.int64)
+    return PageSignals(
+        catalogue=catalogue, model_row={"u": 0},
+        candidate_positions=np.array([[2, 0, 1]]), candidate_scores=np.array([[0.9, 0.5, 0.1]]),
+        by_popularity=np.argsort(-catalogue.popularity, kind="stable"),
+        last_viewed=pd.Series({"u": 2}), neighbours={2: (np.array([0, 4]), np.array([0.8, 0.3]))},
+        trending_by_category={"A": np.array([1, 0]), "B": np.array([2, 3]), "C": np.array([4])},
+        top_category=pd.Series({"u": "B"}), global_category="C",
+        new_positions=new, new_scores=np.array([[0.2, 0.7]])[:, : new.size],
+        new_reason=np.array(["new_arrival:cold_start_category_price_band", "new_arrival:model_score"])[: new.size],
+        purchases=pd.DataFrame({"user_id": ["u"], "item_id": [10]}), purchased={"u": {0}},
+        buy_again={"u": np.array([0])})
+
+
+def _plain_sources(row):
+    return [(positions.tolist(), np.round(scores, 6).tolist(), reasons) for positions, scores, reasons in row.sources]
+
+
+def test_registry_covers_every_configurable_kind_and_states_the_exemptions_once():
+    assert set(SECTION_KINDS) == set(get_args(SectionKind))
+    assert UNCAPPED_KINDS == ("trending_in_category", "buy_again")
+    assert PURCHASE_KINDS == ("buy_again",)
+
+
+def test_for_you_is_the_model_ranking_then_popularity():
+    signals = _signals()
+    assert _plain_sources(for_you("u", signals)) == [
+        ([2, 0, 1], [0.9, 0.5, 0.1], "for_you:model_score"),
+        ([4, 0, 2, 1, 3], [5.0, 3.0, 2.0, 1.0, 0.0], "for_you:fallback_popularity")]
+    assert _plain_sources(for_you("c", signals)) == [
+        ([4, 0, 2, 1, 3], [5.0, 3.0, 2.0, 1.0, 0.0], "for_you:fallback_popularity")]
+
+
+def test_because_you_viewed_uses_the_last_viewed_items_neighbours():
+    row = because_you_viewed("u", _signals())
+    assert _plain_sources(row) == [([0, 4], [0.8, 0.3], "because_you_viewed:similar_to:12")]
+    assert row.title_values == {"item_title": "t12"}
+    assert because_you_viewed("c", _signals()) is None  # nothing viewed: no row at all
+
+
+def test_trending_in_category_uses_the_users_top_category_else_the_global_one():
+    warm, cold = trending_in_category("u", _signals()), trending_in_category("c", _signals())
+    assert _plain_sources(warm) == [([2, 3], [1.0, 0.0], "trending_in_category:user_top_category:B")]
+    assert warm.title_values == {"category": "B"}
+    assert _plain_sources(cold) == [([4], [3.0], "trending_in_category:fallback_global:C")]
+
+
+def test_new_arrivals_by_the_users_score_else_by_trending():
+    signals = _signals()
+    assert _plain_sources(new_arrivals("u", signals)) == [
+        ([4, 3], [0.7, 0.2], ["new_arrival:model_score", "new_arrival:cold_start_category_price_band"])]
+    assert _plain_sources(new_arrivals("c", signals)) == [([4, 3], [3.0, 0.0], "new_arrival:fallback_trending")]
+    assert new_arrivals("u", _signals(new_positions=[])) is None
+
+
+def test_buy_again_only_for_users_who_bought_in_repeat_categories():
+    assert _plain_sources(buy_again("u", _signals())) == [([0], [0.0], "buy_again:purchased_before")]
+    assert buy_again("c", _signals()) is None
+
+
+def test_top_category_breaks_ties_alphabetically():
+    interactions = pd.DataFrame({"user_id": ["u", "u", "u", "v"], "pos": [4, 2, 0, 1], "weight": [2.0, 1.0, 1.0, 1.0]})
+    assert top_categories(interactions, _catalogue()).to_dict() == {"u": "C", "v": "A"}
+    interactions.loc[0, "weight"] = 1.0  # u: A, B and C tie at 1.0
+    assert top_categories(interactions, _catalogue()).to_dict() == {"u": "A", "v": "A"}
+
+
+def test_the_builder_reads_the_cap_and_purchase_exemptions_from_the_registry():
+    sections = {kind: SectionConfig(kind=kind, title=kind, slots=3) for kind in SECTION_KINDS}
+    settings = HomepageConfig(sections=list(sections.values()), max_per_category=1)
+    builder = PageBuilder(_catalogue(), settings, np.eye(5))
+    used: set[int] = set()
+    purchased = {2}
+    # for_you is capped: 1 (A) after 0 (A) is skipped; 2 was bought
+    builder.fill("u", sections["for_you"], "F", [(np.array([0, 1, 2, 4]), np.ones(4), "r")], used, purchased)
+    # trending is exempt from the cap: 1 and 3 fill after 0 and 4 are taken; 2 was bought
+    builder.fill("u", sections["trending_in_category"], "T", [(np.array([0, 1, 2, 3]), np.ones(4), "t")], used,
+                 purchased)
+    # buy_again may show the bought item 2
+    builder.fill("u", sections["buy_again"], "B", [(np.array([2]), np.zeros(1), "b")], used, purchased)
+    assert [(row[1], row[3], row[4]) for row in builder.rows] == [
+        ("for_you", 1, 10), ("for_you", 2, 14), ("trending_in_category", 1, 11), ("trending_in_category", 2, 13),
+        ("buy_again", 1, 12)]
+
+
+def test_build_pages_from_frames_without_a_run_directory():
+    now = pd.Timestamp("2026-03-10")
+    day = pd.Timedelta(days=1)
+    catalogue = pd.DataFrame({
+        "item_id": [10, 11, 12, 13, 14], "category": ["A", "A", "B", "B", "Coffee"],
+        "title": ["t10", "t11", "t12", "t13", "t14"], "price": [1.0, 2.0, 3.0, 4.0, 5.0],
+        "created_at": [now - 400 * day, now - 400 * day, now - 400 * day, now - day, now - 400 * day],
+        "in_stock": [True, True, True, True, True]})
+    # u viewed 10, then 12 (newest), and bought 14; v viewed 11 and 12; c (no model row) viewed 11
+    interactions = pd.DataFrame({
+        "user_id": ["u", "u", "u", "v", "v", "c"], "item_id": [10, 14, 12, 11, 12, 11],
+        "weight": [1.0, 3.0, 1.0, 1.0, 1.0, 1.0],
+        "first_ts": [now - 3 * day, now - 2 * day, now - day / 2, now - 2 * day, now - day, now - day],
+        "last_ts": [now - 3 * day, now - 2 * day, now - day / 2, now - 2 * day, now - day, now - day],
+        "n_view": [1, 0, 1, 1, 1, 1], "n_purchase": [0, 1, 0, 0, 0, 0]})
+    item_index = pd.DataFrame({"item_id": [10, 11, 12, 14], "item_index": [0, 1, 2, 3]})
+    user_index = pd.DataFrame({"user_id": ["u", "v"], "user_index": [0, 1]})
+    edges = interactions[interactions["user_id"] != "c"].merge(user_index).merge(item_index).assign(split="train")
+    settings = HomepageConfig(max_per_category=1, repeat_purchase_categories=["Coffee"], new_arrival_days=7)
+    generator = torch.Generator().manual_seed(0)
+    user_embeddings, item_embeddings = torch.randn(2, 4, generator=generator), torch.randn(4, 4, generator=generator)
+    # the model's candidates (model item index): u ranks 14, 10, 11, 12; v ranks 12, 11, 10, 14
+    candidates = np.array([[3, 0, 1, 2], [2, 1, 0, 3]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6]])
+    homepage = build_pages(candidates, scores, item_embeddings, user_embeddings, interactions, edges, user_index,
+                           item_index, catalogue, now, settings)
+    page = homepage.page
+    assert list(page.columns) == ["user_id", "section", "section_title", "slot", "item_id", "score", "reason"]
+    assert page["user_id"].drop_duplicates().tolist() == ["c", "u", "v"]
+    rows = {(user, section): rows for (user, section), rows in page.groupby(["user_id", "section"], sort=False)}
+    # u: 14 was bought, 11 is a second A under the cap; the popularity fallback has nothing new to add
+    assert rows["u", "for_you"]["item_id"].tolist() == [10, 12]
+    assert (rows["u", "for_you"]["reason"] == "for_you:model_score").all()
+    # u's last view is 12; of its neighbours only 11 is left (10 is on the page, 14 was bought)
+    assert rows["u", "because_you_viewed"]["item_id"].tolist() == [11]
+    assert rows["u", "because_you_viewed"]["section_title"].tolist() == ["Because you viewed t12"]
+    assert rows["u", "because_you_viewed"]["reason"].tolist() == ["because_you_viewed:similar_to:12"]
+    # 13 is a new arrival the model never saw: scored inductively for u, by trending for the cold user c
+    assert rows["u", "new_arrivals"]["reason"].tolist() == ["new_arrival:cold_start_category_price_band"]
+    assert rows["c", "new_arrivals"]["reason"].tolist() == ["new_arrival:fallback_trending"]
+    assert rows["u", "buy_again"]["item_id"].tolist() == [14]
+    assert (rows["c", "for_you"]["reason"] == "for_you:fallback_popularity").all()
+    assert homepage.stats["cold_users"] == 1 and homepage.stats["rule_check"]["passed"]
+    assert homepage.stats["users"] == 3 and homepage.stats["rows"] == len(page)

@@ -6,8 +6,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+
 from homerank.engine.errors import HomerankError
-from homerank.jobs.merchandising import load_merchandising
+from homerank.homepage.merchandising import load_merchandising
+from homerank.jobs.artifacts import load_embeddings
+from homerank.jobs.rundir import RunDir
 
 ITEMS = np.array([10, 11, 12, 13])
 CATEGORIES = np.array(["Shoes", "Shoes", "Books", "Toys"])
@@ -127,7 +130,7 @@ def test_pins_boosts_and_mmr_over_every_page(homepage_run, tmp_path):
     lifted = after_for_you[after_for_you["reason"].str.contains(";boost:+3", regex=False)]
     assert len(lifted) > 0 and (catalogue.loc[lifted["item_id"], "category"] == boosted).all()
     # MMR with a low lambda makes rows less self-similar than the capped baseline (learned item vectors)
-    embeddings = __import__("torch").load(run / "train" / "embeddings.pt")["items"].numpy()
+    embeddings = load_embeddings(RunDir(run))[1].numpy()  # the item embeddings of the run's scorer
     index = pd.read_parquet(run / "item_index.parquet").sort_values("item_index")
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     vectors = dict(zip(index["item_id"], unit, strict=True))

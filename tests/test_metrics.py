@@ -58,7 +58,7 @@ def test_csr_pairs_expand_rows():
 def test_page_quality_by_hand():
     import pandas as pd
 
-    from homerank.jobs.page_quality import gini, intra_list_diversity
+    from homerank.homepage.quality import gini, intra_list_diversity
 
     assert gini(np.array([1, 1, 1, 1])) == pytest.approx(0.0)
     assert gini(np.array([0, 0, 0, 4])) == pytest.approx(0.75)  # (n - 1) / n for one item taking all

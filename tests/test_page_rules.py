@@ -2,8 +2,9 @@
 
 import numpy as np
 import pandas as pd
+
+from homerank.homepage.rules import check_page_rules
 from homerank.jobs.config import HomepageConfig, SectionConfig
-from homerank.jobs.page_rules import check_page_rules
 
 SETTINGS = HomepageConfig(sections=[SectionConfig(kind="for_you", title="For you", slots=3),
                                     SectionConfig(kind="buy_again", title="Buy again", slots=2)],

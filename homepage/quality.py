@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from homerank.engine import schema
 from homerank.engine.split import SPLIT
 
@@ -57,9 +58,13 @@ def list_metrics(pages: pd.DataFrame, item_ids: np.ndarray, category: np.ndarray
     }
 
 
-def for_you_accuracy(page: pd.DataFrame, edges: pd.DataFrame, user_index: pd.DataFrame,
-                     item_index: pd.DataFrame) -> dict[str, float]:
-    """Recall and NDCG of the for_you row (at its own length) against the test items (LightGCN protocol)."""
+def for_you_accuracy(page: pd.DataFrame, edges: pd.DataFrame) -> dict[str, float]:
+    """Recall and NDCG of the for_you row (at its own length L, its largest slot) against the test items
+    (LightGCN protocol), averaged over users with test items T_u and a for_you row r_1..r_L:
+
+        recall@L = |{s : r_s in T_u}| / |T_u|
+        ndcg@L   = sum_{s : r_s in T_u} 1 / log2(s + 1)  /  sum_{s=1}^{min(|T_u|, L)} 1 / log2(s + 1)
+    """
     test = edges[edges[SPLIT] == "test"][[schema.USER, schema.ITEM]].assign(relevant=True)
     row = page[page["section"] == "for_you"][["user_id", "slot", "item_id"]]
     if row.empty or test.empty:
@@ -76,11 +81,12 @@ def for_you_accuracy(page: pd.DataFrame, edges: pd.DataFrame, user_index: pd.Dat
 
 
 def page_quality(page: pd.DataFrame, rankings: pd.DataFrame | None, item_ids: np.ndarray, category: np.ndarray,
-                 popularity: np.ndarray, model_index: np.ndarray, edges: pd.DataFrame, user_index: pd.DataFrame,
-                 item_index: pd.DataFrame) -> dict[str, Any]:
+                 popularity: np.ndarray, model_index: np.ndarray, edges: pd.DataFrame) -> dict[str, Any]:
+    """The list metrics of the homepage (and of ``rankings``, the plain top-K baseline, when given) and the
+    for_you row's accuracy. Catalogue arrays are aligned by position, each of shape (C,)."""
     num_users = int(page["user_id"].nunique())
     out: dict[str, Any] = {"homepage": list_metrics(page, item_ids, category, popularity, model_index, num_users)}
     if rankings is not None:
         out["top_k_baseline"] = list_metrics(rankings, item_ids, category, popularity, model_index, num_users)
-    out["for_you_accuracy"] = for_you_accuracy(page, edges, user_index, item_index)
+    out["for_you_accuracy"] = for_you_accuracy(page, edges)
     return out

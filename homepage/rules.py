@@ -3,10 +3,12 @@ them on its whole output, not on one example. Each rule counts the slots (or row
 
     once_per_page      an item appears more than once on a user's page
     out_of_stock       an out-of-stock item is shown
-    purchased          an item the user bought is shown outside ``buy_again``
+    purchased          an item the user bought is shown in a row that may not show purchases (all but
+                       ``buy_again``; see ``SECTION_KINDS``)
     category_cap       more than ``max_per_category`` items of one category in a row (category_cap diversity;
-                       trending and buy_again rows are one category or the user's own history by design; pinned
-                       slots are the merchandiser's decision)
+                       the kinds the registry exempts from the cap -- trending and buy_again rows, one category
+                       or the user's own history by design -- and pinned slots, the merchandiser's decision,
+                       are not counted)
     slots              a row's slots are not 1..n, or n exceeds the section's configured slots
     empty_reason       a slot without a reason
     empty_page         a user with history but no page
@@ -18,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from homerank.jobs.config import HomepageConfig
 
-UNCAPPED_SECTIONS = ("trending_in_category", "buy_again")
+from homerank.homepage.sections import PURCHASE_KINDS, UNCAPPED_KINDS
+from homerank.jobs.config import HomepageConfig
 
 
 def check_page_rules(page: pd.DataFrame, in_stock: pd.Series, category: pd.Series, purchases: pd.DataFrame,
@@ -31,9 +33,9 @@ def check_page_rules(page: pd.DataFrame, in_stock: pd.Series, category: pd.Serie
     violations["once_per_page"] = int(page.duplicated(["user_id", "item_id"]).sum())
     violations["out_of_stock"] = int((~page["item_id"].map(in_stock).fillna(False).astype(bool)).sum())
     clash = page.merge(purchases[["user_id", "item_id"]].drop_duplicates(), on=["user_id", "item_id"])
-    violations["purchased"] = int((clash["section"] != "buy_again").sum())
+    violations["purchased"] = int((~clash["section"].isin(PURCHASE_KINDS)).sum())
     if settings.diversity == "category_cap":
-        capped = page[~page["section"].isin(UNCAPPED_SECTIONS) & ~page["reason"].str.startswith("pin:")]
+        capped = page[~page["section"].isin(UNCAPPED_KINDS) & ~page["reason"].str.startswith("pin:")]
         per_category = capped.assign(category=capped["item_id"].map(category)).groupby(
             ["user_id", "section", "category"]).size()
         violations["category_cap"] = int((per_category > settings.max_per_category).sum())

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from homerank.engine.errors import HomerankError
 
 RULES = ("boost", "pin")

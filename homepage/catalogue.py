@@ -1,0 +1,98 @@
+"""The catalogue as the homepage sees it: one row of facts per item (catalogue items and every item in the
+log), and an item vector for every one of them, inductive for items the model never saw.
+
+Trending is a recency-weighted interaction count over the last ``trending_window_days``:
+
+    trending_i = sum over interactions (u, i) with last_ts >= t_ref - window of 0.5 ** (age_days / half_life)
+
+where ``age_days = (t_ref - last_ts) / 86400 s``; popularity is the number of training users of the item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from homerank.engine import schema
+from homerank.engine.interactions import half_life_decay
+from homerank.engine.split import SPLIT
+from homerank.jobs.config import HomepageConfig
+
+
+@dataclass
+class Catalogue:
+    """Item facts by catalogue position: every array has shape (C,), sorted by item id."""
+
+    item_ids: np.ndarray
+    category: np.ndarray
+    title: np.ndarray
+    in_stock: np.ndarray
+    created_at: np.ndarray
+    price_band: np.ndarray
+    model_index: np.ndarray  # item_index in the model, -1 for items it never saw
+    trending: np.ndarray  # recency-weighted interaction count
+    popularity: np.ndarray  # distinct users in training
+
+    def position(self) -> dict[Any, int]:
+        """Item id -> catalogue position."""
+        return {item: i for i, item in enumerate(self.item_ids.tolist())}
+
+
+def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item_index: pd.DataFrame,
+                    edges: pd.DataFrame, reference_time: pd.Timestamp, settings: HomepageConfig) -> Catalogue:
+    """Merge the catalogue frame (``items``: item_id plus any of category, title, in_stock, created_at, price;
+    None when the run has no catalogue) with the items of ``interactions``. Missing facts get defaults: category
+    "Other", the id as title, no creation time, in stock only when the frame has no in_stock column at all;
+    the price band is the price quartile 0..3 (-1 without a price, 0 for all when fewer than 4 items have one).
+    ``reference_time`` is the newest event of the log, the "now" of trending."""
+    if items is None:
+        items = pd.DataFrame({schema.ITEM: interactions[schema.ITEM].unique()})
+    seen = pd.DataFrame({schema.ITEM: interactions[schema.ITEM].unique()})
+    items = items.drop_duplicates(schema.ITEM).merge(seen, on=schema.ITEM, how="outer")
+    items["category"] = items.get("category", pd.Series(index=items.index, dtype=object)).fillna("Other")
+    titles = items.get("title", pd.Series(index=items.index, dtype=object))
+    items["title"] = titles.fillna(items[schema.ITEM].astype(str))
+    items["in_stock"] = items.get("in_stock", pd.Series(True, index=items.index)).fillna(False).astype(bool)
+    created = pd.to_datetime(items.get("created_at", pd.Series(pd.NaT, index=items.index)), errors="coerce")
+    items["created_at"] = created.astype("datetime64[ns]")
+    price = pd.to_numeric(items.get("price", pd.Series(np.nan, index=items.index)), errors="coerce")
+    items["price_band"] = pd.qcut(price.rank(method="first"), 4, labels=False) if price.notna().sum() >= 4 else 0
+    items["price_band"] = items["price_band"].fillna(-1).astype(int)
+    items = items.merge(item_index, on=schema.ITEM, how="left")
+    window = pd.Timedelta(days=settings.trending_window_days)
+    recent = interactions[interactions[schema.LAST_TS] >= reference_time - window]
+    decay = half_life_decay(reference_time, recent[schema.LAST_TS], settings.trending_half_life_days)
+    trend = decay.groupby(recent[schema.ITEM]).sum()
+    train = edges[edges[SPLIT] == "train"]
+    popularity = train.groupby(schema.ITEM_INDEX).size()
+    items = items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
+    model_index = items[schema.ITEM_INDEX].fillna(-1).astype(np.int64).to_numpy()
+    return Catalogue(
+        item_ids=items[schema.ITEM].to_numpy(), category=items["category"].astype(str).to_numpy(),
+        title=items["title"].astype(str).to_numpy(), in_stock=items["in_stock"].to_numpy(),
+        created_at=items["created_at"].to_numpy(), price_band=items["price_band"].to_numpy(),
+        model_index=model_index,
+        trending=items[schema.ITEM].map(trend).fillna(0.0).to_numpy(dtype=np.float64),
+        popularity=np.where(model_index >= 0, pd.Series(model_index).map(popularity).fillna(0).to_numpy(), 0.0),
+    )
+
+
+def inductive_item_vectors(catalogue: Catalogue, item_embeddings: torch.Tensor) -> torch.Tensor:
+    """Embeddings for every catalogue item, shape (C, d) from ``item_embeddings`` (num_items, d): the model's
+    where it has one, else the mean of the model items of the same (category, price band), else of the
+    category, else of all model items."""
+    vectors = torch.zeros(len(catalogue.item_ids), item_embeddings.shape[1])
+    known = catalogue.model_index >= 0
+    vectors[torch.from_numpy(known)] = item_embeddings[torch.from_numpy(catalogue.model_index[known])]
+    frame = pd.DataFrame({"category": catalogue.category, "band": catalogue.price_band, "known": known})
+    global_mean = item_embeddings.mean(0)
+    for position in np.flatnonzero(~known):
+        same = frame["known"] & (frame["category"] == catalogue.category[position])
+        tight = same & (frame["band"] == catalogue.price_band[position])
+        group = np.flatnonzero(tight if tight.any() else same)
+        vectors[position] = vectors[torch.from_numpy(group)].mean(0) if group.size else global_mean
+    return vectors

@@ -1,0 +1,116 @@
+"""The section kinds: one function per kind returns the candidate sources for one user's row, and one registry,
+``SECTION_KINDS``, states once how the page treats each kind (the row builder and the page-rule check both
+read it).
+
+    for_you               the model's ranking, then items by training popularity (cold users get only those)
+    because_you_viewed    items closest in item-embedding cosine to the user's most recently viewed item
+    trending_in_category  recency-weighted interaction counts in the user's top category (else the top
+                          category of the whole log); exempt from the category cap: the row is one category
+    new_arrivals          items created in the last N days, by the user's score (trending for cold users)
+    buy_again             items bought before in repeat-purchase categories, newest first; exempt from the
+                          category cap, and the only row that may show items the user bought
+
+A source is ``(positions, scores, reasons)``: catalogue positions in the order the row should take them,
+their scores, and one reason for all of them or one per position. A function returns None when the user
+gets no such row at all (no viewed item the model knows, no new arrivals, nothing to buy again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from homerank.homepage.signals import PageSignals
+from homerank.jobs.config import SectionConfig
+
+Source = tuple[np.ndarray, np.ndarray, list[str] | str]
+
+
+@dataclass(frozen=True)
+class RowCandidates:
+    """One user's candidates for one row: sources in order, and the values for the title template."""
+
+    sources: list[Source]
+    title_values: dict[str, str] = field(default_factory=dict)
+
+
+def for_you(user: Any, signals: PageSignals) -> RowCandidates:
+    row = signals.model_row.get(user)
+    sources: list[Source] = []
+    if row is not None:
+        sources.append((signals.candidate_positions[row], signals.candidate_scores[row], "for_you:model_score"))
+    by_popularity = signals.by_popularity
+    sources.append((by_popularity, signals.catalogue.popularity[by_popularity], "for_you:fallback_popularity"))
+    return RowCandidates(sources)
+
+
+def because_you_viewed(user: Any, signals: PageSignals) -> RowCandidates | None:
+    anchor = signals.last_viewed.get(user)
+    if anchor is None or anchor not in signals.neighbours:
+        return None
+    positions, cosines = signals.neighbours[anchor]
+    catalogue = signals.catalogue
+    reason = f"because_you_viewed:similar_to:{catalogue.item_ids[anchor]}"
+    return RowCandidates([(positions, cosines, reason)], {"item_title": catalogue.title[anchor]})
+
+
+def trending_in_category(user: Any, signals: PageSignals) -> RowCandidates:
+    known = user in signals.top_category.index
+    category = signals.top_category.get(user, signals.global_category)
+    reason = "trending_in_category:user_top_category" if known else "trending_in_category:fallback_global"
+    ordered = signals.trending_by_category[category]
+    return RowCandidates([(ordered, signals.catalogue.trending[ordered], f"{reason}:{category}")],
+                         {"category": category})
+
+
+def new_arrivals(user: Any, signals: PageSignals) -> RowCandidates | None:
+    positions = signals.new_positions
+    if not positions.size:
+        return None
+    row = signals.model_row.get(user)
+    if row is not None:
+        scores = signals.new_scores[row]
+        order = np.argsort(-scores, kind="stable")
+        return RowCandidates([(positions[order], scores[order], list(signals.new_reason[order]))])
+    trending = signals.catalogue.trending[positions]
+    order = np.argsort(-trending, kind="stable")
+    return RowCandidates([(positions[order], trending[order], "new_arrival:fallback_trending")])
+
+
+def buy_again(user: Any, signals: PageSignals) -> RowCandidates | None:
+    positions = signals.buy_again.get(user)
+    if positions is None:
+        return None
+    return RowCandidates([(positions, np.zeros(positions.size), "buy_again:purchased_before")])
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """How the page treats one kind of row. ``category_cap`` False exempts the row from per-row diversity
+    (the category cap, or MMR); ``shows_purchased`` lets the row show items the user bought."""
+
+    candidates: Callable[[Any, PageSignals], RowCandidates | None]
+    category_cap: bool = True
+    shows_purchased: bool = False
+
+
+SECTION_KINDS: dict[str, SectionSpec] = {
+    "for_you": SectionSpec(for_you),
+    "because_you_viewed": SectionSpec(because_you_viewed),
+    "trending_in_category": SectionSpec(trending_in_category, category_cap=False),  # one category by definition
+    "new_arrivals": SectionSpec(new_arrivals),
+    "buy_again": SectionSpec(buy_again, category_cap=False, shows_purchased=True),  # the user's own history
+}
+UNCAPPED_KINDS = tuple(kind for kind, spec in SECTION_KINDS.items() if not spec.category_cap)
+PURCHASE_KINDS = tuple(kind for kind, spec in SECTION_KINDS.items() if spec.shows_purchased)
+
+
+def section_title(section: SectionConfig, values: dict[str, str]) -> str:
+    """The section's title template filled with ``values``; a template naming an unknown field stays as is."""
+    try:
+        return section.title.format(**values)
+    except (KeyError, IndexError):
+        return section.title

@@ -1,0 +1,135 @@
+"""The page-wide facts the section functions read, computed once for all users: the model's candidates as
+catalogue positions, the item neighbours of each user's last viewed item, trending items per category, new
+arrivals with every user's score, and each user's purchases and top category.
+
+Neighbours are by cosine of the learned item embeddings, cos(e_a, e_j) = e_a . e_j / (|e_a| |e_j|), the anchor
+itself excluded. A new arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector.
+A user's top category maximises the summed interaction weight, ties to the alphabetically first category.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from homerank.engine import schema
+from homerank.homepage.catalogue import Catalogue
+from homerank.jobs.config import HomepageConfig
+
+POSITION = "pos"  # catalogue position of an interaction's item
+
+
+@dataclass
+class PageSignals:
+    """Everything a section needs to pick one user's candidates. C = catalogue items, U = model users,
+    k = model candidates per user, N = new arrivals."""
+
+    catalogue: Catalogue
+    model_row: dict[Any, int]  # user id -> row of the user embeddings; absent for cold users
+    candidate_positions: np.ndarray  # (U, k) the model's candidates as catalogue positions, best first
+    candidate_scores: np.ndarray  # (U, k)
+    by_popularity: np.ndarray  # (C,) positions, most popular first
+    last_viewed: pd.Series  # user id -> position of the most recently viewed item
+    neighbours: dict[int, tuple[np.ndarray, np.ndarray]]  # anchor position -> (positions, cosines), closest first
+    trending_by_category: dict[str, np.ndarray]  # category -> its positions, most trending first
+    top_category: pd.Series  # user id -> the user's top category
+    global_category: str  # the category with the largest summed trending
+    new_positions: np.ndarray  # (N,) positions created within new_arrival_days of the reference time
+    new_scores: np.ndarray  # (U, N) user embedding . item vector
+    new_reason: np.ndarray  # (N,) model score, or cold start for items the model never saw
+    purchases: pd.DataFrame  # (user_id, item_id) of every interaction with a purchase
+    purchased: dict[Any, set[int]]  # user id -> positions bought
+    buy_again: dict[Any, np.ndarray]  # user id -> positions bought in repeat-purchase categories, newest first
+
+
+def model_positions(catalogue: Catalogue, num_items: int) -> np.ndarray:
+    """Catalogue position of every model item, shape (num_items,) (-1 for a model item not in the catalogue)."""
+    positions = np.full(num_items, -1, dtype=np.int64)
+    known = catalogue.model_index >= 0
+    positions[catalogue.model_index[known]] = np.flatnonzero(known)
+    return positions
+
+
+def last_viewed_items(interactions: pd.DataFrame) -> pd.Series:
+    """User id -> catalogue position of the newest item with a view (any interaction when the log has no
+    view counts); ``interactions`` carries the ``pos`` column."""
+    viewed = interactions[interactions.get(schema.count_column("view"), interactions[schema.WEIGHT]) > 0]
+    return viewed.sort_values(schema.LAST_TS).groupby(schema.USER).tail(1).set_index(schema.USER)[POSITION]
+
+
+def item_neighbours(anchors: np.ndarray, catalogue: Catalogue, item_embeddings: torch.Tensor,
+                    positions_of_model_items: np.ndarray, count: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """For each anchor position (model items only), its ``count`` closest model items by cosine, as
+    (catalogue positions, cosines), closest first; ``item_embeddings`` is (num_items, d)."""
+    if not anchors.size:
+        return {}
+    normed = F.normalize(item_embeddings, dim=1)
+    anchor_rows = torch.from_numpy(catalogue.model_index[anchors])
+    sims = normed[anchor_rows] @ normed.T
+    sims[torch.arange(anchors.size), anchor_rows] = -torch.inf
+    values, indices = torch.topk(sims, min(count, item_embeddings.shape[0] - 1), dim=1)
+    return {anchor: (positions_of_model_items[row_indices], row_values)
+            for anchor, row_values, row_indices in zip(anchors.tolist(), values.numpy(), indices.numpy(), strict=True)}
+
+
+def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: torch.Tensor,
+                 reference_time: pd.Timestamp, days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items created within ``days`` of ``reference_time``: their positions (N,), every model user's score
+    (U, N) = user_embeddings (U, d) @ vectors[positions].T, and a reason per item (N,)."""
+    created = pd.to_datetime(catalogue.created_at)
+    positions = np.flatnonzero(np.asarray(created >= reference_time - pd.Timedelta(days=days)))
+    new_vectors = vectors[torch.from_numpy(positions)]
+    scores = (user_embeddings @ new_vectors.T).numpy() if positions.size else np.zeros((user_embeddings.shape[0], 0))
+    reasons = np.where(catalogue.model_index[positions] >= 0, "new_arrival:model_score",
+                       "new_arrival:cold_start_category_price_band")
+    return positions, scores, reasons
+
+
+def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Series:
+    """User id -> the category with the largest summed interaction weight (ties: alphabetically first)."""
+    weights = interactions.assign(category=catalogue.category[interactions[POSITION].to_numpy()])
+    return (weights.groupby([schema.USER, "category"])[schema.WEIGHT].sum().reset_index()
+            .sort_values([schema.USER, schema.WEIGHT, "category"], ascending=[True, False, True])
+            .groupby(schema.USER).head(1).set_index(schema.USER)["category"])
+
+
+def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: pd.DataFrame,
+                    candidate_items: np.ndarray, candidate_scores: np.ndarray, user_embeddings: torch.Tensor,
+                    item_embeddings: torch.Tensor, user_index: pd.DataFrame, reference_time: pd.Timestamp,
+                    settings: HomepageConfig) -> PageSignals:
+    """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed);
+    ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index)."""
+    interactions = interactions.assign(**{POSITION: interactions[schema.ITEM].map(catalogue.position())})
+    positions_of_model_items = model_positions(catalogue, item_embeddings.shape[0])
+    last_viewed = last_viewed_items(interactions)
+    anchors = np.unique([p for p in last_viewed.to_numpy() if catalogue.model_index[p] >= 0])
+    by_trend = np.argsort(-catalogue.trending, kind="stable")
+    new_positions, new_scores, new_reason = new_arrivals(catalogue, vectors, user_embeddings, reference_time,
+                                                         settings.new_arrival_days)
+    purchased_column = schema.count_column("purchase")
+    bought = (interactions[interactions[purchased_column] > 0] if purchased_column in interactions
+              else interactions.iloc[:0])
+    again = bought[np.isin(catalogue.category[bought[POSITION].to_numpy()], settings.repeat_purchase_categories)]
+    return PageSignals(
+        catalogue=catalogue,
+        model_row=dict(zip(user_index[schema.USER], user_index[schema.USER_INDEX], strict=True)),
+        candidate_positions=positions_of_model_items[candidate_items],
+        candidate_scores=candidate_scores,
+        by_popularity=np.argsort(-catalogue.popularity, kind="stable"),
+        last_viewed=last_viewed,
+        neighbours=item_neighbours(anchors, catalogue, item_embeddings, positions_of_model_items,
+                                   settings.candidates),
+        trending_by_category={c: by_trend[catalogue.category[by_trend] == c] for c in np.unique(catalogue.category)},
+        top_category=top_categories(interactions, catalogue),
+        global_category=pd.Series(catalogue.trending).groupby(catalogue.category).sum().idxmax(),
+        new_positions=new_positions, new_scores=new_scores, new_reason=new_reason,
+        purchases=bought[[schema.USER, schema.ITEM]],
+        purchased=bought.groupby(schema.USER)[POSITION].apply(set).to_dict(),
+        buy_again=again.sort_values(schema.LAST_TS, ascending=False).groupby(schema.USER)[POSITION]
+        .apply(np.array).to_dict(),
+    )
