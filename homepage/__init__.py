@@ -12,4 +12,8 @@
     quality        page-quality metrics next to a plain top-K baseline, and the for_you row's accuracy
     export         the page frame as one JSON object per user
     build          build_pages: frames and arrays in, the page frame and its stats out
+    config         HomepageConfig: sections, diversity, merchandising file, windows
+
+The package reads frames and arrays only (no run directory, no command line): homerank.jobs.stage_homepage
+is the thin stage around it.
 """

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from homerank.engine import schema
 from homerank.homepage.catalogue import Catalogue, build_catalogue, inductive_item_vectors
+from homerank.homepage.config import HomepageConfig
 from homerank.homepage.merchandising import Merchandising, load_merchandising
 from homerank.homepage.quality import page_quality
 from homerank.homepage.rows import PAGE_COLUMNS, PageBuilder
 from homerank.homepage.rules import check_page_rules
 from homerank.homepage.sections import SECTION_KINDS, section_title
 from homerank.homepage.signals import PageSignals, collect_signals
-from homerank.jobs.config import HomepageConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 from homerank.engine import schema
 from homerank.engine.interactions import half_life_decay
 from homerank.engine.split import SPLIT
-from homerank.jobs.config import HomepageConfig
+from homerank.homepage.config import HomepageConfig
 
 
 @dataclass

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from homerank.homepage.catalogue import Catalogue
+from homerank.homepage.config import HomepageConfig, SectionConfig
 from homerank.homepage.merchandising import Merchandising
 from homerank.homepage.sections import SECTION_KINDS, Source
-from homerank.jobs.config import HomepageConfig, SectionConfig
 
 PAGE_COLUMNS = ["user_id", "section", "section_title", "slot", "item_id", "score", "reason"]
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from homerank.homepage.config import HomepageConfig
 from homerank.homepage.sections import PURCHASE_KINDS, UNCAPPED_KINDS
-from homerank.jobs.config import HomepageConfig
 
 
 def check_page_rules(page: pd.DataFrame, in_stock: pd.Series, category: pd.Series, purchases: pd.DataFrame,

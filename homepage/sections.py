@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from homerank.homepage.config import SectionConfig
 from homerank.homepage.signals import PageSignals
-from homerank.jobs.config import SectionConfig
 
 Source = tuple[np.ndarray, np.ndarray, list[str] | str]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from homerank.engine import schema
 from homerank.homepage.catalogue import Catalogue
-from homerank.jobs.config import HomepageConfig
+from homerank.homepage.config import HomepageConfig
 
 POSITION = "pos"  # catalogue position of an interaction's item
 

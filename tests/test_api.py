@@ -92,3 +92,15 @@ def test_user_mistakes_raise_homerank_error(tmp_path):
         homerank.run(object(), out=tmp_path / "r", device="cpu")
     with pytest.raises(homerank.HomerankError, match="not a homerank run directory"):
         homerank.Run.open(tmp_path)
+
+
+def test_run_from_a_dask_frame_writes_it_partition_by_partition(tmp_path):
+    import dask.dataframe as dd
+
+    events = dd.from_pandas(tiny_events(seed=1), npartitions=3)
+    run = homerank.run(events, out=tmp_path / "run", config={"train": {"epochs": 2}}, device="cpu", progress=False,
+                       **{**OVERRIDES, "train.epochs": 2})
+    written = sorted(p.name for p in (tmp_path / "run" / "input" / "events").glob("*.parquet"))
+    assert len(written) == 3
+    assert run.metrics["rows"]["in"] == len(events) and run.config.train.epochs == 2
+    assert run.recommend([1001], k=3)["source"].tolist() == ["model"] * 3

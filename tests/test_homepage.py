@@ -11,6 +11,7 @@ import torch
 
 from homerank.homepage.build import build_pages
 from homerank.homepage.catalogue import Catalogue
+from homerank.homepage.config import HomepageConfig, SectionConfig, SectionKind
 from homerank.homepage.rows import PageBuilder
 from homerank.homepage.sections import (
     PURCHASE_KINDS,
@@ -23,7 +24,6 @@ from homerank.homepage.sections import (
     trending_in_category,
 )
 from homerank.homepage.signals import PageSignals, top_categories
-from homerank.jobs.config import HomepageConfig, SectionConfig, SectionKind
 
 
 @pytest.mark.slow

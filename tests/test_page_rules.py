@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
+from homerank.homepage.config import HomepageConfig, SectionConfig
 from homerank.homepage.rules import check_page_rules
-from homerank.jobs.config import HomepageConfig, SectionConfig
 
 SETTINGS = HomepageConfig(sections=[SectionConfig(kind="for_you", title="For you", slots=3),
                                     SectionConfig(kind="buy_again", title="Buy again", slots=2)],
