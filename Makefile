@@ -44,7 +44,7 @@ bench-accuracy-minute: install-bench
 	$(PY) bench/accuracy_bench.py --config preset:minute --name gowalla-minute
 
 lint: install-bench
-	$(VENV)/bin/ruff check homerank engine gnn jobs bench tests
+	$(VENV)/bin/ruff check homerank engine gnn homepage jobs bench tests
 
 clean:
 	rm -rf runs .pytest_cache

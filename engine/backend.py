@@ -109,18 +109,22 @@ class Backend:
         with dask.config.set({"dataframe.backend": self.frames}):
             yield
 
-    def local_cluster(self, n_workers: int | None, threads_per_worker: int | None, processes: bool) -> Any:
+    def local_cluster(self, n_workers: int | None, threads_per_worker: int | None, processes: bool,
+                      dashboard_address: str = "127.0.0.1:0") -> Any:
         """A local dask cluster for this backend: ``LocalCUDACluster`` (one worker per GPU, dask-cuda) when frames
-        live on the GPU, else ``LocalCluster``."""
+        live on the GPU, else ``LocalCluster``. Everything listens on localhost only: the scheduler, the workers and
+        the HTTP/dashboard endpoint (a free port unless ``dashboard_address`` names one)."""
         if self.frames_on_gpu:
             from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
 
             return LocalCUDACluster(n_workers=n_workers, threads_per_worker=threads_per_worker or 1,
-                                    dashboard_address=None)
+                                    host="127.0.0.1", dashboard_address=dashboard_address,
+                                    worker_dashboard_address="127.0.0.1:0")
         from distributed import LocalCluster
 
+        network = {"host": "127.0.0.1"} if processes else {}  # threads talk in-process, not over TCP
         return LocalCluster(n_workers=n_workers or 1, threads_per_worker=threads_per_worker, processes=processes,
-                            dashboard_address=None)
+                            dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0", **network)
 
     def connected_components(self, rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
         """Component label per node (num_nodes,) of the undirected graph with edges (rows[k], cols[k]); labels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -14,14 +14,15 @@ DEFAULT_WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0}
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys and wrong types are errors.
+    """Base for every config section: unknown keys and wrong types are errors, and so is a float that is not
+    finite (``.inf``, ``.nan``), in lists and mappings too (a setting that may be unlimited takes ``null``).
 
     Old configs keep working across renames: ``renamed_keys`` maps an old key of the section to its new name
     (the value moves over, with a warning); ``retired_keys`` maps a removed key to the value it may still
     carry harmlessly (its old default: dropped with a warning) and why it went (any other value is an error).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     section: ClassVar[str] = "config"
     renamed_keys: ClassVar[dict[str, str]] = {}
     retired_keys: ClassVar[dict[str, tuple[Any, str]]] = {}
@@ -63,6 +64,14 @@ class IngestConfig(StrictModel):
     pseudonymise_user_ids: bool = Field(
         False, description="replace user ids by a keyed hash (key: $HOMERANK_PSEUDONYM_KEY) at ingest"
     )
+    partition_rows: int = Field(
+        2_000_000, ge=1, description="rows per dask partition when reading Parquet (whole row groups; a large file "
+        "is many partitions)"
+    )
+    csv_block_bytes: int = Field(
+        256 * 2**20, ge=1024, description="CSV files larger than this are read in blocks of about this many bytes, "
+        "cut at line ends (a quoted field holding a line break is then not supported)"
+    )
     id_dtype: Literal["auto", "int64", "string"] = Field(
         "auto", description="auto: int64 when every Parquet file stores integer ids, else string"
     )
@@ -82,6 +91,18 @@ class InteractionConfig(StrictModel):
     )
     min_user_interactions: int = Field(5, ge=1, description="k-core: min distinct items per user")
     min_item_interactions: int = Field(5, ge=1, description="k-core: min distinct users per item")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        # an edge's weight is the sum of its events' weights: zero or negative weights remove edges or give
+        # negative ones, which graph.edge_weight weight/log1p turn into a graph without (valid) edges
+        for event_type, weight in weights.items():
+            if weight <= 0:
+                raise ValueError(f"the weight of {event_type!r} must be > 0 (got {weight}): an edge's weight is the "
+                                 "sum of its events' weights, and graph.edge_weight weight/log1p need positive "
+                                 "ones; drop the type from ingest.event_types to ignore it")
+        return weights
 
 
 class SplitConfig(StrictModel):

@@ -22,6 +22,7 @@ import scipy.sparse
 import torch
 
 from homerank.engine.backend import Backend
+from homerank.engine.errors import GateError
 from homerank.engine.matrices import csr_from_pairs, inverse_sqrt
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,21 @@ def build_graph(
     edge_index = torch.from_numpy(np.vstack([row[order], col[order]]).astype(np.int64))
     edge_weight_t = torch.from_numpy(data[order].astype(np.float32))
     return BipartiteGraph(num_users, num_items, edge_index, edge_weight_t), interactions
+
+
+def check_edges(graph: BipartiteGraph, training_edges: int, edge_weight: str) -> None:
+    """Stop the job (`GateError`, exit 3) when A_hat has a non-finite value or no edge with a positive weight:
+    training on it would learn nothing (every embedding stays at its initial value) yet still write rankings."""
+    weights = graph.edge_weight
+    bad = ~torch.isfinite(weights)
+    if bool(bad.any()):
+        raise GateError(f"graph: {int(bad.sum())} of {weights.numel()} adjacency values are not finite "
+                        f"(graph.edge_weight {edge_weight} on {training_edges} training edges); the edge weights "
+                        "must be positive and finite")
+    if not bool((weights > 0).any()):
+        raise GateError(f"graph: 0 edges with a positive weight from {training_edges} training edges "
+                        f"(graph.edge_weight {edge_weight}); check interactions.event_weights and "
+                        "interactions.half_life_days, or use graph.edge_weight binary")
 
 
 def _describe(degree: np.ndarray) -> dict[str, float]:

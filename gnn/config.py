@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from homerank.engine.config import StrictModel
+
+METRICS = ("recall", "ndcg", "precision", "hitrate")
+METRIC_PATTERN = re.compile(rf"({'|'.join(METRICS)})@([1-9][0-9]*)")
 
 
 class LinearFilterConfig(StrictModel):
@@ -46,6 +50,21 @@ class LinearFilterConfig(StrictModel):
         "(it has no trained parameters, so the final scorer uses all known history)"
     )
 
+    @field_validator("shares")
+    @classmethod
+    def _shares_in_unit_interval(cls, shares: list[float]) -> list[float]:
+        # a share w blends (1 - w) LightGCN + w GF-CF: outside [0, 1] one of the two enters with a negative sign
+        if not shares or any(not 0.0 <= share <= 1.0 for share in shares):
+            raise ValueError(f"expected a non-empty list of numbers in [0, 1] (got {shares})")
+        return shares
+
+    @field_validator("popularity_weights")
+    @classmethod
+    def _some_popularity_weight(cls, weights: list[float]) -> list[float]:
+        if not weights:
+            raise ValueError("expected at least one weight ([0] = no popularity prior)")
+        return weights
+
 
 class TrainConfig(StrictModel):
     section: ClassVar[str] = "train"
@@ -59,7 +78,7 @@ class TrainConfig(StrictModel):
     num_layers: int = Field(3, ge=0, description="LightGCN propagation layers")
     epochs: int = Field(40, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(16384, ge=1, description="positive (user, item) pairs per step")
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0, description="Adam learning rate (finite, > 0)")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: lr decays to 0 along a half cosine over `epochs`"
     )
@@ -71,7 +90,7 @@ class TrainConfig(StrictModel):
     temperature: float = Field(0.2, gt=0, description="softmax temperature on cosine scores")
     eval_every: int = Field(1, ge=1)
     patience: int = Field(5, ge=1, description="evaluations without improvement before stopping")
-    early_stopping_metric: str = "ndcg@20"
+    early_stopping_metric: str = Field("ndcg@20", description="recall|ndcg|precision|hitrate@K on validation")
     checkpoint_every: int = Field(5, ge=1, description="write checkpoints/epoch_NNNN.pt every N epochs")
     keep_checkpoints: int = Field(3, ge=1, description="keep only the newest N epoch checkpoints")
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
@@ -89,6 +108,15 @@ class TrainConfig(StrictModel):
     memory_limit_gb: float | None = Field(
         None, gt=0, description="memory the guard may plan with (default: what the device has free)"
     )
+
+    @field_validator("early_stopping_metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        metric = metric.strip().lower()
+        if not METRIC_PATTERN.fullmatch(metric):
+            raise ValueError(f"{metric!r} is not a validation metric: expected {'|'.join(METRICS)}@K with K a "
+                             "positive integer, e.g. ndcg@20")
+        return metric
 
 
 class EvalConfig(StrictModel):

@@ -27,11 +27,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from homerank.engine.errors import HomerankError
+from homerank.engine.errors import HomerankError, disk_full_error
 from homerank.gnn.linear_filter import LinearFilter
 
 ScoreFn = Callable[[Tensor], Tensor]  # user indices (B,) -> scores (B, I)
 FORMAT = "homerank.scorer/1"
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary sibling, then rename: ``path`` is complete or keeps its earlier content, and
+    the temporary file never stays behind. A full disk or quota is a one-line `HomerankError` naming ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:  # through a handle a full disk is an OSError, not a RuntimeError
+            torch.save(state, handle)
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        error = disk_full_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def standardise(scores: Tensor) -> Tensor:
@@ -142,12 +160,8 @@ class Scorer:
                 "linear_filter": None if self.kind == "lightgcn" else self.linear_filter.state()}
 
     def save(self, path: str | Path) -> None:
-        """Write atomically (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
+        """Write atomically (temp file, then rename; `save_state`)."""
+        save_state(self.state(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> Scorer:

@@ -8,6 +8,7 @@ CPU sparse-dense product and Adam are deterministic; the sampler draws from a se
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,14 +19,14 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from homerank.engine.errors import HomerankError
+from homerank.engine.errors import HomerankError, TrainingDivergedError
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.keys import pair_keys
 from homerank.gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
 from homerank.gnn.model import LightGCNRecommender
 from homerank.gnn.sampling import sample_negatives
-from homerank.gnn.scorer import embedding_scorer
+from homerank.gnn.scorer import embedding_scorer, save_state
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,56 @@ def set_seed(seed: int) -> None:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
                     extra: dict[str, Any] | None = None) -> None:
-    """state_dicts only (loadable with ``torch.load(weights_only=True)``), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                **(extra or {})}, tmp)
-    tmp.replace(path)
+    """state_dicts only (loadable with ``torch.load(weights_only=True)``), written atomically (`save_state`)."""
+    save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, **(extra or {})},
+               path)
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """A checkpoint, loaded with ``weights_only=True`` (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint, loaded with ``weights_only=True`` (tensors and plain containers only); a file torch cannot
+    or will not load is a one-line `HomerankError` naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign: the user's to remove
+        raise HomerankError(f"{path}: not a readable homerank checkpoint ({type(exc).__name__}); delete it to resume "
+                            "from an earlier one, or train from the start without --resume") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise HomerankError(f"{path}: not a homerank checkpoint (no model state); delete it or train from the start "
+                            "without --resume")
+    return state
+
+
+def check_finite(where: str, lr: float, **tensors: torch.Tensor) -> None:
+    """Raise `TrainingDivergedError` (exit 3) when any of ``tensors`` holds NaN or +-inf; ``where`` says when
+    (e.g. "at epoch 3"), the message names the tensor, how many values and one of them."""
+    for name, tensor in tensors.items():
+        bad = ~torch.isfinite(tensor.detach())
+        if bool(bad.any()):
+            example = float(tensor.detach()[bad].flatten()[0])
+            what = name.replace("_", " ")
+            raise TrainingDivergedError(f"training diverged {where}: {int(bad.sum())} of {tensor.numel()} values of "
+                                        f"the {what} are not finite (e.g. {example}); nothing was published, lower "
+                                        f"train.lr (now {lr:g}) and train again")
+
+
+def _restore(checkpoint: Path, state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             config: TrainConfig) -> None:
+    """Load a checkpoint's model and optimizer state; shapes that no longer fit (train.embedding_dim changed, or
+    the ETL gave other user/item counts) are a one-line `HomerankError`."""
+    current = model.state_dict()
+    for name, saved in state["model"].items():
+        if name in current and tuple(saved.shape) != tuple(current[name].shape):
+            raise HomerankError(
+                f"{checkpoint}: its {name} has shape {tuple(saved.shape)}, this model needs "
+                f"{tuple(current[name].shape)} (train.embedding_dim {config.embedding_dim}; did it or the data "
+                "change since?); it cannot be resumed: train from the start without --resume")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HomerankError(f"{checkpoint}: does not fit this model ({reason}); train from the start without "
+                            "--resume") from None
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -150,8 +190,7 @@ def train_lightgcn(
         if state.get("seed") != seed:
             raise HomerankError(f"{checkpoint}: written with seed {state.get('seed')}, not {seed}; "
                                 "resume with the same seed or train from the start")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        _restore(checkpoint, state, model, optimizer, config)
         if schedule is not None and "schedule" in state:
             schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
@@ -198,13 +237,21 @@ def train_lightgcn(
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
-                total_loss += float(loss.detach())
+                step_loss = float(loss.detach())
+                if not math.isfinite(step_loss):  # stop at once: every later step would only spread the NaN
+                    raise TrainingDivergedError(
+                        f"training diverged at epoch {epoch} (step {steps + 1}): the {config.loss} loss is "
+                        f"{step_loss}; nothing was published, lower train.lr (now {config.lr:g}) and train again")
+                total_loss += step_loss
                 steps += 1
+            # a step can overflow the parameters while its loss was still finite: check before evaluation and checkpoint
+            check_finite(f"at epoch {epoch}", config.lr, embeddings=model.layer0)
             record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(steps, 1),
                                       "seconds": round(time.perf_counter() - epoch_start, 3)}
             stop = False
             if data.valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 user_emb, item_emb = model.embeddings(adjacency, cosine=config.loss == "softmax")
+                check_finite(f"at epoch {epoch}", config.lr, user_embeddings=user_emb, item_embeddings=item_emb)
                 valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid, train_index,
                                                  ks, eval_config.batch_size, device)
                 record["valid"] = valid_metrics
@@ -245,6 +292,7 @@ def train_lightgcn(
         model.load_state_dict(best_state)
     else:
         result.best_epoch = result.epochs
+    check_finite(f"by the end (epoch {result.best_epoch} kept)", config.lr, embeddings=model.layer0)
     if checkpoint_dir is not None:
         save_checkpoint(checkpoint_dir / "best.pt", model, optimizer, result.best_epoch, {"seed": seed})
     log.info("training done: %d epochs, best epoch %d, %s, %.1fs", result.epochs, result.best_epoch,

@@ -20,6 +20,7 @@ shows it after the header) and the column; nothing is dropped silently.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +78,14 @@ def _read_table(path: Path) -> pd.DataFrame:
             table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad user file
         raise HomerankError(f"{path}: cannot read the merchandising file ({type(exc).__name__})") from None
-    unknown = [c for c in table.columns if c not in COLUMNS]
+    unknown = [number for number, column in enumerate(table.columns, start=1) if column not in COLUMNS]
     if unknown:
-        raise HomerankError(f"{path}: unknown column {unknown[0]!r} (expected some of {', '.join(COLUMNS)})")
+        # named by position, never by its text: when the file is not a merchandising table at all (a wrong path),
+        # the "header" is that file's first line, whatever it holds
+        close = difflib.get_close_matches(str(table.columns[unknown[0] - 1]).lower(), COLUMNS, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise HomerankError(f"{path}: header column {unknown[0]} of {len(table.columns)}: not a merchandising "
+                            f"column (expected some of {', '.join(COLUMNS)}){hint}")
     if "rule" not in table.columns or not ({"item_id", "category"} & set(table.columns)):
         raise HomerankError(f"{path}: needs a 'rule' column and an 'item_id' or 'category' column")
     table = table.astype(object).where(table.notna(), "")

@@ -19,11 +19,11 @@ from __future__ import annotations
 from importlib import metadata
 
 from homerank.api import Embeddings, Run, run
-from homerank.engine.errors import GateError, HomerankError
+from homerank.engine.errors import GateError, HomerankError, TrainingDivergedError
 
 try:
     __version__ = metadata.version("homerank")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
-__all__ = ["Embeddings", "GateError", "HomerankError", "Run", "__version__", "run"]
+__all__ = ["Embeddings", "GateError", "HomerankError", "Run", "TrainingDivergedError", "__version__", "run"]

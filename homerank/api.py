@@ -25,6 +25,7 @@ from homerank.engine import schema
 from homerank.engine.errors import HomerankError
 from homerank.jobs.config import JobConfig, apply_dotted, load_config, parse_config
 from homerank.jobs.hygiene import quiet_warnings, run_log
+from homerank.jobs.lock import run_lock
 from homerank.jobs.rundir import RunDir, read_json, write_parquet
 
 EventsInput = Any  # str | os.PathLike | pandas.DataFrame | dask.dataframe.DataFrame | cudf.DataFrame
@@ -69,7 +70,7 @@ def run(events: EventsInput, *, out: str | os.PathLike[str], config: str | os.Pa
     run_dir = RunDir(Path(out)).ensure()
     settings = _resolve_config(config)
     settings = apply_dotted(settings, {"device": device, **overrides}, source="homerank.run overrides")
-    with quiet_warnings(), run_log(run_dir.log_file):
+    with run_lock(run_dir), quiet_warnings(), run_log(run_dir.log_file):  # one job at a time in ``out``
         if items is not None:
             catalogue = _catalogue_path(items, run_dir)
             settings = apply_dotted(settings, {"ingest.catalogue": str(catalogue)}, source="items")

@@ -2,6 +2,7 @@
 
     config     one typed YAML config (unknown keys / wrong types are errors), presets, --set overrides
     rundir     every path of a run directory and atomic writes (temp path, then rename)
+    lock       one job at a time per run directory (flock on RUN/.homerank.lock, released when the job exits)
     pipeline   the stages in order, fingerprints for --resume, timings
     stage_*    etl -> graph -> train -> evaluate -> rank -> homepage, each reading earlier artifacts
     artifacts  what a stage reads from earlier stages (no stage imports another)

@@ -39,7 +39,14 @@ def item_popularity(edges: pd.DataFrame, num_items: int) -> torch.Tensor:
 
 
 def load_graph(run: RunDir) -> BipartiteGraph:
-    return BipartiteGraph.from_dict(torch.load(require(run.graph, "graph"), weights_only=True))
+    """The graph stage's ``graph/graph.pt``; a file torch cannot load (truncated, corrupt, foreign) or one without
+    a graph in it is a one-line `HomerankError` saying to run the graph stage again."""
+    path = require(run.graph, "graph")
+    try:
+        return BipartiteGraph.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - a damaged artifact is the user's to rebuild
+        raise HomerankError(f"{path}: not a readable homerank graph ({type(exc).__name__}); run the graph stage "
+                            "again (`homerank graph --out RUN_DIR`)") from None
 
 
 def load_scorer(run: RunDir, device: torch.device | str = "cpu") -> ScoreFn:

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from homerank.engine.errors import HomerankError
 from homerank.jobs.hygiene import LOG_FORMAT, NOISY_LOGGERS, quiet_library_warnings
+from homerank.jobs.lock import run_lock
 from homerank.jobs.rundir import RunDir
 
 log = logging.getLogger("homerank")
@@ -146,12 +148,28 @@ def _setup_logging(run_root: Path | None, quiet: bool) -> None:
     root.addHandler(console)
     if run_root is not None:
         log_file = RunDir(run_root).log_file
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file)
+        except OSError as exc:
+            raise HomerankError(f"{log_file}: cannot write the run's log ({exc.strerror}); check --out") from None
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _check_out(path: Path) -> None:
+    """``--out`` must be a directory this process can write (created when missing), or a one-line error."""
+    if path.exists() and not path.is_dir():
+        raise HomerankError(f"--out {path}: is a file, not a directory; give a directory (created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HomerankError(f"--out {path}: cannot create this directory ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise HomerankError(f"--out {path}: the directory is read-only for this user; give another --out or make "
+                            "it writable")
 
 
 def _resolve_config(args: argparse.Namespace, run_root: Path | None):
@@ -161,19 +179,26 @@ def _resolve_config(args: argparse.Namespace, run_root: Path | None):
     if path is None and run_root is not None and RunDir(run_root).config.exists():
         path = RunDir(run_root).config
     config = with_overrides(load_config(path), device=args.device, seed=args.seed)
+    dotted: dict[str, object] = {}
     if getattr(args, "input_format", None):
-        config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"format": args.input_format})})
+        dotted["ingest.format"] = args.input_format
     if getattr(args, "set_options", None):  # last, so --set wins over the flags above (a repeated key: the last)
-        config = apply_dotted(config, dict(parse_set_option(text) for text in args.set_options), source="--set")
+        dotted.update(parse_set_option(text) for text in args.set_options)
+    if dotted:  # validated once, like the YAML, so a combination of options that cannot work is refused here
+        source = "--set" if getattr(args, "set_options", None) else "--input-format"
+        config = apply_dotted(config, dotted, source=source)
     return config
 
 
 def _generate(args: argparse.Namespace) -> None:
     from homerank.engine.synthetic import SyntheticSpec, generate
+    from homerank.jobs.config import SEED_LIMIT
 
     for name in ("users", "items", "events"):
         if getattr(args, name) < 1:
             raise HomerankError(f"--{name} must be positive")
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise HomerankError(f"--seed must be in [0, 2**32) (got {args.seed})")
     spec = SyntheticSpec(users=args.users, items=args.items, events=args.events, seed=args.seed,
                          dirty_fraction=args.dirty_fraction, duplicate_fraction=args.duplicate_fraction)
     summary = generate(args.out, spec)
@@ -182,11 +207,16 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    run = RunDir(Path(args.out)).ensure()
+    with run_lock(run):
+        _demo_locked(args, run)
+
+
+def _demo_locked(args: argparse.Namespace, run: RunDir) -> None:
     from homerank.engine.backend import resolve_backend
     from homerank.engine.synthetic import SyntheticSpec, generate
     from homerank.jobs.pipeline import run_pipeline
 
-    run = RunDir(Path(args.out)).ensure()
     input_dir = Path(args.input) if args.input else run.input_dir
     config = _resolve_config(argparse.Namespace(**{**vars(args), "config": args.config}), None)
     if config.ingest.catalogue is None:
@@ -213,10 +243,15 @@ def _print_summary(run, metrics) -> None:
 
 
 def _stage(args: argparse.Namespace) -> None:
+    run = RunDir(Path(args.out)).ensure()
+    with run_lock(run):  # the whole job, config included: a second job on RUN exits 2 naming this one
+        _stage_locked(args, run)
+
+
+def _stage_locked(args: argparse.Namespace, run: RunDir) -> None:
     from homerank.engine.backend import resolve_backend
     from homerank.jobs.pipeline import run_pipeline, run_stage, write_resolved_config
 
-    run = RunDir(Path(args.out)).ensure()
     config = _resolve_config(args, run.root)
     backend = resolve_backend(config.device)
     if args.command == "run":
@@ -251,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_root = Path(args.out) if args.command not in ("generate", "preview") else None
     try:
+        if args.command != "preview":  # preview reads --out; every other command writes there
+            _check_out(Path(args.out))
         _setup_logging(run_root if run_root is not None and args.command != "generate" else None,
                        getattr(args, "quiet", False))
         if args.command == "generate":

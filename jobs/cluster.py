@@ -29,7 +29,8 @@ def dask_client(config: ClusterConfig, backend: Backend) -> Iterator[object]:
         with client:
             yield client
         return
-    cluster = backend.local_cluster(config.n_workers, config.threads_per_worker, config.processes)
+    cluster = backend.local_cluster(config.n_workers, config.threads_per_worker, config.processes,
+                                    config.dashboard_address)
     with cluster, Client(cluster) as client:
-        log.info("dask: local cluster with %d worker(s)", len(cluster.workers))
+        log.info("dask: local cluster with %d worker(s), dashboard %s", len(cluster.workers), client.dashboard_link)
         yield client

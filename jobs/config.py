@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from homerank.engine.config import GraphConfig, IngestConfig, InteractionConfig, SplitConfig, StrictModel
 from homerank.engine.errors import HomerankError
@@ -25,6 +26,10 @@ class ClusterConfig(StrictModel):
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int | None = Field(None, ge=1)
     processes: bool = Field(False, description="local cluster: worker processes (True) or threads (False)")
+    dashboard_address: str = Field(
+        "127.0.0.1:0", description="local cluster: where the dask dashboard listens (localhost, a free port by "
+        "default; the link is logged)"
+    )
 
 
 class RankConfig(StrictModel):
@@ -48,8 +53,11 @@ class GatesConfig(StrictModel):
     min_train_edges: int = Field(1, ge=0, description="stop when fewer training edges remain")
 
 
+SEED_LIMIT = 2**32  # numpy's generators take seeds in [0, 2**32); torch's take them too
+
+
 class JobConfig(StrictModel):
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=SEED_LIMIT, description="random seed of every stage, in [0, 2**32)")
     device: Literal["auto", "cpu", "gpu"] = "auto"
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     interactions: InteractionConfig = Field(default_factory=InteractionConfig)
@@ -62,11 +70,26 @@ class JobConfig(StrictModel):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     homepage: HomepageConfig = Field(default_factory=HomepageConfig)
 
+    @model_validator(mode="after")
+    def _pseudonymise_needs_raw_ids(self) -> JobConfig:
+        # the lightgcn reader takes train.txt/test.txt ids as they are: pseudonymisation would be silently skipped
+        if self.ingest.pseudonymise_user_ids and self.ingest.format == "lightgcn":
+            raise PydanticCustomError(
+                "pseudonymise_lightgcn",
+                "ingest.pseudonymise_user_ids: true cannot be used with ingest.format: lightgcn (--input-format "
+                "lightgcn), which stores the user ids of train.txt/test.txt unchanged; pseudonymise them before "
+                "writing those files and set ingest.pseudonymise_user_ids: false, or give a Parquet/CSV log",
+            )
+        return self
+
 
 def _format_error(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    parts = [str(part) for part in first["loc"]]
+    if len(parts) > 1 and parts[-1] in ("int", "float"):  # pydantic names the member of `int | float` it tried
+        parts.pop()
+    location = ".".join(parts) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{source}: {location}: {message}"

@@ -87,6 +87,13 @@ class Recommender:
         rest = pd.Series(self.history_users[~modelled]).sort_values(kind="stable")
         return pd.concat([model_users, rest], ignore_index=True).to_numpy()
 
+    def allowed_items(self, user_ids: np.ndarray) -> np.ndarray:
+        """(len(user_ids),) how many items may be ranked for each user: every item of the model less the user's
+        excluded ones (``excluded`` pairs whose item the model knows)."""
+        pairs = self.excluded.merge(self.item_index[[schema.ITEM]], on=schema.ITEM).drop_duplicates()
+        per_user = pairs.groupby(schema.USER).size()
+        return self.scorer.num_items - per_user.reindex(user_ids, fill_value=0).to_numpy()
+
     def recommend(self, user_ids: Iterable, k: int, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-``k`` items per requested user (duplicates answered once, in the order asked), as rows of
         user_id, rank (1..k), item_id, score and source. A user left with fewer than ``k`` allowed items gets

@@ -28,11 +28,29 @@ def _maybe(path: Path) -> Any:
     return read_json(path) if Path(path).exists() else None
 
 
+class Markup(str):
+    """Markdown written by this module (``**FAIL**``), passed to `_table` as is; every other string is `_text`."""
+
+
+MARKDOWN_ACTIVE = str.maketrans({c: "\\" + c for c in "\\`*_[]|"})
+
+
+def _text(value: Any) -> str:
+    """Any string that comes from outside this module (the run directory's name, input paths, reasons, category
+    and section names, config values, anything read from the artifacts) as inert Markdown text: HTML escaped,
+    and the characters that make code spans, emphasis, links/images or table cells backslash-escaped, on one
+    line. Rendered by `markdown` it shows exactly the original characters and never becomes a tag or a link."""
+    one_line = " ".join(str(value).splitlines())
+    return html.escape(one_line).translate(MARKDOWN_ACTIVE)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def fmt(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        if isinstance(value, Markup):
+            return value
+        return f"{value:.4f}" if isinstance(value, float) else _text(value)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -60,7 +78,8 @@ def _rows_section(etl: dict[str, Any]) -> list[str]:
     kcore = etl["kcore"]
     out += [
         "",
-        f"Input files: {etl['files']} · ids as {etl['id_dtype']} · reference time {etl['reference_time']}",
+        f"Input files: {_text(etl['files'])} · ids as {_text(etl['id_dtype'])} · reference time "
+        f"{_text(etl['reference_time'])}",
         "",
         "## Interactions",
         "",
@@ -68,11 +87,11 @@ def _rows_section(etl: dict[str, Any]) -> list[str]:
             ["", "users", "items", "edges"],
             [
                 ["all time", etl["users_all_time"], etl["items_all_time"], etl["edges_all_time"]],
-                [f"k-core ({kcore['rounds']} rounds)", kcore["users"], kcore["items"], kcore["edges"]],
+                [f"k-core ({_text(kcore['rounds'])} rounds)", kcore["users"], kcore["items"], kcore["edges"]],
             ],
         ),
         "",
-        "Temporal split (edges): " + ", ".join(f"{k} {v}" for k, v in etl["split"].items()),
+        "Temporal split (edges): " + ", ".join(f"{_text(k)} {_text(v)}" for k, v in etl["split"].items()),
     ]
     if etl.get("gates"):
         out += [
@@ -81,7 +100,8 @@ def _rows_section(etl: dict[str, Any]) -> list[str]:
             "",
             _table(
                 ["gate", "value", "threshold", "result"],
-                [[g["gate"], g["value"], g["threshold"], "pass" if g["passed"] else "**FAIL**"] for g in etl["gates"]],
+                [[g["gate"], g["value"], g["threshold"], "pass" if g["passed"] else Markup("**FAIL**")]
+                 for g in etl["gates"]],
             ),
         ]
     return out
@@ -96,10 +116,10 @@ def _graph_section(graph: dict[str, Any]) -> list[str]:
         "",
         "## Graph (training edges)",
         "",
-        f"{graph['users']} users + {graph['items']} items, {graph['edges']} edges, density "
-        f"{graph['density']:.2e}, {graph['components']} connected component(s), largest holds "
-        f"{graph['largest_component_share']:.1%} of the nodes; isolated: {graph['isolated_users']} users, "
-        f"{graph['isolated_items']} items.",
+        f"{_text(graph['users'])} users + {_text(graph['items'])} items, {_text(graph['edges'])} edges, density "
+        f"{graph['density']:.2e}, {_text(graph['components'])} connected component(s), largest holds "
+        f"{graph['largest_component_share']:.1%} of the nodes; isolated: {_text(graph['isolated_users'])} users, "
+        f"{_text(graph['isolated_items'])} items.",
         "",
         _table(["degree", "min", "mean", "median", "p90", "max"], rows),
     ]
@@ -126,9 +146,9 @@ def _train_section(train: dict[str, Any]) -> list[str]:
         "",
         "## Training",
         "",
-        f"{train['epochs']} epochs on {train['device']} in {train['train_seconds']:.1f} s; best epoch "
-        f"{train['best_epoch']} (validation {metric} {train['best_valid'] or 0:.4f}); stopped: "
-        f"{train['stopped_because']}.",
+        f"{_text(train['epochs'])} epochs on {_text(train['device'])} in {train['train_seconds']:.1f} s; best epoch "
+        f"{_text(train['best_epoch'])} (validation {_text(metric)} {train['best_valid'] or 0:.4f}); stopped: "
+        f"{_text(train['stopped_because'])}.",
         "",
         _table(["epoch", "loss", f"valid {metric}", "seconds"], rows),
     ]
@@ -153,14 +173,14 @@ def _homepage_section(stats: dict[str, Any]) -> list[str]:
     names = ["coverage", "diversity", "novelty_bits", "gini", "cold_share", "slots"]
     baseline = quality.get("top_k_baseline", {})
     rows = [[name, quality["homepage"][name], baseline.get(name, "—")] for name in names]
-    accuracy = ", ".join(f"{k} {v:.4f}" for k, v in quality.get("for_you_accuracy", {}).items() if k != "users")
+    accuracy = ", ".join(f"{_text(k)} {v:.4f}" for k, v in quality.get("for_you_accuracy", {}).items() if k != "users")
     lines = [
         "",
         "## Homepage",
         "",
-        f"`homepage/` and `homepage.jsonl`: {stats['rows']} slots for {stats['users']} users "
-        f"({stats['cold_users']} without a model embedding, served by fallbacks); slots per section: "
-        + ", ".join(f"{k} {v}" for k, v in stats["sections"].items())
+        f"`homepage/` and `homepage.jsonl`: {_text(stats['rows'])} slots for {_text(stats['users'])} users "
+        f"({_text(stats['cold_users'])} without a model embedding, served by fallbacks); slots per section: "
+        + ", ".join(f"{_text(k)} {_text(v)}" for k, v in stats["sections"].items())
         + ".",
         "",
         "Page quality (coverage and Gini over the catalogue; diversity = share of different-category pairs "
@@ -176,9 +196,9 @@ def _homepage_section(stats: dict[str, Any]) -> list[str]:
         broken = {k: v for k, v in check["violations"].items() if v}
         lines += [
             "",
-            f"Page rules checked over all {check['users_checked']} users and {check['slots_checked']} "
-            f"slots: **{'all hold' if check['passed'] else 'BROKEN: ' + str(broken)}** "
-            f"({', '.join(check['violations'])}).",
+            f"Page rules checked over all {_text(check['users_checked'])} users and {_text(check['slots_checked'])} "
+            f"slots: **{'all hold' if check['passed'] else 'BROKEN: ' + _text(broken)}** "
+            f"({_text(', '.join(check['violations']))}).",
         ]
     return lines
 
@@ -213,17 +233,17 @@ def _html(run: RunDir, text: str) -> str:
 
 
 def write_report(run: RunDir) -> Path:
-    parts = [f"# homerank run report — `{run.root}`", ""]
+    parts = [f"# homerank run report — {_text(run.root)}", ""]
     metrics, etl = _maybe(run.metrics), _maybe(run.etl_stats)
     if metrics:
-        dataset = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in metrics["dataset"].items())
+        dataset = ", ".join(f"{_text(v)} {_text(k.replace('_', ' '))}" for k, v in metrics["dataset"].items())
         parts += [
-            f"Device: **{metrics['device']}** · model {metrics.get('model', 'lightgcn')} · training "
-            f"{metrics['train_seconds']:.1f} s · {metrics['epochs']} epochs · {dataset}"
+            f"Device: **{_text(metrics['device'])}** · model {_text(metrics.get('model', 'lightgcn'))} · training "
+            f"{metrics['train_seconds']:.1f} s · {_text(metrics['epochs'])} epochs · {dataset}"
         ]
     timings = _maybe(run.timings)
     if timings:
-        parts += ["", "Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
+        parts += ["", "Stage seconds: " + ", ".join(f"{_text(k)} {v:.1f}" for k, v in timings.items())]
     if etl:
         parts += [""] + _rows_section(etl)
     graph = _maybe(run.graph_stats)
@@ -242,10 +262,10 @@ def write_report(run: RunDir) -> Path:
             "",
             "## Rankings",
             "",
-            f"`rankings/`: {rank['rows']} rows for {rank['users']} users (top {rank['k']}); "
-            f"{rank['model_users']} ranked by the GNN, {rank['popularity_users']} without training "
-            f"history by popularity; {rank['users_with_fewer_than_k']} users with fewer than K allowed "
-            f"items; {rank['excluded_pairs']} (user, item) pairs excluded.",
+            f"`rankings/`: {_text(rank['rows'])} rows for {_text(rank['users'])} users (top {_text(rank['k'])}); "
+            f"{_text(rank['model_users'])} ranked by the GNN, {_text(rank['popularity_users'])} without training "
+            f"history by popularity; {_text(rank['users_with_fewer_than_k'])} users with fewer than K allowed "
+            f"items; {_text(rank['excluded_pairs'])} (user, item) pairs excluded.",
         ]
     homepage = _maybe(run.homepage_stats)
     if homepage and "quality" in homepage:

@@ -9,6 +9,7 @@ per-event-type counts), ``etl/edges.parquet`` (k-core edges with user_index/item
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.encode import encode_edges, fit_index
-from homerank.engine.errors import HomerankError
+from homerank.engine.errors import GateError, HomerankError
 from homerank.engine.ingest import ingest_events, read_catalogue
 from homerank.engine.interactions import aggregate_edges, check_weights, sort_edges, weight_events
 from homerank.engine.kcore import kcore_filter
@@ -26,7 +27,14 @@ from homerank.engine.lightgcn_format import load_lightgcn
 from homerank.engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
 from homerank.jobs.config import JobConfig
 from homerank.jobs.gates import enforce, evaluate_gates
-from homerank.jobs.rundir import RunDir, read_json, write_json, write_parquet, write_parquet_dataset
+from homerank.jobs.rundir import (
+    RunDir,
+    publish_parquet_parts,
+    read_json,
+    write_json,
+    write_parquet,
+    write_parquet_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +110,14 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
     if unknown_exclusions:
         raise HomerankError(f"rank.exclude_event_types: {unknown_exclusions[0]!r} is not in ingest.event_types")
     with backend.dask_config():
-        ingested = ingest_events(input_path, config.ingest, backend, config.ingest.id_dtype)
-        write_parquet_dataset(run.quarantine, ingested.quarantine)
+        staging = run.quarantine_staging
+        shutil.rmtree(staging, ignore_errors=True)
+        ingested = ingest_events(input_path, config.ingest, backend, config.ingest.id_dtype, staging)
+        publish_parquet_parts(staging, run.quarantine, pd.DataFrame(columns=[schema.REASON, schema.SOURCE_FILE,
+                                                                             schema.SOURCE_ROW]))
         if ingested.rows["kept"] == 0:
-            raise HomerankError(f"{input_path}: no valid rows left after validation (see {run.quarantine})")
+            raise GateError(f"{input_path}: no valid rows left after validation: all {ingested.rows['in']} rows were "
+                            f"quarantined (reasons in {run.quarantine})")
         events = ingested.events
         ref_time = events[schema.TS].max().compute()
         weighted = weight_events(events, config.interactions.event_weights, config.interactions.half_life_days,
@@ -115,8 +127,8 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
         core, rounds = kcore_filter(all_edges, config.interactions.min_user_interactions,
                                     config.interactions.min_item_interactions)
         if len(core) == 0:
-            raise HomerankError(
-                "interactions: the k-core filter left no interactions; lower "
+            raise GateError(
+                f"interactions: the k-core filter left none of the {len(all_edges)} (user, item) pairs; lower "
                 "interactions.min_user_interactions / min_item_interactions"
             )
         user_index = fit_index(core[schema.USER], schema.USER, schema.USER_INDEX)
@@ -147,6 +159,7 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
     stats = {
         "input": input_path,
         "files": len(ingested.files),
+        "partitions": ingested.partitions,
         "id_dtype": ingested.id_dtype,
         "rows": ingested.rows,
         "quarantine_reasons": ingested.reasons,

@@ -11,7 +11,7 @@ import torch
 
 from homerank.engine import schema
 from homerank.engine.backend import Backend
-from homerank.engine.graph import build_graph, degree_histogram, graph_statistics
+from homerank.engine.graph import build_graph, check_edges, degree_histogram, graph_statistics
 from homerank.engine.split import SPLIT
 from homerank.jobs.artifacts import require
 from homerank.jobs.config import JobConfig
@@ -27,8 +27,10 @@ def run_graph(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any
     train = edges[edges[SPLIT] == "train"]
     graph, _ = build_graph(train[schema.USER_INDEX].to_numpy(), train[schema.ITEM_INDEX].to_numpy(),
                            train[schema.WEIGHT].to_numpy(), num_users, num_items, config.graph.edge_weight, backend)
-    with atomic_path(run.graph) as tmp:
-        torch.save(graph.to_dict(), tmp)
+    run.graph.unlink(missing_ok=True)  # an earlier graph must not be trained on beside these edges
+    check_edges(graph, len(train), config.graph.edge_weight)  # a graph without edges is never saved
+    with atomic_path(run.graph) as tmp, open(tmp, "wb") as handle:  # a handle: a full disk is an OSError
+        torch.save(graph.to_dict(), handle)
     stats = graph_statistics(graph, backend)
     degree = np.bincount(graph.edge_index[0].numpy(), minlength=graph.num_nodes)
     stats["user_degree_histogram"] = degree_histogram(degree[:num_users])

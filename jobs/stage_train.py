@@ -21,7 +21,7 @@ from homerank.gnn.linear_filter import LinearFilter
 from homerank.gnn.memory import check_training_memory
 from homerank.gnn.metrics import CSRIndex, evaluate_blends
 from homerank.gnn.scorer import Scorer, embedding_scorer, popularity_prior
-from homerank.gnn.train import EvaluationHook, TrainData, TrainResult, train_lightgcn
+from homerank.gnn.train import EvaluationHook, TrainData, TrainResult, check_finite, train_lightgcn
 from homerank.jobs.artifacts import load_graph, require, split_index
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, write_json
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: bool = True,
               resume: bool = False, on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
+    # first of all: whatever stops this training, an earlier training's scorer must not stay to be ranked with
+    run.scorer.unlink(missing_ok=True)
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     train = edges[edges[SPLIT] == "train"]
@@ -50,8 +52,6 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
              estimate.bytes_available / 2**30)
     if not has_valid:
         log.warning("no validation edges (split.valid = 0): no early stopping, the last epoch is kept")
-    if run.scorer.exists():  # never leave an earlier training's scorer beside this one's checkpoints
-        run.scorer.unlink()
     if not resume:  # an earlier run's retraining checkpoints must not be resumed from
         for stale in run.retrain_checkpoints.glob("*.pt"):
             stale.unlink()
@@ -81,6 +81,8 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
         log.info("final embeddings: propagated over %d train + validation edges", len(known))
     if share <= 0 and not prior_weight:
         linear = None  # validation chose LightGCN alone: the filter takes no part in the final scores
+    check_finite(f"in the final embeddings (best epoch {result.best_epoch})", config.train.lr,
+                 user_embeddings=user_emb, item_embeddings=item_emb)  # nothing non-finite is ever saved
     scorer = Scorer(user_emb.cpu(), item_emb.cpu(), linear, share, prior_weight, settings={
         "model": "lightgcn", "loss": config.train.loss, "cosine": cosine, "embedding_dim": config.train.embedding_dim,
         "num_layers": config.train.num_layers, "best_epoch": result.best_epoch,

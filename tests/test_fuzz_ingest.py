@@ -46,7 +46,7 @@ def check(path, files_written):
         return
     rows = result.rows
     assert rows["in"] == rows["kept"] + rows["quarantined"] + rows["duplicates"]
-    assert result.quarantine[schema.REASON].notna().all()
+    assert result.read_quarantine()[schema.REASON].notna().all()
     events = result.events.compute()
     assert len(events) == rows["kept"] and events[schema.TS].notna().all()
     OUTCOMES["ingested"] += 1

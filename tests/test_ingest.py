@@ -54,8 +54,8 @@ def test_bad_rows_quarantined_with_reasons_and_duplicates_dropped(tmp_path):
     result = ingest_events(str(path), IngestConfig(), CPU)
     assert result.rows == {"in": 6, "kept": 2, "quarantined": 3, "duplicates": 1}
     assert result.reasons == {"null_or_bad_user_id": 1, "unknown_event_type": 1, "unparsable_timestamp": 1}
-    assert sorted(result.quarantine[schema.SOURCE_ROW].tolist()) == [2, 3, 4]
-    assert set(result.quarantine[schema.SOURCE_FILE]) == {str(path)}
+    assert sorted(result.read_quarantine()[schema.SOURCE_ROW].tolist()) == [2, 3, 4]
+    assert set(result.read_quarantine()[schema.SOURCE_FILE]) == {str(path)}
     events = result.events.compute().sort_values(schema.USER)
     assert events[schema.EVENT].tolist() == ["view", "purchase"]
     assert events[schema.TS].iloc[1] == pd.Timestamp("2026-01-01")

@@ -61,7 +61,7 @@ def test_bad_rows_name_the_file_row_and_column(tmp_path, row, expected):
 def test_clashing_pins_and_unknown_columns_are_errors(tmp_path):
     with pytest.raises(HomerankError, match="row 2: column 'slot': slot 1 of 'for_you' is already pinned"):
         _load(tmp_path, "rule,item_id,section,slot\npin,10,for_you,1\npin,11,for_you,1\n")
-    with pytest.raises(HomerankError, match="unknown column 'colour'"):
+    with pytest.raises(HomerankError, match="header column 3 of 3: not a merchandising column"):
         _load(tmp_path, "rule,item_id,colour\nboost,10,red\n")
     with pytest.raises(HomerankError, match="merchandising file not found"):
         load_merchandising(tmp_path / "missing.csv", ITEMS, CATEGORIES, SECTIONS, AS_OF)
