@@ -35,7 +35,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 install-bench: $(VENV)/.installed-bench
 
 bench-etl: install-bench
-	$(PY) bench/etl_bench.py
+	$(PY) -m bench all $(BENCH_ARGS)
 
 bench-accuracy: install-bench
 	$(PY) bench/accuracy_bench.py --config preset:recipe

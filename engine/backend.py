@@ -90,9 +90,9 @@ class Backend:
         return {"frames": self.frames, "arrays": self.xp.__name__, "model": str(self.torch_device),
                 "graph": self.graph_library}
 
-    def to_host(self, frame: Any) -> pd.DataFrame:
-        """Bring a frame of this backend to pandas (no copy on the CPU path)."""
-        return frame if isinstance(frame, pd.DataFrame) else frame.to_pandas()
+    def to_host(self, frame: Any) -> Any:
+        """Bring a frame, series or index of this backend to pandas (no copy on the CPU path)."""
+        return frame if isinstance(frame, (pd.DataFrame, pd.Series, pd.Index)) else frame.to_pandas()
 
     def asnumpy(self, array: Any) -> np.ndarray:
         return np.asarray(array) if self.xp is np else self.xp.asnumpy(array)

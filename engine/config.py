@@ -73,7 +73,12 @@ class IngestConfig(StrictModel):
         "cut at line ends (a quoted field holding a line break is then not supported)"
     )
     id_dtype: Literal["auto", "int64", "string"] = Field(
-        "auto", description="auto: int64 when every Parquet file stores integer ids, else string"
+        "auto", description="auto: int64 when every file is Parquet with integer or float ids, else string; either "
+        "way 1000398, 1000398.0 and '1000398' are one id (see engine/ingest.py)"
+    )
+    future_tolerance_hours: float | None = Field(
+        24.0, ge=0, le=876_000, description="events later than the wall clock at ingest (UTC) plus this many hours "
+        "are quarantined as future_timestamp (24 h covers any time-zone offset); null turns the check off"
     )
 
 

@@ -9,11 +9,40 @@ quarantine dataset, and only its row counts (a few numbers) come back to the cli
 
 Conservation law (checked and reported): ``rows_in == kept + quarantined + duplicates``.
 
-Schema problems that make a whole file unusable (missing required column, unreadable or empty file) are
-user errors: `HomerankError` naming the file and the column. Row problems (null id, unknown event type,
-unparsable timestamp, non-numeric value) send the row to quarantine with a ``reason``, ``source_file`` and
-``source_row`` (0-based data row inside that file; for a CSV file split into blocks, the data line: a quoted
-field holding a line break is not supported in such a file — keep those below the block size).
+Schema problems that make a whole file unusable (missing required column, unreadable or empty file, a column
+of a type that cannot hold its values) are user errors: `HomerankError` naming the file and the column. Row
+problems (null or bad id, unknown event type, unparsable timestamp, a timestamp from the future, non-numeric
+value) send the row to quarantine with a ``reason``, ``source_file`` and ``source_row`` (0-based data row inside
+that file; for a CSV file split into blocks, the data line: a quoted field holding a line break is not supported
+in such a file — keep those below the block size).
+
+Column types (Parquet, checked on the client from each file's schema before anything is read; a
+dictionary-encoded column counts as its values' type, an all-null column is accepted and its rows quarantined):
+
+    user_id, item_id   integer, float (integral values), string
+    event_type         string
+    timestamp          timestamp, date, integer or float epoch numbers (in ``ingest.timestamp_unit``), string
+
+Anything else (bool, binary, list, struct, decimal, duration, ... — e.g. boolean timestamps, which would read as
+1970 epoch seconds) is exit 2 naming the file, the column and the type found. CSV columns are text: their cells
+are checked row by row.
+
+Ids have one canonical form per run, the same for every piece, file and format (`canonical_ids`): the int
+1000398, the integral float 1000398.0 and the text "1000398" or "1000398.0" are one id. ``ingest.id_dtype:
+auto`` decides from the files' metadata alone, once on the client: int64 when every file is Parquet and stores
+its ids as integers or floats, else strings. In string form an integer or an integral float is written as its
+digits ("1000398", never "1000398.0") and a text id is kept as written, stripped, except that a trailing ".0"
+after digits is dropped ("007" stays "007": leading zeros count in text ids). A float id that is not integral
+(1.5), not finite or outside int64 is a bad id: the row is quarantined as ``null_or_bad_user_id`` /
+``null_or_bad_item_id`` (in both forms, so the result does not depend on the form). With ``id_dtype: int64`` text
+ids must be whole numbers (digits with an optional sign and ".0"); others are bad ids. The item catalogue
+(`read_catalogue`) and the homepage's merchandising file use the same rule and are converted to the run's form.
+
+Events later than the wall clock at ingest (UTC) plus ``ingest.future_tolerance_hours`` (default 24 h, which
+covers any time-zone offset of a tz-naive log) are quarantined as ``future_timestamp``: one event in the year 2261
+would otherwise become the run's reference time ("now" of time decay, trending and merchandising). ``null`` turns
+the check off. Old timestamps are kept: an early event only sits at the start of its user's history, and no floor
+is right for every log.
 """
 
 from __future__ import annotations
@@ -39,6 +68,7 @@ from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
+from homerank.engine.partitioned import partition_by_user, worker_count
 from homerank.engine.privacy import pseudonym_key, pseudonymise
 
 log = logging.getLogger(__name__)
@@ -60,7 +90,10 @@ class Ingested:
     """Result of `ingest_events`.
 
     events: clean, de-duplicated events (dask, persisted on the workers) with columns user_id, item_id,
-        event_type, timestamp (datetime64[ns], UTC-naive) and the optional session_id, value.
+        event_type, timestamp (datetime64[ns], UTC-naive) and the optional session_id, value; range-partitioned
+        by user (`homerank.engine.partitioned.partition_by_user`: each user's events in one partition, the
+        partitions in user order).
+    newest: the newest clean event time (the reference time of weights and trends), from the pieces' counts.
     quarantine: the folder holding the rejected rows, one ``part-NNNNN.parquet`` per piece that had any (strings
         plus reason, source_file, source_row), written by the workers.
     rows: {"in", "kept", "quarantined", "duplicates"}.
@@ -73,6 +106,7 @@ class Ingested:
     id_dtype: IdDtype = "string"
     reasons: dict[str, int] = field(default_factory=dict)
     partitions: int = 0
+    newest: pd.Timestamp | None = None
 
     def read_quarantine(self) -> pd.DataFrame:
         """The rejected rows as one pandas frame (for small logs and tests; the stage never gathers them)."""
@@ -161,35 +195,125 @@ def check_required_columns(
         raise HomerankError(f"{file.path}: missing required column {missing[0]!r} (found: {found or 'none'})")
 
 
-def _parquet_id_dtype(file: InputFile) -> IdDtype:
-    arrow_schema = pq.read_schema(file.path)
-    kinds = {pa.types.is_integer(arrow_schema.field(c).type) for c in (schema.USER, schema.ITEM)}
-    return "int64" if kinds == {True} else "string"
+def _values_type(kind: pa.DataType) -> pa.DataType:
+    """A dictionary-encoded column (a pandas categorical) is judged by the type of its values."""
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
 
 
-def decide_id_dtype(files: list[InputFile], configured: str = "auto") -> IdDtype:
-    """Integer ids stay integers when every file stores them as integers (Parquet); otherwise strings."""
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def _id_type_ok(kind: pa.DataType) -> bool:
+    return pa.types.is_null(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind) or _is_text(kind)
+
+
+def _event_type_ok(kind: pa.DataType) -> bool:
+    return pa.types.is_null(kind) or _is_text(kind)
+
+
+def _timestamp_type_ok(kind: pa.DataType) -> bool:
+    return (pa.types.is_null(kind) or pa.types.is_timestamp(kind) or pa.types.is_date(kind)
+            or pa.types.is_integer(kind) or pa.types.is_floating(kind) or _is_text(kind))
+
+
+ID_TYPES = (_id_type_ok, "integer, float (integral values) or string ids")
+COLUMN_TYPES = {
+    schema.USER: ID_TYPES,
+    schema.ITEM: ID_TYPES,
+    schema.EVENT: (_event_type_ok, "strings"),
+    schema.TS: (_timestamp_type_ok, "timestamps, dates, epoch numbers (unit: ingest.timestamp_unit) or strings"),
+}
+
+
+def check_column_types(file: InputFile, arrow_schema: pa.Schema,
+                       columns: tuple[str, ...] = schema.REQUIRED_EVENT_COLUMNS) -> None:
+    """Raise HomerankError naming the file, the column and the type found when a Parquet column's type is not one
+    `COLUMN_TYPES` accepts (read from the schema: nothing is read)."""
+    for column in columns:
+        accepts, expected = COLUMN_TYPES[column]
+        for index in arrow_schema.get_all_field_indices(column):
+            found = arrow_schema.field(index).type
+            if not accepts(_values_type(found)):
+                raise HomerankError(f"{file.path}: column {column!r} has type {str(found)[:80]}; expected {expected} "
+                                    "(cast the column when writing the file)")
+
+
+def _parquet_ids_are_numbers(arrow_schema: pa.Schema) -> bool:
+    kinds = [_values_type(arrow_schema.field(c).type) for c in (schema.USER, schema.ITEM)]
+    return all(pa.types.is_null(k) or pa.types.is_integer(k) or pa.types.is_floating(k) for k in kinds)
+
+
+def decide_id_dtype(files: list[InputFile], configured: str = "auto",
+                    schemas: dict[str, pa.Schema] | None = None) -> IdDtype:
+    """The run's id form, decided once from metadata: int64 when every file is Parquet and stores its ids as
+    integers or floats (integral floats are integers, see `canonical_ids`); otherwise strings, the canonical text
+    form (a CSV file's ids are text, and proving them all integers would take a pass over every row)."""
     if configured in ("int64", "string"):
         return configured  # type: ignore[return-value]
-    if all(f.format == "parquet" for f in files) and all(_parquet_id_dtype(f) == "int64" for f in files):
-        return "int64"
-    return "string"
+    if any(f.format != "parquet" for f in files):
+        return "string"
+    schemas = schemas or {}
+    numeric = all(_parquet_ids_are_numbers(schemas.get(f.path) or pq.read_schema(f.path)) for f in files)
+    return "int64" if numeric else "string"
 
 
-def _coerce_ids(values: pd.Series, id_dtype: IdDtype) -> tuple[pd.Series, pd.Series]:
-    """Return (typed ids, bad mask). Nulls and, for int64, non-integer ids are bad."""
-    bad = values.isna()
-    if id_dtype == "int64" and pd.api.types.is_integer_dtype(values.dtype):
-        return values.fillna(0).astype("int64"), bad
+INT64_MAX_DIGITS = str(np.iinfo(np.int64).max)
+INTEGRAL_DECIMAL = r"^(-?\d+)\.0+$"  # "1000398.0", the text of an integral float: the id 1000398
+
+
+def _plain_values(values: pd.Series) -> pd.Series:
+    """A categorical column as its values' dtype (nullable integers keep their nulls)."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return values
+    inner = values.cat.categories.dtype
+    if pd.api.types.is_integer_dtype(inner):
+        return values.astype("Int64")
+    return values.astype("float64" if pd.api.types.is_float_dtype(inner) else "string")
+
+
+def _text_as_int64(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Whole numbers written as text (digits, optional sign; "1.0" already made "1") -> (int64, ok), exactly:
+    never through float64, which rounds ids above 2**53."""
+    whole = text.str.fullmatch(r"[+-]?\d+").fillna(False).astype(bool)
+    digits = text.str.replace(r"^[+-]?0*", "", regex=True).fillna("")
+    fits = (digits.str.len() < len(INT64_MAX_DIGITS)) | (
+        (digits.str.len() == len(INT64_MAX_DIGITS)) & (digits <= INT64_MAX_DIGITS))
+    ok = whole & fits.fillna(False).astype(bool)
+    return text.where(ok, "0").astype("int64"), ok
+
+
+def canonical_ids(values: pd.Series, id_dtype: IdDtype) -> tuple[pd.Series, pd.Series]:
+    """Ids in the run's canonical form (int64, or the "string" dtype) and the mask of bad ids (bool, same index).
+
+    Integers and integral floats are numbers: int64, or their digits as text. Text is stripped and a trailing
+    ".0" after digits dropped; in int64 form it must then be a whole number. Bad: null, empty text, a float that is
+    not integral or not finite, a number outside int64, a bool. The values of bad ids are placeholders."""
+    values = _plain_values(values)
+    if pd.api.types.is_bool_dtype(values.dtype):
+        ok = pd.Series(False, index=values.index)
+        ints = pd.Series(0, index=values.index, dtype="int64")
+    elif pd.api.types.is_integer_dtype(values.dtype):
+        ok = values.notna().astype(bool)
+        if pd.api.types.is_unsigned_integer_dtype(values.dtype):
+            ok &= (values.fillna(0) <= np.iinfo(np.int64).max).astype(bool)
+        ints = values.where(ok, 0).astype("int64")
+    elif pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.astype("float64")
+        ok = numbers.notna() & np.isfinite(numbers) & (numbers == np.floor(numbers)) & (numbers.abs() < 2.0**63)
+        ints = numbers.where(ok, 0).astype("int64")
+    else:
+        text = values.astype("string").str.strip()
+        decimal = text.str.contains(".", regex=False).fillna(False).astype(bool)
+        if decimal.any():  # the regex only where it can match: most logs have no "." in their ids
+            text = text.where(~decimal, text.str.replace(INTEGRAL_DECIMAL, r"\1", regex=True))
+        if id_dtype == "string":
+            bad = (text.isna() | (text == "")).fillna(True).astype(bool)
+            return text, bad
+        ints, ok = _text_as_int64(text)
     if id_dtype == "string":
-        typed = values.astype("string").str.strip()
-        bad |= typed.isna() | (typed == "")
-        return typed, bad
-    numeric = pd.to_numeric(values, errors="coerce").astype("float64")
-    integral = numeric.notna() & np.isfinite(numeric.astype("float64")) & (numeric == np.floor(numeric))
-    bad |= ~integral
-    typed = numeric.where(~bad, 0).astype("int64")
-    return typed, bad
+        return ints.astype("string"), ~ok
+    return ints, ~ok
 
 
 def _to_ns(parsed: pd.Series) -> pd.Series:
@@ -201,7 +325,10 @@ def _to_ns(parsed: pd.Series) -> pd.Series:
 
 
 def _parse_timestamps(values: pd.Series, unit: str) -> pd.Series:
-    """Parse to datetime64[ns] (UTC, tz-naive); unparsable or out-of-range values become NaT."""
+    """Parse to datetime64[ns] (UTC, tz-naive); unparsable or out-of-range values become NaT. Booleans are not
+    times (as numbers they would be 1970 epoch seconds): NaT."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
     if pd.api.types.is_datetime64_any_dtype(values):
         return _to_ns(values)
     numeric = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_numeric_dtype(values) else values
@@ -226,11 +353,13 @@ def validate_events(
     id_dtype: IdDtype,
     timestamp_unit: str = "s",
     row_offset: int = 0,
+    latest: pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split one raw partition into (clean events, quarantined rows).
 
     The first failing check names the reason: ``null_or_bad_user_id``, ``null_or_bad_item_id``,
-    ``unknown_event_type``, ``unparsable_timestamp``, ``non_numeric_value``.
+    ``unknown_event_type``, ``unparsable_timestamp``, ``future_timestamp`` (later than ``latest``, tz-naive UTC;
+    None: no limit), ``non_numeric_value``. Ids take the ``id_dtype`` form of `canonical_ids`.
     """
     n = len(raw)
     reason = pd.Series(pd.NA, index=raw.index, dtype="string")
@@ -238,14 +367,16 @@ def validate_events(
     def flag(mask: pd.Series, why: str) -> None:
         reason.loc[mask & reason.isna()] = why
 
-    users, bad_users = _coerce_ids(raw[schema.USER], id_dtype)
+    users, bad_users = canonical_ids(raw[schema.USER], id_dtype)
     flag(bad_users, "null_or_bad_user_id")
-    items, bad_items = _coerce_ids(raw[schema.ITEM], id_dtype)
+    items, bad_items = canonical_ids(raw[schema.ITEM], id_dtype)
     flag(bad_items, "null_or_bad_item_id")
     events = raw[schema.EVENT].astype("string").str.strip().str.lower()
     flag(~events.isin(event_types).fillna(False).astype(bool), "unknown_event_type")
     timestamps = _parse_timestamps(raw[schema.TS], timestamp_unit)
     flag(timestamps.isna(), "unparsable_timestamp")
+    if latest is not None:
+        flag((timestamps > latest).fillna(False).astype(bool), "future_timestamp")
     clean = pd.DataFrame({schema.USER: users, schema.ITEM: items, schema.EVENT: events, schema.TS: timestamps})
     if schema.SESSION in raw.columns:
         clean[schema.SESSION] = raw[schema.SESSION].astype("string")
@@ -370,15 +501,17 @@ def _read_piece(piece: Piece, columns: list[str]) -> pd.DataFrame:
 
 
 def _ingest_piece(piece: Piece, columns: list[str], event_types: list[str], id_dtype: IdDtype, unit: str,
-                  pseudonym_key: bytes | None, quarantine_dir: str) -> pd.DataFrame:
+                  pseudonym_key: bytes | None, quarantine_dir: str, latest: pd.Timestamp | None = None
+                  ) -> pd.DataFrame:
     """Read and validate one piece on a worker; write its rejected rows and its counts beside the quarantine;
-    return the clean rows."""
+    return the clean rows. ``id_dtype`` and ``latest`` were decided once on the client: every piece gets the same."""
     try:
         raw = _read_piece(piece, columns)
     except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HomerankError(f"{piece.file.path}: could not be read ({first_line[:200]})") from None
-    clean, rejected = validate_events(raw, piece.file.path, event_types, id_dtype, unit, piece.row_offset or 0)
+    clean, rejected = validate_events(raw, piece.file.path, event_types, id_dtype, unit, piece.row_offset or 0,
+                                      latest)
     if pseudonym_key is not None:
         clean[schema.USER] = pseudonymise(clean[schema.USER], pseudonym_key)
         rejected[schema.USER] = pseudonymise(rejected[schema.USER], pseudonym_key)
@@ -386,7 +519,7 @@ def _ingest_piece(piece: Piece, columns: list[str], event_types: list[str], id_d
     name = f"part-{piece.number:05d}"
     if len(rejected):
         _write_atomically(folder / f"{name}.parquet", lambda tmp: rejected.to_parquet(tmp, index=False))
-    counts = {"in": len(raw), "clean": len(clean),
+    counts = {"in": len(raw), "clean": len(clean), "newest": str(clean[schema.TS].max()) if len(clean) else None,
               "reasons": {str(k): int(v) for k, v in rejected[schema.REASON].value_counts().items()}}
     _write_atomically(folder / COUNTS / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(counts)))
     return clean
@@ -403,27 +536,36 @@ def _write_atomically(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_pa
     os.replace(tmp, path)
 
 
-def _split_out(npartitions: int) -> int:
-    """Output partitions of a group-by/dedupe: one for small inputs (no shuffle), more as input grows."""
-    return 1 if npartitions <= 16 else npartitions // 8
+def _drop_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop_duplicates()
 
 
 def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: str = "auto",
                   quarantine_dir: str | os.PathLike[str] | None = None) -> Ingested:
     """Read, validate and de-duplicate a behaviour log. See the module docstring for the guarantees.
 
+    ``id_dtype`` ("auto", "int64", "string") overrides ``config.id_dtype`` unless it is "auto".
+
     ``quarantine_dir`` receives the rejected rows (one Parquet file per piece that had any, written by the
     workers); by default a temporary folder. The caller turns it into a dataset (`homerank.jobs.rundir`).
     """
     files = discover_files(path, config.format)
     column_sets = []
+    schemas: dict[str, pa.Schema] = {}
     for file in files:
         columns = read_columns(file)
         check_required_columns(file, columns)
+        if file.format == "parquet":  # CSV columns are text: their cells are checked row by row
+            schemas[file.path] = pq.read_schema(file.path)
+            check_column_types(file, schemas[file.path])
         column_sets.append(columns)
     optional = [c for c in schema.OPTIONAL_EVENT_COLUMNS if all(c in cols for cols in column_sets)]
     columns = list(schema.REQUIRED_EVENT_COLUMNS) + optional
-    resolved_ids = decide_id_dtype(files, id_dtype)
+    resolved_ids = decide_id_dtype(files, id_dtype if id_dtype != "auto" else config.id_dtype, schemas)
+    latest = None  # the newest plausible event time, fixed once here so that every piece uses the same
+    if config.future_tolerance_hours is not None:
+        now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+        latest = now + pd.Timedelta(hours=config.future_tolerance_hours)
     key = pseudonym_key() if config.pseudonymise_user_ids else None
     event_types = [e.strip().lower() for e in config.event_types]
     folder = Path(quarantine_dir) if quarantine_dir is not None else Path(tempfile.mkdtemp(prefix="quarantine-"))
@@ -431,42 +573,67 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     for stale in [*folder.glob("part-*.parquet"), *(folder / COUNTS).glob("*.json")]:
         stale.unlink()
     pieces = _csv_row_offsets(plan_pieces(files, config.partition_rows, config.csv_block_bytes))
-    log.info("ingest: %d file(s) in %d piece(s), id dtype %s, columns %s", len(files), len(pieces), resolved_ids,
-             columns)
+    log.info("ingest: %d file(s) in %d piece(s), id dtype %s, columns %s, events after %s are future_timestamp",
+             len(files), len(pieces), resolved_ids, columns, latest)
     meta = _empty_clean(columns, resolved_ids)
     if key is not None:
         meta[schema.USER] = meta[schema.USER].astype("string")
     clean = dd.from_map(_ingest_piece, pieces, columns=columns, event_types=event_types, id_dtype=resolved_ids,
-                        unit=config.timestamp_unit, pseudonym_key=key, quarantine_dir=str(folder), meta=meta,
+                        unit=config.timestamp_unit, pseudonym_key=key, quarantine_dir=str(folder), latest=latest,
+                        meta=meta,
                         enforce_metadata=False, label="ingest-piece")
-    clean = backend.on_backend(clean)
-    deduped = clean.drop_duplicates(split_out=_split_out(clean.npartitions)).persist()
-    kept = int(deduped.shape[0].compute())  # every piece has run: its counts are on disk
+    clean = backend.on_backend(clean).persist()
+    clean_rows = int(clean.shape[0].compute())  # every piece has run: its counts are on disk
     counts = [json.loads(p.read_text()) for p in sorted((folder / COUNTS).glob("*.json"))]
+    # one shuffle: range-partitioned by user, so exact duplicates (same user) meet in one partition
+    by_user = partition_by_user(clean, clean_rows, config.partition_rows, min_partitions=worker_count())
+    deduped = by_user.map_partitions(_drop_duplicates, meta=by_user._meta).persist()
+    kept = int(deduped.shape[0].compute())
     if len(counts) != len(pieces):  # pragma: no cover - a task that returned wrote its counts
         raise AssertionError(f"ingest: counts of {len(counts)} of {len(pieces)} pieces")
     reasons: dict[str, int] = {}
     for record in counts:
         for reason, n in record["reasons"].items():
             reasons[reason] = reasons.get(reason, 0) + n
-    rows_in, clean_rows = sum(c["in"] for c in counts), sum(c["clean"] for c in counts)
+    rows_in = sum(c["in"] for c in counts)
+    if clean_rows != sum(c["clean"] for c in counts):  # pragma: no cover - invariant
+        raise AssertionError("ingest: clean rows differ from the pieces' counts")
+    newest = max((pd.Timestamp(c["newest"]) for c in counts if c.get("newest")), default=None)
     rows = {"in": rows_in, "kept": kept, "quarantined": sum(reasons.values()), "duplicates": clean_rows - kept}
     if rows["in"] != rows["kept"] + rows["quarantined"] + rows["duplicates"]:  # pragma: no cover - invariant
         raise AssertionError(f"row conservation violated: {rows}")
     log.info("ingest: rows %s, quarantine reasons %s", rows, reasons)
     return Ingested(events=deduped, quarantine=folder, rows=rows, files=[f.path for f in files],
                     id_dtype=resolved_ids, reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-                    partitions=len(pieces))
+                    partitions=len(pieces), newest=newest)
 
 
 def read_catalogue(path: str) -> pd.DataFrame:
-    """Read the optional item catalogue (Parquet or CSV). Must contain ``item_id``."""
+    """Read the optional item catalogue (Parquet or CSV). Must contain ``item_id``, in the canonical form of
+    `canonical_ids`: int64 when every file stores its ids as numbers (Parquet integers or integral floats), else
+    strings (a CSV file's ids are read as text, so "007" stays "007"). The homepage converts them to the run's id
+    form (`homerank.homepage.catalogue.build_catalogue`). A null, empty or non-integral float id, or an ``item_id``
+    column of another type, is a user error naming the file and the column."""
     files = discover_files(path)
-    frames = []
+    frames, forms = [], []
     for file in files:
         columns = read_columns(file)
         check_required_columns(file, columns, schema.CATALOGUE_REQUIRED)
-        frames.append(pd.read_parquet(file.path) if file.format == "parquet" else pd.read_csv(file.path))
+        if file.format == "parquet":
+            check_column_types(file, pq.read_schema(file.path), schema.CATALOGUE_REQUIRED)
+            frame = pd.read_parquet(file.path)
+        else:
+            frame = pd.read_csv(file.path, dtype={schema.ITEM: str})
+        raw = _plain_values(frame[schema.ITEM])
+        form: IdDtype = "int64" if pd.api.types.is_numeric_dtype(raw.dtype) else "string"
+        ids, bad = canonical_ids(raw, form)
+        if bad.any():
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            raise HomerankError(f"{file.path}: column {schema.ITEM!r}: {int(bad.sum())} bad id(s), the first "
+                                f"{str(raw.iloc[first])[:40]!r} at data row {first}: catalogue ids must be integers, "
+                                "integral floats or non-empty text")
+        frames.append(frame.assign(**{schema.ITEM: ids}))
+        forms.append(form)
+    if "string" in forms:  # one form for the whole catalogue: numbers as their digits
+        frames = [f.assign(**{schema.ITEM: canonical_ids(f[schema.ITEM], "string")[0]}) for f in frames]
     return pd.concat(frames, ignore_index=True)
-
-

@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 
 from homerank.engine import schema
+from homerank.engine.errors import HomerankError
+from homerank.engine.ingest import canonical_ids
 from homerank.engine.interactions import half_life_decay
 from homerank.engine.split import SPLIT
 from homerank.homepage.config import HomepageConfig
@@ -42,15 +44,32 @@ class Catalogue:
         return {item: i for i, item in enumerate(self.item_ids.tolist())}
 
 
+def run_item_ids(ids: pd.Series, run_ids: pd.Series) -> pd.Series:
+    """Catalogue ``ids`` in the form and dtype of the run's item ids ``run_ids`` (int64 or strings): 500079,
+    500079.0 and "500079" are one item. Raises HomerankError when an id cannot be one of the run's (text that is
+    not a whole number in an int64 run, a null, a fraction)."""
+    form = "int64" if pd.api.types.is_integer_dtype(run_ids.dtype) else "string"
+    converted, bad = canonical_ids(ids, form)
+    if bad.any():
+        first = str(ids[bad].iloc[0])[:40]
+        raise HomerankError(f"catalogue (ingest.catalogue): column {schema.ITEM!r}: {int(bad.sum())} id(s) cannot be "
+                            f"this run's {form} item ids, the first {first!r}; the event log's item ids are {form} "
+                            "(set ingest.id_dtype: string when ids are not all numbers)")
+    return converted.astype(run_ids.dtype)
+
+
 def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item_index: pd.DataFrame,
                     edges: pd.DataFrame, reference_time: pd.Timestamp, settings: HomepageConfig) -> Catalogue:
     """Merge the catalogue frame (``items``: item_id plus any of category, title, in_stock, created_at, price;
     None when the run has no catalogue) with the items of ``interactions``. Missing facts get defaults: category
     "Other", the id as title, no creation time, in stock only when the frame has no in_stock column at all;
     the price band is the price quartile 0..3 (-1 without a price, 0 for all when fewer than 4 items have one).
-    ``reference_time`` is the newest event of the log, the "now" of trending."""
+    ``reference_time`` is the newest event of the log, the "now" of trending. The catalogue's ids are converted to
+    the run's id form (that of ``item_index``, see `homerank.engine.ingest.canonical_ids`) before merging."""
     if items is None:
         items = pd.DataFrame({schema.ITEM: interactions[schema.ITEM].unique()})
+    else:
+        items = items.assign(**{schema.ITEM: run_item_ids(items[schema.ITEM], item_index[schema.ITEM])})
     seen = pd.DataFrame({schema.ITEM: interactions[schema.ITEM].unique()})
     items = items.drop_duplicates(schema.ITEM).merge(seen, on=schema.ITEM, how="outer")
     items["category"] = items.get("category", pd.Series(index=items.index, dtype=object)).fillna("Other")

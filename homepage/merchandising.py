@@ -15,7 +15,8 @@ Columns (``rule`` plus exactly one of ``item_id`` / ``category`` per row; the ot
 
 A rule is active when ``start <= as_of <= end`` where ``as_of`` is the run's reference time (the newest
 event in the log). Invalid rows are user errors naming the file, the row (1-based data row, as a spreadsheet
-shows it after the header) and the column; nothing is dropped silently.
+shows it after the header) and the column; nothing is dropped silently. Item ids take the run's id form: 12, 12.0
+(a Parquet float column, or a CSV written from one) and "12" name the same item.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from homerank.engine.errors import HomerankError
+from homerank.engine.ingest import canonical_ids
 
 RULES = ("boost", "pin")
 COLUMNS = ("rule", "item_id", "category", "weight", "section", "slot", "start", "end")
@@ -92,6 +94,15 @@ def _read_table(path: Path) -> pd.DataFrame:
     return table.map(lambda v: str(v).strip())
 
 
+def _run_item_ids(column: pd.Series, item_ids: np.ndarray) -> pd.Series:
+    """The file's item ids (stripped text) in the text form of the run's ids, so that 12, 12.0 (a Parquet float
+    column, or a CSV written from one) and "12" all name item 12 (`homerank.engine.ingest.canonical_ids`). Text
+    that cannot be one of the run's ids is kept as written: it is then reported as an unknown item."""
+    form = "int64" if np.issubdtype(item_ids.dtype, np.integer) else "string"
+    canonical, bad = canonical_ids(column, form)
+    return canonical.astype(str).where(~bad, column)
+
+
 def _day(value: str, path: Path, row: int, column: str) -> pd.Timestamp | None:
     if not value:
         return None
@@ -106,6 +117,8 @@ def load_merchandising(path: str | Path, item_ids: np.ndarray, categories: np.nd
     """Validate every row and keep the rules active at ``as_of``, resolved against the catalogue."""
     path = Path(path)
     table = _read_table(path)
+    if "item_id" in table.columns:
+        table["item_id"] = _run_item_ids(table["item_id"], item_ids)
     position_of = {str(item): i for i, item in enumerate(item_ids.tolist())}
     known_categories = set(categories.tolist())
     out = Merchandising(stats={"rules": len(table), "active_boosts": 0, "active_pins": 0, "inactive": 0})

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from homerank.engine.errors import HomerankError
-from homerank.jobs.hygiene import LOG_FORMAT, NOISY_LOGGERS, quiet_library_warnings
+from homerank.jobs.hygiene import LOG_FORMAT, quiet_library_warnings, quiet_noisy_loggers
 from homerank.jobs.lock import run_lock
 from homerank.jobs.rundir import RunDir
 
@@ -155,8 +155,7 @@ def _setup_logging(run_root: Path | None, quiet: bool) -> None:
             raise HomerankError(f"{log_file}: cannot write the run's log ({exc.strerror}); check --out") from None
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_noisy_loggers()
 
 
 def _check_out(path: Path) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
 from homerank.jobs.config import ClusterConfig
+from homerank.jobs.hygiene import quiet_noisy_loggers
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 def dask_client(config: ClusterConfig, backend: Backend) -> Iterator[object]:
     from distributed import Client
 
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    quiet_noisy_loggers()
 
     if config.address:
         try:

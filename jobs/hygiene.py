@@ -13,6 +13,16 @@ from pathlib import Path
 LIBRARY_WARNINGS = ("Sparse CSR tensor support is in beta state", "Sparse invariant checks are implicitly",
                     "`torch.jit.script` is deprecated")
 NOISY_LOGGERS = ("distributed", "dask", "tornado", "asyncio")
+# p2p shuffles log their life cycle ("initialized by task", "deactivated due to stimulus") as warnings
+QUIET_LOGGERS = ("distributed.shuffle",)
+
+
+def quiet_noisy_loggers() -> None:
+    """Library loggers that narrate their internals: warnings only (`QUIET_LOGGERS`: errors only)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

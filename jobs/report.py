@@ -244,6 +244,14 @@ def write_report(run: RunDir) -> Path:
     timings = _maybe(run.timings)
     if timings:
         parts += ["", "Stage seconds: " + ", ".join(f"{_text(k)} {v:.1f}" for k, v in timings.items())]
+    verdict = _maybe(run.gates)
+    if verdict is not None and not verdict.get("accepted", True):  # the newest ETL was refused by a gate
+        rejected = _maybe(RunDir(run.etl_rejected).etl_stats)
+        parts += ["", "## The newest ETL was refused (**FAIL**)", "",
+                  "A data-quality gate failed: the accepted ETL below (if any) stays in use; the refused outputs "
+                  "are in `etl.rejected/`, the verdict in `etl/gates.json`."]
+        if rejected:
+            parts += [""] + _rows_section({**rejected, "gates": verdict["gates"]})
     if etl:
         parts += [""] + _rows_section(etl)
     graph = _maybe(run.graph_stats)

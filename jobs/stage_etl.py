@@ -1,34 +1,47 @@
 """Stage 1 — ETL: logs -> quarantine + clean interactions -> k-core -> encoded ids -> temporal split.
 
-Reads: the input log (and optional catalogue). Writes into the run directory:
-``quarantine/`` (rejected rows with reason), ``etl/interactions.parquet`` (all-time edges, original ids,
-per-event-type counts), ``etl/edges.parquet`` (k-core edges with user_index/item_index and ``split``),
-``user_index.parquet`` / ``item_index.parquet`` (mapping tables), ``etl/stats.json``.
+Reads: the input log (and optional catalogue). Writes into the run directory: ``quarantine/`` (rejected rows
+with reason), ``etl/interactions/`` (all-time edges, original ids, per-event-type counts), ``etl/edges/`` (k-core
+edges with user_index/item_index and ``split``) — Parquet datasets written partition by partition by the dask
+workers (`homerank.engine.partitioned`) — ``user_index.parquet`` / ``item_index.parquet`` (mapping tables),
+``etl/stats.json`` and ``etl/gates.json``.
+
+Everything is built in a staging copy first; the data-quality gates compare it with the last accepted ETL and
+only then is it published, so a failed gate (exit 3) leaves the accepted outputs untouched for every later stage
+and the rejected ones in ``etl.rejected/``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 
 from homerank.engine import schema
 from homerank.engine.backend import Backend
-from homerank.engine.encode import encode_edges, fit_index
 from homerank.engine.errors import GateError, HomerankError
 from homerank.engine.ingest import ingest_events, read_catalogue
-from homerank.engine.interactions import aggregate_edges, check_weights, sort_edges, weight_events
-from homerank.engine.kcore import kcore_filter
+from homerank.engine.interactions import check_weights, weight_events
 from homerank.engine.lightgcn_format import load_lightgcn
-from homerank.engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
+from homerank.engine.partitioned import (
+    aggregate_by_user,
+    encode_and_split,
+    id_tables,
+    kcore_by_user,
+    write_partitions,
+)
+from homerank.engine.split import SPLIT
 from homerank.jobs.config import JobConfig
 from homerank.jobs.gates import enforce, evaluate_gates
 from homerank.jobs.rundir import (
     RunDir,
+    publish_outputs,
     publish_parquet_parts,
     read_json,
     write_json,
@@ -46,24 +59,37 @@ def _split_counts(edges: pd.DataFrame) -> dict[str, int]:
     return {name: int(counts.get(name, 0)) for name in ("train", "valid", "test")}
 
 
-def _previous_stats(run: RunDir) -> dict[str, Any] | None:
-    return read_json(run.etl_stats) if run.etl_stats.exists() else None
+ETL_OUTPUTS = ("quarantine", "interactions", "edges", "catalogue", "user_index", "item_index")
 
 
-def _finish(run: RunDir, config: JobConfig, stats: dict[str, Any], previous: dict[str, Any] | None
-            ) -> dict[str, Any]:
-    """Write the statistics, then check the data-quality gates (raises GateError before any training)."""
+def _finish(run: RunDir, staging: RunDir, config: JobConfig, stats: dict[str, Any]) -> dict[str, Any]:
+    """Check the data-quality gates against the last accepted ETL (``etl/stats.json``), then publish.
+
+    Passed: every staged output replaces the accepted one, the statistics last. Failed: nothing downstream
+    sees the new data; the gate results go to ``etl/gates.json``, the rejected outputs to ``etl.rejected/`` for
+    inspection, and `GateError` (exit 3) is raised."""
+    previous = read_json(run.etl_stats) if run.etl_stats.exists() else None
     stats["gates"] = evaluate_gates(stats, previous, config.gates)
-    write_json(run.etl_stats, stats)
     log.info("etl: %s", {k: stats[k] for k in ("rows", "kcore", "split")})
-    enforce(stats["gates"])
+    write_json(run.gates, {"accepted": all(g["passed"] for g in stats["gates"]), "gates": stats["gates"],
+                           "compared_with": "etl/stats.json of the last accepted ETL" if previous else None})
+    try:
+        enforce(stats["gates"])
+    except GateError:
+        write_json(staging.etl_stats, stats)
+        shutil.rmtree(run.etl_rejected, ignore_errors=True)
+        os.replace(staging.root, run.etl_rejected)
+        raise
+    publish_outputs(staging, run, ETL_OUTPUTS)
+    write_json(run.etl_stats, stats)
+    shutil.rmtree(staging.root, ignore_errors=True)
+    shutil.rmtree(run.etl_rejected, ignore_errors=True)
     return stats
 
 
 def run_lightgcn_etl(input_path: str, run: RunDir, config: JobConfig) -> dict[str, Any]:
     """ETL for the ``lightgcn`` format: the split is given; ids are already dense indices."""
     started = time.perf_counter()
-    previous = _previous_stats(run)
     edges, num_users, num_items, valid_from_file = load_lightgcn(input_path, config.split.valid, config.seed)
     edges[schema.USER] = edges[schema.USER_INDEX]
     edges[schema.ITEM] = edges[schema.ITEM_INDEX]
@@ -74,8 +100,8 @@ def run_lightgcn_etl(input_path: str, run: RunDir, config: JobConfig) -> dict[st
     interactions = edges.drop_duplicates([schema.USER, schema.ITEM])[[schema.USER, schema.ITEM, schema.WEIGHT]].assign(
         **{schema.count_column(LIGHTGCN_EVENT): 1})
     write_parquet_dataset(run.quarantine, pd.DataFrame(columns=[schema.REASON]))
-    write_parquet(run.interactions, interactions.reset_index(drop=True))
-    write_parquet(run.edges, edges)
+    write_parquet_dataset(run.interactions, interactions.reset_index(drop=True))
+    write_parquet_dataset(run.edges, edges)
     write_parquet(run.user_index, user_index)
     write_parquet(run.item_index, item_index)
     rows = len(edges)
@@ -96,59 +122,73 @@ def run_lightgcn_etl(input_path: str, run: RunDir, config: JobConfig) -> dict[st
         "catalogue_rows": None,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return _finish(run, config, stats, previous)
+    return stats
 
 
 def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
-    if config.ingest.format == "lightgcn":
-        return run_lightgcn_etl(input_path, run, config)
+    """Every output is built in a staging copy of the run directory; the data-quality gates then decide, against
+    the last accepted ETL, whether it is published (`_finish`)."""
+    staging = RunDir(run.etl_staging)
+    shutil.rmtree(staging.root, ignore_errors=True)
+    staging.ensure()
+    try:
+        if config.ingest.format == "lightgcn":
+            stats = run_lightgcn_etl(input_path, staging, config)
+        else:
+            stats = _partitioned_etl(input_path, staging, config, backend)
+    except GateError:  # a data problem: keep what was built (the quarantine above all) for inspection
+        shutil.rmtree(run.etl_rejected, ignore_errors=True)
+        os.replace(staging.root, run.etl_rejected)
+        raise
+    except BaseException:
+        shutil.rmtree(staging.root, ignore_errors=True)
+        raise
+    return _finish(run, staging, config, stats)
+
+
+def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
+    """Ingest, then the user-partitioned graph of `homerank.engine.partitioned`; writes into ``run`` (staging)."""
     started = time.perf_counter()
-    previous = _previous_stats(run)
     event_types = [t.strip().lower() for t in config.ingest.event_types]
     check_weights(config.interactions.event_weights, event_types)
     unknown_exclusions = [t for t in config.rank.exclude_event_types if t not in event_types]
     if unknown_exclusions:
         raise HomerankError(f"rank.exclude_event_types: {unknown_exclusions[0]!r} is not in ingest.event_types")
     with backend.dask_config():
-        staging = run.quarantine_staging
-        shutil.rmtree(staging, ignore_errors=True)
-        ingested = ingest_events(input_path, config.ingest, backend, config.ingest.id_dtype, staging)
-        publish_parquet_parts(staging, run.quarantine, pd.DataFrame(columns=[schema.REASON, schema.SOURCE_FILE,
-                                                                             schema.SOURCE_ROW]))
+        ingested = ingest_events(input_path, config.ingest, backend, config.ingest.id_dtype, run.quarantine_staging)
+        publish_parquet_parts(run.quarantine_staging, run.quarantine, pd.DataFrame(
+            columns=[schema.REASON, schema.SOURCE_FILE, schema.SOURCE_ROW]))
         if ingested.rows["kept"] == 0:
             raise GateError(f"{input_path}: no valid rows left after validation: all {ingested.rows['in']} rows were "
-                            f"quarantined (reasons in {run.quarantine})")
-        events = ingested.events
-        ref_time = events[schema.TS].max().compute()
-        weighted = weight_events(events, config.interactions.event_weights, config.interactions.half_life_days,
-                                 ref_time)
-        all_edges = sort_edges(backend.to_host(aggregate_edges(weighted, event_types).compute()))
-        write_parquet(run.interactions, all_edges)
-        core, rounds = kcore_filter(all_edges, config.interactions.min_user_interactions,
-                                    config.interactions.min_item_interactions)
-        if len(core) == 0:
+                            "quarantined (reasons in etl.rejected/quarantine/)")
+        log.info("etl: ingest done at %.1fs", time.perf_counter() - started)
+        by_user = ingested.events  # already partitioned by user
+        ref_time = ingested.newest
+        weighted = weight_events(by_user, config.interactions.event_weights, config.interactions.half_life_days,
+                                 ref_time).persist()
+        all_edges = aggregate_by_user(weighted, event_types).persist()
+        _, edges_all_time, users_all_time, items_all_time = dask.compute(
+            write_partitions(all_edges, run.interactions_staging, compute=False), all_edges.shape[0],
+            all_edges[schema.USER].nunique(), all_edges[schema.ITEM].nunique())
+        publish_parquet_parts(run.interactions_staging, run.interactions, all_edges._meta)
+        log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,
+                 time.perf_counter() - started)
+        core, rounds = kcore_by_user(all_edges, config.interactions.min_user_interactions,
+                                     config.interactions.min_item_interactions)
+        core_edges = int(core.shape[0].compute())  # persisted: no recomputation
+        log.info("etl: k-core (%d rounds) done at %.1fs", rounds, time.perf_counter() - started)
+        if core_edges == 0:
             raise GateError(
-                f"interactions: the k-core filter left none of the {len(all_edges)} (user, item) pairs; lower "
+                f"interactions: the k-core filter left none of the {edges_all_time} (user, item) pairs; lower "
                 "interactions.min_user_interactions / min_item_interactions"
             )
-        user_index = fit_index(core[schema.USER], schema.USER, schema.USER_INDEX)
-        item_index = fit_index(core[schema.ITEM], schema.ITEM, schema.ITEM_INDEX)
-        encoded = encode_edges(core, user_index, item_index)
-        split_edges, cutoffs = temporal_split(encoded, config.split)
-        train_keys = split_edges.loc[split_edges[SPLIT] == "train", [schema.USER, schema.ITEM, schema.USER_INDEX]]
-        train_keys = train_keys.merge(cutoffs, on=schema.USER_INDEX, how="left").drop(columns=[schema.USER_INDEX])
-        train_keys[CUTOFF] = train_keys[CUTOFF].astype("datetime64[ns]")
-        train_events = train_event_filter(weighted, train_keys)
-        train_weights = backend.to_host(aggregate_edges(train_events, event_types).compute())
-    value_columns = [schema.WEIGHT, schema.FIRST_TS, schema.LAST_TS, *(schema.count_column(t) for t in event_types)]
-    train_rows = split_edges[split_edges[SPLIT] == "train"].drop(columns=value_columns)
-    train_rows = train_rows.merge(train_weights, on=[schema.USER, schema.ITEM], how="left")
-    if train_rows[schema.WEIGHT].isna().any():  # pragma: no cover - every train edge has an event <= cutoff
-        raise AssertionError("training edge without events before its cutoff")
-    held_out = split_edges[split_edges[SPLIT] != "train"]
-    edges = pd.concat([train_rows, held_out[train_rows.columns]], ignore_index=True)
-    edges = edges.sort_values([schema.USER_INDEX, schema.ITEM_INDEX], kind="stable").reset_index(drop=True)
-    write_parquet(run.edges, edges)
+        user_index, item_index, users_per_partition = id_tables(core)
+        edges = encode_and_split(core, weighted, item_index, users_per_partition, config.split, event_types)
+        _, split_counts = dask.compute(write_partitions(edges, run.edges_staging, compute=False),
+                                       edges[SPLIT].value_counts())
+        split_counts = backend.to_host(split_counts)
+        publish_parquet_parts(run.edges_staging, run.edges, edges._meta)
+        log.info("etl: encoded, split and written at %.1fs", time.perf_counter() - started)
     write_parquet(run.user_index, user_index)
     write_parquet(run.item_index, item_index)
     catalogue_rows = None
@@ -156,20 +196,19 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
         catalogue = read_catalogue(config.ingest.catalogue)
         write_parquet(run.catalogue, catalogue)
         catalogue_rows = len(catalogue)
-    stats = {
+    return {
         "input": input_path,
         "files": len(ingested.files),
-        "partitions": ingested.partitions,
+        "partitions": {"input": ingested.partitions, "by_user": by_user.npartitions},
         "id_dtype": ingested.id_dtype,
         "rows": ingested.rows,
         "quarantine_reasons": ingested.reasons,
         "reference_time": str(ref_time),
-        "edges_all_time": len(all_edges),
-        "users_all_time": int(all_edges[schema.USER].nunique()),
-        "items_all_time": int(all_edges[schema.ITEM].nunique()),
-        "kcore": {"rounds": rounds, "edges": len(core), "users": len(user_index), "items": len(item_index)},
-        "split": _split_counts(edges),
+        "edges_all_time": int(edges_all_time),
+        "users_all_time": int(users_all_time),
+        "items_all_time": int(items_all_time),
+        "kcore": {"rounds": rounds, "edges": core_edges, "users": len(user_index), "items": len(item_index)},
+        "split": {name: int(split_counts.get(name, 0)) for name in ("train", "valid", "test")},
         "catalogue_rows": catalogue_rows,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return _finish(run, config, stats, previous)

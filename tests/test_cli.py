@@ -64,7 +64,7 @@ def test_end_to_end_run_on_tiny_log(tiny_log, tiny_config, tmp_path):
     assert code == 0
     for artifact in ("config.yaml", "metrics.json", "report.md", "user_index.parquet", "item_index.parquet",
                      "quarantine", "checkpoints/best.pt", "checkpoints/epoch_0002.pt", "logs/homerank.log",
-                     "graph/graph.pt", "etl/edges.parquet"):
+                     "graph/graph.pt", "etl/edges/_SUCCESS.json"):
         assert (run / artifact).exists(), artifact
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"test", "baselines", "device", "train_seconds", "epochs", "dataset", "rows"}
@@ -77,7 +77,7 @@ def test_end_to_end_run_on_tiny_log(tiny_log, tiny_config, tmp_path):
 
     rankings = read_rankings(run)
     assert list(rankings.columns) == ["user_id", "rank", "item_id", "score"]
-    interactions = pd.read_parquet(run / "etl" / "interactions.parquet")
+    interactions = pd.read_parquet(run / "etl" / "interactions")
     per_user = rankings.groupby("user_id")["rank"].agg(["count", "min", "max"])
     assert (per_user["count"] == 10).all() and (per_user["min"] == 1).all() and (per_user["max"] == 10).all()
     assert set(per_user.index) == set(interactions["user_id"])  # every user with history gets a list
@@ -145,8 +145,10 @@ def test_quarantine_gate_stops_before_training(tmp_path):
     assert result.returncode == 3, result.stderr
     assert "max_quarantined_share" in result.stderr and "Traceback" not in result.stderr
     assert not (run / "graph").exists() and not (run / "rankings").exists()
-    gates = json.loads((run / "etl" / "stats.json").read_text())["gates"]
-    assert [g["passed"] for g in gates if g["gate"] == "max_quarantined_share"] == [False]
+    verdict = json.loads((run / "etl" / "gates.json").read_text())  # the refused ETL is not published
+    assert not verdict["accepted"] and not (run / "etl" / "stats.json").exists()
+    assert [g["passed"] for g in verdict["gates"] if g["gate"] == "max_quarantined_share"] == [False]
+    assert (run / "etl.rejected" / "quarantine" / "_SUCCESS.json").exists()
     assert "FAIL" in (run / "report.md").read_text()
 
 

@@ -32,7 +32,7 @@ def test_every_page_follows_the_rules(homepage_run):
     page = pd.read_parquet(run / "homepage")
     assert list(page.columns) == ["user_id", "section", "section_title", "slot", "item_id", "score", "reason"]
     catalogue = pd.read_parquet(log / "items.parquet").set_index("item_id")
-    interactions = pd.read_parquet(run / "etl" / "interactions.parquet")
+    interactions = pd.read_parquet(run / "etl" / "interactions")
     # every user with history has a page, and no page is empty
     assert set(page["user_id"]) == set(interactions["user_id"])
     # an item appears once per page
@@ -74,7 +74,7 @@ def test_cold_users_new_items_and_outputs(homepage_run):
     assert stats["cold_users"] == 0 or len(cold) > 0
     # brand-new items (never interacted with) can appear, scored inductively
     assert page["reason"].eq("new_arrival:cold_start_category_price_band").any()
-    interactions = pd.read_parquet(run / "etl" / "interactions.parquet")
+    interactions = pd.read_parquet(run / "etl" / "interactions")
     never_seen = ~page["item_id"].isin(interactions["item_id"])
     assert never_seen.any()
     # JSON Lines: one object per user, rows in page order, same content as the Parquet dataset

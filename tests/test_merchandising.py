@@ -87,7 +87,7 @@ def test_pins_boosts_and_mmr_over_every_page(homepage_run, tmp_path):
     shutil.copytree(source, run)
     before = pd.read_parquet(run / "homepage")
     catalogue = pd.read_parquet(log / "items.parquet").set_index("item_id")
-    interactions = pd.read_parquet(run / "etl" / "interactions.parquet")
+    interactions = pd.read_parquet(run / "etl" / "interactions")
     # pin the most popular in-stock item at slot 2 of for_you; boost the least shown category in for_you
     stocked = catalogue[catalogue["in_stock"]]
     popular = interactions[interactions["item_id"].isin(stocked.index)].groupby("item_id")["user_id"].nunique()

@@ -150,7 +150,7 @@ def test_a_graph_without_edges_stops_the_job(run_copy, capsys):
     run = RunDir(run_copy)
     edges = pd.read_parquet(run.edges)
     edges["weight"] = 0.0  # e.g. a half-life so short that every weight decayed to 0
-    edges.to_parquet(run.edges, index=False)
+    write_parquet_dataset(run.edges, edges)
     code = main(["graph", "--out", str(run.root), "--quiet", "--set", "graph.edge_weight=weight"])
     line = error_line(capsys)
     assert code == 3, line

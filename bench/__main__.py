@@ -1,0 +1,102 @@
+"""homerank's benchmark suite (run from the repository root; see bench/README.md).
+
+    python -m bench etl --events 1e6 --workers 2 [--json FILE] [--processes] [--repeat R] [--data DIR]
+    python -m bench all [--sizes 1e5,1e6,1e7] [--workers 1,2] [--processes] [--out DIR] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.etl_suite import (
+    DEFAULT_DATA,
+    DEFAULT_OUT,
+    check_edges,
+    etl_point,
+    parse_counts,
+    result_name,
+    run_all,
+    say,
+    write_point,
+)
+
+
+def _count(text: str) -> int:
+    values = _counts(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"one number expected, got {text!r}")
+    return values[0]
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        return parse_counts(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--threads", dest="processes", action="store_false",
+                      help="homerank's dask workers are threads of one process (default, the product's default)")
+    mode.add_argument("--processes", dest="processes", action="store_true",
+                      help="homerank's dask workers are processes (result files get a -processes suffix)")
+    parser.set_defaults(processes=False)
+    parser.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
+                        help="threads per dask worker (default 1, so that --workers is the parallelism); 0 leaves "
+                             "it to dask: cpu_count / workers, as `homerank etl --set cluster.n_workers=W` does")
+    parser.add_argument("--repeat", type=int, default=None, metavar="R",
+                        help="runs per engine, median reported (default: 3 up to 1e6 events, 1 above)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                        help=f"cache of generated logs, one folder per size (default {DEFAULT_DATA})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help=f"where the JSON, Markdown and PNG results go (default {DEFAULT_OUT})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    etl = commands.add_parser("etl", help="one point: homerank's ETL stage vs pandas and polars on one log",
+                              description="homerank's ETL stage vs pandas and polars on the same generated log, "
+                                          "each engine in its own subprocess")
+    etl.add_argument("--events", type=_count, default=1_000_000, help="log size, e.g. 1e6 (default)")
+    etl.add_argument("--workers", type=int, default=1, help="homerank's dask workers (default 1)")
+    etl.add_argument("--json", type=Path, metavar="FILE",
+                     help="result file (default OUT/events-N-workers-W.json); a .md table is written next to it")
+    _common(etl)
+    every = commands.add_parser("all", help="every size x worker count, then scaling.json/.md and plots",
+                                description="`etl` for every size and worker count, then the scaling summary "
+                                            "(exponent of time vs events, strong scaling) and PNG plots")
+    every.add_argument("--sizes", type=_counts, default=[100_000, 1_000_000, 10_000_000],
+                       help="comma-separated log sizes (default 1e5,1e6,1e7)")
+    every.add_argument("--workers", type=_counts, default=[1, 2], help="comma-separated worker counts (default 1,2)")
+    _common(every)
+    args = parser.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    if args.threads_per_worker < 0:
+        parser.error("--threads-per-worker must be >= 0")
+    if args.command == "etl":
+        if args.workers < 1:
+            parser.error("--workers must be >= 1")
+        path = args.json or args.out / f"{result_name(args.events, args.workers, args.processes)}.json"
+        say(f"etl: {args.events} events, {args.workers} worker(s), "
+            f"{'processes' if args.processes else 'threads'} -> {path}")
+        result = etl_point(args.events, args.workers, processes=args.processes,
+                           threads_per_worker=args.threads_per_worker, repeat=args.repeat, data_root=args.data)
+        check_edges(result, path)
+        write_point(result, path)
+        seconds = result["seconds"]
+        say("etl: " + ", ".join(f"{engine} {s:.2f}s" for engine, s in seconds.items())
+            + f"; homerank speedup vs pandas {result['speedup_vs_pandas']:.2f}, "
+              f"vs polars {result['speedup_vs_polars']:.2f}")
+    else:
+        run_all(args.sizes, args.workers, processes=args.processes, threads_per_worker=args.threads_per_worker,
+                repeat=args.repeat, data_root=args.data, out=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

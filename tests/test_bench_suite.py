@@ -1,0 +1,102 @@
+"""The ETL benchmark suite (``python -m bench``): its JSON contract on a tiny log, and the scaling maths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.etl_suite import fit_exponent, parse_counts, scaling_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = ("events", "workers", "seconds", "speedup_vs_pandas", "speedup_vs_polars", "client_peak_rss_bytes",
+            "workers_peak_rss_bytes", "machine")
+ENGINES = ("homerank", "pandas", "polars")
+
+
+@pytest.mark.slow
+def test_bench_etl_writes_the_contract(tmp_path):
+    pytest.importorskip("polars")
+    out = tmp_path / "x.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "etl", "--events", "20000", "--workers", "1", "--json", str(out),
+         "--data", str(tmp_path / "data"), "--repeat", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in CONTRACT:
+        assert key in result, key
+    assert result["events"] == 20000 and result["workers"] == 1
+    assert set(result["seconds"]) == set(ENGINES) and all(s > 0 for s in result["seconds"].values())
+    edges = [result["edges"][engine] for engine in ENGINES]
+    assert edges[0] > 0 and len(set(edges)) == 1, result["edges"]
+    assert result["speedup_vs_pandas"] == pytest.approx(result["seconds"]["pandas"] / result["seconds"]["homerank"])
+    assert result["speedup_vs_polars"] == pytest.approx(result["seconds"]["polars"] / result["seconds"]["homerank"])
+    assert result["client_peak_rss_bytes"] > 0 and result["workers_peak_rss_bytes"] > 0
+    assert all(result["peak_rss_bytes"][engine] > 0 for engine in ENGINES)
+    assert result["processes"] is False  # the product's default: worker threads
+    assert result["machine"]["cpu_count"] >= 1
+    assert result["input_rows"] > 0 and result["generation_seconds"] > 0
+    assert (tmp_path / "data" / "events-20000" / "events").is_dir()  # cached for the next run
+    table = out.with_suffix(".md").read_text()
+    assert "| homerank |" in table and "| polars |" in table
+
+
+def test_fit_exponent_on_hand_made_numbers():
+    sizes = [1e4, 1e5, 1e6, 1e7]
+    assert fit_exponent(sizes, [3e-5 * n for n in sizes]) == pytest.approx(1.0)
+    assert fit_exponent(sizes, [2e-9 * n**1.5 for n in sizes]) == pytest.approx(1.5)
+    assert fit_exponent([10, 100], [7.0, 7.0]) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        fit_exponent([1e5, 1e5], [1.0, 2.0])
+
+
+def _run(events: int, workers: int, homerank: float) -> dict:
+    return {"events": events, "workers": workers,
+            "seconds": {"homerank": homerank, "pandas": events * 1e-6, "polars": events * 2e-7}}
+
+
+def test_scaling_summary_exponents_and_strong_scaling():
+    runs = [_run(n, w, n * 1e-5 / (1.6 if w == 2 else 1.0)) for n in (10**5, 10**6, 10**7) for w in (1, 2)]
+    summary = scaling_summary(runs)
+    assert summary["homerank_time_exponent"]["exponent"] == pytest.approx(1.0)
+    assert summary["homerank_time_exponent"]["sizes"] == [10**5, 10**6, 10**7]
+    assert summary["exponents"]["pandas"]["exponent"] == pytest.approx(1.0)
+    strong = summary["strong_scaling"]
+    assert strong["events"] == 10**7 and strong["baseline_workers"] == 1
+    two = strong["points"][-1]
+    assert two["workers"] == 2
+    assert two["speedup"] == pytest.approx(1.6) and two["efficiency"] == pytest.approx(0.8)
+
+
+def test_one_size_has_no_exponent():
+    summary = scaling_summary([_run(10**5, 1, 1.0)])
+    assert summary["homerank_time_exponent"]["exponent"] is None
+    assert summary["strong_scaling"]["points"] == []
+
+
+def test_counts():
+    assert parse_counts("1e5, 3e5,2_000") == [100_000, 300_000, 2_000]
+    with pytest.raises(ValueError):
+        parse_counts("1.5")
+
+
+def test_plots_from_hand_made_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench.etl_suite import write_plots
+
+    runs = []
+    for n in (10**5, 10**6):
+        for w in (1, 2):
+            run = _run(n, w, n * 1e-5 / w)
+            run.update(client_peak_rss_bytes=n * 100, workers_peak_rss_bytes=n * 300,
+                       peak_rss_bytes={"homerank": n * 400, "pandas": n * 200, "polars": n * 150})
+            runs.append(run)
+    scaling = {**scaling_summary(runs), "runs": runs, "processes": True}
+    written = write_plots(scaling, tmp_path, "-processes")
+    assert written == ["time_vs_events-processes.png", "memory_vs_events-processes.png",
+                       "strong_scaling-processes.png"]
+    assert all((tmp_path / name).stat().st_size > 1000 for name in written)

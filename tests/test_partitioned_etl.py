@@ -1,0 +1,117 @@
+"""The user-partitioned ETL (homerank.engine.partitioned) against the in-memory reference written with the
+pandas steps (aggregate, k-core, encode, temporal split, training weights up to the cutoff): the same edges in the
+same order whatever the number of partitions; and the gates decide before anything is published."""
+
+from __future__ import annotations
+
+import json
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from homerank.engine import schema
+from homerank.engine.config import SplitConfig
+from homerank.engine.encode import encode_edges, fit_index
+from homerank.engine.interactions import aggregate_edges, sort_edges, weight_events
+from homerank.engine.kcore import kcore_filter
+from homerank.engine.partitioned import aggregate_by_user, encode_and_split, id_tables, kcore_by_user, partition_by_user
+from homerank.engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
+
+WEIGHTS = {"view": 1.0, "click": 2.0, "purchase": 8.0}
+TYPES = list(WEIGHTS)
+
+
+def random_events(seed: int, users: int = 60, items: int = 30, rows: int = 2500) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        schema.USER: rng.integers(0, users, rows) * 7 + 1000,  # ids that are not 0..U-1
+        schema.ITEM: rng.integers(0, items, rows) * 3 + 500,
+        schema.EVENT: pd.array(rng.choice(TYPES, rows, p=[0.7, 0.2, 0.1]), dtype="string"),
+        schema.TS: pd.Timestamp("2026-10-01") + pd.to_timedelta(rng.integers(0, 30 * 86400, rows), unit="s"),
+    }).astype({schema.TS: "datetime64[ns]"})
+
+
+def reference(events: pd.DataFrame, split: SplitConfig, k: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    ref_time = events[schema.TS].max()
+    weighted = weight_events(events, WEIGHTS, 7.0, ref_time)
+    all_edges = sort_edges(aggregate_edges(weighted, TYPES))
+    core, rounds = kcore_filter(all_edges, k, k)
+    users, items = fit_index(core[schema.USER], schema.USER, schema.USER_INDEX), fit_index(core[schema.ITEM],
+                                                                                            schema.ITEM,
+                                                                                            schema.ITEM_INDEX)
+    split_edges, cutoffs = temporal_split(encode_edges(core, users, items), split)
+    keys = split_edges.loc[split_edges[SPLIT] == "train", [schema.USER, schema.ITEM, schema.USER_INDEX]]
+    keys = keys.merge(cutoffs, on=schema.USER_INDEX, how="left").drop(columns=[schema.USER_INDEX])
+    keys[CUTOFF] = keys[CUTOFF].astype("datetime64[ns]")
+    weights = aggregate_edges(train_event_filter(weighted, keys), TYPES)
+    values = [schema.WEIGHT, schema.FIRST_TS, schema.LAST_TS, *(schema.count_column(t) for t in TYPES)]
+    train = split_edges[split_edges[SPLIT] == "train"].drop(columns=values).merge(weights, on=[schema.USER,
+                                                                                               schema.ITEM])
+    held = split_edges[split_edges[SPLIT] != "train"]
+    edges = pd.concat([train, held[train.columns]]).sort_values([schema.USER_INDEX, schema.ITEM_INDEX])
+    return all_edges, edges.reset_index(drop=True), rounds
+
+
+@pytest.mark.parametrize(("seed", "partitions", "string_ids"), [(0, 1, False), (1, 3, False), (2, 7, False),
+                                                                 (3, 16, False), (4, 3, True)])
+def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, string_ids):
+    events = random_events(seed)
+    if string_ids:  # text ids sort differently from numbers: "1007" < "999"
+        events = events.astype({schema.USER: "string", schema.ITEM: "string"})
+    split = SplitConfig(test=0.2, valid=1)
+    expected_all, expected, expected_rounds = reference(events, split, k=4)
+    with dask.config.set(scheduler="sync"):
+        frame = dd.from_pandas(events, npartitions=4)
+        by_user = partition_by_user(frame, len(events), rows_per_partition=-(-len(events) // partitions))
+        weighted = weight_events(by_user, WEIGHTS, 7.0, by_user[schema.TS].max().compute())
+        all_edges = aggregate_by_user(weighted, TYPES)
+        core, rounds = kcore_by_user(all_edges, 4, 4)
+        user_index, item_index, per_partition = id_tables(core)
+        edges = encode_and_split(core, weighted, item_index, per_partition, split, TYPES).compute()
+        got_all = all_edges.compute().reset_index(drop=True)
+    assert by_user.npartitions >= min(partitions, 2)
+    pd.testing.assert_frame_equal(got_all, expected_all[got_all.columns], check_dtype=False)
+    assert rounds == expected_rounds
+    pd.testing.assert_frame_equal(edges.reset_index(drop=True), expected[edges.columns], check_dtype=False,
+                                  check_categorical=False)
+    assert user_index[schema.USER_INDEX].tolist() == list(range(len(user_index)))
+    assert sum(per_partition) == len(user_index)
+
+
+GATED = """
+seed: 3
+device: cpu
+interactions: {min_user_interactions: 3, min_item_interactions: 3}
+gates: {max_edge_change: 0.01}
+"""
+
+
+def test_a_failed_gate_publishes_nothing_and_a_rerun_still_fails(tiny_log, tmp_path):
+    from homerank.jobs.cli import main
+
+    config = tmp_path / "gated.yaml"
+    config.write_text(GATED)
+    run = tmp_path / "run"
+    assert main(["etl", "--input", str(tiny_log / "events"), "--out", str(run), "--config", str(config),
+                 "--quiet"]) == 0
+    accepted = (run / "etl" / "stats.json").read_text()
+    edges = pd.read_parquet(run / "etl" / "edges")
+    # a smaller drop: half of the files, far more than 1% fewer training edges
+    half = tmp_path / "half"
+    half.mkdir()
+    for part in sorted((tiny_log / "events").glob("*.parquet"))[::2]:
+        (half / part.name).write_bytes(part.read_bytes())
+    for attempt in range(2):  # the same command again compares with the last accepted ETL, not with itself
+        assert main(["etl", "--input", str(half), "--out", str(run), "--config", str(config), "--quiet"]) == 3
+        assert (run / "etl" / "stats.json").read_text() == accepted, attempt
+        pd.testing.assert_frame_equal(pd.read_parquet(run / "etl" / "edges"), edges)
+        gates = json.loads((run / "etl" / "gates.json").read_text())
+        assert not gates["accepted"] and any(g["gate"] == "max_edge_change" and not g["passed"]
+                                             for g in gates["gates"])
+        assert (run / "etl.rejected" / "etl" / "stats.json").exists()
+    assert not (run / ".etl.staging").exists()
+    # the graph stage keeps reading the accepted ETL
+    assert main(["graph", "--out", str(run), "--quiet"]) == 0
