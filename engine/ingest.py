@@ -52,6 +52,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -182,8 +183,7 @@ def read_columns(file: InputFile) -> list[str]:
         raise
     except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         kind = "Parquet" if file.format == "parquet" else "CSV"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HomerankError(f"{file.path}: not a readable {kind} file ({first_line})") from None
+        raise HomerankError(f"{file.path}: not a readable {kind} file ({_safe_reason(exc)})") from None
 
 
 def check_required_columns(
@@ -191,8 +191,31 @@ def check_required_columns(
 ) -> None:
     missing = [c for c in required if c not in columns]
     if missing:
-        found = ", ".join(repr(str(c))[:40] for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
-        raise HomerankError(f"{file.path}: missing required column {missing[0]!r} (found: {found or 'none'})")
+        raise HomerankError(f"{file.path}: missing required column {missing[0]!r} ({_describe_header(columns)})")
+
+
+COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ .-]{0,39}")
+
+
+def _describe_header(columns: list[str]) -> str:
+    """The columns found, named only when they look like column names: a file given by mistake (a key, a
+    password file) must not have its first line printed."""
+    if not columns:
+        return "found no columns"
+    if all(COLUMN_NAME.fullmatch(str(c)) for c in columns):
+        shown = ", ".join(repr(str(c)) for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
+        return f"found: {shown}"
+    return f"found {len(columns)} header cells that are not column names; is this the right file?"
+
+
+def _safe_reason(exc: BaseException) -> str:
+    """What went wrong reading a file, without quoting the file: quoted text is dropped from the parser's
+    message, undecodable text is named as such."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not {exc.encoding} text at byte {exc.start}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"'[^']*'|\"[^\"]*\"|b'[^']*'", "...", text)
+    return text[:160]
 
 
 def _values_type(kind: pa.DataType) -> pa.DataType:
@@ -508,8 +531,7 @@ def _ingest_piece(piece: Piece, columns: list[str], event_types: list[str], id_d
     try:
         raw = _read_piece(piece, columns)
     except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HomerankError(f"{piece.file.path}: could not be read ({first_line[:200]})") from None
+        raise HomerankError(f"{piece.file.path}: could not be read ({_safe_reason(exc)})") from None
     clean, rejected = validate_events(raw, piece.file.path, event_types, id_dtype, unit, piece.row_offset or 0,
                                       latest)
     if pseudonym_key is not None:

@@ -108,9 +108,10 @@ def _encode_split(edges: pd.DataFrame, events: pd.DataFrame, offset: Any, item_i
                   split: SplitConfig, event_types: list[str]) -> pd.DataFrame:
     """On one user partition: indices, the temporal split, and training edges re-weighted from the events up to
     each user's cutoff. Returns the partition's final edges sorted by (user_index, item_index)."""
-    offset = int(np.asarray(offset).ravel()[0]) if not isinstance(offset, int) else offset
+    offset = int(np.asarray(_host(offset)).ravel()[0]) if not isinstance(offset, int) else offset
+    item_index = _like(edges, item_index)
     users = edges[[schema.USER]].drop_duplicates().sort_values(schema.USER).reset_index(drop=True)
-    users[schema.USER_INDEX] = np.arange(offset, offset + len(users), dtype="int64")
+    users[schema.USER_INDEX] = users.index + offset  # a RangeIndex: the same on pandas and cuDF
     encoded = edges.merge(users, on=schema.USER).merge(item_index, on=schema.ITEM)
     split_edges, cutoffs = temporal_split(encoded, split)
     value_columns = [schema.WEIGHT, schema.FIRST_TS, schema.LAST_TS, *(schema.count_column(t) for t in event_types)]
@@ -148,6 +149,13 @@ def write_partitions(frame: dd.DataFrame, folder: Path, compute: bool = True) ->
     folder.mkdir(parents=True, exist_ok=True)
     return frame.to_parquet(str(folder), write_index=False, write_metadata_file=False, compute=compute,
                             name_function=lambda number: f"part-{number:05d}.parquet")
+
+
+def _like(frame: Any, table: pd.DataFrame) -> Any:
+    """A small pandas table in the frame library of ``frame`` (cuDF partitions merge only with cuDF frames)."""
+    if isinstance(frame, pd.DataFrame) or isinstance(table, type(frame)):
+        return table
+    return type(frame).from_pandas(table)  # cudf.DataFrame.from_pandas: written for the GPU backend, never run here
 
 
 def _host(value: Any) -> Any:

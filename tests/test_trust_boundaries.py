@@ -303,3 +303,20 @@ def test_the_local_dask_cluster_listens_on_localhost_only():
     with CPU.local_cluster(1, 1, False) as cluster, Client(cluster):
         during = listening() - before
     assert during and all(ipaddress.ip_address(ip).is_loopback for ip in during), during
+
+
+def test_ingest_errors_never_quote_a_file_given_by_mistake(tmp_path, capsys):
+    """Item 15 in the ingest: a wrong --input (a password file, a key) is named, its content never printed."""
+    from homerank.jobs.cli import main
+
+    secret = tmp_path / "passwd.csv"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    code = main(["etl", "--input", str(secret), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(secret) in err and "user_id" in err
+    assert "root:x" not in err and "/bin/bash" not in err
+    key = tmp_path / "key.csv"
+    key.write_bytes(b"user_id,item_id,event_type,timestamp\n\xff\xfe-----BEGIN PRIVATE KEY----- 'hunter2'\n")
+    code = main(["etl", "--input", str(key), "--out", str(tmp_path / "run2"), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert code in (0, 2, 3) and "hunter2" not in err and "PRIVATE KEY" not in err
