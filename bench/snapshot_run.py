@@ -18,6 +18,7 @@ import torch
 from homerank.engine.backend import resolve_backend
 from homerank.jobs.config import apply_dotted, load_config
 from homerank.jobs.hygiene import quiet_library_warnings, run_log
+from homerank.jobs.lock import run_lock
 from homerank.jobs.pipeline import run_pipeline
 from homerank.jobs.rundir import RunDir
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save({"users": users.cpu(), "items": items.cpu(), "epoch": epoch, "elapsed": elapsed},
                    folder / f"epoch_{epoch:04d}.pt")
 
-    with run_log(run.log_file):
+    with run_lock(run), run_log(run.log_file):
         run_pipeline(args.input, run, config, resolve_backend(config.device), show_progress=False,
                      on_evaluation=save)
     return 0
