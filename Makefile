@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= runs/demo
 
-.PHONY: demo test install install-test install-bench bench-etl bench-accuracy bench-accuracy-minute lint clean
+.PHONY: demo test install install-test install-bench bench-etl bench-accuracy bench-accuracy-minute lint clean check-gpu-env
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ bench-accuracy-minute: install-bench
 
 lint: install-bench
 	$(VENV)/bin/ruff check homerank engine gnn homepage jobs bench tests
+
+# pip's resolver in dry-run mode for each GPU extra with its constraints (needs the package index, no GPU);
+# fails when a set cannot be resolved
+check-gpu-env: install
+	@for cuda in cu12 cu13; do \
+	  $(PIP) install --dry-run --ignore-installed --quiet -c constraints-gpu-$$cuda.txt -e ".[gpu-$$cuda]" \
+	    || { echo "gpu-$$cuda: does not resolve"; exit 1; }; \
+	  echo "gpu-$$cuda: resolves with constraints-gpu-$$cuda.txt"; \
+	done
 
 clean:
 	rm -rf runs .pytest_cache
