@@ -86,6 +86,20 @@ class RunDir:
         return self
 
 
+def _swap_into_place(source: Path, target: Path) -> None:
+    """Move ``source`` (file or folder) over ``target``: a folder replaces a folder through a rename aside (the old
+    one is removed after), anything else with one ``os.replace``."""
+    if target.is_dir() and not target.is_symlink():
+        old = _tmp_sibling(target)
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if target.exists() and source.is_dir():
+        target.unlink()
+    os.replace(source, target)
+
+
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
@@ -101,13 +115,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
-        if path.is_dir() and tmp.is_dir():
-            old = _tmp_sibling(path)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _swap_into_place(tmp, path)
     except OSError as exc:
         error = disk_full_error(path, exc)
         if error is None:
@@ -211,15 +219,7 @@ def publish_outputs(staging: RunDir, run: RunDir, names: tuple[str, ...]) -> Non
                 target.unlink()
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists() and target.is_dir():
-            old = _tmp_sibling(target)
-            os.replace(target, old)
-            os.replace(source, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if target.exists() and source.is_dir():
-                target.unlink()
-            os.replace(source, target)
+        _swap_into_place(source, target)
 
 
 def verify_dataset(path: Path) -> dict[str, Any]:
