@@ -302,6 +302,16 @@ def scaling_markdown(scaling: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finish_plot(fig: Any, ax: Any, path: Path) -> str:
+    """Legend, save as PNG, close; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    ax.legend()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
 def write_plots(scaling: dict[str, Any], out: Path, tag: str) -> list[str]:
     import matplotlib
 
@@ -338,11 +348,7 @@ def write_plots(scaling: dict[str, Any], out: Path, tag: str) -> list[str]:
     ax.set(xscale="log", yscale="log", xlabel="events", ylabel="seconds (median)",
            title="ETL time vs events (time ~ events^b)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    name = f"time_vs_events{tag}.png"
-    fig.savefig(out / name, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    written.append(name)
+    written.append(_finish_plot(fig, ax, out / f"time_vs_events{tag}.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for w in workers:
@@ -356,11 +362,7 @@ def write_plots(scaling: dict[str, Any], out: Path, tag: str) -> list[str]:
         ax.plot(x, y, "s--", label=peer)
     ax.set(xscale="log", yscale="log", xlabel="events", ylabel="peak RSS (MiB)", title="ETL peak memory vs events")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    name = f"memory_vs_events{tag}.png"
-    fig.savefig(out / name, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    written.append(name)
+    written.append(_finish_plot(fig, ax, out / f"memory_vs_events{tag}.png"))
 
     strong = scaling["strong_scaling"]
     if strong["points"]:
@@ -371,11 +373,7 @@ def write_plots(scaling: dict[str, Any], out: Path, tag: str) -> list[str]:
         ax.set(xlabel="workers", ylabel=f"speedup vs {strong['baseline_workers']} worker(s)", xticks=xs,
                title=f"Strong scaling at {strong['events']} events")
         ax.grid(True, alpha=0.3)
-        ax.legend()
-        name = f"strong_scaling{tag}.png"
-        fig.savefig(out / name, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        written.append(name)
+        written.append(_finish_plot(fig, ax, out / f"strong_scaling{tag}.png"))
     return written
 
 

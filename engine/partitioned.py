@@ -70,11 +70,11 @@ def _kcore_step(edges: pd.DataFrame, item_degree: pd.Series, min_user: int, min_
 
 
 def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds: int = 1000
-                  ) -> tuple[dd.DataFrame, int]:
+                  ) -> tuple[dd.DataFrame, int, int]:
     """The iterated k-core of `homerank.engine.kcore.kcore_filter` (same rounds, same result) on user partitions.
 
     Each round persists the surviving edges on the workers and brings back only their count and item degrees
-    (one round trip per round)."""
+    (one round trip per round). Returns (surviving edges, persisted; rounds; their count)."""
     current = edges.persist()
     count, item_degree = dask.compute(current.shape[0], current[schema.ITEM].value_counts())
     for round_ in range(1, max_rounds + 1):
@@ -82,10 +82,10 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
         step = current.map_partitions(_kcore_step, item_degree, min_user, min_item, meta=current._meta).persist()
         left, next_degree = dask.compute(step.shape[0], step[schema.ITEM].value_counts())
         if int(left) == int(count):
-            return current, round_
+            return current, round_, int(count)
         log.debug("k-core round %d: %d edges left", round_, left)
         current, count, item_degree = step, left, next_degree
-    return current, max_rounds
+    return current, max_rounds, int(count)
 
 
 def id_tables(core: dd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
@@ -163,10 +163,10 @@ def _host(value: Any) -> Any:
 
 
 def worker_count() -> int:
-    """Workers of the active distributed client (1 without one)."""
+    """Workers of the active distributed client; without one, the local scheduler's threads (the cores)."""
     try:
         from distributed import default_client
 
         return max(1, len(default_client().scheduler_info().get("workers", {})))
     except (ImportError, ValueError):
-        return max(1, min(os.cpu_count() or 1, 2))
+        return os.cpu_count() or 1

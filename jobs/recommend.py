@@ -65,8 +65,8 @@ class Recommender:
     popularity: torch.Tensor
     device: torch.device | str = "cpu"
     batch_size: int = 4096
-    _model_row: dict | None = field(default=None, repr=False)
-    _history: set = field(default_factory=set, repr=False)
+    _model_row: pd.Index | None = field(default=None, repr=False)  # user ids in user_index row order
+    _history: pd.Index | None = field(default=None, repr=False)
 
     @classmethod
     def from_run(cls, run: RunDir, exclude_event_types: list[str], device: torch.device | str = "cpu",
@@ -99,21 +99,26 @@ class Recommender:
         user_id, rank (1..k), item_id, score and source. A user left with fewer than ``k`` allowed items gets
         fewer rows."""
         if self._model_row is None:  # id lookups built once per recommender
-            self._model_row = dict(zip(self.user_index[schema.USER].tolist(),
-                                       self.user_index[schema.USER_INDEX].tolist(), strict=True))
-            self._history = set(self.history_users.tolist())
-        as_id = _integer_id if pd.api.types.is_integer_dtype(self.user_index[schema.USER].dtype) else str
-        requested = list(dict.fromkeys(as_id(u) for u in user_ids))
-        model_rows = [self._model_row.get(u) for u in requested]
-        source = [MODEL if row is not None else NO_TRAINING_HISTORY if u in self._history else UNKNOWN_USER
-                  for u, row in zip(requested, model_rows, strict=True)]
-        frame = pd.DataFrame({schema.USER: pd.Series(requested, dtype=object), "source": source,
+            self._model_row = pd.Index(self.user_index[schema.USER])
+            self._history = pd.Index(self.history_users)
+        run_dtype = self.user_index[schema.USER].dtype
+        given = user_ids if isinstance(user_ids, (np.ndarray, pd.Series, pd.Index)) else list(user_ids)
+        values = pd.Series(given)
+        if values.dtype != run_dtype:  # ids from a caller: one canonical form per value (few of them)
+            as_id = _integer_id if pd.api.types.is_integer_dtype(run_dtype) else str
+            values = values.astype(object).map(as_id)
+        requested = pd.Series(pd.unique(values))  # first occurrence order
+        position = self._model_row.get_indexer(requested)
+        in_model = position >= 0
+        known = self._history.get_indexer(requested) >= 0
+        frame = pd.DataFrame({schema.USER: requested.to_numpy(dtype=object),
+                              "source": np.where(in_model, MODEL, np.where(known, NO_TRAINING_HISTORY, UNKNOWN_USER)),
                               "position": np.arange(len(requested))})
-        in_model = frame["source"].to_numpy() == MODEL
+        model_rows = self.user_index[schema.USER_INDEX].to_numpy()[position[in_model]]
         k = min(k, self.scorer.num_items)
         parts = []
         if in_model.any():
-            rows = np.array([r for r in model_rows if r is not None], dtype=np.int64)
+            rows = model_rows.astype(np.int64)
             parts.append(self._rank(self.scorer.score_fn(self.device), frame[in_model], rows, self.scorer.num_users,
                                     k, exclude_seen))
         if (~in_model).any():

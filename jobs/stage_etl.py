@@ -173,9 +173,8 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
         publish_parquet_parts(run.interactions_staging, run.interactions, all_edges._meta)
         log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,
                  time.perf_counter() - started)
-        core, rounds = kcore_by_user(all_edges, config.interactions.min_user_interactions,
+        core, rounds, core_edges = kcore_by_user(all_edges, config.interactions.min_user_interactions,
                                      config.interactions.min_item_interactions)
-        core_edges = int(core.shape[0].compute())  # persisted: no recomputation
         log.info("etl: k-core (%d rounds) done at %.1fs", rounds, time.perf_counter() - started)
         if core_edges == 0:
             raise GateError(

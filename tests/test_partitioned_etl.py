@@ -68,13 +68,13 @@ def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, string
         by_user = partition_by_user(frame, len(events), rows_per_partition=-(-len(events) // partitions))
         weighted = weight_events(by_user, WEIGHTS, 7.0, by_user[schema.TS].max().compute())
         all_edges = aggregate_by_user(weighted, TYPES)
-        core, rounds = kcore_by_user(all_edges, 4, 4)
+        core, rounds, count = kcore_by_user(all_edges, 4, 4)
         user_index, item_index, per_partition = id_tables(core)
         edges = encode_and_split(core, weighted, item_index, per_partition, split, TYPES).compute()
         got_all = all_edges.compute().reset_index(drop=True)
     assert by_user.npartitions >= min(partitions, 2)
     pd.testing.assert_frame_equal(got_all, expected_all[got_all.columns], check_dtype=False)
-    assert rounds == expected_rounds
+    assert rounds == expected_rounds and count == len(edges)
     pd.testing.assert_frame_equal(edges.reset_index(drop=True), expected[edges.columns], check_dtype=False,
                                   check_categorical=False)
     assert user_index[schema.USER_INDEX].tolist() == list(range(len(user_index)))
