@@ -1,21 +1,17 @@
-"""The embedded default: a deterministic synthetic e-commerce behaviour log.
+"""The embedded default: a deterministic synthetic e-commerce behaviour log, written in parallel by dask.
 
-The generative story (all draws from ``numpy.random.Generator`` seeded per user chunk):
+The generative story is in `synthetic_model`, the split into partitions in `synthetic_plan`. Here the
+partitions run as independent tasks on a dask cluster: task p draws partition p's events from
+``default_rng([seed, 1, p])`` and the users' own blocks, and writes ``part-NNNNN.parquet`` (p with five digits)
+into a staging folder itself, so no event passes through the client and a worker holds one partition at a time
+(at most ``partition_events`` rows). The catalogue tables (O(items)) are computed once and scattered to the
+workers. Because the plan and every draw depend only on the spec, the same spec gives the same files whatever the
+number of workers or threads.
 
-* Items live in (category, segment) cells; item popularity follows a power law p_i ∝ r_i^-alpha over a
-  random popularity rank r_i. The catalogue has category, price (log-normal per category), title,
-  created_at and in_stock; a few items are brand new (created in the last days, never interacted with).
-* Each user has sparse tastes over categories (Dirichlet with small concentration) and over segments,
-  and an activity level (log-normal number of sessions).
-* A session picks a category from the user's taste (or explores by global popularity), views
-  1 + Poisson(views) items drawn from the user's preferred segment by popularity, and runs the funnel
-  view -> click -> cart -> purchase with fixed conversion probabilities. Timestamps spread over
-  ``weeks`` weeks; events inside a session are seconds to minutes apart.
-* Optionally a small share of dirty rows (null user, unknown event type, missing timestamp) and exact
-  duplicates, so the demo exercises quarantine and de-duplication.
-
-Events are written as a partitioned Parquet dataset through dask (one partition per user chunk), the
-catalogue as one Parquet file. The same seed gives the same files.
+Output: ``out_dir/events/`` (one Parquet file per partition; columns user_id Int64, item_id int64, event_type
+string, timestamp datetime64[ns], session_id int64, value float64) and ``out_dir/items.parquet`` (the catalogue).
+Both are staged next to their final path and renamed into place only when every partition is written; a failed or
+killed run leaves the previous output (or none), never a half-written one.
 """
 
 from __future__ import annotations
@@ -23,230 +19,163 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import dask
-import dask.dataframe as dd
-import numpy as np
-import pandas as pd
+from homerank.engine.errors import HomerankError, disk_full_error
+from homerank.engine.synthetic_model import (
+    ADJECTIVES,
+    ITEM_ID_OFFSET,
+    START,
+    USER_ID_OFFSET,
+    SyntheticSpec,
+    World,
+    category_names,
+    make_catalogue,
+    partition_events,
+)
+from homerank.engine.synthetic_plan import Partition, plan_partitions
+
+__all__ = ["ADJECTIVES", "ITEM_ID_OFFSET", "START", "USER_ID_OFFSET", "SyntheticSpec", "World", "category_names",
+           "generate", "make_catalogue", "part_name", "plan_partitions", "write_partition"]
 
 log = logging.getLogger(__name__)
 
-USER_ID_OFFSET = 1_000_000
-ITEM_ID_OFFSET = 500_000
-START = pd.Timestamp("2026-09-01")
-ADJECTIVES = ["Classic", "Urban", "Eco", "Smart", "Deluxe", "Compact", "Vintage", "Pro", "Soft", "Bold"]
+EVENTS_STAGING = ".events.tmp"
+ITEMS_STAGING = ".items.parquet.tmp"
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    users: int = 20_000
-    items: int = 10_000
-    events: int = 1_000_000
-    categories: int = 24
-    segments: int = 4
-    weeks: int = 8
-    popularity_alpha: float = 0.9
-    taste_concentration: float = 0.08
-    explore: float = 0.1
-    views_per_session: float = 2.5
-    p_click: float = 0.3
-    p_cart: float = 0.3
-    p_purchase: float = 0.5
-    new_item_share: float = 0.02
-    dirty_fraction: float = 0.0005
-    duplicate_fraction: float = 0.002
-    seed: int = 42
-    users_per_partition: int = 2_500
+def part_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
 
 
-@dataclass(frozen=True)
-class _World:
-    item_cell: np.ndarray  # (I,) cell id = category * segments + segment
-    item_category: np.ndarray
-    cell_cdf: np.ndarray  # (I,) sorted by cell: cell id + cumulative popularity share in the cell
-    cell_items: np.ndarray  # (I,) item index in cdf order
-    category_cdf: np.ndarray  # same, per category (for exploration by popularity)
-    category_items: np.ndarray
-    global_category_share: np.ndarray
+def write_partition(staging: str, spec: SyntheticSpec, world: World, part: Partition) -> int:
+    """Task: generate partition ``part`` and write it as ``staging/part-NNNNN.parquet`` (through a temporary
+    name, so a file with the final name is complete); returns its row count."""
+    events = partition_events(spec, world, part.number, part.first_user, part.last_user, part.first_session)
+    final = Path(staging) / part_name(part.number)
+    tmp = final.with_name(f".{final.name}.tmp")
+    events.to_parquet(tmp, index=False)
+    os.replace(tmp, final)
+    return len(events)
 
 
-def _categories(spec: SyntheticSpec) -> int:
-    return max(2, min(spec.categories, spec.items // (4 * spec.segments)))
+@contextmanager
+def _in_process_client(workers: int | None) -> Iterator[Any]:
+    """A local dask cluster of ``workers`` threads in this process (default: the cores), for library callers that
+    pass no client."""
+    from distributed import Client
+
+    from homerank.engine.backend import CPU
+
+    with CPU.local_cluster(n_workers=1, threads_per_worker=workers or os.cpu_count() or 1, processes=False) as cluster:
+        with Client(cluster) as client:
+            yield client
 
 
-def _stacked_cdf(groups: np.ndarray, weights: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """For sampling inside a group g: searchsorted(cdf, g + u) with u ~ U[0, 1)."""
-    order = np.lexsort((np.arange(groups.size), groups))
-    g, w = groups[order], weights[order]
-    totals = np.bincount(g, weights=w, minlength=n_groups)
-    within = np.cumsum(w) - np.repeat(np.cumsum(totals) - totals, np.bincount(g, minlength=n_groups))
-    cdf = g + within / totals[g]
-    return cdf, order
+def _run_partitions(client: Any, staging: Path, spec: SyntheticSpec, world: World, plan: list[Partition],
+                    show_progress: bool) -> int:
+    """Run `write_partition` for every partition on ``client``; the total row count. The first failure cancels
+    the rest and raises a `HomerankError` naming the partition."""
+    from distributed import as_completed
+
+    shared_world = client.scatter(world, broadcast=True, hash=False)
+    futures = client.map(write_partition, [str(staging)] * len(plan), [spec] * len(plan),
+                         [shared_world] * len(plan), plan, pure=False)
+    number_of = {future.key: part.number for future, part in zip(futures, plan, strict=True)}
+    rows = 0
+    progress = _progress(len(plan), spec.events) if show_progress else None
+    try:
+        for future in as_completed(futures):
+            if future.status != "finished":
+                exc = future.exception()
+                raise _partition_error(staging, number_of[future.key], exc) from exc
+            rows += future.result()
+            if progress is not None:
+                progress[0].advance(progress[1])
+    finally:
+        client.cancel(futures)
+        if progress is not None:
+            progress[0].stop()
+    return rows
 
 
-def make_catalogue(spec: SyntheticSpec) -> tuple[pd.DataFrame, _World]:
-    rng = np.random.default_rng([spec.seed, 0])
-    n_cat = _categories(spec)
-    n_cells = n_cat * spec.segments
-    cell = rng.permutation(np.arange(spec.items) % n_cells)
-    category = cell // spec.segments
-    rank = rng.permutation(spec.items) + 1
-    popularity = rank.astype(np.float64) ** -spec.popularity_alpha
-    n_new = int(round(spec.new_item_share * spec.items))
-    new_items = rng.choice(spec.items, size=n_new, replace=False)
-    popularity[new_items] = 1e-12  # brand-new: (practically) never sampled
-    log_end = START + pd.Timedelta(weeks=spec.weeks)
-    created = START - pd.to_timedelta(rng.integers(30, 720, spec.items), unit="D")
-    created = created.to_numpy().copy()
-    created[new_items] = (log_end - pd.to_timedelta(rng.integers(0, 3, n_new), unit="D")).to_numpy()
-    price_scale = np.exp(rng.normal(3.0, 0.8, n_cat))
-    price = np.round(price_scale[category] * np.exp(rng.normal(0, 0.4, spec.items)), 2)
-    titles = [
-        f"{ADJECTIVES[a]} {n}-{i}" for i, (a, n) in enumerate(
-            zip(rng.integers(0, len(ADJECTIVES), spec.items), category_names(n_cat)[category], strict=True)
-        )
-    ]
-    catalogue = pd.DataFrame(
-        {
-            "item_id": np.arange(spec.items, dtype=np.int64) + ITEM_ID_OFFSET,
-            "category": category_names(n_cat)[category],
-            "segment": (cell % spec.segments).astype(np.int64),
-            "price": price,
-            "title": titles,
-            "created_at": created.astype("datetime64[ns]"),
-            "in_stock": rng.random(spec.items) > 0.05,
-        }
-    )
-    cell_cdf, cell_items = _stacked_cdf(cell, popularity, n_cells)
-    category_cdf, category_items = _stacked_cdf(category, popularity, n_cat)
-    share = np.bincount(category, weights=popularity, minlength=n_cat)
-    world = _World(cell, category, cell_cdf, cell_items, category_cdf, category_items, share / share.sum())
-    return catalogue, world
+def _partition_error(staging: Path, number: int, exc: BaseException | None) -> HomerankError:
+    full = disk_full_error(staging.parent, exc) if exc is not None else None
+    if full is not None:
+        return full
+    reason = f"{type(exc).__name__}: {exc}" if exc is not None else "cancelled"
+    return HomerankError(f"generate: partition {number} ({part_name(number)}) failed ({reason}); nothing was "
+                         f"written to {staging.parent / 'events'}")
 
 
-def category_names(n: int) -> np.ndarray:
-    base = ["Shoes", "Books", "Garden", "Kitchen", "Toys", "Audio", "Beauty", "Sports", "Outdoor", "Pets",
-            "Office", "Games", "Baby", "Tools", "Lighting", "Jewelry", "Bags", "Coffee", "Grocery", "Phones",
-            "Cameras", "Bikes", "Art", "Music"]
-    return np.array([base[i % len(base)] + ("" if i < len(base) else f" {i // len(base) + 1}") for i in range(n)])
+def _progress(total: int, events: int) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("partitions"),
+                        TimeElapsedColumn(), transient=True)
+    task = progress.add_task(f"~{events} events", total=total)
+    progress.start()
+    return progress, task
 
 
-def _generate_chunk(
-    chunk: tuple[int, int], spec: SyntheticSpec, world: _World, sessions_per_user: float
-) -> pd.DataFrame:
-    first_user, last_user = chunk
-    rng = np.random.default_rng([spec.seed, 1, first_user])
-    n_users = last_user - first_user
-    n_cat = world.global_category_share.size
-    taste = rng.dirichlet(np.full(n_cat, spec.taste_concentration) + 1e-3, size=n_users)
-    segment_pref = rng.dirichlet(np.full(spec.segments, 0.3), size=n_users)
-    activity = np.exp(rng.normal(0.0, 0.8, n_users))
-    sessions = 1 + rng.poisson(sessions_per_user * activity / np.exp(0.32))
-    session_user = np.repeat(np.arange(n_users), sessions)
-    n_sessions = session_user.size
-    taste_cdf = np.cumsum(taste, axis=1)
-    session_category = (taste_cdf[session_user] < rng.random((n_sessions, 1))).sum(axis=1)
-    session_category = np.minimum(session_category, n_cat - 1)
-    explore = rng.random(n_sessions) < spec.explore
-    session_category[explore] = rng.choice(n_cat, size=int(explore.sum()), p=world.global_category_share)
-    span = spec.weeks * 7 * 86_400
-    session_start = rng.integers(0, span, n_sessions)
-
-    views = 1 + rng.poisson(spec.views_per_session, n_sessions)
-    view_session = np.repeat(np.arange(n_sessions), views)
-    view_user = session_user[view_session]
-    segment_cdf = np.cumsum(segment_pref, axis=1)
-    view_segment = np.minimum((segment_cdf[view_user] < rng.random((view_session.size, 1))).sum(axis=1),
-                              spec.segments - 1)
-    view_cell = session_category[view_session] * spec.segments + view_segment
-    slot = np.searchsorted(world.cell_cdf, view_cell + rng.random(view_session.size), side="right")
-    view_item = world.cell_items[np.minimum(slot, world.cell_items.size - 1)]
-    by_popularity = explore[view_session]
-    slot = np.searchsorted(world.category_cdf, session_category[view_session] + rng.random(view_session.size))
-    explored_item = world.category_items[np.minimum(slot, world.category_items.size - 1)]
-    view_item = np.where(by_popularity, explored_item, view_item)
-    within = np.cumsum(rng.integers(10, 180, view_session.size))
-    offset_in_session = within - np.repeat(within[np.cumsum(views) - views], views)
-    view_time = session_start[view_session] + offset_in_session
-
-    clicked = rng.random(view_session.size) < spec.p_click
-    carted = clicked & (rng.random(view_session.size) < spec.p_cart)
-    bought = carted & (rng.random(view_session.size) < spec.p_purchase)
-    frames = []
-    for event, mask, delay in (("view", np.ones_like(clicked), 0), ("click", clicked, 5),
-                               ("cart", carted, 40), ("purchase", bought, 120)):
-        idx = np.flatnonzero(mask)
-        frames.append(pd.DataFrame({
-            "user_id": view_user[idx] + first_user + USER_ID_OFFSET,
-            "item_id": view_item[idx] + ITEM_ID_OFFSET,
-            "event_type": event,
-            "timestamp": START + pd.to_timedelta(view_time[idx] + delay, unit="s"),
-            "session_id": view_session[idx] + first_user * 1000,
-            "value": np.round(rng.exponential(30.0, idx.size), 1),
-        }))
-    events = pd.concat(frames, ignore_index=True)
-    events = events.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
-    events["user_id"] = events["user_id"].astype("Int64")
-    events["event_type"] = events["event_type"].astype("string")
-    events["timestamp"] = events["timestamp"].astype("datetime64[ns]")
-    events = _add_noise(events, spec, rng)
-    return events
+def _swap_into_place(source: Path, target: Path) -> None:
+    """Rename ``source`` over ``target``; an old folder is renamed aside first and removed after."""
+    if target.is_dir():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(source, target)
 
 
-def _add_noise(events: pd.DataFrame, spec: SyntheticSpec, rng: np.random.Generator) -> pd.DataFrame:
-    n = len(events)
-    n_dup = int(spec.duplicate_fraction * n)
-    if n_dup:
-        events = pd.concat([events, events.iloc[rng.choice(n, n_dup, replace=False)]], ignore_index=True)
-    n_dirty = int(spec.dirty_fraction * n)
-    if n_dirty:
-        dirty = events.iloc[rng.choice(n, n_dirty, replace=False)].copy()
-        kind = rng.integers(0, 3, n_dirty)
-        dirty.loc[kind == 0, "user_id"] = pd.NA
-        dirty.loc[kind == 1, "event_type"] = "hover"
-        dirty.loc[kind == 2, "timestamp"] = pd.NaT
-        events = pd.concat([events, dirty], ignore_index=True)
-    return events
+def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None, *, client: Any = None,
+             workers: int | None = None, show_progress: bool = False) -> dict[str, object]:
+    """Write ``out_dir/events/`` (one Parquet file per partition) and ``out_dir/items.parquet``; return a summary
+    (events, users, items, partitions, seconds, events_per_second, path, seed).
 
-
-def _sessions_per_user(spec: SyntheticSpec) -> float:
-    views = 1 + spec.views_per_session
-    per_view = 1 + spec.p_click * (1 + spec.p_cart * (1 + spec.p_purchase))
-    return max(0.0, spec.events / (spec.users * views * per_view) - 1)
-
-
-def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None) -> dict[str, object]:
-    """Write ``out_dir/events/`` (partitioned Parquet) and ``out_dir/items.parquet``; return a summary.
-
-    Files are written to a temporary sibling directory and renamed into place, so a killed run never
-    leaves a half-written input behind.
+    ``client``: a dask ``distributed.Client`` to run the partition tasks on (its workers must see ``out_dir``);
+    without one, a local cluster of ``workers`` threads in this process (default: the cores) runs them. The files
+    are the same whichever runs them.
     """
     spec = spec or SyntheticSpec()
+    if spec.partition_events < 1 or spec.users_per_partition < 1:
+        raise HomerankError("generate: partition_events and users_per_partition must be positive")
+    started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     catalogue, world = make_catalogue(spec)
-    chunks = [(u, min(u + spec.users_per_partition, spec.users))
-              for u in range(0, spec.users, spec.users_per_partition)]
-    per_user = _sessions_per_user(spec)
-    meta = _generate_chunk((0, 1), SyntheticSpec(**{**asdict(spec), "dirty_fraction": 0,
-                                                     "duplicate_fraction": 0}), world, 0.0).iloc[:0]
-    events = dd.from_map(_generate_chunk, chunks, spec=spec, world=world, sessions_per_user=per_user,
-                         meta=meta, enforce_metadata=False)
-    tmp_events = out / ".events.tmp"
-    shutil.rmtree(tmp_events, ignore_errors=True)
-    with dask.config.set(scheduler="threads"):
-        events.to_parquet(tmp_events, write_index=False, write_metadata_file=False)
-    catalogue_tmp = out / ".items.parquet.tmp"
-    catalogue.to_parquet(catalogue_tmp, index=False)
-    final_events = out / "events"
-    if final_events.exists():
-        shutil.rmtree(final_events)
-    os.replace(tmp_events, final_events)
-    os.replace(catalogue_tmp, out / "items.parquet")
-    n_events = int(dd.read_parquet(final_events, columns=["user_id"]).shape[0].compute())
-    summary = {"events": n_events, "users": spec.users, "items": spec.items, "partitions": len(chunks),
-               "path": str(out), "seed": spec.seed}
+    plan = plan_partitions(spec)
+    staging, items_staging = out / EVENTS_STAGING, out / ITEMS_STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    log.info("generate: %d partitions of at most %d users and %d events", len(plan), spec.users_per_partition,
+             spec.partition_events)
+    try:
+        if client is None:
+            with _in_process_client(workers) as local:
+                rows = _run_partitions(local, staging, spec, world, plan, show_progress)
+        else:
+            rows = _run_partitions(client, staging, spec, world, plan, show_progress)
+        catalogue.to_parquet(items_staging, index=False)
+        _swap_into_place(staging, out / "events")
+        _swap_into_place(items_staging, out / "items.parquet")
+    except OSError as exc:
+        error = disk_full_error(out, exc)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        items_staging.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    summary = {"events": rows, "users": spec.users, "items": spec.items, "partitions": len(plan),
+               "seconds": round(seconds, 3), "events_per_second": round(rows / seconds), "path": str(out),
+               "seed": spec.seed}
     log.info("synthetic log: %s", summary)
     return summary

@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="write a synthetic e-commerce behaviour log (the embedded default)",
-                         description="Deterministic synthetic log: events/ (partitioned Parquet via dask) and "
-                                     "items.parquet (catalogue).")
+                         description="Deterministic synthetic log: events/ (one Parquet file per partition, written in "
+                                     "parallel by dask workers) and items.parquet (catalogue). The same seed and sizes "
+                                     "give the same files whatever the number of workers.")
     gen.add_argument("--out", required=True, help="output directory")
     gen.add_argument("--users", type=int, default=20_000)
     gen.add_argument("--items", type=int, default=10_000)
@@ -97,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--dirty-fraction", type=float, default=0.0005, help="share of invalid rows to inject")
     gen.add_argument("--duplicate-fraction", type=float, default=0.002, help="share of exact duplicates")
+    gen.add_argument("--partition-events", type=int, default=1_000_000,
+                     help="at most this many events per partition (one Parquet file, one task; bounds the memory "
+                          "of a worker)")
+    gen.add_argument("--users-per-partition", type=int, default=2_500, help="at most this many users per partition")
+    gen.add_argument("--workers", type=int, help="local dask worker processes (default: the cores, at most one per "
+                                                 "partition); the files do not depend on it")
+    gen.add_argument("--scheduler", metavar="ADDRESS",
+                     help="run the partitions on this dask scheduler (tcp://host:8786) instead of a local cluster; "
+                          "its workers must see --out")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
 
     _add_common(sub.add_parser("etl", help="ingest, validate, weight, k-core, encode and split a log",
                                description="Reads the log through dask; bad rows go to RUN/quarantine/."),
@@ -190,19 +201,34 @@ def _resolve_config(args: argparse.Namespace, run_root: Path | None):
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from homerank.engine.synthetic import SyntheticSpec, generate
-    from homerank.jobs.config import SEED_LIMIT
+    import math
 
-    for name in ("users", "items", "events"):
+    from homerank.engine.backend import CPU
+    from homerank.engine.synthetic import SyntheticSpec, generate
+    from homerank.jobs.cluster import dask_client
+    from homerank.jobs.config import SEED_LIMIT, ClusterConfig
+
+    for name in ("users", "items", "events", "partition_events", "users_per_partition"):
         if getattr(args, name) < 1:
-            raise HomerankError(f"--{name} must be positive")
+            raise HomerankError(f"--{name.replace('_', '-')} must be positive")
+    if args.workers is not None and args.workers < 1:
+        raise HomerankError("--workers must be positive")
     if not 0 <= args.seed < SEED_LIMIT:
         raise HomerankError(f"--seed must be in [0, 2**32) (got {args.seed})")
     spec = SyntheticSpec(users=args.users, items=args.items, events=args.events, seed=args.seed,
-                         dirty_fraction=args.dirty_fraction, duplicate_fraction=args.duplicate_fraction)
-    summary = generate(args.out, spec)
-    print(f"wrote {summary['events']} events to {Path(args.out) / 'events'} and the catalogue to "
-          f"{Path(args.out) / 'items.parquet'}")
+                         dirty_fraction=args.dirty_fraction, duplicate_fraction=args.duplicate_fraction,
+                         partition_events=args.partition_events, users_per_partition=args.users_per_partition)
+    workers = args.workers
+    if workers is None and not args.scheduler:  # more local workers than partitions would only cost start-up
+        partitions = max(math.ceil(spec.users / spec.users_per_partition),
+                         math.ceil(spec.events / spec.partition_events))
+        workers = max(1, min(os.cpu_count() or 1, partitions))
+    cluster = ClusterConfig(address=args.scheduler, n_workers=workers, threads_per_worker=1, processes=True)
+    with dask_client(cluster, CPU) as client:
+        summary = generate(args.out, spec, client=client, show_progress=not args.quiet)
+    print(f"wrote {summary['events']} events in {summary['partitions']} partitions to {Path(args.out) / 'events'} "
+          f"and the catalogue to {Path(args.out) / 'items.parquet'} ({summary['seconds']:.1f} s, "
+          f"{summary['events_per_second']:,} events/s)")
 
 
 def _demo(args: argparse.Namespace) -> None:
