@@ -28,10 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 USER_ID_OFFSET = 1_000_000
 ITEM_ID_OFFSET = 500_000
 START = pd.Timestamp("2026-09-01")
+EVENT_TYPES = ["view", "click", "cart", "purchase"]  # the funnel, in order
 ADJECTIVES = ["Classic", "Urban", "Eco", "Smart", "Deluxe", "Compact", "Vintage", "Pro", "Soft", "Bold"]
 USER_BLOCK = 4096  # users per block of per-user draws (streams 2 and 3); small, so a partition recomputes little
 ACTIVITY_SIGMA = 0.8  # a_u ~ LogNormal(0, ACTIVITY_SIGMA), E[a_u] = exp(sigma^2 / 2)
@@ -243,25 +245,30 @@ def partition_events(spec: SyntheticSpec, world: World, number: int, first_user:
     clicked = rng.random(n_views) < spec.p_click
     carted = clicked & (rng.random(n_views) < spec.p_cart)
     bought = carted & (rng.random(n_views) < spec.p_purchase)
-    frames = []
-    for event, mask, delay in (("view", np.ones_like(clicked), 0), ("click", clicked, 5),
-                               ("cart", carted, 40), ("purchase", bought, 120)):
+    # the four event kinds one after the other (value drawn per kind in this order), then one stable sort by
+    # (timestamp, user): numpy's lexsort, the same order as a stable pandas sort_values, at a fraction of the cost
+    indices, kinds, delays, values = [], [], [], []
+    for kind, (mask, delay) in enumerate(((np.ones_like(clicked), 0), (clicked, 5), (carted, 40), (bought, 120))):
         idx = np.flatnonzero(mask)
-        frames.append(pd.DataFrame({
-            "user_id": view_user[idx] + first_user + USER_ID_OFFSET,
-            "item_id": view_item[idx] + ITEM_ID_OFFSET,
-            "event_type": event,
-            "timestamp": START + pd.to_timedelta(view_time[idx] + delay, unit="s"),
-            "session_id": view_session[idx] + first_session,
-            "value": np.round(rng.exponential(30.0, idx.size), 1),
-        }))
-    events = pd.concat(frames, ignore_index=True)
-    events = events.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
-    events["user_id"] = events["user_id"].astype("Int64")
-    events["item_id"] = events["item_id"].astype(np.int64)
-    events["event_type"] = events["event_type"].astype("string")
-    events["timestamp"] = events["timestamp"].astype("datetime64[ns]")
-    events["session_id"] = events["session_id"].astype(np.int64)
+        indices.append(idx)
+        kinds.append(np.full(idx.size, kind, dtype=np.int8))
+        delays.append(np.full(idx.size, delay, dtype=np.int64))
+        values.append(np.round(rng.exponential(30.0, idx.size), 1))
+    idx = np.concatenate(indices)
+    seconds = view_time[idx] + np.concatenate(delays)
+    user = view_user[idx] + first_user + USER_ID_OFFSET
+    order = np.lexsort((user, seconds))
+    idx = idx[order]
+    event_type = pa.DictionaryArray.from_arrays(pa.array(np.concatenate(kinds)[order]), pa.array(EVENT_TYPES))
+    events = pd.DataFrame({
+        "user_id": pd.array(user[order], dtype="Int64"),
+        "item_id": (view_item[idx] + ITEM_ID_OFFSET).astype(np.int64),
+        "event_type": pd.arrays.ArrowStringArray(event_type.cast(pa.large_string())),
+        "timestamp": (START.to_datetime64().astype("datetime64[ns]")
+                      + seconds[order].astype("timedelta64[s]")).astype("datetime64[ns]"),
+        "session_id": (view_session[idx] + first_session).astype(np.int64),
+        "value": np.concatenate(values)[order],
+    })
     return _add_noise(events, spec, rng)
 
 
