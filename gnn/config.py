@@ -94,7 +94,12 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(5, ge=1, description="write checkpoints/epoch_NNNN.pt every N epochs")
     keep_checkpoints: int = Field(3, ge=1, description="keep only the newest N epoch checkpoints")
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice; with "
+                                "world_size > 1, per rank: cores / world_size)")
+    world_size: int = Field(1, ge=1, description="ranks of data- and graph-parallel training (gnn.distributed): "
+                            "local processes joined by torch.distributed, gloo on CPU, NCCL with one GPU per rank")
+    distributed_timeout_s: float = Field(1800.0, gt=0, description="how long a rank waits for the others in one "
+                                         "collective before the job fails (rank 0's validation runs meanwhile)")
     linear_filter: LinearFilterConfig = Field(default_factory=LinearFilterConfig)
     propagate_known_edges: bool = Field(
         True, description="final embeddings propagate over train + validation edges (all known history); "

@@ -20,6 +20,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from homerank.engine.errors import HomerankError, TrainingDivergedError
+from homerank.gnn import distributed
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.keys import pair_keys
 from homerank.gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
@@ -131,6 +132,32 @@ def _epoch_order(users: torch.Tensor, num_users: int, by_user: bool, generator: 
     return order[torch.argsort(user_rank[users[order]], stable=True)]
 
 
+def _shard(length: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of a global batch of ``length`` entries."""
+    return slice(length * rank // world_size, length * (rank + 1) // world_size)
+
+
+def _propagate(model: LightGCNRecommender, adjacency: torch.Tensor, block: distributed.RowBlock | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final user (U, d) and item (I, d) embeddings: the whole graph here, or this rank's row block with the
+    other ranks' rows gathered (`homerank.gnn.distributed.propagate`)."""
+    if block is None:
+        return model(adjacency)
+    final = distributed.propagate(model.layer0, block, model.lightgcn.num_layers)
+    return final[: model.num_users], final[model.num_users :]
+
+
+@torch.no_grad()
+def _scoring_embeddings(model: LightGCNRecommender, adjacency: torch.Tensor, block: distributed.RowBlock | None,
+                        cosine: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if block is None:
+        return model.embeddings(adjacency, cosine=cosine)
+    users, items = _propagate(model, adjacency, block)
+    if cosine:
+        users, items = torch.nn.functional.normalize(users, dim=-1), torch.nn.functional.normalize(items, dim=-1)
+    return users, items
+
+
 def train_lightgcn(
     data: TrainData,
     config: TrainConfig,
@@ -155,12 +182,21 @@ def train_lightgcn(
     With ``resume``, training continues from the newest ``checkpoint_dir/epoch_*.pt`` (model, optimizer,
     schedule, sampler RNG, history and best state are all restored), so a killed run finishes with the same
     result as an uninterrupted one.
+
+    With ``config.world_size`` > 1 this process starts that many ranks (`homerank.gnn.distributed`) and
+    returns rank 0's result; called inside an initialised process group, it trains as one of its ranks
+    (every rank follows the same trajectory, rank 0 alone evaluates, reports and writes checkpoints).
     """
+    if config.world_size > 1 and not distributed.is_distributed():
+        return train_distributed(data, config, eval_config, seed, device, checkpoint_dir, show_progress, resume,
+                                 stop_epoch, on_epoch, on_evaluation)
+    rank, world_size = distributed.rank_and_size()
+    leader = rank == 0
     set_seed(seed)
     checkpoint = latest_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
-    if resume and checkpoint is None:
+    if resume and checkpoint is None and leader:
         log.warning("--resume: no epoch checkpoint in %s, training from the start", checkpoint_dir)
-    if checkpoint is None:  # a fresh run: an earlier run's files would be mistaken for ours
+    if checkpoint is None and leader:  # a fresh run: an earlier run's files would be mistaken for ours
         for stale in checkpoint_dir.glob("*.pt") if checkpoint_dir is not None else ():
             stale.unlink()
     if config.threads:
@@ -168,6 +204,8 @@ def train_lightgcn(
     model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
     model.to(device)
     adjacency = data.adjacency.to(device)
+    block = distributed.row_block(adjacency, rank, world_size) if world_size > 1 else None
+    sent_bytes = 0
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps_per_epoch = -(-data.train_users.numel() // config.batch_size)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
@@ -202,8 +240,8 @@ def train_lightgcn(
         first_epoch = int(state["epoch"]) + 1
         log.info("resuming from %s (epoch %d)", checkpoint, first_epoch - 1)
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} ep"),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show_progress,
-                        transient=False)
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        disable=not (show_progress and leader), transient=False)
     last_epoch = config.epochs if stop_epoch is None else min(stop_epoch, config.epochs)
     with progress:
         task = progress.add_task("train", total=last_epoch, completed=first_epoch - 1, status="")
@@ -215,29 +253,39 @@ def train_lightgcn(
             for start in range(0, num_pairs, config.batch_size):
                 batch = order[start : start + config.batch_size]
                 users, positives = users_all[batch], items_all[batch]
-                user_emb, item_emb = model(adjacency)
+                user_emb, item_emb = _propagate(model, adjacency, block)
                 layer0 = model.layer0
                 if config.loss == "bpr":
                     reps = config.negatives
                     users_r, positives_r = users.repeat(reps), positives.repeat(reps)
-                    negatives = sample_negatives(users_r, data.num_items, keys, generator)
+                    negatives = sample_negatives(users_r, data.num_items, keys, generator)  # the whole batch's
+                    share = _shard(users_r.numel(), rank, world_size)  # draws, the same on every rank
+                    fraction = (share.stop - share.start) / users_r.numel()
+                    users_r, positives_r, negatives = users_r[share], positives_r[share], negatives[share]
                     loss = bpr_loss(user_emb[users_r], item_emb[positives_r], item_emb[negatives])
                     reg = l2_penalty(layer0[users_r], layer0[data.num_users + positives_r],
                                      layer0[data.num_users + negatives])
                 else:
                     negatives = torch.randint(0, data.num_items, (config.negatives,), generator=generator,
                                               device=device)
+                    share = _shard(users.numel(), rank, world_size)
+                    fraction = (share.stop - share.start) / users.numel()
+                    users, positives = users[share], positives[share]
                     batch_users, user_of_pair = torch.unique_consecutive(users, return_inverse=True)
                     loss = sampled_softmax_loss(user_emb[batch_users], item_emb[positives], item_emb[negatives],
                                                 config.temperature, user_of_pair)
                     reg = l2_penalty(layer0[users], layer0[data.num_users + positives])
-                objective = loss + config.l2 * reg
+                objective = (loss + config.l2 * reg) * fraction  # sums to the batch's mean over the ranks
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
+                step_loss_tensor = loss.detach() * fraction
+                if block is not None:
+                    sent_bytes += distributed.all_reduce_gradients([model.layer0])
+                    torch.distributed.all_reduce(step_loss_tensor)
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
-                step_loss = float(loss.detach())
+                step_loss = float(step_loss_tensor)
                 if not math.isfinite(step_loss):  # stop at once: every later step would only spread the NaN
                     raise TrainingDivergedError(
                         f"training diverged at epoch {epoch} (step {steps + 1}): the {config.loss} loss is "
@@ -249,8 +297,10 @@ def train_lightgcn(
             record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(steps, 1),
                                       "seconds": round(time.perf_counter() - epoch_start, 3)}
             stop = False
-            if data.valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                user_emb, item_emb = model.embeddings(adjacency, cosine=config.loss == "softmax")
+            evaluating = data.valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs)
+            if evaluating:  # every rank takes part in the propagation, rank 0 scores
+                user_emb, item_emb = _scoring_embeddings(model, adjacency, block, config.loss == "softmax")
+            if evaluating and leader:
                 check_finite(f"at epoch {epoch}", config.lr, user_embeddings=user_emb, item_embeddings=item_emb)
                 valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid, train_index,
                                                  ks, eval_config.batch_size, device)
@@ -267,14 +317,19 @@ def train_lightgcn(
                         stop, result.stopped_because = True, f"no {metric_name} gain in {since_best} evaluations"
             elapsed = time.perf_counter() - started
             record["elapsed"] = round(elapsed, 3)
+            if block is not None:
+                record["world_size"] = world_size
+                record["all_reduce_bytes_per_step"] = sent_bytes // max(steps, 1)
+                sent_bytes = 0
             result.history.append(record)
             result.epochs = epoch
-            if on_epoch is not None:
+            if on_epoch is not None and leader:
                 on_epoch(record)
             valid_text = f" valid {metric_name} {record['valid'][metric_name]:.4f}" if "valid" in record else ""
-            log.info("epoch %d loss %.4f%s (%.1fs)", epoch, record["loss"], valid_text, record["seconds"])
+            if leader:
+                log.info("epoch %d loss %.4f%s (%.1fs)", epoch, record["loss"], valid_text, record["seconds"])
             progress.update(task, advance=1, status=f"loss {record['loss']:.4f}{valid_text}")
-            if checkpoint_dir is not None and epoch % config.checkpoint_every == 0:
+            if checkpoint_dir is not None and epoch % config.checkpoint_every == 0 and leader:
                 save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", model, optimizer, epoch, {
                     "seed": seed, "generator": generator.get_state(), "history": result.history,
                     "best_state": best_state, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
@@ -285,6 +340,10 @@ def train_lightgcn(
                     old.unlink()
             if config.time_budget_s is not None and elapsed >= config.time_budget_s and not stop:
                 stop, result.stopped_because = True, f"time budget {config.time_budget_s:.0f}s reached"
+            if block is not None:  # rank 0 decides (validation, clock) for every rank
+                flag = torch.tensor([float(stop)], device=device)
+                torch.distributed.broadcast(flag, 0)
+                stop = bool(flag.item())
             if stop:
                 break
     result.train_seconds = time.perf_counter() - started
@@ -293,8 +352,74 @@ def train_lightgcn(
     else:
         result.best_epoch = result.epochs
     check_finite(f"by the end (epoch {result.best_epoch} kept)", config.lr, embeddings=model.layer0)
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and leader:
         save_checkpoint(checkpoint_dir / "best.pt", model, optimizer, result.best_epoch, {"seed": seed})
-    log.info("training done: %d epochs, best epoch %d, %s, %.1fs", result.epochs, result.best_epoch,
-             result.stopped_because, result.train_seconds)
+    if leader:
+        log.info("training done: %d epochs, best epoch %d, %s, %.1fs", result.epochs, result.best_epoch,
+                 result.stopped_because, result.train_seconds)
+    return result
+
+
+def _train_rank(handover: str, data_parts: dict[str, Any], config: TrainConfig, eval_config: EvalConfig, seed: int,
+                device_type: str, checkpoint_dir: str | None, resume: bool, stop_epoch: int | None,
+                show_progress: bool) -> None:
+    """One spawned rank (`train_distributed`): rebuild the data, train, and (rank 0) hand the result over in a
+    file (state_dicts and plain values only)."""
+    rank = torch.distributed.get_rank()
+    device = torch.device(device_type, rank) if device_type == "cuda" else torch.device(device_type)
+    crow, col, values, size = data_parts.pop("adjacency")
+    data = TrainData(adjacency=torch.sparse_csr_tensor(crow, col, values, size=size), **data_parts)
+    result = train_lightgcn(data, config, eval_config, seed, device,
+                            checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+                            show_progress=show_progress, resume=resume, stop_epoch=stop_epoch)
+    if rank == 0:
+        save_state({"model": result.model.state_dict(), "history": result.history, "best_epoch": result.best_epoch,
+                    "best_metric": result.best_metric, "epochs": result.epochs,
+                    "train_seconds": result.train_seconds, "stopped_because": result.stopped_because},
+                   Path(handover))
+
+
+def train_distributed(data: TrainData, config: TrainConfig, eval_config: EvalConfig, seed: int,
+                      device: torch.device, checkpoint_dir: Path | None, show_progress: bool, resume: bool,
+                      stop_epoch: int | None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                      on_evaluation: EvaluationHook | None = None) -> TrainResult:
+    """`train_lightgcn` on ``config.world_size`` local ranks (gloo on CPU, NCCL on CUDA, one GPU per rank).
+
+    The hooks cannot cross process boundaries: ``on_epoch`` is replayed from rank 0's history afterwards and
+    ``on_evaluation`` is not supported (a `HomerankError`)."""
+    if on_evaluation is not None:
+        raise HomerankError("train.world_size > 1 does not support evaluation hooks (the accuracy bench's "
+                            "snapshots): train with world_size 1")
+    if device.type == "cuda" and torch.cuda.device_count() < config.world_size:
+        raise HomerankError(f"train.world_size {config.world_size} needs as many GPUs; "
+                            f"{torch.cuda.device_count()} visible")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    adjacency = data.adjacency.to("cpu")
+    parts = {"num_users": data.num_users, "num_items": data.num_items, "train_users": data.train_users,
+             "train_items": data.train_items, "valid": data.valid,
+             "adjacency": (adjacency.crow_indices(), adjacency.col_indices(), adjacency.values(),
+                           tuple(adjacency.shape))}
+    scratch = distributed.scratch_dir(checkpoint_dir)
+    folder = Path(scratch.name) if scratch is not None else Path(checkpoint_dir)  # type: ignore[arg-type]
+    handover = folder / "distributed_result.pt"
+    handover.unlink(missing_ok=True)
+    log.info("training on %d ranks (%s, %s)", config.world_size, backend, device.type)
+    try:
+        distributed.launch(config.world_size, _train_rank,
+                           (str(handover), parts, config, eval_config, seed, device.type,
+                            None if checkpoint_dir is None else str(checkpoint_dir), resume, stop_epoch,
+                            show_progress),
+                           backend=backend, timeout_s=config.distributed_timeout_s, threads=config.threads)
+        state = torch.load(handover, map_location="cpu", weights_only=True)
+    finally:
+        handover.unlink(missing_ok=True)
+        if scratch is not None:
+            scratch.cleanup()
+    model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
+    model.load_state_dict(state["model"])
+    result = TrainResult(model=model.to(device), history=list(state["history"]), best_epoch=int(state["best_epoch"]),
+                         best_metric=state["best_metric"], epochs=int(state["epochs"]),
+                         train_seconds=float(state["train_seconds"]), stopped_because=str(state["stopped_because"]))
+    for record in result.history if on_epoch is not None else ():
+        on_epoch(record)
     return result
