@@ -1,9 +1,11 @@
-"""Frames and arrays in, pages out: the catalogue, the page-wide signals, every user's rows in section order, then
-the page-rule check and the page-quality metrics over the whole output."""
+"""Frames and arrays in, pages out: the catalogue, the page-wide signals, then the users in blocks: each block's rows
+in section order (`homerank.homepage.block_pages`, array operations over the block; `PageBuilder` user by user when
+merchandising rules are active), the page-rule check and the page-quality metrics summed block by block."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,14 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from homerank.engine import schema
+from homerank.homepage.block_pages import BlockPages
 from homerank.homepage.catalogue import Catalogue, build_catalogue, inductive_item_vectors
 from homerank.homepage.config import HomepageConfig
 from homerank.homepage.merchandising import Merchandising, load_merchandising
-from homerank.homepage.quality import page_quality
 from homerank.homepage.rows import PAGE_COLUMNS, PageBuilder
-from homerank.homepage.rules import check_page_rules
 from homerank.homepage.sections import SECTION_KINDS, section_title
 from homerank.homepage.signals import PageSignals, collect_signals
+from homerank.homepage.tally import PageTally
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,19 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
                 user_embeddings: torch.Tensor, interactions: pd.DataFrame, edges: pd.DataFrame,
                 user_index: pd.DataFrame, item_index: pd.DataFrame, catalogue_items: pd.DataFrame | None,
                 reference_time: pd.Timestamp, settings: HomepageConfig,
-                rankings: pd.DataFrame | None = None) -> Homepage:
+                rankings: pd.DataFrame | None = None,
+                on_block: Callable[[pd.DataFrame], None] | None = None) -> Homepage:
     """One page per user of ``interactions`` (which needs ``last_ts``), in user id order.
 
     ``candidate_items``/``candidate_scores`` (U, k): the model's top items per user embedding row (model item
     index), best first; ``user_embeddings`` (U, d) and ``item_embeddings`` (num_items, d) the learned vectors;
     ``user_index``/``item_index`` map ids to those rows; ``catalogue_items`` is the catalogue frame (None
     without one); ``reference_time`` is the newest event of the log; ``rankings`` (user_id, item_id), the plain
-    top-K lists, is the baseline of the quality metrics when given."""
+    top-K lists, is the baseline of the quality metrics when given.
+
+    Users are paged in blocks of ``settings.block_users``; each block's rows go to ``on_block`` as soon as the block
+    is built (the returned ``page`` is then empty: nothing keeps every user's rows), or are concatenated into the
+    returned ``page`` without it. The stats are summed block by block (`homerank.homepage.tally`)."""
     catalogue = build_catalogue(catalogue_items, interactions, item_index, edges, reference_time, settings)
     vectors = inductive_item_vectors(catalogue, item_embeddings)
     signals = collect_signals(catalogue, vectors, interactions, candidate_items, candidate_scores, user_embeddings,
@@ -56,8 +63,35 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
         merchandising = load_merchandising(settings.merchandising, catalogue.item_ids, catalogue.category,
                                            [section.kind for section in settings.sections], reference_time)
         log.info("merchandising: %s", merchandising.stats)
-    builder = PageBuilder(catalogue, settings, F.normalize(vectors, dim=1).numpy(), merchandising)
+    unit_vectors = F.normalize(vectors, dim=1).numpy()
     users = np.sort(interactions[schema.USER].unique())
+    tally = PageTally(catalogue, signals, users, edges, merchandising, settings)
+    # boosts and pins re-rank and reserve slots per user: pages with active rules keep the user-by-user builder
+    vectorised = not (merchandising and (merchandising.boosts or merchandising.pins))
+    blocks = BlockPages(signals, settings, unit_vectors) if vectorised else None
+    kept: list[pd.DataFrame] = []
+    for start in range(0, max(len(users), 1), settings.block_users):
+        block = users[start : start + settings.block_users]
+        if blocks is not None:
+            page = blocks.build(block)
+        else:
+            page = _pages_one_by_one(block, catalogue, signals, settings, unit_vectors, merchandising)
+        tally.add(page, block)
+        if on_block is not None:
+            on_block(page)
+        else:
+            kept.append(page)
+        log.debug("homepage: block of %d users, %d rows", len(block), len(page))
+    page = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=PAGE_COLUMNS)
+    if on_block is not None:
+        page = page.iloc[:0]
+    return Homepage(page, tally.stats(rankings))
+
+
+def _pages_one_by_one(users: np.ndarray, catalogue: Catalogue, signals: PageSignals, settings: HomepageConfig,
+                      unit_vectors: np.ndarray, merchandising: Merchandising | None) -> pd.DataFrame:
+    """The rows of ``users`` by `PageBuilder`, one user and one row at a time (merchandising boosts and pins)."""
+    builder = PageBuilder(catalogue, settings, unit_vectors, merchandising)
     for user in users.tolist():
         used: set[int] = set()
         bought = signals.purchased.get(user, set())
@@ -65,31 +99,4 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
             row = SECTION_KINDS[section.kind].candidates(user, signals)
             if row is not None:
                 builder.fill(user, section, section_title(section, row.title_values), row.sources, used, bought)
-    page = pd.DataFrame(builder.rows, columns=PAGE_COLUMNS)
-    return Homepage(page, _stats(page, users, catalogue, signals, merchandising, edges, rankings, settings))
-
-
-def _stats(page: pd.DataFrame, users: np.ndarray, catalogue: Catalogue, signals: PageSignals,
-           merchandising: Merchandising | None, edges: pd.DataFrame, rankings: pd.DataFrame | None,
-           settings: HomepageConfig) -> dict[str, Any]:
-    """Counts per section, cold users (no model embedding), the page-rule check, the diversity setting, the
-    merchandising rules and slots they touched, and the page-quality metrics."""
-    rule_check = check_page_rules(page, pd.Series(catalogue.in_stock, index=catalogue.item_ids),
-                                  pd.Series(catalogue.category, index=catalogue.item_ids), signals.purchases, users,
-                                  settings)
-    if not rule_check["passed"]:
-        log.error("homepage: page rules broken: %s", rule_check["violations"])
-    merchandising_stats = None
-    if merchandising:
-        merchandising_stats = {**merchandising.stats,
-                               "pinned_slots": int(page["reason"].str.startswith("pin:").sum()),
-                               "boosted_slots": int(page["reason"].str.contains(";boost:", regex=False).sum())}
-    return {"users": int(page["user_id"].nunique()), "rows": len(page),
-            "sections": page.groupby("section").size().to_dict(),
-            "cold_users": int(sum(signals.model_row.get(user) is None for user in users.tolist())),
-            "rule_check": rule_check,
-            "diversity": settings.diversity if settings.diversity == "category_cap"
-            else f"mmr(lambda={settings.mmr_lambda})",
-            "merchandising": merchandising_stats,
-            "quality": page_quality(page, rankings, catalogue.item_ids, catalogue.category, catalogue.popularity,
-                                    catalogue.model_index, edges)}
+    return pd.DataFrame(builder.rows, columns=PAGE_COLUMNS)

@@ -46,5 +46,7 @@ class HomepageConfig(StrictModel):
         default_factory=lambda: ["Coffee", "Grocery", "Pets", "Beauty", "Baby"],
         description="categories where buy_again may show items bought before",
     )
+    block_users: int = Field(8192, ge=1, description="users paged at once: each block's rows are built with array "
+                             "operations and written as their own Parquet part")
     candidates: int = Field(500, ge=10, description="model candidates per user (and neighbours per viewed item) "
                             "before the page rules")

@@ -3,6 +3,7 @@ title and its slots."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -35,3 +36,8 @@ def _plain(value: Any) -> Any:
 def _json_score(score: float) -> float | None:
     """Pinned slots have no model score: NaN in Parquet, null in JSON; others rounded to 6 decimals."""
     return None if math.isnan(score) else round(float(score), 6)
+
+
+def jsonl_text(page: pd.DataFrame) -> str:
+    """`page_records` of ``page`` as JSON Lines text (one line per user, each ending in a newline)."""
+    return "".join(json.dumps(record) + "\n" for record in page_records(page))

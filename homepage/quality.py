@@ -30,15 +30,39 @@ def gini(exposure: np.ndarray) -> float:
     return float((2 * (ranks * x).sum()) / (x.size * x.sum()) - (x.size + 1) / x.size)
 
 
-def intra_list_diversity(pages: pd.DataFrame, category_of: pd.Series) -> float:
-    """Mean share of different-category pairs per page: 1 - sum_c n_c (n_c - 1) / (n (n - 1))."""
+def diversity_per_user(pages: pd.DataFrame, category_of: pd.Series) -> pd.Series:
+    """Each page's share of different-category pairs, 1 - sum_c n_c (n_c - 1) / (n (n - 1)), for pages of n > 1."""
     frame = pages.assign(category=pages["item_id"].map(category_of))
     counts = frame.groupby(["user_id", "category"]).size().rename("n_c").reset_index()
     sizes = frame.groupby("user_id").size()
     same = (counts["n_c"] * (counts["n_c"] - 1)).groupby(counts["user_id"]).sum()
     n = sizes.loc[same.index]
     valid = n > 1
-    return float((1 - same[valid] / (n[valid] * (n[valid] - 1))).mean()) if valid.any() else 0.0
+    return 1 - same[valid] / (n[valid] * (n[valid] - 1))
+
+
+def intra_list_diversity(pages: pd.DataFrame, category_of: pd.Series) -> float:
+    """Mean share of different-category pairs per page: 1 - sum_c n_c (n_c - 1) / (n (n - 1))."""
+    per_user = diversity_per_user(pages, category_of)
+    return float(per_user.mean()) if len(per_user) else 0.0
+
+
+def exposure_metrics(exposure: np.ndarray, diversity_sum: float, diversity_pages: int, popularity: np.ndarray,
+                     model_index: np.ndarray, num_users: int) -> dict[str, float]:
+    """The list metrics from sums that add up over blocks of users: ``exposure`` (C,) slots per catalogue item,
+    the summed per-page diversity over ``diversity_pages`` pages (see `diversity_per_user`); novelty is the
+    exposure-weighted mean of -log2((p_i + 1) / (U + 1)), cold share the exposure share of items without a model
+    index (C,)."""
+    slots = int(exposure.sum())
+    novelty = -np.log2((np.asarray(popularity, dtype=np.float64) + 1) / (num_users + 1))
+    return {
+        "slots": slots,
+        "coverage": float((exposure > 0).sum() / max(exposure.size, 1)),
+        "diversity": float(diversity_sum / diversity_pages) if diversity_pages else 0.0,
+        "novelty_bits": float((exposure * novelty).sum() / slots) if slots else 0.0,
+        "gini": gini(exposure),
+        "cold_share": float(exposure[model_index < 0].sum() / slots) if slots else 0.0,
+    }
 
 
 def list_metrics(pages: pd.DataFrame, item_ids: np.ndarray, category: np.ndarray, popularity: np.ndarray,
@@ -58,6 +82,28 @@ def list_metrics(pages: pd.DataFrame, item_ids: np.ndarray, category: np.ndarray
     }
 
 
+def for_you_hits(page: pd.DataFrame, edges: pd.DataFrame) -> pd.DataFrame:
+    """Per user with test items T_u and a for_you row: hits |{s : r_s in T_u}|, dcg sum_{s : r_s in T_u}
+    1 / log2(s + 1) and n_truth |T_u| (columns; index user_id). ``edges`` may hold other users' edges too."""
+    test = edges[edges[SPLIT] == "test"][[schema.USER, schema.ITEM]].assign(relevant=True)
+    row = page[page["section"] == "for_you"][["user_id", "slot", "item_id"]]
+    if row.empty or test.empty:
+        return pd.DataFrame({"hits": [], "dcg": [], "n_truth": []})
+    hits = row.merge(test, left_on=["user_id", "item_id"], right_on=[schema.USER, schema.ITEM], how="left")
+    hits["gain"] = hits["relevant"].fillna(False).astype(float) / np.log2(hits["slot"] + 1)
+    truth = test.groupby(schema.USER).size()
+    per_user = hits.groupby("user_id").agg(hits=("relevant", lambda s: s.fillna(False).sum()), dcg=("gain", "sum"))
+    return per_user.join(truth.rename("n_truth"), how="inner")
+
+
+def for_you_summary(per_user: pd.DataFrame, length: int) -> dict[str, float]:
+    """Recall and NDCG at ``length`` (the for_you row's largest slot) averaged over `for_you_hits` rows:
+    ideal DCG = sum_{s=1}^{min(|T_u|, length)} 1 / log2(s + 1)."""
+    ideal = per_user["n_truth"].clip(upper=length).map(lambda n: (1 / np.log2(np.arange(2, n + 2))).sum())
+    return {f"recall@{length}": float((per_user["hits"] / per_user["n_truth"]).mean()),
+            f"ndcg@{length}": float((per_user["dcg"] / ideal).mean()), "users": int(len(per_user))}
+
+
 def for_you_accuracy(page: pd.DataFrame, edges: pd.DataFrame) -> dict[str, float]:
     """Recall and NDCG of the for_you row (at its own length L, its largest slot) against the test items
     (LightGCN protocol), averaged over users with test items T_u and a for_you row r_1..r_L:
@@ -65,19 +111,10 @@ def for_you_accuracy(page: pd.DataFrame, edges: pd.DataFrame) -> dict[str, float
         recall@L = |{s : r_s in T_u}| / |T_u|
         ndcg@L   = sum_{s : r_s in T_u} 1 / log2(s + 1)  /  sum_{s=1}^{min(|T_u|, L)} 1 / log2(s + 1)
     """
-    test = edges[edges[SPLIT] == "test"][[schema.USER, schema.ITEM]].assign(relevant=True)
-    row = page[page["section"] == "for_you"][["user_id", "slot", "item_id"]]
-    if row.empty or test.empty:
+    row = page[page["section"] == "for_you"]
+    if row.empty or not (edges[SPLIT] == "test").any():
         return {}
-    length = int(row["slot"].max())
-    hits = row.merge(test, left_on=["user_id", "item_id"], right_on=[schema.USER, schema.ITEM], how="left")
-    hits["gain"] = hits["relevant"].fillna(False).astype(float) / np.log2(hits["slot"] + 1)
-    truth = test.groupby(schema.USER).size()
-    per_user = hits.groupby("user_id").agg(hits=("relevant", lambda s: s.fillna(False).sum()), dcg=("gain", "sum"))
-    per_user = per_user.join(truth.rename("n_truth"), how="inner")
-    ideal = per_user["n_truth"].clip(upper=length).map(lambda n: (1 / np.log2(np.arange(2, n + 2))).sum())
-    return {f"recall@{length}": float((per_user["hits"] / per_user["n_truth"]).mean()),
-            f"ndcg@{length}": float((per_user["dcg"] / ideal).mean()), "users": int(len(per_user))}
+    return for_you_summary(for_you_hits(page, edges), int(row["slot"].max()))
 
 
 def page_quality(page: pd.DataFrame, rankings: pd.DataFrame | None, item_ids: np.ndarray, category: np.ndarray,

@@ -3,7 +3,8 @@ catalogue positions, the item neighbours of each user's last viewed item, trendi
 arrivals with every user's score, and each user's purchases and top category.
 
 Neighbours are by cosine of the learned item embeddings, cos(e_a, e_j) = e_a . e_j / (|e_a| |e_j|), the anchor
-itself excluded. A new arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector.
+itself excluded, found with a faiss index (`homerank.gnn.item_index`; exact below 50,000 model items, HNSW above). A new
+arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector.
 A user's top category maximises the summed interaction weight, ties to the alphabetically first category.
 """
 
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from homerank.engine import schema
+from homerank.gnn.item_index import ItemIndex
 from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
 
@@ -65,16 +66,23 @@ def last_viewed_items(interactions: pd.DataFrame) -> pd.Series:
 def item_neighbours(anchors: np.ndarray, catalogue: Catalogue, item_embeddings: torch.Tensor,
                     positions_of_model_items: np.ndarray, count: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """For each anchor position (model items only), its ``count`` closest model items by cosine, as
-    (catalogue positions, cosines), closest first; ``item_embeddings`` is (num_items, d)."""
+    (catalogue positions, cosines), closest first; ``item_embeddings`` is (num_items, d).
+
+    The search is `homerank.gnn.item_index.ItemIndex` (faiss): exact up to its size threshold, HNSW above it, so
+    no (anchors x items) similarity block is ever held. Each anchor asks for count + 1 items and drops itself."""
     if not anchors.size:
         return {}
-    normed = F.normalize(item_embeddings, dim=1)
-    anchor_rows = torch.from_numpy(catalogue.model_index[anchors])
-    sims = normed[anchor_rows] @ normed.T
-    sims[torch.arange(anchors.size), anchor_rows] = -torch.inf
-    values, indices = torch.topk(sims, min(count, item_embeddings.shape[0] - 1), dim=1)
-    return {anchor: (positions_of_model_items[row_indices], row_values)
-            for anchor, row_values, row_indices in zip(anchors.tolist(), values.numpy(), indices.numpy(), strict=True)}
+    vectors = item_embeddings.detach().cpu().numpy().astype(np.float32)
+    index = ItemIndex().build(vectors)
+    anchor_rows = catalogue.model_index[anchors]
+    wanted = min(count, vectors.shape[0] - 1)
+    scores, rows = index.search(vectors[anchor_rows], wanted + 1)
+    keep = (rows != anchor_rows[:, None]) & (rows >= 0)
+    keep &= np.cumsum(keep, axis=1) <= wanted  # the anchor found: drop it; not found: drop the last item
+    out = {}
+    for anchor, row_keep, row_scores, row_items in zip(anchors.tolist(), keep, scores, rows, strict=True):
+        out[anchor] = (positions_of_model_items[row_items[row_keep]], row_scores[row_keep])
+    return out
 
 
 def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: torch.Tensor,

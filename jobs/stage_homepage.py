@@ -8,15 +8,18 @@ A log without timestamps or event types (the lightgcn format) gets no homepage.
 
 Writes ``homepage/`` (Parquet: user_id, section, section_title, slot, item_id, score, reason, with a
 ``_SUCCESS.json`` manifest), ``homepage.jsonl`` (one object per user, rows in order) and
-``homepage_stats.json`` (page-rule check and page-quality metrics next to a plain top-K baseline).
+``homepage_stats.json`` (page-rule check and page-quality metrics next to a plain top-K baseline). Users come in
+blocks of ``homepage.block_users``: each block is written as soon as it is built, as its own ``part-NNNNN.parquet``
+in a staging folder and appended to a temporary ``homepage.jsonl``; the dataset (manifest last) and the JSON Lines
+file replace the previous ones only after the last block, so a failure leaves the previous homepage as it was.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 import torch
@@ -25,10 +28,10 @@ from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.gnn.metrics import top_k
 from homerank.homepage.build import build_pages
-from homerank.homepage.export import page_records
+from homerank.homepage.export import jsonl_text
 from homerank.jobs.artifacts import load_embeddings, load_scorer, require
 from homerank.jobs.config import JobConfig
-from homerank.jobs.rundir import RunDir, atomic_path, read_json, write_json, write_parquet_dataset
+from homerank.jobs.rundir import RunDir, atomic_path, publish_parquet_parts, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +58,35 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
                                     config.rank.batch_size, device)
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
-    homepage = build_pages(cand_items.numpy(), cand_scores.numpy(), item_emb, user_emb, interactions, edges,
-                           user_index, item_index, catalogue, ref_time, settings, rankings)
-    write_parquet_dataset(run.homepage, homepage.page)
-    _write_jsonl(run.homepage_jsonl, homepage.page)
+    staging = run.homepage.with_name(".homepage.parts")  # the blocks' parts, published as one dataset at the end
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with atomic_path(run.homepage_jsonl) as jsonl_tmp, open(jsonl_tmp, "w") as jsonl:
+            parts = _PartWriter(staging, jsonl)
+            homepage = build_pages(cand_items.numpy(), cand_scores.numpy(), item_emb, user_emb, interactions, edges,
+                                   user_index, item_index, catalogue, ref_time, settings, rankings,
+                                   on_block=parts.write)
+            jsonl.close()
+            publish_parquet_parts(staging, run.homepage, homepage.page)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     write_json(run.homepage_stats, homepage.stats)
     stats = homepage.stats
     log.info("homepage: %d users, %d slots, sections %s", stats["users"], stats["rows"], stats["sections"])
     return stats
 
 
-def _write_jsonl(path: Path, page: pd.DataFrame) -> None:
-    """One JSON object per user (see homerank.homepage.export), written to a temp path and renamed."""
-    with atomic_path(path) as tmp, open(tmp, "w") as handle:
-        for record in page_records(page):
-            handle.write(json.dumps(record) + "\n")
+class _PartWriter:
+    """Writes each block's page rows as ``part-NNNNN.parquet`` into ``staging`` and appends its users' JSON lines
+    (see homerank.homepage.export) to ``jsonl``, as the blocks come."""
+
+    def __init__(self, staging: Path, jsonl: TextIO) -> None:
+        self.staging, self.jsonl, self.parts = staging, jsonl, 0
+
+    def write(self, page: pd.DataFrame) -> None:
+        if page.empty:
+            return
+        page.to_parquet(self.staging / f"part-{self.parts:05d}.parquet", index=False)
+        self.parts += 1
+        self.jsonl.write(jsonl_text(page))

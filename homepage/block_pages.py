@@ -1,0 +1,190 @@
+"""Every user's page for a block of users at once: the section functions of `homepage.sections` as candidate
+matrices (`homepage.blocks.Source`), filled section by section with `homepage.blocks.fill_pools` (and
+`mmr_pick` under ``diversity: mmr``). The rows equal those of `homepage.rows.PageBuilder` walking the same users one
+by one, without merchandising (`homepage.build` keeps the builder for pages with boosts or pins).
+
+The page-wide matrices are built once (`BlockPages.__init__`): the item neighbours of every anchor (A, n), the
+trending list of every category (K, L), popularity (1, C); per block only the users' own lists (new arrivals
+ordered by their scores (B, N), buy again (B, L)) are gathered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from homerank.homepage.blocks import Rules, Source, fill_pools, mmr_pick
+from homerank.homepage.config import HomepageConfig, SectionConfig
+from homerank.homepage.rows import PAGE_COLUMNS
+from homerank.homepage.sections import SECTION_KINDS, section_title
+from homerank.homepage.signals import PageSignals
+
+
+def _padded(lists: list[np.ndarray], fill: float, dtype: Any) -> np.ndarray:
+    """Lists as the rows of one (len(lists), longest) array padded with ``fill`` (at least one column)."""
+    width = max((len(values) for values in lists), default=0)
+    out = np.full((len(lists), max(width, 1)), fill, dtype=dtype)
+    for line, values in enumerate(lists):
+        out[line, : len(values)] = values
+    return out
+
+
+class BlockPages:
+    """Builds the page rows of any block of users (`build`) from page-wide ``signals``; ``vectors`` (C, d) are
+    unit item vectors by catalogue position (MMR)."""
+
+    def __init__(self, signals: PageSignals, settings: HomepageConfig, vectors: np.ndarray) -> None:
+        self.signals = signals
+        self.settings = settings
+        self.vectors = vectors
+        catalogue = signals.catalogue
+        self.in_stock = np.asarray(catalogue.in_stock, dtype=bool)
+        self.category_names, self.category = np.unique(catalogue.category, return_inverse=True)
+        # because_you_viewed: anchors (A,) sorted, their neighbours (A, n)
+        self.anchors = np.array(sorted(signals.neighbours), dtype=np.int64)
+        self.neighbour_positions = _padded([signals.neighbours[a][0] for a in self.anchors.tolist()], -1, np.int64)
+        self.neighbour_scores = _padded([signals.neighbours[a][1] for a in self.anchors.tolist()], 0.0, np.float64)
+        # trending_in_category: categories (K,) sorted, their lists (K, L)
+        self.trend_names = np.array(sorted(signals.trending_by_category), dtype=object)
+        lists = [signals.trending_by_category[c] for c in self.trend_names]
+        self.trend_positions = _padded(lists, -1, np.int64)
+        self.trend_scores = _padded([catalogue.trending[p] for p in lists], 0.0, np.float64)
+        self.top_category = signals.top_category
+        # new_arrivals: reason codes of the model's reasons, and the cold users' list (by trending)
+        self.new_reason_names, self.new_reason_codes = np.unique(np.asarray(signals.new_reason, dtype=object),
+                                                                 return_inverse=True)
+        new = signals.new_positions
+        by_trend = np.argsort(-catalogue.trending[new], kind="stable")
+        self.new_cold_positions, self.new_cold_scores = new[by_trend][None, :], catalogue.trending[new][by_trend][None]
+        self.model_row = pd.Series(signals.model_row, dtype=np.int64) if signals.model_row else None
+
+    def _model_rows(self, users: np.ndarray) -> np.ndarray:
+        """Model embedding row of each user (B,), -1 for cold users."""
+        if self.model_row is None:
+            return np.full(users.size, -1, dtype=np.int64)
+        return self.model_row.reindex(users).fillna(-1).to_numpy(dtype=np.int64)
+
+    def _sections(self, users: np.ndarray, section: SectionConfig, model_rows: np.ndarray
+                  ) -> tuple[list[Source], list[str], np.ndarray]:
+        """A section's sources for the block, its reason table, and each row's title (B,) (object array)."""
+        signals, catalogue, kind, count = self.signals, self.signals.catalogue, section.kind, users.size
+        plain_title = np.full(count, section_title(section, {}), dtype=object)
+        if kind == "for_you":
+            popularity = signals.by_popularity
+            return ([Source(signals.candidate_positions, signals.candidate_scores, np.array(0),
+                            model_rows),
+                     Source(popularity[None, :], catalogue.popularity[popularity][None, :], np.array(1),
+                            np.zeros(count, np.int64))],
+                    ["for_you:model_score", "for_you:fallback_popularity"], plain_title)
+        if kind == "because_you_viewed":
+            anchor = signals.last_viewed.reindex(users).to_numpy(dtype=np.float64)
+            known = ~np.isnan(anchor)
+            anchor = np.where(known, anchor, -1).astype(np.int64)
+            group = np.full(count, -1, dtype=np.int64)
+            if self.anchors.size:
+                at = np.minimum(np.searchsorted(self.anchors, anchor), self.anchors.size - 1)
+                group = np.where(known & (self.anchors[at] == anchor), at, -1)
+            used = np.unique(group[group >= 0])
+            reasons = [f"because_you_viewed:similar_to:{catalogue.item_ids[a]}" for a in self.anchors[used].tolist()]
+            codes = np.full(max(self.anchors.size, 1), -1, dtype=np.int64)
+            codes[used] = np.arange(used.size)
+            titles = np.array([section_title(section, {"item_title": catalogue.title[a]})
+                               for a in self.anchors[used].tolist()] + [""], dtype=object)
+            title = titles[np.where(group >= 0, codes[np.maximum(group, 0)], -1)]
+            return [Source(self.neighbour_positions, self.neighbour_scores, codes, group)], reasons, title
+        if kind == "trending_in_category":
+            top = self.top_category.reindex(users)
+            known = top.notna().to_numpy()
+            names = np.where(known, top.astype(object).to_numpy(), signals.global_category)
+            group = np.searchsorted(self.trend_names, names)
+            labels = pd.Series(np.where(known, "trending_in_category:user_top_category:",
+                                        "trending_in_category:fallback_global:"), dtype=object) + names.astype(str)
+            codes, reasons = pd.factorize(labels)
+            titles = {name: section_title(section, {"category": name}) for name in np.unique(names).tolist()}
+            title = np.array([titles[name] for name in names.tolist()], dtype=object)
+            return ([Source(self.trend_positions, self.trend_scores, np.array(0), group,
+                            codes.astype(np.int64))],
+                    list(reasons), title)
+        if kind == "new_arrivals":
+            new = signals.new_positions
+            if not new.size:
+                return [], [], plain_title
+            warm = np.flatnonzero(model_rows >= 0)
+            scores = np.asarray(signals.new_scores)[model_rows[warm]] if warm.size else np.zeros((0, new.size))
+            order = np.argsort(-scores, axis=1, kind="stable")
+            warm_group = np.full(count, -1, dtype=np.int64)
+            warm_group[warm] = np.arange(warm.size)
+            cold_group = np.where(model_rows < 0, 0, -1)
+            reasons = list(self.new_reason_names) + ["new_arrival:fallback_trending"]
+            return ([Source(new[order], np.take_along_axis(scores, order, axis=1), self.new_reason_codes[order],
+                            warm_group),
+                     Source(self.new_cold_positions, self.new_cold_scores,
+                            np.array(len(reasons) - 1), cold_group)],
+                    reasons, plain_title)
+        if kind == "buy_again":
+            lists = [signals.buy_again.get(user) for user in users.tolist()]
+            has = np.array([values is not None for values in lists], dtype=bool)
+            group = np.full(count, -1, dtype=np.int64)
+            group[has] = np.arange(int(has.sum()))
+            rows = [values for values in lists if values is not None]
+            positions = _padded(rows, -1, np.int64)
+            return ([Source(positions, np.zeros(positions.shape), np.array(0), group)],
+                    ["buy_again:purchased_before"], plain_title)
+        raise ValueError(f"unknown section kind {kind!r}")
+
+    def _bought_keys(self, users: np.ndarray) -> np.ndarray:
+        """Sorted keys ``row * C + position`` of every item the block's users bought."""
+        size = self.in_stock.size
+        sets = [self.signals.purchased.get(user, ()) for user in users.tolist()]
+        lengths = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
+        positions = np.fromiter((p for s in sets for p in s), dtype=np.int64, count=int(lengths.sum()))
+        return np.sort(np.repeat(np.arange(users.size, dtype=np.int64), lengths) * size + positions)
+
+    def build(self, users: np.ndarray) -> pd.DataFrame:
+        """Page rows (``PAGE_COLUMNS``) of ``users`` (B,), grouped by user in the given order, sections in page
+        order, slots 1..n."""
+        settings, catalogue, size = self.settings, self.signals.catalogue, self.in_stock.size
+        rows = np.arange(users.size, dtype=np.int64)
+        model_rows = self._model_rows(users)
+        bought = self._bought_keys(users)
+        used = np.zeros(0, dtype=np.int64)
+        parts: list[dict[str, np.ndarray]] = []
+        for order, section in enumerate(settings.sections):
+            kind = SECTION_KINDS[section.kind]
+            sources, reasons, titles = self._sections(users, section, model_rows)
+            if not sources:
+                continue
+            mmr = settings.diversity == "mmr" and kind.category_cap
+            room = section.slots
+            pool_size = max(room * settings.mmr_pool_factor, room) if mmr else room
+            blocked = used if kind.shows_purchased else np.union1d(used, bought)
+            cap = settings.max_per_category if kind.category_cap and not mmr else None
+            rules = Rules(self.in_stock, self.category, np.sort(blocked), cap, pool_size)
+            positions, scores, codes, counts = fill_pools(sources, rows, rules)
+            if mmr:
+                picks = mmr_pick(positions, counts, self.vectors, room, settings.mmr_lambda)
+                chosen = picks >= 0
+                line, slot = np.nonzero(chosen)
+                column = picks[line, slot]
+            else:
+                line, column = np.nonzero(positions[:, :room] >= 0)
+                slot = column
+            picked = positions[line, column]
+            used = np.concatenate([used, line * size + picked])
+            reason_table = np.array(list(reasons) + [""], dtype=object)
+            parts.append({"line": line, "order": np.full(line.size, order), "slot": slot + 1, "position": picked,
+                          "score": scores[line, column], "reason": reason_table[codes[line, column]],
+                          "title": titles[line], "section": np.full(line.size, section.kind, dtype=object)})
+        if not parts:
+            return pd.DataFrame({column: pd.Series(dtype=object) for column in PAGE_COLUMNS})
+        merged = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        order = np.lexsort((merged["slot"], merged["order"], merged["line"]))
+        return pd.DataFrame({
+            "user_id": users[merged["line"][order]], "section": merged["section"][order],
+            "section_title": merged["title"][order], "slot": merged["slot"][order].astype(np.int64),
+            "item_id": catalogue.item_ids[merged["position"][order]],
+            "score": merged["score"][order].astype(np.float64), "reason": merged["reason"][order],
+        }, columns=PAGE_COLUMNS)
+

@@ -1,0 +1,192 @@
+"""Vectorised row filling for a block of B users: the same rows as `homepage.rows.PageBuilder.fill`, user by user,
+but every step an array operation over the block.
+
+For one section, each user's candidate sources are read as one virtual list (the sources concatenated in order, as
+the builder walks them) and only a window of its first ``w`` entries is materialised, shape (B, w). Over that window:
+
+    allowed(u, j)  = in_stock[p] and p not on u's page yet and (row may show purchases or p not bought by u)
+                     and p not offered earlier in the list (first occurrence only)
+    capped(u, j)   = #{j' < j : allowed, same category as j} >= max_per_category      (category_cap rows)
+    pool(u)        = the first ``pool_size`` entries allowed and not capped, in list order
+
+A row that pooled fewer than ``pool_size`` items while its list is longer than the window is redone with a window
+four times wider, so the result equals the builder's walk over the whole list. Rows under ``diversity: mmr`` then
+pick ``room`` items from their pool slot by slot, all users of the block at once (`mmr_pick`). Merchandising
+(boosts, pins) is not handled here: `homepage.build` uses the builder for blocks when a merchandising file is active.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FIRST_WINDOW = 3  # the first window is this many times the pool size (at least MIN_WINDOW)
+MIN_WINDOW = 16
+WIDEN = 4
+
+
+@dataclass
+class Source:
+    """Candidate lists shared by groups of users: ``positions``/``scores`` (G, L), padded with -1 at the end of
+    each list; ``reasons`` reason codes, one for all (a 0-d array), one per group (G,) or one per entry (G, L);
+    ``group`` (B,) the list each block row reads (-1: the row has no such source); ``row_reasons`` (B,), when
+    given, one reason code per block row instead."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+    reasons: np.ndarray
+    group: np.ndarray
+    row_reasons: np.ndarray | None = None
+
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """List length of each of ``rows`` (n,) (0 where the row has no such source)."""
+        group = self.group[rows]
+        out = np.zeros(rows.size, dtype=np.int64)
+        has = group >= 0
+        groups, inverse = np.unique(group[has], return_inverse=True)
+        out[has] = (self.positions[groups] >= 0).sum(axis=1)[inverse]
+        return out
+
+    def take(self, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first ``width`` entries of each row's list: positions, scores, reason codes, each (n, w)."""
+        width = min(width, self.positions.shape[1]) if self.positions.shape[0] else 0
+        group = self.group[rows]
+        if not width:
+            empty = np.zeros((rows.size, 0))
+            return empty.astype(np.int64), empty, empty.astype(np.int64)
+        safe = np.maximum(group, 0)
+        positions = np.where(group[:, None] >= 0, self.positions[safe, :width], -1)
+        scores = self.scores[safe, :width].astype(np.float64)
+        if self.row_reasons is not None:
+            reasons = np.broadcast_to(self.row_reasons[rows][:, None], positions.shape)
+        elif self.reasons.ndim == 0:
+            reasons = np.broadcast_to(self.reasons, positions.shape)
+        elif self.reasons.ndim == 2:
+            reasons = self.reasons[safe, :width]
+        else:
+            reasons = np.broadcast_to(self.reasons[safe][:, None], positions.shape)
+        return positions, scores, reasons
+
+
+def window(sources: list[Source], rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``width`` entries of each row's sources read as one list: positions (-1 past its end), scores and
+    reason codes, each (n, width)."""
+    taken = [source.take(rows, width) for source in sources]
+    positions = np.concatenate([t[0] for t in taken], axis=1)
+    scores = np.concatenate([t[1] for t in taken], axis=1)
+    reasons = np.concatenate([t[2] for t in taken], axis=1)
+    if len(sources) > 1:  # move each row's entries left, in order, over the padding of earlier sources
+        order = np.argsort(positions < 0, axis=1, kind="stable")
+        positions, scores, reasons = (np.take_along_axis(a, order, axis=1) for a in (positions, scores, reasons))
+    return positions[:, :width], scores[:, :width], reasons[:, :width]
+
+
+def _rank_within(keys: np.ndarray) -> np.ndarray:
+    """For a flat array of keys, each entry's 0-based count of earlier entries with the same key."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    index = np.arange(keys.size)
+    starts = np.maximum.accumulate(np.where(np.r_[True, ordered[1:] != ordered[:-1]], index, 0))
+    ranks = np.empty(keys.size, dtype=np.int64)
+    ranks[order] = index - starts
+    return ranks
+
+
+def _isin_sorted(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``keys`` (any shape) found in the sorted 1-d ``table``."""
+    if not table.size:
+        return np.zeros(keys.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(table, keys), table.size - 1)
+    return table[at] == keys
+
+
+@dataclass
+class Rules:
+    """What one section's rows obey, for a block: ``in_stock`` and ``category`` (category codes) by catalogue
+    position (C,); ``blocked`` sorted keys ``row * C + position`` of items a row may not show (on the page already,
+    or bought); ``cap`` the per-category cap (None: no cap); ``pool_size`` the entries each row pools."""
+
+    in_stock: np.ndarray
+    category: np.ndarray
+    blocked: np.ndarray
+    cap: int | None
+    pool_size: int
+
+
+def pool(positions: np.ndarray, rows: np.ndarray, rules: Rules, dedupe: bool) -> np.ndarray:
+    """Mask (n, w) of the window entries each row pools (see the module docstring); ``rows`` (n,) are the block
+    rows of the window's lines; ``dedupe`` when a list may offer one item twice (several sources)."""
+    n, w = positions.shape
+    catalogue_size = rules.in_stock.size
+    valid = positions >= 0
+    safe = np.where(valid, positions, 0)
+    keys = rows[:, None].astype(np.int64) * catalogue_size + safe
+    ok = valid & rules.in_stock[safe] & ~_isin_sorted(keys, rules.blocked)
+    if dedupe:
+        unique_keys = np.where(valid, keys, -1 - np.arange(n * w).reshape(n, w))
+        ok &= (_rank_within(unique_keys.ravel()) == 0).reshape(n, w)
+    if rules.cap is not None:
+        categories = int(rules.category.max(initial=0)) + 1
+        cap_keys = np.where(ok, rows[:, None].astype(np.int64) * categories + rules.category[safe],
+                            -1 - np.arange(n * w).reshape(n, w))
+        ok &= (_rank_within(cap_keys.ravel()) < rules.cap).reshape(n, w)
+    return ok & (np.cumsum(ok, axis=1) <= rules.pool_size)
+
+
+def fill_pools(sources: list[Source], rows: np.ndarray, rules: Rules
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's pool, in list order: positions, scores, reason codes, each (n, pool_size) with -1 positions past
+    the row's pool, and the pool sizes (n,). Windows widen for the rows whose window ran out first."""
+    size = rules.pool_size
+    out_positions = np.full((rows.size, size), -1, dtype=np.int64)
+    out_scores = np.zeros((rows.size, size))
+    out_reasons = np.zeros((rows.size, size), dtype=np.int64)
+    counts = np.zeros(rows.size, dtype=np.int64)
+    lengths = sum(source.lengths(rows) for source in sources)
+    todo = np.flatnonzero(lengths > 0)
+    width = max(FIRST_WINDOW * size, MIN_WINDOW)
+    dedupe = len(sources) > 1
+    while todo.size:
+        positions, scores, reasons = window(sources, rows[todo], width)
+        mask = pool(positions, rows[todo], rules, dedupe)
+        line, column = np.nonzero(mask)
+        slot = np.cumsum(mask, axis=1)[line, column] - 1
+        out_positions[todo[line], slot] = positions[line, column]
+        out_scores[todo[line], slot] = scores[line, column]
+        out_reasons[todo[line], slot] = reasons[line, column]
+        counts[todo] = mask.sum(axis=1)
+        todo = todo[(counts[todo] < size) & (lengths[todo] > width)]
+        width *= WIDEN
+    return out_positions, out_scores, out_reasons, counts
+
+
+def mmr_pick(pool_positions: np.ndarray, counts: np.ndarray, vectors: np.ndarray, room: int,
+             trade_off: float) -> np.ndarray:
+    """Maximal marginal relevance for every row of a block at once: ``pool_positions`` (n, P) in relevance order
+    (-1 past each row's ``counts``), ``vectors`` (C, d) unit item vectors. Slot by slot, each row takes
+
+        argmax_{i not chosen} lambda * (1 - rank(i) / |pool|) - (1 - lambda) * max_{j chosen} cos(v_i, v_j)
+
+    (redundancy 0 before the first pick). Returns the chosen pool columns (n, min(room, P)), -1 past
+    min(room, count)."""
+    n, size = pool_positions.shape
+    picks = np.full((n, min(room, size)), -1, dtype=np.int64)
+    if not n or not size:
+        return picks
+    pooled = vectors[np.maximum(pool_positions, 0)]  # (n, P, d)
+    similarity = np.matmul(pooled, pooled.transpose(0, 2, 1))  # (n, P, P)
+    sizes = np.maximum(counts, 1)[:, None]
+    relevance = 1.0 - np.arange(size)[None, :] / sizes
+    taken = np.arange(size)[None, :] >= counts[:, None]
+    closest = np.full((n, size), -np.inf)
+    lines = np.arange(n)
+    for step in range(picks.shape[1]):
+        active = step < np.minimum(counts, room)
+        redundancy = np.where(np.isfinite(closest), closest, 0.0)
+        gain = np.where(taken, -np.inf, trade_off * relevance - (1 - trade_off) * redundancy)
+        best = np.argmax(gain, axis=1)
+        picks[active, step] = best[active]
+        taken[lines[active], best[active]] = True
+        closest = np.where(active[:, None], np.maximum(closest, similarity[lines, :, best]), closest)
+    return picks

@@ -1,0 +1,127 @@
+"""Homepage in blocks of users: the array path (homepage/block_pages.py) gives the rows of the user-by-user
+PageBuilder, a build in blocks of 3 users equals one block, and the stage publishes the parts with the manifest last
+(a block that fails leaves the previous homepage as it was)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from homerank.homepage import build as build_module
+from homerank.homepage.block_pages import BlockPages
+from homerank.homepage.build import _pages_one_by_one, build_pages
+from homerank.homepage.catalogue import build_catalogue, inductive_item_vectors
+from homerank.homepage.config import HomepageConfig, SectionConfig
+from homerank.homepage.signals import collect_signals
+
+
+def _frames(seed: int = 0, users: int = 60, items: int = 120):
+    """A random log: items in 6 categories (some out of stock, some new, some unknown to the model), users with
+    views and purchases, a few cold users, and the model's candidates from random embeddings."""
+    rng = np.random.default_rng(seed)
+    now = pd.Timestamp("2026-03-10")
+    item_ids = np.arange(1000, 1000 + items)
+    catalogue = pd.DataFrame({
+        "item_id": item_ids, "category": rng.choice(["A", "B", "C", "Coffee", "E", "F"], items),
+        "title": [f"t{i}" for i in item_ids], "price": rng.uniform(1, 50, items),
+        "created_at": now - pd.to_timedelta(rng.choice([1, 5, 400], items), unit="D"),
+        "in_stock": rng.random(items) > 0.15})
+    pairs = pd.DataFrame({"user_id": rng.integers(0, users, 1500), "item_id": rng.choice(item_ids[:100], 1500)})
+    interactions = pairs.drop_duplicates().reset_index(drop=True)
+    n = len(interactions)
+    ts = now - pd.to_timedelta(rng.uniform(0, 20, n), unit="D")
+    interactions = interactions.assign(weight=rng.uniform(0.5, 3, n), first_ts=ts, last_ts=ts,
+                                       n_view=rng.integers(0, 3, n), n_purchase=(rng.random(n) < 0.2).astype(int))
+    known_users = np.sort(interactions["user_id"].unique())[:-5]  # the last five users are cold
+    known_items = np.sort(interactions["item_id"].unique())[:-10]  # ten logged items unknown to the model
+    user_index = pd.DataFrame({"user_id": known_users, "user_index": np.arange(known_users.size)})
+    item_index = pd.DataFrame({"item_id": known_items, "item_index": np.arange(known_items.size)})
+    edges = (interactions.merge(user_index).merge(item_index)
+             .assign(split=lambda f: np.where(rng.random(len(f)) < 0.2, "test", "train")))
+    generator = torch.Generator().manual_seed(seed)
+    user_emb = torch.randn(known_users.size, 8, generator=generator)
+    item_emb = torch.randn(known_items.size, 8, generator=generator)
+    scores, candidates = torch.topk(user_emb @ item_emb.T, 40, dim=1)
+    return (candidates.numpy(), scores.numpy(), item_emb, user_emb, interactions, edges, user_index, item_index,
+            catalogue, now)
+
+
+SETTINGS = [
+    HomepageConfig(max_per_category=2, new_arrival_days=7, repeat_purchase_categories=["Coffee", "A"], candidates=40),
+    HomepageConfig(diversity="mmr", mmr_pool_factor=3, new_arrival_days=7, candidates=40,
+                   sections=[SectionConfig(kind="because_you_viewed", title="Like {item_title}", slots=4),
+                             SectionConfig(kind="for_you", title="For you {category}", slots=7),
+                             SectionConfig(kind="trending_in_category", title="Hot in {category}", slots=5),
+                             SectionConfig(kind="buy_again", title="Again", slots=3),
+                             SectionConfig(kind="new_arrivals", title="New", slots=5)]),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["category_cap", "mmr"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_block_rows_equal_the_user_by_user_builder(settings, seed):
+    (candidates, scores, item_emb, user_emb, interactions, edges, user_index, item_index, items,
+     now) = _frames(seed)
+    catalogue = build_catalogue(items, interactions, item_index, edges, now, settings)
+    vectors = inductive_item_vectors(catalogue, item_emb)
+    signals = collect_signals(catalogue, vectors, interactions, candidates, scores, user_emb, item_emb, user_index,
+                              now, settings)
+    unit = F.normalize(vectors, dim=1).numpy()
+    users = np.sort(interactions["user_id"].unique())
+    expected = _pages_one_by_one(users, catalogue, signals, settings, unit, None)
+    got = BlockPages(signals, settings, unit).build(users)
+    assert len(expected) > 5 * len(users)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False, rtol=1e-6)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["category_cap", "mmr"])
+def test_blocks_of_three_users_equal_one_block(settings):
+    frames = _frames(2)
+    one = build_pages(*frames, settings.model_copy(update={"block_users": 10_000}))
+    seen: list[pd.DataFrame] = []
+    blocks = build_pages(*frames, settings.model_copy(update={"block_users": 3}), on_block=seen.append)
+    assert len(seen) == -(-one.page["user_id"].nunique() // 3) and blocks.page.empty
+    pd.testing.assert_frame_equal(pd.concat(seen, ignore_index=True), one.page)
+    assert one.stats["rule_check"]["passed"]
+    assert json.dumps(one.stats["rule_check"]) == json.dumps(blocks.stats["rule_check"])
+    for key in ("users", "rows", "sections", "cold_users"):
+        assert one.stats[key] == blocks.stats[key]
+    for side, metrics in one.stats["quality"].items():
+        assert blocks.stats["quality"][side] == pytest.approx(metrics)
+
+
+@pytest.mark.slow
+def test_the_stage_publishes_parts_and_the_manifest_last(homepage_run, monkeypatch):
+    from homerank.jobs.cli import main
+
+    run, _ = homepage_run
+    before = {name: (run / name).read_bytes() for name in ("homepage.jsonl", "homepage_stats.json")}
+    manifest = json.loads((run / "homepage" / "_SUCCESS.json").read_text())
+    page = pd.read_parquet(run / "homepage")
+    # rebuild in blocks of 50 users: one part per block, same rows and the same JSON lines
+    assert main(["homepage", "--out", str(run), "--set", "homepage.block_users=50", "--quiet"]) == 0
+    blocks = json.loads((run / "homepage" / "_SUCCESS.json").read_text())
+    assert len(blocks["files"]) == -(-page["user_id"].nunique() // 50) and blocks["rows"] == manifest["rows"]
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "homepage"), page)
+    assert (run / "homepage.jsonl").read_bytes() == before["homepage.jsonl"]
+    # the second block fails: nothing is published, the previous homepage stays whole
+    real = build_module.BlockPages.build
+    calls = []
+
+    def failing(self, users):
+        calls.append(len(users))
+        if len(calls) == 2:
+            raise RuntimeError("block 2 failed")
+        return real(self, users)
+
+    monkeypatch.setattr(build_module.BlockPages, "build", failing)
+    with pytest.raises(RuntimeError, match="block 2 failed"):
+        main(["homepage", "--out", str(run), "--set", "homepage.block_users=50", "--quiet"])
+    assert calls == [50, 50]
+    assert json.loads((run / "homepage" / "_SUCCESS.json").read_text()) == blocks
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "homepage"), page)
+    assert (run / "homepage.jsonl").read_bytes() == before["homepage.jsonl"]
+    assert not any(p.name.startswith(".homepage") for p in run.iterdir())  # no staging or temp file left
