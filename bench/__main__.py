@@ -2,6 +2,7 @@
 
     python -m bench etl --events 1e6 --workers 2 [--json FILE] [--processes] [--repeat R] [--data DIR]
     python -m bench all [--sizes 1e5,1e6,1e7] [--workers 1,2] [--processes] [--out DIR] [--data DIR]
+    python -m bench training --run RUN [--variant NAME:key=value,...] [--budget S] [--json FILE]
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from bench.etl_suite import (
     say,
     write_point,
 )
+from bench.training_bench import DEFAULT_VARIANTS, parse_variant, run_training_bench
+
+
+def _variant(text: str) -> tuple[str, dict]:
+    try:
+        return parse_variant(text)
+    except Exception as exc:  # noqa: BLE001 - argparse turns it into a usage error
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count(text: str) -> int:
@@ -73,7 +82,23 @@ def main(argv: list[str] | None = None) -> int:
                        help="comma-separated log sizes (default 1e5,1e6,1e7)")
     every.add_argument("--workers", type=_counts, default=[1, 2], help="comma-separated worker counts (default 1,2)")
     _common(every)
+    training = commands.add_parser("training", help="training schedules side by side on one run's graph",
+                                   description="epoch seconds and validation NDCG@20 per training variant "
+                                               "(bench/training_bench.py)")
+    training.add_argument("--run", type=Path, required=True, help="run directory with etl and graph done")
+    training.add_argument("--variant", action="append", type=_variant, metavar="NAME:key=value,...",
+                          help="train.* overrides of one variant (repeatable; the first is the reference); "
+                               "default: today's schedule and three large-batch ones")
+    training.add_argument("--budget", type=float, default=600.0, help="training seconds per variant (600)")
+    training.add_argument("--json", type=Path, metavar="FILE", help="result file (default "
+                          "bench/results/training/<run folder name>.json)")
     args = parser.parse_args(argv)
+    if args.command == "training":
+        variants = dict(args.variant) if args.variant else DEFAULT_VARIANTS
+        path = args.json or Path("bench/results/training") / f"{args.run.name}.json"
+        run_training_bench(args.run, variants, args.budget, path)
+        say(f"training: results -> {path}")
+        return 0
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be >= 1")
     if args.threads_per_worker < 0:

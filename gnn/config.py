@@ -78,6 +78,11 @@ class TrainConfig(StrictModel):
     num_layers: int = Field(3, ge=0, description="LightGCN propagation layers")
     epochs: int = Field(40, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(16384, ge=1, description="positive (user, item) pairs per step")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="when set, the batch is ceil(training pairs / steps_per_epoch) pairs instead of "
+        "batch_size: an epoch then costs that many full-graph propagations whatever the data size (linear in "
+        "the edges); bench/results/training/ measures the trade-off"
+    )
     lr: float = Field(0.01, gt=0, description="Adam learning rate (finite, > 0)")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: lr decays to 0 along a half cosine over `epochs`"
@@ -113,6 +118,12 @@ class TrainConfig(StrictModel):
     memory_limit_gb: float | None = Field(
         None, gt=0, description="memory the guard may plan with (default: what the device has free)"
     )
+
+    def pairs_per_step(self, num_pairs: int) -> int:
+        """Positive pairs per optimizer step for ``num_pairs`` training pairs (all ranks together)."""
+        if self.steps_per_epoch is None:
+            return self.batch_size
+        return max(1, -(-num_pairs // self.steps_per_epoch))
 
     @field_validator("early_stopping_metric")
     @classmethod

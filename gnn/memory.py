@@ -47,11 +47,12 @@ def available_bytes(device: torch.device) -> int:
 def estimate_training_memory(num_users: int, num_items: int, num_edges: int, train: TrainConfig,
                              evaluate: EvalConfig, average_degree: float) -> dict[str, int]:
     nodes, dim = num_users + num_items, train.embedding_dim
+    batch = train.pairs_per_step(num_edges)
     if train.loss == "softmax":
-        batch_users = min(num_users, max(1, int(train.batch_size / max(average_degree, 1.0))))
-        loss = batch_users * train.negatives * 4 * 3 + train.batch_size * dim * 4 * 4
+        batch_users = min(num_users, max(1, int(batch / max(average_degree, 1.0))))
+        loss = batch_users * train.negatives * 4 * 3 + batch * dim * 4 * 4
     else:
-        loss = train.batch_size * train.negatives * dim * 4 * 6
+        loss = batch * train.negatives * dim * 4 * 6
     return {
         "parameters_and_optimizer": 4 * nodes * dim * 4,
         "propagation": (train.num_layers + 2) * nodes * dim * 4,

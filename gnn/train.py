@@ -207,7 +207,8 @@ def train_lightgcn(
     block = distributed.row_block(adjacency, rank, world_size) if world_size > 1 else None
     sent_bytes = 0
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps_per_epoch = -(-data.train_users.numel() // config.batch_size)
+    batch_size = config.pairs_per_step(data.train_users.numel())
+    steps_per_epoch = -(-data.train_users.numel() // batch_size)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
                 if config.lr_schedule == "cosine" else None)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -250,8 +251,8 @@ def train_lightgcn(
             model.train()
             order = _epoch_order(users_all, data.num_users, config.loss == "softmax", generator)
             total_loss, steps = 0.0, 0
-            for start in range(0, num_pairs, config.batch_size):
-                batch = order[start : start + config.batch_size]
+            for start in range(0, num_pairs, batch_size):
+                batch = order[start : start + batch_size]
                 users, positives = users_all[batch], items_all[batch]
                 user_emb, item_emb = _propagate(model, adjacency, block)
                 layer0 = model.layer0
