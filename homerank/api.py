@@ -33,7 +33,9 @@ EventsInput = Any  # str | os.PathLike | pandas.DataFrame | dask.dataframe.DataF
 
 class Embeddings(NamedTuple):
     """Final embeddings keyed by the original ids: ``users`` (U rows, index user_id) and ``items`` (I rows, index
-    item_id), one float32 column per dimension (0..d-1)."""
+    item_id), one float32 column per dimension (0..d-1), read from the rank stage's ``embeddings/users.parquet``
+    and ``embeddings/items.parquet`` (rows in the files' order: items row j is row j of ``embeddings/items.faiss``).
+    """
 
     users: pd.DataFrame
     items: pd.DataFrame
@@ -181,18 +183,20 @@ class Run:
         return page[page["user_id"].astype(str) == str(user_id)].reset_index(drop=True)
 
     def embeddings(self) -> Embeddings:
-        """The final embeddings of the saved scorer, keyed by the original user and item ids."""
-        scorer = self._recommender.scorer
-        users = _keyed(scorer.user_embeddings, self._recommender.user_index, schema.USER, schema.USER_INDEX)
-        items = _keyed(scorer.item_embeddings, self._recommender.item_index, schema.ITEM, schema.ITEM_INDEX)
-        return Embeddings(users, items)
+        """The final LightGCN embeddings of the saved scorer, keyed by the original user and item ids, as the rank
+        stage wrote them for serving (``embeddings/``). With the LightGCN + GF-CF blend their dot product is only
+        the LightGCN part of the score: `recommend` uses the whole scorer."""
+        return Embeddings(_keyed(self._require(self._run.user_embeddings, "rank"), schema.USER),
+                          _keyed(self._require(self._run.item_embeddings, "rank"), schema.ITEM))
 
     def recommend(self, user_ids: Iterable[Any] | Any, k: int = 20, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-``k`` items for each user, from the saved scorer (no retraining).
 
         Users in the model get its scores; users whose history the k-core filter dropped, and users the run never
         saw, get the popularity ranking the batch job gives them. With ``exclude_seen`` the items the batch job
-        never ranks for a user (``rank.exclude_event_types``, default: purchased) are left out.
+        never ranks for a user (``rank.exclude_event_types``, default: purchased) are left out. From
+        ``rank.index_min_items`` items on, model users are ranked from the faiss item index's candidates
+        (``embeddings/items.faiss``), re-scored exactly, as the rank stage does.
 
         Returns:
             rows of user_id, rank (1..k), item_id, score, source (``model``, ``popularity:no_training_history``
@@ -216,8 +220,7 @@ class Run:
         from homerank.jobs.recommend import Recommender
 
         backend = resolve_backend(self.config.device)
-        return Recommender.from_run(self._run, self.config.rank.exclude_event_types, backend.torch_device,
-                                    self.config.rank.batch_size)
+        return Recommender.for_run(self._run, self.config.rank, backend.torch_device)
 
     def _require(self, path: Path, stage: str) -> Path:
         if not path.exists():
@@ -225,8 +228,8 @@ class Run:
         return path
 
 
-def _keyed(vectors: Any, table: pd.DataFrame, id_column: str, index_column: str) -> pd.DataFrame:
-    ordered = table.sort_values(index_column)
-    frame = pd.DataFrame(vectors.numpy(), index=pd.Index(ordered[id_column].to_numpy(), name=id_column))
-    frame.columns = list(range(frame.shape[1]))
-    return frame
+def _keyed(path: Path, id_column: str) -> pd.DataFrame:
+    from homerank.jobs.artifacts import read_embedding_table
+
+    ids, vectors = read_embedding_table(path, id_column)
+    return pd.DataFrame(vectors, index=pd.Index(ids, name=id_column), columns=list(range(vectors.shape[1])))

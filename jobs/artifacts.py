@@ -16,6 +16,9 @@ from homerank.gnn.metrics import CSRIndex
 from homerank.gnn.scorer import ScoreFn, Scorer
 from homerank.jobs.rundir import RunDir
 
+EMBEDDING_COLUMN = "embedding"  # embeddings/*.parquet: the id column, then this fixed_size_list<float32>[d] column
+EMBEDDING_METADATA = b"homerank.embeddings"  # Parquet schema metadata key: JSON saying what the vectors are
+
 
 def require(path: Path, stage: str) -> Path:
     """The artifact path, or a user error saying which stage to run first."""
@@ -58,3 +61,24 @@ def load_embeddings(run: RunDir) -> tuple[torch.Tensor, torch.Tensor]:
     """The final user (U, d) and item (I, d) embeddings of the run's scorer."""
     scorer = Scorer.load(require(run.scorer, "train"))
     return scorer.user_embeddings, scorer.item_embeddings
+
+
+def read_embedding_table(path: Path, id_column: str) -> tuple[pd.Series, np.ndarray]:
+    """The ids (original dtype) and the (n, d) float32 vectors of ``embeddings/users.parquet`` or
+    ``embeddings/items.parquet`` (rank stage), row for row; a file that is not one is a `HomerankError` saying to
+    run the rank stage again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        column = table.column(EMBEDDING_COLUMN).combine_chunks()
+        ids = table.select([id_column]).to_pandas()[id_column]
+    except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+        raise HomerankError(f"{path}: not a readable homerank embeddings file ({type(exc).__name__}); run the "
+                            "rank stage again (`homerank rank --out RUN_DIR`)") from None
+    if not pa.types.is_fixed_size_list(column.type):
+        raise HomerankError(f"{path}: column {EMBEDDING_COLUMN!r} is not a fixed-size list; run the rank stage again")
+    width = column.type.list_size
+    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return ids, vectors.reshape(len(table), width)

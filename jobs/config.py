@@ -37,7 +37,21 @@ class RankConfig(StrictModel):
     exclude_event_types: list[str] = Field(
         default_factory=lambda: ["purchase"], description="items a user had these events on are never ranked"
     )
-    batch_size: int = Field(4096, ge=1)
+    batch_size: int = Field(4096, ge=1, description="users scored per (B, I) matrix product")
+    block_users: int = Field(
+        50_000, ge=1, description="users per block of the rank stage: each block is ranked in one vectorised "
+        "pass and written as its own rankings/part-NNNNN.parquet (memory grows with block_users * k rows)"
+    )
+    index_min_items: int = Field(
+        100_000, ge=0, description="from this many items on, model users are ranked through the faiss item index "
+        "(embeddings/items.faiss): rank.index_overfetch * k candidates per user, re-scored exactly by the scorer; "
+        "below it every item is scored (0: always through the index)"
+    )
+    index_overfetch: int = Field(4, ge=1, description="candidates fetched from the item index per wanted item")
+    index_exact_items: int = Field(
+        50_000, ge=0, description="up to this many items the item index is exact (faiss IndexFlatIP), above it "
+        "approximate (HNSW)"
+    )
 
 
 class GatesConfig(StrictModel):

@@ -9,23 +9,41 @@ rank stage (every user with history) and `homerank.Run.recommend` (the users you
 
 The answer's ``source`` column says which ranking each user got: ``model``, ``popularity:no_training_history``
 or ``popularity:unknown_user``.
+
+Retrieval for large catalogues: with an `ItemSearch` attached (the rank stage and `homerank.Run.recommend` attach
+one from ``rank.index_min_items`` items on), a model user's candidates are the ``overfetch * k`` (plus as many as
+the user has excluded items) best items of the faiss index over the LightGCN item vectors; the candidates are
+then re-scored exactly by the scorer, excluded items dropped and the best ``k`` kept. The index answers the
+inner product u . x_j through a cosine index (`homerank.gnn.item_index.ItemIndex`) with the usual lift
+(Bachrach et al. 2014): every item row becomes [x_j, sqrt(M^2 - |x_j|^2)] (M = max_j |x_j|, so all rows have
+norm M) and the query [u, 0], whose cosine with row j is u . x_j / (|u| M): the same order as u . x_j. With an
+exact index and a LightGCN scorer the answer is the exact top-k; with the LightGCN + GF-CF blend the candidates
+come from the LightGCN part only (the blend needs the full score row to z-score it).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from homerank.engine import schema
-from homerank.engine.encode import decode
+from homerank.gnn.keys import is_member
 from homerank.gnn.metrics import CSRIndex, top_k
 from homerank.gnn.scorer import ScoreFn, Scorer, popularity_scorer
-from homerank.jobs.artifacts import item_popularity, require
+from homerank.jobs.artifacts import item_popularity, read_embedding_table, require
 from homerank.jobs.rundir import RunDir
+
+if TYPE_CHECKING:
+    from homerank.gnn.item_index import ItemIndex
+    from homerank.jobs.config import RankConfig
+
+log = logging.getLogger(__name__)
 
 RANKING_COLUMNS = ["user_id", "rank", "item_id", "score"]
 MODEL, NO_TRAINING_HISTORY, UNKNOWN_USER = "model", "popularity:no_training_history", "popularity:unknown_user"
@@ -45,6 +63,61 @@ def excluded_pairs(interactions: pd.DataFrame, exclude_types: list[str]) -> pd.D
     return interactions.loc[mask, [schema.USER, schema.ITEM]]
 
 
+def lift_items(item_vectors: np.ndarray) -> np.ndarray:
+    """(I, d + 1) rows [x_j, sqrt(M^2 - |x_j|^2)], M = max_j |x_j|: every row has norm M, so a cosine index over
+    them orders items by the inner product with a query [u, 0] (module docstring)."""
+    vectors = np.asarray(item_vectors, dtype=np.float64)
+    norms = np.einsum("ij,ij->i", vectors, vectors)
+    extra = np.sqrt(np.clip(norms.max(initial=0.0) - norms, 0.0, None))
+    return np.hstack([vectors, extra[:, None]]).astype(np.float32)
+
+
+def lift_queries(user_vectors: np.ndarray) -> np.ndarray:
+    """(B, d + 1) rows [u, 0]: the queries for an index over `lift_items` rows."""
+    vectors = np.asarray(user_vectors, dtype=np.float32)
+    return np.hstack([vectors, np.zeros((vectors.shape[0], 1), dtype=np.float32)])
+
+
+@dataclass
+class ItemSearch:
+    """A faiss index over the lifted item vectors (`lift_items`) of one scorer; index row j is item index j."""
+
+    index: ItemIndex
+
+    @classmethod
+    def build(cls, item_vectors: np.ndarray, exact_items: int) -> ItemSearch:
+        """Exact (flat) up to ``exact_items`` items, HNSW above (`homerank.gnn.item_index.ItemIndex`)."""
+        from homerank.gnn.item_index import ItemIndex
+
+        return cls(ItemIndex(exact_threshold=exact_items).build(lift_items(item_vectors)))
+
+    @classmethod
+    def for_run(cls, run: RunDir, scorer: Scorer, exact_items: int) -> ItemSearch:
+        """The run's saved ``embeddings/items.faiss`` when it was made from exactly this scorer's item vectors
+        (``embeddings/items.parquet`` holds them), else a new index built from the scorer."""
+        from homerank.gnn.item_index import ItemIndex
+
+        items = scorer.item_embeddings.numpy()
+        if run.item_faiss.is_file() and run.item_embeddings.is_file():
+            try:
+                _, saved = read_embedding_table(run.item_embeddings, schema.ITEM)
+                if saved.shape == items.shape and np.array_equal(saved, items):
+                    index = ItemIndex.load(run.item_faiss)
+                    if index.size == items.shape[0] and index.index.d == items.shape[1] + 1:
+                        return cls(index)
+            except Exception as exc:  # noqa: BLE001 - a damaged saved index is rebuilt, not fatal
+                log.warning("%s: not usable (%s); building the item index again", run.item_faiss, exc)
+        return cls.build(items, exact_items)
+
+    @property
+    def exact(self) -> bool:
+        return self.index.exact
+
+    def candidates(self, user_vectors: np.ndarray, count: int) -> np.ndarray:
+        """(B, count) item indices best first by u . x_j, -1 where the index found fewer."""
+        return self.index.search(lift_queries(user_vectors), count)[1]
+
+
 @dataclass
 class Recommender:
     """What a trained run needs to rank any user: the scorer, the id tables, the history and the exclusions.
@@ -55,6 +128,9 @@ class Recommender:
         history_users: (H,) ids of every user with history in the log (k-core survivors or not).
         excluded: (user_id, item_id) pairs never ranked when ``exclude_seen``.
         popularity: (I,) training users per item, the fallback ranking.
+        item_search: when set, model users are ranked from its candidates (module docstring), else every item
+            is scored.
+        overfetch: candidates fetched per wanted item with ``item_search``.
     """
 
     scorer: Scorer
@@ -65,8 +141,13 @@ class Recommender:
     popularity: torch.Tensor
     device: torch.device | str = "cpu"
     batch_size: int = 4096
+    item_search: ItemSearch | None = None
+    overfetch: int = 4
     _model_row: pd.Index | None = field(default=None, repr=False)  # user ids in user_index row order
     _history: pd.Index | None = field(default=None, repr=False)
+    _exclusions: CSRIndex | None = field(default=None, repr=False)  # history position -> excluded item indices
+    _item_ids: np.ndarray | None = field(default=None, repr=False)  # item id of each item index
+    _score_fn: ScoreFn | None = field(default=None, repr=False)
 
     @classmethod
     def from_run(cls, run: RunDir, exclude_event_types: list[str], device: torch.device | str = "cpu",
@@ -80,7 +161,17 @@ class Recommender:
                    excluded_pairs(interactions, exclude_event_types), item_popularity(edges, scorer.num_items),
                    device, batch_size)
 
-    def all_users(self) -> pd.DataFrame:
+    @classmethod
+    def for_run(cls, run: RunDir, rank: RankConfig, device: torch.device | str = "cpu") -> Recommender:
+        """`from_run` with the ``rank`` settings; from ``rank.index_min_items`` items on, ranking goes through the
+        item index (the run's saved one when it matches the scorer, else a new one)."""
+        recommender = cls.from_run(run, rank.exclude_event_types, device, rank.batch_size)
+        recommender.overfetch = rank.index_overfetch
+        if recommender.scorer.num_items >= rank.index_min_items:
+            recommender.item_search = ItemSearch.for_run(run, recommender.scorer, rank.index_exact_items)
+        return recommender
+
+    def all_users(self) -> np.ndarray:
         """Every user with history: model users in index order, then the rest sorted by id (the rank stage)."""
         model_users = self.user_index.sort_values(schema.USER_INDEX)[schema.USER]
         modelled = pd.Series(self.history_users).isin(self.user_index[schema.USER]).to_numpy()
@@ -90,17 +181,32 @@ class Recommender:
     def allowed_items(self, user_ids: np.ndarray) -> np.ndarray:
         """(len(user_ids),) how many items may be ranked for each user: every item of the model less the user's
         excluded ones (``excluded`` pairs whose item the model knows)."""
-        pairs = self.excluded.merge(self.item_index[[schema.ITEM]], on=schema.ITEM).drop_duplicates()
-        per_user = pairs.groupby(schema.USER).size()
-        return self.scorer.num_items - per_user.reindex(user_ids, fill_value=0).to_numpy()
+        self._prepare()
+        assert self._history is not None and self._exclusions is not None
+        position = self._history.get_indexer(pd.Index(user_ids))
+        counts = self._exclusions.counts().numpy()
+        return self.scorer.num_items - np.where(position >= 0, counts[np.maximum(position, 0)], 0)
+
+    def _prepare(self) -> None:
+        """Id lookups and the exclusion lists, built once per recommender (every block reuses them)."""
+        if self._model_row is not None:
+            return
+        self._model_row = pd.Index(self.user_index[schema.USER])
+        self._history = pd.Index(self.history_users)
+        ordered = self.item_index.sort_values(schema.ITEM_INDEX)
+        self._item_ids = ordered[schema.ITEM].to_numpy()
+        pairs = self.excluded.merge(self.item_index[[schema.ITEM, schema.ITEM_INDEX]], on=schema.ITEM)
+        position = self._history.get_indexer(pairs[schema.USER])
+        keep = position >= 0
+        self._exclusions = CSRIndex.from_pairs(position[keep], pairs[schema.ITEM_INDEX].to_numpy()[keep],
+                                               len(self._history), self.scorer.num_items)
 
     def recommend(self, user_ids: Iterable, k: int, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-``k`` items per requested user (duplicates answered once, in the order asked), as rows of
         user_id, rank (1..k), item_id, score and source. A user left with fewer than ``k`` allowed items gets
-        fewer rows."""
-        if self._model_row is None:  # id lookups built once per recommender
-            self._model_row = pd.Index(self.user_index[schema.USER])
-            self._history = pd.Index(self.history_users)
+        fewer rows. Work is vectorised over the users asked for (the rank stage asks one block at a time)."""
+        self._prepare()
+        assert self._model_row is not None and self._history is not None
         run_dtype = self.user_index[schema.USER].dtype
         given = user_ids if isinstance(user_ids, (np.ndarray, pd.Series, pd.Index)) else list(user_ids)
         values = pd.Series(given)
@@ -110,53 +216,108 @@ class Recommender:
         requested = pd.Series(pd.unique(values))  # first occurrence order
         position = self._model_row.get_indexer(requested)
         in_model = position >= 0
-        known = self._history.get_indexer(requested) >= 0
+        history = self._history.get_indexer(requested)
+        known = history >= 0
         frame = pd.DataFrame({schema.USER: requested.to_numpy(dtype=object),
                               "source": np.where(in_model, MODEL, np.where(known, NO_TRAINING_HISTORY, UNKNOWN_USER)),
-                              "position": np.arange(len(requested))})
+                              "position": np.arange(len(requested)), "history": history})
         model_rows = self.user_index[schema.USER_INDEX].to_numpy()[position[in_model]]
         k = min(k, self.scorer.num_items)
         parts = []
         if in_model.any():
-            rows = model_rows.astype(np.int64)
-            parts.append(self._rank(self.scorer.score_fn(self.device), frame[in_model], rows, self.scorer.num_users,
-                                    k, exclude_seen))
+            parts.append(self._rank(frame[in_model], model_rows.astype(np.int64), k, exclude_seen, model=True))
         if (~in_model).any():
-            rows = np.arange(int((~in_model).sum()), dtype=np.int64)
-            scores = popularity_scorer(self.popularity.to(self.device))
-            parts.append(self._rank(scores, frame[~in_model], rows, rows.size, k, exclude_seen))
+            parts.append(self._rank(frame[~in_model], None, k, exclude_seen, model=False))
         columns = [*RANKING_COLUMNS, "source"]
         if not parts:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-        out = pd.concat(parts, ignore_index=True)
-        order = np.lexsort((out["rank"].to_numpy(), out["position"].to_numpy()))
-        out = out.iloc[order][columns].reset_index(drop=True)
+        out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        if len(parts) > 1:
+            order = np.lexsort((out["rank"].to_numpy(), out["position"].to_numpy()))
+            out = out.iloc[order]
+        out = out[columns].reset_index(drop=True)  # one part: already in asked order, rank 1..k per user
         if len(out) and (out["source"] != UNKNOWN_USER).all():
-            out["user_id"] = out["user_id"].astype(self.user_index[schema.USER].dtype)
+            out["user_id"] = out["user_id"].astype(run_dtype)
         return out
 
-    def _rank(self, score_fn: ScoreFn, users: pd.DataFrame, rows: np.ndarray, num_rows: int, k: int,
-              exclude_seen: bool) -> pd.DataFrame:
-        """Top-k of ``score_fn`` for ``users`` (whose score rows are ``rows``), excluded pairs masked."""
+    def _rank(self, users: pd.DataFrame, rows: np.ndarray | None, k: int, exclude_seen: bool,
+              model: bool) -> pd.DataFrame:
+        """Top-k for ``users`` (in the order given): model users (score rows ``rows``) by the scorer, the others
+        by popularity; their excluded items masked."""
+        count = len(users)
         exclude = None
-        if exclude_seen:
-            known = (users["source"] != UNKNOWN_USER).to_numpy()  # the unknown have nothing to exclude
-            asked = pd.DataFrame({schema.USER: users[schema.USER].to_numpy()[known], "row": rows[known]})
-            asked[schema.USER] = asked[schema.USER].astype(self.excluded[schema.USER].dtype)
-            pairs = self.excluded.merge(asked, on=schema.USER).merge(self.item_index, on=schema.ITEM)
-            exclude = CSRIndex.from_pairs(pairs["row"].to_numpy(), pairs[schema.ITEM_INDEX].to_numpy(), num_rows,
-                                          self.scorer.num_items)
-        items, scores = top_k(score_fn, torch.from_numpy(rows), k, exclude, self.batch_size, self.device)
+        if exclude_seen:  # the unknown (history -1) have nothing to exclude
+            assert self._exclusions is not None
+            history = users["history"].to_numpy()
+            local = np.flatnonzero(history >= 0)
+            owner, items = self._exclusions.pairs(torch.from_numpy(history[local].astype(np.int64)))
+            exclude = CSRIndex.from_pairs(local[owner.numpy()], items.numpy(), count, self.scorer.num_items)
+        if model and self.item_search is not None:
+            assert rows is not None
+            items, scores = self._retrieve(rows, exclude, k)
+        else:
+            if model:
+                assert rows is not None
+                score_rows, full = torch.from_numpy(rows), self._model_scores()
+
+                def score_fn(batch: torch.Tensor) -> torch.Tensor:  # block position -> the user's score row
+                    return full(score_rows[batch.cpu()].to(self.device))
+            else:
+                score_fn = popularity_scorer(self.popularity.to(self.device))
+            items, scores = top_k(score_fn, torch.arange(count), k, exclude, self.batch_size, self.device)
         width = items.shape[1]
+        assert self._item_ids is not None
         frame = pd.DataFrame({
             "user_id": np.repeat(users[schema.USER].to_numpy(), width),
-            "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), len(users)),
-            "item_id": decode(items.numpy().ravel(), self.item_index, schema.ITEM, schema.ITEM_INDEX),
+            "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), count),
+            "item_id": self._item_ids[items.numpy().ravel()],
             "score": scores.numpy().ravel().astype(np.float32),
             "source": np.repeat(users["source"].to_numpy(), width),
             "position": np.repeat(users["position"].to_numpy(), width),
         })
         return frame[torch.isfinite(scores).numpy().ravel()]
+
+    def _model_scores(self) -> ScoreFn:
+        """The scorer's full (B, I) scores with its operands on the device, made once."""
+        if self._score_fn is None:
+            self._score_fn = self.scorer.score_fn(self.device)
+        return self._score_fn
+
+    def _retrieve(self, rows: np.ndarray, exclude: CSRIndex | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k items and exact scores, shapes (len(rows), k), from the item index's candidates (module
+        docstring): each user gets overfetch * k candidates plus the largest number of excluded items of a user in
+        this call, so at least min(k, allowed items) candidates survive the exclusions when the index is exact.
+        -inf scores fill the tail of a user left with fewer."""
+        assert self.item_search is not None
+        num_items = self.scorer.num_items
+        most_excluded = int(exclude.counts().max()) if exclude is not None and len(rows) else 0
+        fetch = min(num_items, k * self.overfetch + most_excluded)
+        excluded_keys = exclude.keys() if exclude is not None else torch.empty(0, dtype=torch.long)
+        user_vectors = self.scorer.user_embeddings
+        items_out, scores_out = [], []
+        for start in range(0, len(rows), self.batch_size):
+            local = torch.arange(start, min(start + self.batch_size, len(rows)))
+            batch = torch.from_numpy(rows[start : start + self.batch_size])
+            found = torch.from_numpy(self.item_search.candidates(user_vectors[batch].numpy(), fetch))
+            candidates = found.clamp_min(0)
+            scores = self._candidate_scores(batch, candidates).float().cpu()
+            scores[found < 0] = -torch.inf
+            scores[is_member(excluded_keys, local.view(-1, 1) * num_items + candidates)] = -torch.inf
+            values, order = torch.topk(scores, min(k, fetch), dim=1)
+            items_out.append(candidates.gather(1, order))
+            scores_out.append(values)
+        if not items_out:
+            return torch.empty(0, k, dtype=torch.long), torch.empty(0, k)
+        return torch.cat(items_out), torch.cat(scores_out)
+
+    def _candidate_scores(self, rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The scorer's exact scores of ``candidates`` (B, C) for users ``rows`` (B,): E_u . E_j for LightGCN
+        alone, else the blend's full (B, I) row gathered (its z-scores need the whole row)."""
+        if self.scorer.kind == "lightgcn":
+            users = self.scorer.user_embeddings[rows].to(self.device)
+            items = self.scorer.item_embeddings[candidates].to(self.device)  # (B, C, d)
+            return torch.bmm(items, users.unsqueeze(2)).squeeze(2)
+        return self._model_scores()(rows.to(self.device)).gather(1, candidates.to(self.device))
 
 
 def _integer_id(value: object) -> object:

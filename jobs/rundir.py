@@ -62,6 +62,12 @@ class RunDir:
     scorer = property(lambda self: self.root / "train" / "scorer.pt")
     rankings = property(lambda self: self.root / "rankings")
     rank_stats = property(lambda self: self.root / "rank" / "stats.json")
+    rank_staging = property(lambda self: self.root / ".rank.staging")  # a RunDir of its own until every block is done
+    rankings_staging = property(lambda self: self.root / ".rankings.parts")  # one part per block of users
+    embeddings = property(lambda self: self.root / "embeddings")  # for serving, swapped into place whole
+    user_embeddings = property(lambda self: self.embeddings / "users.parquet")  # user_id, embedding (d float32)
+    item_embeddings = property(lambda self: self.embeddings / "items.parquet")  # item_id, embedding; row j =
+    item_faiss = property(lambda self: self.embeddings / "items.faiss")  # row j of this faiss index
     homepage = property(lambda self: self.root / "homepage")
     homepage_jsonl = property(lambda self: self.root / "homepage.jsonl")
     homepage_stats = property(lambda self: self.root / "homepage_stats.json")
