@@ -64,14 +64,23 @@ def write_partition(staging: str, spec: SyntheticSpec, world: World, part: Parti
 
 
 @contextmanager
-def _in_process_client(workers: int | None) -> Iterator[Any]:
-    """A local dask cluster of ``workers`` threads in this process (default: the cores), for library callers that
-    pass no client."""
-    from distributed import Client
+def _client(scheduler: str | None, workers: int | None, processes: bool) -> Iterator[Any]:
+    """A client of the dask scheduler at ``scheduler``, else of a local cluster of ``workers`` workers (default: the
+    cores) of one thread each, worker processes or threads of this process. Like `Backend.local_cluster`, everything
+    listens on localhost only; generation is NumPy/pandas work, so it needs no backend (and no torch import)."""
+    from distributed import Client, LocalCluster
 
-    from homerank.engine.backend import CPU
-
-    with CPU.local_cluster(n_workers=1, threads_per_worker=workers or os.cpu_count() or 1, processes=False) as cluster:
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise HomerankError(f"--scheduler: cannot reach dask scheduler {scheduler} ({exc})") from None
+        with client:
+            yield client
+        return
+    network = {"host": "127.0.0.1"} if processes else {}
+    with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=processes,
+                      dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0", **network) as cluster:
         with Client(cluster) as client:
             yield client
 
@@ -135,13 +144,15 @@ def _swap_into_place(source: Path, target: Path) -> None:
 
 
 def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None, *, client: Any = None,
-             workers: int | None = None, show_progress: bool = False) -> dict[str, object]:
+             scheduler: str | None = None, workers: int | None = None, processes: bool = False,
+             show_progress: bool = False) -> dict[str, object]:
     """Write ``out_dir/events/`` (one Parquet file per partition) and ``out_dir/items.parquet``; return a summary
     (events, users, items, partitions, seconds, events_per_second, path, seed).
 
-    ``client``: a dask ``distributed.Client`` to run the partition tasks on (its workers must see ``out_dir``);
-    without one, a local cluster of ``workers`` threads in this process (default: the cores) runs them. The files
-    are the same whichever runs them.
+    The partition tasks run on ``client`` (a ``distributed.Client``), else on the dask scheduler at ``scheduler``
+    (``tcp://host:8786``), else on a local cluster of ``workers`` single-threaded workers (default: the cores),
+    worker processes when ``processes`` else threads of this process. Workers of another machine must see
+    ``out_dir``. The files are the same whichever runs them.
     """
     spec = spec or SyntheticSpec()
     if spec.partition_events < 1 or spec.users_per_partition < 1:
@@ -158,8 +169,8 @@ def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None,
              spec.partition_events)
     try:
         if client is None:
-            with _in_process_client(workers) as local:
-                rows = _run_partitions(local, staging, spec, world, plan, show_progress)
+            with _client(scheduler, workers, processes) as own:
+                rows = _run_partitions(own, staging, spec, world, plan, show_progress)
         else:
             rows = _run_partitions(client, staging, spec, world, plan, show_progress)
         catalogue.to_parquet(items_staging, index=False)

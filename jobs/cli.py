@@ -203,10 +203,8 @@ def _resolve_config(args: argparse.Namespace, run_root: Path | None):
 def _generate(args: argparse.Namespace) -> None:
     import math
 
-    from homerank.engine.backend import CPU
     from homerank.engine.synthetic import SyntheticSpec, generate
-    from homerank.jobs.cluster import dask_client
-    from homerank.jobs.config import SEED_LIMIT, ClusterConfig
+    from homerank.jobs.config import SEED_LIMIT
 
     for name in ("users", "items", "events", "partition_events", "users_per_partition"):
         if getattr(args, name) < 1:
@@ -223,9 +221,8 @@ def _generate(args: argparse.Namespace) -> None:
         partitions = max(math.ceil(spec.users / spec.users_per_partition),
                          math.ceil(spec.events / spec.partition_events))
         workers = max(1, min(os.cpu_count() or 1, partitions))
-    cluster = ClusterConfig(address=args.scheduler, n_workers=workers, threads_per_worker=1, processes=True)
-    with dask_client(cluster, CPU) as client:
-        summary = generate(args.out, spec, client=client, show_progress=not args.quiet)
+    summary = generate(args.out, spec, scheduler=args.scheduler, workers=workers, processes=True,
+                       show_progress=not args.quiet)
     print(f"wrote {summary['events']} events in {summary['partitions']} partitions to {Path(args.out) / 'events'} "
           f"and the catalogue to {Path(args.out) / 'items.parquet'} ({summary['seconds']:.1f} s, "
           f"{summary['events_per_second']:,} events/s)")
