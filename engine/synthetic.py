@@ -99,8 +99,8 @@ def _run_partitions(client: Any, staging: Path, spec: SyntheticSpec, world: Worl
     progress = _progress(len(plan), spec.events) if show_progress else None
     try:
         for future in as_completed(futures):
-            if future.status != "finished":
-                exc = future.exception()
+            if future.status != "finished":  # "error" (the task raised, or its worker died) or "cancelled"
+                exc = future.exception() if future.status == "error" else None
                 raise _partition_error(staging, number_of[future.key], exc) from exc
             rows += future.result()
             if progress is not None:
