@@ -159,9 +159,10 @@ class BlockPages:
             mmr = settings.diversity == "mmr" and kind.category_cap
             room = section.slots
             pool_size = max(room * settings.mmr_pool_factor, room) if mmr else room
-            blocked = used if kind.shows_purchased else np.union1d(used, bought)
+            used = np.sort(used)
+            blocked = (used,) if kind.shows_purchased else (used, bought)
             cap = settings.max_per_category if kind.category_cap and not mmr else None
-            rules = Rules(self.in_stock, self.category, np.sort(blocked), cap, pool_size)
+            rules = Rules(self.in_stock, self.category, blocked, cap, pool_size)
             positions, scores, codes, counts = fill_pools(sources, rows, rules)
             if mmr:
                 picks = mmr_pick(positions, counts, self.vectors, room, settings.mmr_lambda)

@@ -82,14 +82,20 @@ def window(sources: list[Source], rows: np.ndarray, width: int) -> tuple[np.ndar
     return positions[:, :width], scores[:, :width], reasons[:, :width]
 
 
-def _rank_within(keys: np.ndarray) -> np.ndarray:
-    """For a flat array of keys, each entry's 0-based count of earlier entries with the same key."""
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    index = np.arange(keys.size)
-    starts = np.maximum.accumulate(np.where(np.r_[True, ordered[1:] != ordered[:-1]], index, 0))
-    ranks = np.empty(keys.size, dtype=np.int64)
-    ranks[order] = index - starts
+def _rank_within_rows(keys: np.ndarray) -> np.ndarray:
+    """For keys (n, w), each entry's count of earlier entries in its row with the same key (a stable sort per
+    row, then the distance to the start of the entry's run of equal keys)."""
+    n, w = keys.shape
+    if not w:
+        return np.zeros((n, 0), dtype=np.int64)
+    order = np.argsort(keys, axis=1, kind="stable")
+    ordered = np.take_along_axis(keys, order, axis=1)
+    index = np.broadcast_to(np.arange(w), (n, w))
+    starts = np.ones((n, w), dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    first = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    ranks = np.empty((n, w), dtype=np.int64)
+    np.put_along_axis(ranks, order, index - first, axis=1)
     return ranks
 
 
@@ -104,33 +110,32 @@ def _isin_sorted(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
 @dataclass
 class Rules:
     """What one section's rows obey, for a block: ``in_stock`` and ``category`` (category codes) by catalogue
-    position (C,); ``blocked`` sorted keys ``row * C + position`` of items a row may not show (on the page already,
-    or bought); ``cap`` the per-category cap (None: no cap); ``pool_size`` the entries each row pools."""
+    position (C,); ``blocked`` arrays of sorted keys ``row * C + position`` of items a row may not show (on the
+    page already, bought); ``cap`` the per-category cap (None: no cap); ``pool_size`` the entries each row pools."""
 
     in_stock: np.ndarray
     category: np.ndarray
-    blocked: np.ndarray
+    blocked: tuple[np.ndarray, ...]
     cap: int | None
     pool_size: int
 
 
-def pool(positions: np.ndarray, rows: np.ndarray, rules: Rules, dedupe: bool) -> np.ndarray:
+def pool(positions: np.ndarray, rows: np.ndarray, rules: Rules, dedupe: np.ndarray) -> np.ndarray:
     """Mask (n, w) of the window entries each row pools (see the module docstring); ``rows`` (n,) are the block
-    rows of the window's lines; ``dedupe`` when a list may offer one item twice (several sources)."""
-    n, w = positions.shape
+    rows of the window's lines; ``dedupe`` (n,) marks the lines whose window holds several sources (an item may
+    come twice: only its first occurrence counts)."""
     catalogue_size = rules.in_stock.size
     valid = positions >= 0
     safe = np.where(valid, positions, 0)
     keys = rows[:, None].astype(np.int64) * catalogue_size + safe
-    ok = valid & rules.in_stock[safe] & ~_isin_sorted(keys, rules.blocked)
-    if dedupe:
-        unique_keys = np.where(valid, keys, -1 - np.arange(n * w).reshape(n, w))
-        ok &= (_rank_within(unique_keys.ravel()) == 0).reshape(n, w)
-    if rules.cap is not None:
-        categories = int(rules.category.max(initial=0)) + 1
-        cap_keys = np.where(ok, rows[:, None].astype(np.int64) * categories + rules.category[safe],
-                            -1 - np.arange(n * w).reshape(n, w))
-        ok &= (_rank_within(cap_keys.ravel()) < rules.cap).reshape(n, w)
+    ok = valid & rules.in_stock[safe]
+    for blocked in rules.blocked:
+        ok &= ~_isin_sorted(keys, blocked)
+    if dedupe.any():  # only an item's first occurrence in the list (invalid entries are not ok anyway)
+        lines = np.flatnonzero(dedupe)
+        ok[lines] &= _rank_within_rows(np.where(valid[lines], safe[lines], -1)) == 0
+    if rules.cap is not None:  # the first ``cap`` ok entries of each category (entries not ok get key -1)
+        ok &= _rank_within_rows(np.where(ok, rules.category[safe], -1)) < rules.cap
     return ok & (np.cumsum(ok, axis=1) <= rules.pool_size)
 
 
@@ -143,12 +148,14 @@ def fill_pools(sources: list[Source], rows: np.ndarray, rules: Rules
     out_scores = np.zeros((rows.size, size))
     out_reasons = np.zeros((rows.size, size), dtype=np.int64)
     counts = np.zeros(rows.size, dtype=np.int64)
-    lengths = sum(source.lengths(rows) for source in sources)
+    each = np.stack([source.lengths(rows) for source in sources])  # (S, n)
+    lengths = each.sum(axis=0)
     todo = np.flatnonzero(lengths > 0)
     width = max(FIRST_WINDOW * size, MIN_WINDOW)
-    dedupe = len(sources) > 1
     while todo.size:
         positions, scores, reasons = window(sources, rows[todo], width)
+        before = np.cumsum(each[:, todo], axis=0) - each[:, todo]  # entries of earlier sources
+        dedupe = ((each[:, todo] > 0) & (before < width)).sum(axis=0) > 1
         mask = pool(positions, rows[todo], rules, dedupe)
         line, column = np.nonzero(mask)
         slot = np.cumsum(mask, axis=1)[line, column] - 1

@@ -107,11 +107,18 @@ def inductive_item_vectors(catalogue: Catalogue, item_embeddings: torch.Tensor) 
     vectors = torch.zeros(len(catalogue.item_ids), item_embeddings.shape[1])
     known = catalogue.model_index >= 0
     vectors[torch.from_numpy(known)] = item_embeddings[torch.from_numpy(catalogue.model_index[known])]
-    frame = pd.DataFrame({"category": catalogue.category, "band": catalogue.price_band, "known": known})
     global_mean = item_embeddings.mean(0)
-    for position in np.flatnonzero(~known):
-        same = frame["known"] & (frame["category"] == catalogue.category[position])
-        tight = same & (frame["band"] == catalogue.price_band[position])
-        group = np.flatnonzero(tight if tight.any() else same)
-        vectors[position] = vectors[torch.from_numpy(group)].mean(0) if group.size else global_mean
+    unknown = np.flatnonzero(~known)
+    if not unknown.size:
+        return vectors
+    # one mean per (category, price band) of the unknown items, over the same model items as item by item
+    model_items = np.flatnonzero(known)
+    frame = pd.DataFrame({"category": catalogue.category[model_items], "band": catalogue.price_band[model_items]})
+    by_category = frame.groupby("category").indices
+    by_band = frame.groupby(["category", "band"]).indices
+    unknown_frame = pd.DataFrame({"category": catalogue.category[unknown], "band": catalogue.price_band[unknown]})
+    for (category, band), rows in unknown_frame.groupby(["category", "band"], sort=False).indices.items():
+        members = by_band.get((category, band), by_category.get(category))
+        mean = vectors[torch.from_numpy(model_items[members])].mean(0) if members is not None else global_mean
+        vectors[torch.from_numpy(unknown[rows])] = mean
     return vectors

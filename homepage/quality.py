@@ -90,9 +90,10 @@ def for_you_hits(page: pd.DataFrame, edges: pd.DataFrame) -> pd.DataFrame:
     if row.empty or test.empty:
         return pd.DataFrame({"hits": [], "dcg": [], "n_truth": []})
     hits = row.merge(test, left_on=["user_id", "item_id"], right_on=[schema.USER, schema.ITEM], how="left")
-    hits["gain"] = hits["relevant"].fillna(False).astype(float) / np.log2(hits["slot"] + 1)
+    hits["relevant"] = hits["relevant"].fillna(False).astype(bool)
+    hits["gain"] = hits["relevant"].astype(float) / np.log2(hits["slot"] + 1)
     truth = test.groupby(schema.USER).size()
-    per_user = hits.groupby("user_id").agg(hits=("relevant", lambda s: s.fillna(False).sum()), dcg=("gain", "sum"))
+    per_user = hits.groupby("user_id").agg(hits=("relevant", "sum"), dcg=("gain", "sum"))
     return per_user.join(truth.rename("n_truth"), how="inner")
 
 

@@ -137,7 +137,18 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         global_category=pd.Series(catalogue.trending).groupby(catalogue.category).sum().idxmax(),
         new_positions=new_positions, new_scores=new_scores, new_reason=new_reason,
         purchases=bought[[schema.USER, schema.ITEM]],
-        purchased=bought.groupby(schema.USER)[POSITION].apply(set).to_dict(),
-        buy_again=again.sort_values(schema.LAST_TS, ascending=False).groupby(schema.USER)[POSITION]
-        .apply(np.array).to_dict(),
+        purchased={user: set(positions.tolist()) for user, positions in _positions_by_user(bought).items()},
+        buy_again=_positions_by_user(again.sort_values(schema.LAST_TS, ascending=False)),
     )
+
+
+def _positions_by_user(frame: pd.DataFrame) -> dict[Any, np.ndarray]:
+    """User id -> the ``pos`` column of the user's rows, in the frame's order (a stable sort by user, then one
+    split per user: what ``groupby(user)[pos].apply(np.array)`` gives, without a Python call per group)."""
+    users = frame[schema.USER].to_numpy()
+    order = np.argsort(users, kind="stable")
+    users, positions = users[order], frame[POSITION].to_numpy()[order]
+    if not users.size:
+        return {}
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    return dict(zip(users[starts].tolist(), np.split(positions, starts[1:]), strict=True))

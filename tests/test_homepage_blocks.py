@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from homerank.homepage import blocks as blocks_module
 from homerank.homepage import build as build_module
 from homerank.homepage.block_pages import BlockPages
 from homerank.homepage.build import _pages_one_by_one, build_pages
@@ -62,7 +63,10 @@ SETTINGS = [
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=["category_cap", "mmr"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_block_rows_equal_the_user_by_user_builder(settings, seed):
+@pytest.mark.parametrize("first_window", [3, 1], ids=["window_3", "window_1"])
+def test_block_rows_equal_the_user_by_user_builder(settings, seed, first_window, monkeypatch):
+    monkeypatch.setattr(blocks_module, "FIRST_WINDOW", first_window)  # narrow windows: more rows widen
+    monkeypatch.setattr(blocks_module, "MIN_WINDOW", 2)
     (candidates, scores, item_emb, user_emb, interactions, edges, user_index, item_index, items,
      now) = _frames(seed)
     catalogue = build_catalogue(items, interactions, item_index, edges, now, settings)
