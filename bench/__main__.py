@@ -3,6 +3,8 @@
     python -m bench etl --events 1e6 --workers 2 [--json FILE] [--processes] [--repeat R] [--data DIR]
     python -m bench all [--sizes 1e5,1e6,1e7] [--workers 1,2] [--processes] [--out DIR] [--data DIR]
     python -m bench training --run RUN [--variant NAME:key=value,...] [--budget S] [--json FILE]
+    python -m bench pipeline --events 1e6 --workers 2 [--json FILE] [--epochs E] [--steps-per-epoch S]
+    python -m bench pipeline-scaling [--sizes 1e6,3e6,1e7] [--workers 2] [--out DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ from bench.etl_suite import (
     say,
     write_point,
 )
+from bench.pipeline_bench import (
+    DEFAULT_EPOCHS,
+    DEFAULT_PEER_USERS,
+    DEFAULT_STEPS_PER_EPOCH,
+    pipeline_point,
+    run_scaling,
+)
+from bench.pipeline_bench import DEFAULT_OUT as PIPELINE_OUT
+from bench.pipeline_bench import result_name as pipeline_name
+from bench.pipeline_bench import write_point as write_pipeline_point
 from bench.training_bench import DEFAULT_VARIANTS, parse_variant, run_training_bench
 
 
@@ -64,6 +76,36 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help=f"where the JSON, Markdown and PNG results go (default {DEFAULT_OUT})")
 
 
+def _pipeline_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help=f"train.epochs (default {DEFAULT_EPOCHS}, whatever the size)")
+    parser.add_argument("--steps-per-epoch", type=int, default=DEFAULT_STEPS_PER_EPOCH,
+                        help=f"train.steps_per_epoch (default {DEFAULT_STEPS_PER_EPOCH}: batch = pairs / steps)")
+    parser.add_argument("--peer-users", type=int, default=DEFAULT_PEER_USERS,
+                        help=f"users the naive peer loops over (default {DEFAULT_PEER_USERS})")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="homerank --device")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                        help=f"cache of generated logs; runs go to DIR/pipeline/ (default {DEFAULT_DATA})")
+
+
+def _pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.workers < 1 or args.epochs < 1 or args.steps_per_epoch < 1 or args.peer_users < 1:
+        parser.error("--workers, --epochs, --steps-per-epoch and --peer-users must be >= 1")
+    options = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "peer_users": args.peer_users,
+               "device": args.device, "data_root": args.data}
+    if args.command == "pipeline-scaling":
+        run_scaling(args.sizes, args.workers, out=args.out, keep_run=args.keep_runs, **options)
+        return 0
+    path = args.json or PIPELINE_OUT / f"{pipeline_name(args.events, args.workers)}.json"
+    say(f"pipeline: {args.events} events, {args.workers} worker(s) -> {path}")
+    result = pipeline_point(args.events, args.workers, keep_run=not args.remove_run, **options)
+    write_pipeline_point(result, path)
+    say("pipeline: " + ", ".join(f"{stage} {m['seconds']:.1f}s" for stage, m in result["stages"].items())
+        + f"; rank {result['rank_users_per_s']:.0f} users/s (peer {result['peer']['rank_users_per_s']:.0f}), "
+          f"homepage {result['homepage_users_per_s']:.0f} users/s (peer {result['peer']['homepage_users_per_s']:.0f})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,7 +134,29 @@ def main(argv: list[str] | None = None) -> int:
     training.add_argument("--budget", type=float, default=600.0, help="training seconds per variant (600)")
     training.add_argument("--json", type=Path, metavar="FILE", help="result file (default "
                           "bench/results/training/<run folder name>.json)")
+    pipeline = commands.add_parser("pipeline", help="every stage as its own homerank process: seconds, peak RSS, "
+                                   "users/s of rank and homepage vs a naive per-user loop",
+                                   description="etl, graph, train, evaluate, rank and homepage on one generated log "
+                                               "(bench/pipeline_bench.py)")
+    pipeline.add_argument("--events", type=_count, default=1_000_000, help="log size, e.g. 1e6 (default)")
+    pipeline.add_argument("--workers", type=int, default=1, help="cluster.n_workers (default 1)")
+    pipeline.add_argument("--json", type=Path, metavar="FILE", help="result file (default "
+                          "bench/results/pipeline/events-N-workers-W.json); a .md table is written next to it")
+    pipeline.add_argument("--remove-run", action="store_true", help="remove the run directory afterwards")
+    _pipeline_common(pipeline)
+    scaling = commands.add_parser("pipeline-scaling", help="`pipeline` for several sizes, then per-stage exponents "
+                                  "and a plot", description="`pipeline` for every size, then scaling.json/.md and "
+                                  "time_vs_events.png (bench/pipeline_bench.py)")
+    scaling.add_argument("--sizes", type=_counts, default=[1_000_000, 3_000_000, 10_000_000],
+                         help="comma-separated log sizes (default 1e6,3e6,1e7)")
+    scaling.add_argument("--workers", type=int, default=2, help="cluster.n_workers (default 2)")
+    scaling.add_argument("--out", type=Path, default=PIPELINE_OUT, metavar="DIR",
+                         help=f"where the results go (default {PIPELINE_OUT})")
+    scaling.add_argument("--keep-runs", action="store_true", help="keep every point's run directory")
+    _pipeline_common(scaling)
     args = parser.parse_args(argv)
+    if args.command in ("pipeline", "pipeline-scaling"):
+        return _pipeline(args, parser)
     if args.command == "training":
         variants = dict(args.variant) if args.variant else DEFAULT_VARIANTS
         path = args.json or Path("bench/results/training") / f"{args.run.name}.json"
