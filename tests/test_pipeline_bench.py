@@ -125,3 +125,17 @@ def test_point_markdown_renders():
     text = point_markdown(result)
     assert "| rank | 20000 | 1000 | 4000 | 2000 | 0.5 | 2 |" in text
     assert "| homepage | 20000 | 500 | n/a |" in text
+
+
+def test_scaling_plot_and_table(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench.pipeline_bench import scaling_markdown, write_plot
+
+    runs = [_point(n, 3.0) for n in (10**6, 3 * 10**6)]
+    for run in runs:
+        run.update(users={"rank": 1, "homepage": 1}, load_average={}, file="x.json", config={})
+    scaling = {**scaling_summary(runs), "workers": 2, "runs": runs, "machine": {"cpu_count": 2}}
+    scaling["plot"] = write_plot(scaling, tmp_path / "time_vs_events.png")
+    assert (tmp_path / "time_vs_events.png").stat().st_size > 1000
+    text = scaling_markdown(scaling)
+    assert "| train | " in text and "| all stages | " in text and "time_vs_events.png" in text
