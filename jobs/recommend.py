@@ -252,19 +252,13 @@ class Recommender:
             local = np.flatnonzero(history >= 0)
             owner, items = self._exclusions.pairs(torch.from_numpy(history[local].astype(np.int64)))
             exclude = CSRIndex.from_pairs(local[owner.numpy()], items.numpy(), count, self.scorer.num_items)
-        if model and self.item_search is not None:
+        if model:
             assert rows is not None
-            items, scores = self._retrieve(rows, exclude, k)
+            items, scores = (self._retrieve(rows, exclude, k) if self.item_search is not None else
+                             self._exact(self._model_scores(), rows, exclude, k))
         else:
-            if model:
-                assert rows is not None
-                score_rows, full = torch.from_numpy(rows), self._model_scores()
-
-                def score_fn(batch: torch.Tensor) -> torch.Tensor:  # block position -> the user's score row
-                    return full(score_rows[batch.cpu()].to(self.device))
-            else:
-                score_fn = popularity_scorer(self.popularity.to(self.device))
-            items, scores = top_k(score_fn, torch.arange(count), k, exclude, self.batch_size, self.device)
+            items, scores = self._exact(popularity_scorer(self.popularity.to(self.device)), np.arange(count), exclude,
+                                        k)
         width = items.shape[1]
         assert self._item_ids is not None
         frame = pd.DataFrame({
@@ -283,32 +277,56 @@ class Recommender:
             self._score_fn = self.scorer.score_fn(self.device)
         return self._score_fn
 
+    def _exact(self, full: ScoreFn, rows: np.ndarray, exclude: CSRIndex | None,
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k of every item by ``full`` for the users whose score rows are ``rows``; ``exclude`` is indexed by
+        position in ``rows``."""
+        score_rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+
+        def score_fn(batch: torch.Tensor) -> torch.Tensor:  # positions in rows -> those users' score rows
+            return full(score_rows[batch.cpu()].to(self.device))
+
+        return top_k(score_fn, torch.arange(len(rows)), k, exclude, self.batch_size, self.device)
+
     def _retrieve(self, rows: np.ndarray, exclude: CSRIndex | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items and exact scores, shapes (len(rows), k), from the item index's candidates (module
-        docstring): each user gets overfetch * k candidates plus the largest number of excluded items of a user in
-        this call, so at least min(k, allowed items) candidates survive the exclusions when the index is exact.
-        -inf scores fill the tail of a user left with fewer."""
+        docstring): each user of a batch gets overfetch * k candidates plus the largest number of excluded items of
+        a user in the batch, so at least overfetch * k allowed candidates remain when the index returns all it is
+        asked for. A user left with fewer than min(k, allowed items) candidates (an approximate index that came
+        back short) is scored over every item instead. -inf scores fill the tail of a user with fewer allowed."""
         assert self.item_search is not None
         num_items = self.scorer.num_items
-        most_excluded = int(exclude.counts().max()) if exclude is not None and len(rows) else 0
-        fetch = min(num_items, k * self.overfetch + most_excluded)
+        k = min(k, num_items)
+        counts = exclude.counts() if exclude is not None else torch.zeros(len(rows), dtype=torch.long)
         excluded_keys = exclude.keys() if exclude is not None else torch.empty(0, dtype=torch.long)
         user_vectors = self.scorer.user_embeddings
         items_out, scores_out = [], []
         for start in range(0, len(rows), self.batch_size):
             local = torch.arange(start, min(start + self.batch_size, len(rows)))
             batch = torch.from_numpy(rows[start : start + self.batch_size])
+            fetch = min(num_items, k * self.overfetch + int(counts[local].max()))
             found = torch.from_numpy(self.item_search.candidates(user_vectors[batch].numpy(), fetch))
             candidates = found.clamp_min(0)
             scores = self._candidate_scores(batch, candidates).float().cpu()
             scores[found < 0] = -torch.inf
             scores[is_member(excluded_keys, local.view(-1, 1) * num_items + candidates)] = -torch.inf
-            values, order = torch.topk(scores, min(k, fetch), dim=1)
+            values, order = torch.topk(scores, k, dim=1)
             items_out.append(candidates.gather(1, order))
             scores_out.append(values)
         if not items_out:
             return torch.empty(0, k, dtype=torch.long), torch.empty(0, k)
-        return torch.cat(items_out), torch.cat(scores_out)
+        items, scores = torch.cat(items_out), torch.cat(scores_out)
+        short = torch.isfinite(scores).sum(1) < torch.clamp(num_items - counts, max=k)
+        if short.any():
+            log.info("item index: %d of %d users had too few candidates; scored over every item", int(short.sum()),
+                     len(rows))
+            which = torch.nonzero(short).flatten()
+            again = None
+            if exclude is not None:  # indexed by position in ``which``
+                owner, excluded = exclude.pairs(which)
+                again = CSRIndex.from_pairs(owner.numpy(), excluded.numpy(), len(which), num_items)
+            items[which], scores[which] = self._exact(self._model_scores(), rows[which.numpy()], again, k)
+        return items, scores
 
     def _candidate_scores(self, rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """The scorer's exact scores of ``candidates`` (B, C) for users ``rows`` (B,): E_u . E_j for LightGCN

@@ -201,6 +201,27 @@ def test_retrieval_leaves_out_excluded_items_and_fills_up_to_k():
     pd.testing.assert_frame_equal(answer, exact.recommend([10, 11], k=2))
 
 
+def test_users_an_index_answers_short_are_scored_over_every_item():
+    """An approximate index may come back with fewer rows than asked (-1): those users get the exact ranking."""
+    rng = np.random.default_rng(1)
+    users, items = torch.from_numpy(rng.normal(size=(5, 4)).astype(np.float32)), torch.from_numpy(
+        rng.normal(size=(12, 4)).astype(np.float32))
+    exact = Recommender(Scorer(users, items), pd.DataFrame({"user_id": range(5), "user_index": range(5)}),
+                        pd.DataFrame({"item_id": range(100, 112), "item_index": range(12)}), np.arange(5),
+                        pd.DataFrame({"user_id": [0, 0, 3], "item_id": [100, 105, 111]}), torch.ones(12))
+    search = ItemSearch.build(items.numpy(), exact_items=100)
+
+    class Short:  # every other user gets only -1 rows
+        def candidates(self, vectors: np.ndarray, count: int) -> np.ndarray:
+            rows = search.candidates(vectors, count)
+            rows[::2] = -1
+            return rows
+
+    retrieving = Recommender(exact.scorer, exact.user_index, exact.item_index, exact.history_users, exact.excluded,
+                             exact.popularity, batch_size=2, item_search=Short(), overfetch=1)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(retrieving.recommend(range(5), k=4), exact.recommend(range(5), k=4))
+
+
 def test_the_lift_keeps_the_inner_product_order():
     rng = np.random.default_rng(0)
     items = rng.normal(size=(300, 6)).astype(np.float32) * rng.uniform(0.1, 3, size=(300, 1)).astype(np.float32)
