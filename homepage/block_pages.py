@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from homerank.homepage.blocks import Rules, Source, fill_pools, mmr_pick
+from homerank.homepage.blocks import ItemSets, Rules, Source, fill_pools, mmr_pick
 from homerank.homepage.config import HomepageConfig, SectionConfig
 from homerank.homepage.rows import PAGE_COLUMNS
 from homerank.homepage.sections import SECTION_KINDS, section_title
@@ -134,13 +134,13 @@ class BlockPages:
                     ["buy_again:purchased_before"], plain_title)
         raise ValueError(f"unknown section kind {kind!r}")
 
-    def _bought_keys(self, users: np.ndarray) -> np.ndarray:
-        """Sorted keys ``row * C + position`` of every item the block's users bought."""
-        size = self.in_stock.size
+    def _bought(self, users: np.ndarray) -> ItemSets:
+        """The positions each of the block's users bought."""
         sets = [self.signals.purchased.get(user, ()) for user in users.tolist()]
         lengths = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
         positions = np.fromiter((p for s in sets for p in s), dtype=np.int64, count=int(lengths.sum()))
-        return np.sort(np.repeat(np.arange(users.size, dtype=np.int64), lengths) * size + positions)
+        rows = np.repeat(np.arange(users.size, dtype=np.int64), lengths)
+        return ItemSets(users.size, self.in_stock.size).add(rows, positions)
 
     def build(self, users: np.ndarray) -> pd.DataFrame:
         """Page rows (``PAGE_COLUMNS``) of ``users`` (B,), grouped by user in the given order, sections in page
@@ -148,8 +148,8 @@ class BlockPages:
         settings, catalogue, size = self.settings, self.signals.catalogue, self.in_stock.size
         rows = np.arange(users.size, dtype=np.int64)
         model_rows = self._model_rows(users)
-        bought = self._bought_keys(users)
-        used = np.zeros(0, dtype=np.int64)
+        bought = self._bought(users)
+        used = ItemSets(users.size, size)
         parts: list[dict[str, np.ndarray]] = []
         for order, section in enumerate(settings.sections):
             kind = SECTION_KINDS[section.kind]
@@ -159,7 +159,6 @@ class BlockPages:
             mmr = settings.diversity == "mmr" and kind.category_cap
             room = section.slots
             pool_size = max(room * settings.mmr_pool_factor, room) if mmr else room
-            used = np.sort(used)
             blocked = (used,) if kind.shows_purchased else (used, bought)
             cap = settings.max_per_category if kind.category_cap and not mmr else None
             rules = Rules(self.in_stock, self.category, blocked, cap, pool_size)
@@ -173,7 +172,7 @@ class BlockPages:
                 line, column = np.nonzero(positions[:, :room] >= 0)
                 slot = column
             picked = positions[line, column]
-            used = np.concatenate([used, line * size + picked])
+            used.add(line, picked)
             reason_table = np.array(list(reasons) + [""], dtype=object)
             parts.append({"line": line, "order": np.full(line.size, order), "slot": slot + 1, "position": picked,
                           "score": scores[line, column], "reason": reason_table[codes[line, column]],

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FIRST_WINDOW = 3  # the first window is this many times the pool size (at least MIN_WINDOW)
+FIRST_WINDOW = 1  # the first window is this many times the pool size (at least MIN_WINDOW)
 MIN_WINDOW = 16
 WIDEN = 4
 
@@ -99,23 +99,45 @@ def _rank_within_rows(keys: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _isin_sorted(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``keys`` (any shape) found in the sorted 1-d ``table``."""
-    if not table.size:
-        return np.zeros(keys.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(table, keys), table.size - 1)
-    return table[at] == keys
+BITSET_BYTES = 1 << 26  # a block's item set is a bit set (B x C bits) up to this size, else sorted keys
+
+
+class ItemSets:
+    """One set of catalogue positions per block row (B rows, C positions): a bit set of B x C bits when small
+    enough (``BITSET_BYTES``), else sorted keys ``row * C + position``; `contains` and `add` take (rows, positions)
+    arrays of one shape."""
+
+    def __init__(self, rows: int, size: int) -> None:
+        self.size = size
+        self.bits = np.zeros((rows, (size + 7) // 8), dtype=np.uint8) if rows * size // 8 <= BITSET_BYTES else None
+        self.keys = np.zeros(0, dtype=np.int64)
+
+    def add(self, rows: np.ndarray, positions: np.ndarray) -> ItemSets:
+        if self.bits is not None:
+            np.bitwise_or.at(self.bits, (rows, positions >> 3), (1 << (positions & 7)).astype(np.uint8))
+        else:
+            self.keys = np.sort(np.concatenate([self.keys, rows.astype(np.int64) * self.size + positions]))
+        return self
+
+    def contains(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self.bits is not None:
+            return ((self.bits[rows, positions >> 3] >> (positions & 7).astype(np.uint8)) & 1).astype(bool)
+        if not self.keys.size:
+            return np.zeros(positions.shape, dtype=bool)
+        keys = rows.astype(np.int64) * self.size + positions
+        at = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
+        return self.keys[at] == keys
 
 
 @dataclass
 class Rules:
     """What one section's rows obey, for a block: ``in_stock`` and ``category`` (category codes) by catalogue
-    position (C,); ``blocked`` arrays of sorted keys ``row * C + position`` of items a row may not show (on the
-    page already, bought); ``cap`` the per-category cap (None: no cap); ``pool_size`` the entries each row pools."""
+    position (C,); ``blocked`` the items each block row may not show (`ItemSets`: on the page already, bought);
+    ``cap`` the per-category cap (None: no cap); ``pool_size`` the entries each row pools."""
 
     in_stock: np.ndarray
     category: np.ndarray
-    blocked: tuple[np.ndarray, ...]
+    blocked: tuple[ItemSets, ...]
     cap: int | None
     pool_size: int
 
@@ -124,13 +146,12 @@ def pool(positions: np.ndarray, rows: np.ndarray, rules: Rules, dedupe: np.ndarr
     """Mask (n, w) of the window entries each row pools (see the module docstring); ``rows`` (n,) are the block
     rows of the window's lines; ``dedupe`` (n,) marks the lines whose window holds several sources (an item may
     come twice: only its first occurrence counts)."""
-    catalogue_size = rules.in_stock.size
     valid = positions >= 0
     safe = np.where(valid, positions, 0)
-    keys = rows[:, None].astype(np.int64) * catalogue_size + safe
     ok = valid & rules.in_stock[safe]
+    lines = np.broadcast_to(rows[:, None], safe.shape)
     for blocked in rules.blocked:
-        ok &= ~_isin_sorted(keys, blocked)
+        ok &= ~blocked.contains(lines, safe)
     if dedupe.any():  # only an item's first occurrence in the list (invalid entries are not ok anyway)
         lines = np.flatnonzero(dedupe)
         ok[lines] &= _rank_within_rows(np.where(valid[lines], safe[lines], -1)) == 0

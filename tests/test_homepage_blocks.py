@@ -63,10 +63,12 @@ SETTINGS = [
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=["category_cap", "mmr"])
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("first_window", [3, 1], ids=["window_3", "window_1"])
-def test_block_rows_equal_the_user_by_user_builder(settings, seed, first_window, monkeypatch):
-    monkeypatch.setattr(blocks_module, "FIRST_WINDOW", first_window)  # narrow windows: more rows widen
-    monkeypatch.setattr(blocks_module, "MIN_WINDOW", 2)
+@pytest.mark.parametrize("narrow", [False, True], ids=["default", "narrow_windows_sorted_sets"])
+def test_block_rows_equal_the_user_by_user_builder(settings, seed, narrow, monkeypatch):
+    if narrow:  # first windows of 2 entries (most rows widen), item sets as sorted keys instead of bit sets
+        monkeypatch.setattr(blocks_module, "FIRST_WINDOW", 0)
+        monkeypatch.setattr(blocks_module, "MIN_WINDOW", 2)
+        monkeypatch.setattr(blocks_module, "BITSET_BYTES", 0)
     (candidates, scores, item_emb, user_emb, interactions, edges, user_index, item_index, items,
      now) = _frames(seed)
     catalogue = build_catalogue(items, interactions, item_index, edges, now, settings)
