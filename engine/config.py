@@ -134,3 +134,16 @@ class GraphConfig(StrictModel):
     edge_weight: Literal["binary", "weight", "log1p"] = Field(
         "binary", description="A_ui = 1, w_ui or log(1 + w_ui) before D^-1/2 A D^-1/2"
     )
+
+
+class ProfilesConfig(StrictModel):
+    """Shopper profiles written by the ETL (`homerank.engine.profiles`)."""
+
+    section: ClassVar[str] = "profiles"
+
+    enabled: bool = Field(True, description="write etl/profiles/ (one row per user) and the segments")
+    segments: int = Field(6, ge=1, le=64, description="k of the k-means segmentation")
+    sample_users: int = Field(200_000, ge=100, description="users (a seeded sample) the segmentation is fitted on")
+    top_categories: int = Field(3, ge=1, le=10, description="top categories (with shares) per user")
+    session_gap_minutes: float = Field(30.0, gt=0, description="a gap longer than this starts a new session when "
+                                       "the log has no session_id")

@@ -13,7 +13,14 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from homerank.engine.config import GraphConfig, IngestConfig, InteractionConfig, SplitConfig, StrictModel
+from homerank.engine.config import (
+    GraphConfig,
+    IngestConfig,
+    InteractionConfig,
+    ProfilesConfig,
+    SplitConfig,
+    StrictModel,
+)
 from homerank.engine.errors import HomerankError
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.homepage.config import HomepageConfig
@@ -83,6 +90,7 @@ class JobConfig(StrictModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     homepage: HomepageConfig = Field(default_factory=HomepageConfig)
+    profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
 
     @model_validator(mode="after")
     def _pseudonymise_needs_raw_ids(self) -> JobConfig:

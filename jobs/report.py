@@ -93,6 +93,22 @@ def _rows_section(etl: dict[str, Any]) -> list[str]:
         "",
         "Temporal split (edges): " + ", ".join(f"{_text(k)} {_text(v)}" for k, v in etl["split"].items()),
     ]
+    profiles = etl.get("profiles")
+    if profiles:
+        out += [
+            "",
+            "## Shopper segments",
+            "",
+            f"Profiles of {_text(profiles['users'])} users in `etl/profiles/` ({_text(profiles['warm'])} warm, with a "
+            f"model embedding; {_text(profiles['cold'])} cold, served by fallbacks). Segments: k-means over "
+            "activity, sessions, spend and recency.",
+            "",
+            _table(
+                ["segment", "name", "users", "warm share", "mean events", "mean recency (days)", "mean spend"],
+                [[s["segment"], s["name"], s["users"], s["warm_share"], s["mean_events"], s["mean_recency_days"],
+                  s["mean_monetary"]] for s in profiles["segments"]],
+            ),
+        ]
     if etl.get("gates"):
         out += [
             "",

@@ -47,6 +47,8 @@ class RunDir:
     edges = property(lambda self: self.root / "etl" / "edges")  # user partition, in (user, item) order
     interactions_staging = property(lambda self: self.root / ".interactions.parts")  # the workers write here
     edges_staging = property(lambda self: self.root / ".edges.parts")
+    profiles = property(lambda self: self.root / "etl" / "profiles")  # one row per user (engine.profiles)
+    profiles_staging = property(lambda self: self.root / ".profiles.parts")
     etl_stats = property(lambda self: self.root / "etl" / "stats.json")
     gates = property(lambda self: self.root / "etl" / "gates.json")
     etl_staging = property(lambda self: self.root / ".etl.staging")  # a RunDir of its own until the gates pass

@@ -20,13 +20,14 @@ import time
 from typing import Any
 
 import dask
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import GateError, HomerankError
-from homerank.engine.ingest import ingest_events, read_catalogue
+from homerank.engine.ingest import IdDtype, canonical_ids, ingest_events, read_catalogue
 from homerank.engine.interactions import check_weights, weight_events
 from homerank.engine.lightgcn_format import load_lightgcn
 from homerank.engine.partitioned import (
@@ -36,6 +37,7 @@ from homerank.engine.partitioned import (
     kcore_by_user,
     write_partitions,
 )
+from homerank.engine.profiles import profiles_by_user, segment_summary
 from homerank.engine.split import SPLIT
 from homerank.jobs.config import JobConfig
 from homerank.jobs.gates import enforce, evaluate_gates
@@ -59,7 +61,7 @@ def _split_counts(edges: pd.DataFrame) -> dict[str, int]:
     return {name: int(counts.get(name, 0)) for name in ("train", "valid", "test")}
 
 
-ETL_OUTPUTS = ("quarantine", "interactions", "edges", "catalogue", "user_index", "item_index")
+ETL_OUTPUTS = ("quarantine", "interactions", "edges", "profiles", "catalogue", "user_index", "item_index")
 
 
 def _finish(run: RunDir, staging: RunDir, config: JobConfig, stats: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +148,27 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
     return _finish(run, staging, config, stats)
 
 
+def _write_profiles(events: dd.DataFrame, core: dd.DataFrame, catalogue: pd.DataFrame | None, id_dtype: IdDtype,
+                    event_types: list[str], ref_time: pd.Timestamp, run: RunDir, config: JobConfig
+                    ) -> dict[str, Any]:
+    """Shopper profiles (`homerank.engine.profiles`) written partition by partition into ``run.profiles``;
+    returns the small summary for the ETL stats and the report."""
+    items = None
+    if catalogue is not None:  # the catalogue's ids in the log's form, so that they join
+        items = catalogue.assign(**{schema.ITEM: canonical_ids(catalogue[schema.ITEM], id_dtype)[0]})
+        items = items.drop_duplicates(schema.ITEM)
+    settings = config.profiles
+    profiles, segments = profiles_by_user(events, core, items, event_types, ref_time, top=settings.top_categories,
+                                          gap_minutes=settings.session_gap_minutes, segments=settings.segments,
+                                          seed=config.seed, sample_users=settings.sample_users)
+    profiles = profiles.persist()
+    _, warm, users = dask.compute(write_partitions(profiles, run.profiles_staging, compute=False),
+                                  profiles["warm"].sum(), profiles.shape[0])
+    publish_parquet_parts(run.profiles_staging, run.profiles, profiles._meta)
+    return {"users": int(users), "warm": int(warm), "cold": int(users) - int(warm),
+            "segments": segment_summary(profiles)}
+
+
 def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
     """Ingest, then the user-partitioned graph of `homerank.engine.partitioned`; writes into ``run`` (staging)."""
     started = time.perf_counter()
@@ -181,6 +204,12 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
                 f"interactions: the k-core filter left none of the {edges_all_time} (user, item) pairs; lower "
                 "interactions.min_user_interactions / min_item_interactions"
             )
+        catalogue = read_catalogue(config.ingest.catalogue) if config.ingest.catalogue else None
+        profile_stats = None
+        if config.profiles.enabled:
+            profile_stats = _write_profiles(by_user, core, catalogue, ingested.id_dtype, event_types, ref_time, run,
+                                            config)
+            log.info("etl: shopper profiles written at %.1fs", time.perf_counter() - started)
         user_index, item_index, users_per_partition = id_tables(core)
         edges = encode_and_split(core, weighted, item_index, users_per_partition, config.split, event_types)
         _, split_counts = dask.compute(write_partitions(edges, run.edges_staging, compute=False),
@@ -191,8 +220,7 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
     write_parquet(run.user_index, user_index)
     write_parquet(run.item_index, item_index)
     catalogue_rows = None
-    if config.ingest.catalogue:
-        catalogue = read_catalogue(config.ingest.catalogue)
+    if catalogue is not None:
         write_parquet(run.catalogue, catalogue)
         catalogue_rows = len(catalogue)
     return {
@@ -209,5 +237,6 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
         "kcore": {"rounds": rounds, "edges": core_edges, "users": len(user_index), "items": len(item_index)},
         "split": {name: int(split_counts.get(name, 0)) for name in ("train", "valid", "test")},
         "catalogue_rows": catalogue_rows,
+        "profiles": profile_stats,
         "seconds": round(time.perf_counter() - started, 3),
     }
