@@ -95,7 +95,8 @@ def homerank_etl(events_dir: Path, workers: int, processes: bool, threads_per_wo
     cluster: dict[str, Any] = {"n_workers": workers, "processes": processes}
     if threads_per_worker:
         cluster["threads_per_worker"] = threads_per_worker
-    config = JobConfig(device="cpu", cluster=cluster)
+    # the peers compute the edges only: profiles (a per-user summary the ETL also writes) are left out
+    config = JobConfig(device="cpu", cluster=cluster, profiles={"enabled": False})
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
     run_root = Path(tempfile.mkdtemp(prefix="homerank-etl-", dir=scratch))
