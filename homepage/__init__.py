@@ -7,11 +7,15 @@
     sections       one function per section kind (a user's candidate sources) and the registry SECTION_KINDS
                    (which kinds skip the category cap, which may show purchases)
     merchandising  boosts and pins read from a file a merchandising team edits
-    rows           PageBuilder: fills a row under the page rules, the category cap or MMR, boosts and pins
+    rows           PageBuilder: fills a row under the page rules, the category cap or MMR, boosts and pins, one
+                   user at a time (the reference, and the path for pages with active merchandising rules)
+    blocks         the same row filling as array operations over a block of users (windows, masks, MMR)
+    block_pages    every section of a block of users' pages as candidate matrices, filled with `blocks`
+    tally          the stats summed block by block (rule check, counts, page-quality sums)
     rules          the page-rule check over every page after building
     quality        page-quality metrics next to a plain top-K baseline, and the for_you row's accuracy
     export         the page frame as one JSON object per user
-    build          build_pages: frames and arrays in, the page frame and its stats out
+    build          build_pages: frames and arrays in, the page rows block by block and their stats out
     config         HomepageConfig: sections, diversity, merchandising file, windows
 
 The package reads frames and arrays only (no run directory, no command line): homerank.jobs.stage_homepage

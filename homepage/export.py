@@ -52,23 +52,18 @@ def jsonl_text(page: pd.DataFrame) -> str:
     new_user = np.r_[True, users[1:] != users[:-1]]
     new_row = new_user | np.r_[True, sections[1:] != sections[:-1]]
     end_row, end_user = np.r_[new_row[1:], True], np.r_[new_user[1:], True]
-    pieces = np.full((count, 13), "", dtype=object)
+    pieces = np.full((count, 9), "", dtype=object)
     pieces[new_user, 0] = '{"user_id": ' + _encoded(page["user_id"][new_user]) + ', "sections": ['
     pieces[new_row & ~new_user, 1] = ", "
     pieces[:, 2] = ", "
     pieces[new_row, 2] = ('{"section": ' + _encoded(page["section"][new_row]) + ', "title": '
                           + _encoded(page["section_title"][new_row]) + ', "items": [')
-    pieces[:, 3] = '{"slot": '
-    pieces[:, 4] = _encoded(page["slot"])
-    pieces[:, 5] = ', "item_id": '
-    pieces[:, 6] = _encoded(page["item_id"])
-    pieces[:, 7] = ', "score": '
-    pieces[:, 8] = _encoded_scores(page["score"])
-    pieces[:, 9] = ', "reason": '
-    pieces[:, 10] = _encoded(page["reason"])
-    pieces[:, 11] = "}"
-    pieces[end_row, 11] = "}]}"
-    pieces[end_user, 12] = "]}\n"
+    pieces[:, 3] = _encoded(page["slot"], '{"slot": ', ', "item_id": ')
+    pieces[:, 4] = _encoded(page["item_id"], "", ', "score": ')
+    pieces[:, 5] = _encoded_scores(page["score"])
+    pieces[:, 6] = _encoded(page["reason"], ', "reason": ', "}")
+    pieces[end_row, 7] = "]}"
+    pieces[end_user, 8] = "]}\n"
     return "".join(pieces.ravel().tolist())
 
 
@@ -84,8 +79,9 @@ def _encoded_scores(scores: pd.Series) -> np.ndarray:
     return out
 
 
-def _encoded(column: pd.Series) -> np.ndarray:
-    """Each value's JSON text (object array), ``json.dumps`` called once per distinct value."""
+def _encoded(column: pd.Series, before: str = "", after: str = "") -> np.ndarray:
+    """Each value's JSON text between ``before`` and ``after`` (object array), ``json.dumps`` called once per
+    distinct value."""
     codes, uniques = pd.factorize(column, sort=False)
-    table = np.array([json.dumps(_plain(value)) for value in uniques.tolist()], dtype=object)
+    table = np.array([before + json.dumps(_plain(value)) + after for value in uniques.tolist()], dtype=object)
     return table[codes]

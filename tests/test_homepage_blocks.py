@@ -131,3 +131,15 @@ def test_the_stage_publishes_parts_and_the_manifest_last(homepage_run, monkeypat
     pd.testing.assert_frame_equal(pd.read_parquet(run / "homepage"), page)
     assert (run / "homepage.jsonl").read_bytes() == before["homepage.jsonl"]
     assert not any(p.name.startswith(".homepage") for p in run.iterdir())  # no staging or temp file left
+
+
+def test_jsonl_text_is_json_dumps_of_the_records():
+    from homerank.homepage.export import jsonl_text, page_records
+
+    page = pd.DataFrame({
+        "user_id": ["u\"1", "u\"1", "u\"1", "v", "v"], "section": ["for_you", "for_you", "buy_again", "for_you", "x"],
+        "section_title": ["Für dich", "Für dich", "Again", "For you", "X"], "slot": [1, 2, 1, 1, 1],
+        "item_id": ["a", "b", "c", "a", "é"], "score": [0.12345678, float("nan"), -0.0, 1e-7, 2.5e-05],
+        "reason": ["r", "pin:merchandising:row2", "b", "r", "x"]})
+    assert jsonl_text(page) == "".join(json.dumps(record) + "\n" for record in page_records(page))
+    assert jsonl_text(page.iloc[:0]) == ""
