@@ -42,8 +42,8 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """``NAME:key=value,key=value`` (train.* keys, YAML values) -> (NAME, overrides)."""
-    name, _, settings = text.partition(":")
+    """``NAME:key=value,key=value`` (train.* keys, YAML values; the last colon ends the name) -> (NAME, overrides)."""
+    name, _, settings = text.rpartition(":")
     overrides: dict[str, Any] = {}
     for item in filter(None, settings.split(",")):
         key, value = parse_set_option(f"train.{item}")
