@@ -153,9 +153,9 @@ class WordLlamaEncoder:
     def __init__(self, dim: int = 256, device: str | torch.device = "cpu") -> None:
         if dim not in WORDLLAMA_DIMS:
             raise HomerankError(f"text_features.dim must be one of {list(WORDLLAMA_DIMS)} for {WORDLLAMA} (got {dim})")
+        _, tokenizer_path, self.package_version = wordllama_files()  # first: a missing package says what to do
         from tokenizers import Tokenizer
 
-        _, tokenizer_path, self.package_version = wordllama_files()
         self.dim = dim
         self.device = torch.device(device)
         self.table = _wordllama_table(dim, str(self.device))  # (32000, dim) float32 on the device
