@@ -4,7 +4,7 @@
     python -m bench all [--sizes 1e5,1e6,1e7] [--workers 1,2] [--processes] [--out DIR] [--data DIR]
     python -m bench training --run RUN [--variant NAME:key=value,...] [--budget S] [--json FILE]
     python -m bench pipeline --events 1e6 --workers 2 [--json FILE] [--epochs E] [--steps-per-epoch S]
-    python -m bench pipeline-scaling [--sizes 1e6,3e6,1e7] [--workers 2] [--out DIR]
+    python -m bench pipeline-scaling [--sizes 1e6,3e6,1e7] [--workers 2] [--out DIR] [--reuse]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     options = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "peer_users": args.peer_users,
                "device": args.device, "data_root": args.data}
     if args.command == "pipeline-scaling":
-        run_scaling(args.sizes, args.workers, out=args.out, keep_run=args.keep_runs, **options)
+        run_scaling(args.sizes, args.workers, out=args.out, keep_run=args.keep_runs, reuse=args.reuse, **options)
         return 0
     path = args.json or PIPELINE_OUT / f"{pipeline_name(args.events, args.workers)}.json"
     say(f"pipeline: {args.events} events, {args.workers} worker(s) -> {path}")
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     scaling.add_argument("--out", type=Path, default=PIPELINE_OUT, metavar="DIR",
                          help=f"where the results go (default {PIPELINE_OUT})")
     scaling.add_argument("--keep-runs", action="store_true", help="keep every point's run directory")
+    scaling.add_argument("--reuse", action="store_true", help="read a point back from OUT/events-N-workers-W.json "
+                         "where it exists instead of running it again")
     _pipeline_common(scaling)
     args = parser.parse_args(argv)
     if args.command in ("pipeline", "pipeline-scaling"):

@@ -9,6 +9,7 @@ log (`bench.etl_suite.ensure_log`). See bench/README.md for the JSON keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ DEFAULT_EPOCHS = 3
 DEFAULT_STEPS_PER_EPOCH = 8
 DEFAULT_PEER_USERS = 1_000
 POLL_SECONDS = 0.2
+PEER_BLAS_THREADS = 1
 
 
 # --- one stage: a subprocess, its wall time and the peak RSS of its process tree ----------------------------------
@@ -184,12 +186,23 @@ def run_peer(run: Path, sample: int, k: int) -> dict[str, Any]:
     seen = [by_user.get(user, empty) for user in user_ids]
     last_item = [int(rows[-1]) if len(rows) else 0 for rows in seen]  # sorted by last_ts: the last one is newest
     load_seconds = time.perf_counter() - started
-    rank_seconds, _ = peer_loop(user_vectors, item_vectors, seen, last_item, k, homepage=False)
-    homepage_seconds, _ = peer_loop(user_vectors, item_vectors, seen, last_item, k, homepage=True)
+    # One BLAS thread: an (I, d) @ (d,) product split over threads of a loaded 2-core machine thrashes (measured
+    # 4,900 -> 15,000 items: 6,000 -> 100 users/s with 2 threads, 3,800 -> 1,400 with 1), so the peer would
+    # look slower than a plain loop is.
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limits: Any = threadpool_limits(limits=PEER_BLAS_THREADS)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn/scipy stacks
+        limits = contextlib.nullcontext()
+    with limits:
+        rank_seconds, _ = peer_loop(user_vectors, item_vectors, seen, last_item, k, homepage=False)
+        homepage_seconds, _ = peer_loop(user_vectors, item_vectors, seen, last_item, k, homepage=True)
     n = len(user_ids)
     return {"rank_users_per_s": n / rank_seconds, "homepage_users_per_s": n / homepage_seconds, "users": n,
             "k": k, "rank_seconds": rank_seconds, "homepage_seconds": homepage_seconds, "load_seconds": load_seconds,
-            "items": int(item_vectors.shape[0]), "dim": int(item_vectors.shape[1])}
+            "items": int(item_vectors.shape[0]), "dim": int(item_vectors.shape[1]),
+            "blas_threads": PEER_BLAS_THREADS if not isinstance(limits, contextlib.nullcontext) else None}
 
 
 # --- one point -----------------------------------------------------------------------------------------------------
@@ -419,17 +432,23 @@ def write_plot(scaling: dict[str, Any], path: Path) -> str:
 def run_scaling(sizes: list[int], workers: int, *, epochs: int = DEFAULT_EPOCHS,
                 steps_per_epoch: int = DEFAULT_STEPS_PER_EPOCH, peer_users: int = DEFAULT_PEER_USERS,
                 device: str = "auto", data_root: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT,
-                keep_run: bool = False) -> dict[str, Any]:
+                keep_run: bool = False, reuse: bool = False) -> dict[str, Any]:
+    """`pipeline_point` for every size (with ``reuse``, a point whose ``OUT/events-N-workers-W.json`` exists is
+    read back instead of run again), then ``scaling.json``, ``scaling.md`` and ``time_vs_events.png``."""
     from bench.machine import machine_info
 
     started = time.perf_counter()
     out = Path(out)
     results = []
     for step, n in enumerate(sorted(sizes), 1):
+        path = out / f"{result_name(n, workers)}.json"
+        if reuse and path.exists():
+            say(f"=== pipeline point {step}/{len(sizes)}: reusing {path} ===")
+            results.append({**json.loads(path.read_text()), "file": path.name})
+            continue
         say(f"=== pipeline point {step}/{len(sizes)}: {n} events, {workers} worker(s) ===")
         result = pipeline_point(n, workers, epochs=epochs, steps_per_epoch=steps_per_epoch, peer_users=peer_users,
                                 device=device, data_root=data_root, keep_run=keep_run)
-        path = out / f"{result_name(n, workers)}.json"
         write_point(result, path)
         results.append({**result, "file": path.name})
     scaling = scaling_summary(results)

@@ -51,6 +51,7 @@ def test_bench_pipeline_writes_the_contract(tmp_path):
         assert result["peer"][f"{page}_users_per_s"] > 0
         assert result["speedup_vs_peer"][page] == pytest.approx(
             result[f"{page}_users_per_s"] / result["peer"][f"{page}_users_per_s"])
+    assert result["peer"]["blas_threads"] == 1
     assert result["config"]["train.epochs"] == 1 and result["config"]["train.steps_per_epoch"] == 2
     assert result["config"]["cluster.n_workers"] == 1 and result["config"]["ingest.catalogue"].endswith("items.parquet")
     assert result["train"]["epochs"] == 1  # train/summary.json of the run: the bound was applied
