@@ -94,7 +94,8 @@ class ItemSearch:
     @classmethod
     def for_run(cls, run: RunDir, scorer: Scorer, exact_items: int) -> ItemSearch:
         """The run's saved ``embeddings/items.faiss`` when it was made from exactly this scorer's item vectors
-        (``embeddings/items.parquet`` holds them), else a new index built from the scorer."""
+        (``embeddings/items.parquet`` holds them) and is exact or approximate as ``exact_items`` asks, else a new
+        index built from the scorer."""
         from homerank.gnn.item_index import ItemIndex
 
         items = scorer.item_embeddings.numpy()
@@ -103,7 +104,8 @@ class ItemSearch:
                 _, saved = read_embedding_table(run.item_embeddings, schema.ITEM)
                 if saved.shape == items.shape and np.array_equal(saved, items):
                     index = ItemIndex.load(run.item_faiss)
-                    if index.size == items.shape[0] and index.index.d == items.shape[1] + 1:
+                    if (index.size == items.shape[0] and index.index.d == items.shape[1] + 1
+                            and index.exact == (items.shape[0] <= exact_items)):
                         return cls(index)
             except Exception as exc:  # noqa: BLE001 - a damaged saved index is rebuilt, not fatal
                 log.warning("%s: not usable (%s); building the item index again", run.item_faiss, exc)
