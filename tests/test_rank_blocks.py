@@ -25,7 +25,7 @@ from homerank.jobs.rundir import MANIFEST, SUCCESS, RunDir
 from homerank.jobs.stage_rank import run_rank
 from tests.test_api import OVERRIDES, tiny_events
 
-FAST = {**OVERRIDES, "train.epochs": 2, "homepage.enabled": False}
+FAST = {**OVERRIDES, "train.epochs": 2, "homepage.enabled": False, "profiles.enabled": False}  # rank only
 
 
 def _run(tmp_path_factory, name: str, events: pd.DataFrame) -> homerank.Run:
