@@ -18,6 +18,7 @@ work is split between workers:
 * stream 0: the catalogue and the popularity tables (`make_catalogue`), from the seed alone;
 * stream 2, key = user block b (``USER_BLOCK`` users): activity and session counts of the users in block b;
 * stream 3, key = user block b: category and segment tastes of the users in block b;
+* stream 4: the style words of the titles (`_style_words`);
 * stream 1, key = partition number p: the sessions, views, funnel and noise of partition p's users
   (`partition_events`); which users partition p owns is fixed by the spec (`synthetic_plan`).
 """
@@ -35,6 +36,9 @@ ITEM_ID_OFFSET = 500_000
 START = pd.Timestamp("2026-09-01")
 EVENT_TYPES = ["view", "click", "cart", "purchase"]  # the funnel, in order
 ADJECTIVES = ["Classic", "Urban", "Eco", "Smart", "Deluxe", "Compact", "Vintage", "Pro", "Soft", "Bold"]
+# the style word of each item segment (segment s uses word s mod 8), so that titles carry the segment
+STYLE_WORDS = ["budget", "premium", "sport", "kids", "studio", "travel", "organic", "retro"]
+STYLE_FIDELITY = 0.8
 USER_BLOCK = 4096  # users per block of per-user draws (streams 2 and 3); small, so a partition recomputes little
 ACTIVITY_SIGMA = 0.8  # a_u ~ LogNormal(0, ACTIVITY_SIGMA), E[a_u] = exp(sigma^2 / 2)
 
@@ -110,6 +114,16 @@ def category_names(n: int) -> np.ndarray:
     return np.array([base[i % len(base)] + ("" if i < len(base) else f" {i // len(base) + 1}") for i in range(n)])
 
 
+def _style_words(rng: np.random.Generator, segment: np.ndarray) -> np.ndarray:
+    """A style word per item (stream 4, so the catalogue's other columns keep their draws): with probability
+    `STYLE_FIDELITY` its segment's word, else any style word. Titles thus carry the segment half of the
+    shoppers' taste (the category half is the category's name), which text features can learn from."""
+    words = np.asarray(STYLE_WORDS, dtype=object)
+    own = words[segment % len(STYLE_WORDS)]
+    anything = words[rng.integers(0, len(STYLE_WORDS), segment.size)]
+    return np.where(rng.random(segment.size) < STYLE_FIDELITY, own, anything)
+
+
 def make_catalogue(spec: SyntheticSpec) -> tuple[pd.DataFrame, World]:
     """The item catalogue (items rows: item_id, category, segment, price, title, created_at, in_stock) and the
     `World` tables, both from stream 0 of the seed."""
@@ -130,16 +144,16 @@ def make_catalogue(spec: SyntheticSpec) -> tuple[pd.DataFrame, World]:
     price_scale = np.exp(rng.normal(3.0, 0.8, n_cat))
     price = np.round(price_scale[category] * np.exp(rng.normal(0, 0.4, spec.items)), 2)
     names = category_names(n_cat)
-    titles = [
-        f"{ADJECTIVES[a]} {n}-{i}" for i, (a, n) in enumerate(
-            zip(rng.integers(0, len(ADJECTIVES), spec.items), names[category], strict=True)
-        )
-    ]
+    adjectives = rng.integers(0, len(ADJECTIVES), spec.items)
+    segment = cell % spec.segments
+    styles = _style_words(np.random.default_rng([spec.seed, 4]), segment)
+    titles = [f"{ADJECTIVES[a]} {w} {n}-{i}" for i, (a, w, n) in enumerate(
+        zip(adjectives, styles, names[category], strict=True))]
     catalogue = pd.DataFrame(
         {
             "item_id": np.arange(spec.items, dtype=np.int64) + ITEM_ID_OFFSET,
             "category": names[category],
-            "segment": (cell % spec.segments).astype(np.int64),
+            "segment": segment.astype(np.int64),
             "price": price,
             "title": titles,
             "created_at": created.astype("datetime64[ns]"),
