@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Homepage:
-    """``page``: one row per slot (``PAGE_COLUMNS``), grouped by user, rows in section order; ``stats``: what
-    ``homepage_stats.json`` holds (users, rows, sections, cold_users, rule_check, diversity, merchandising,
-    quality)."""
+    """``page``: one row per slot (``PAGE_COLUMNS``), grouped by user, rows in section order (no rows when the
+    blocks went to an ``on_block`` callback); ``stats``: what ``homepage_stats.json`` holds (users, rows, sections,
+    cold_users, rule_check, diversity, merchandising, quality)."""
 
     page: pd.DataFrame
     stats: dict[str, Any]
