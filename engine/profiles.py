@@ -164,7 +164,7 @@ def fit_segments(sample: pd.DataFrame, segments: int, seed: int) -> Segments:
     for centre in model.cluster_centers_:  # the most distinctive figure whose name is still free
         if k == 1:
             candidates = ["everyone"]
-        elif float(np.max(centre)) < 0:  # below average on every figure
+        elif float(np.max(centre)) <= 0:  # nowhere above average
             candidates = ["occasional shoppers"]
         else:
             candidates = [SEGMENT_NAMES[features[i]] for i in np.argsort(-centre) if centre[i] > 0]

@@ -128,7 +128,7 @@ STAGE_OUTPUTS = {
     "graph": ("graph", "graph_stats"),
     "train": ("scorer", "train_summary"),
     "evaluate": ("metrics",),
-    "rank": ("rankings", "rank_stats"),
+    "rank": ("rankings", "rank_stats", "user_embeddings", "item_embeddings", "item_faiss"),
     "homepage": ("homepage_stats", "homepage", "homepage_jsonl"),
 }  # RunDir attributes each stage always writes; `stage_outputs` adds or drops those that depend on the config
 
@@ -139,6 +139,8 @@ def stage_outputs(stage: str, config: JobConfig) -> tuple[str, ...]:
     lightgcn = config.ingest.format == "lightgcn"
     if stage == "etl" and config.ingest.catalogue and not lightgcn:
         outputs += ("catalogue",)
+    if stage == "etl" and config.profiles.enabled and not lightgcn:
+        outputs += ("profiles",)
     if stage == "homepage" and not config.homepage.enabled:
         outputs = ()
     elif stage == "homepage" and lightgcn:  # no timestamps or event types: only the stats saying so
@@ -161,7 +163,7 @@ def input_fingerprint(input_path: str, config: JobConfig) -> list[list[Any]]:
     return [[f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files if Path(f).exists()]
 
 
-STAGE_SETTINGS = {"etl": ("seed", "ingest", "interactions", "split", "gates", "rank"), "graph": ("graph",),
+STAGE_SETTINGS = {"etl": ("seed", "ingest", "interactions", "split", "gates", "rank", "profiles"), "graph": ("graph",),
                   "train": ("seed", "device", "train", "evaluate"), "evaluate": ("evaluate",), "rank": ("rank",),
                   "homepage": ("homepage",)}
 
