@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -210,10 +211,15 @@ def point_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_point(result: dict[str, Any], json_path: Path) -> None:
+def write_result(result: dict[str, Any], json_path: Path, markdown: Callable[[dict[str, Any]], str]) -> None:
+    """``result`` as JSON at ``json_path`` and ``markdown(result)`` beside it (.md), both written atomically."""
     write_atomic(json_path, json.dumps(result, indent=2) + "\n")
-    write_atomic(json_path.with_suffix(".md"), point_markdown(result))
+    write_atomic(json_path.with_suffix(".md"), markdown(result))
     say(f"wrote {json_path} and {json_path.with_suffix('.md').name}")
+
+
+def write_point(result: dict[str, Any], json_path: Path) -> None:
+    write_result(result, json_path, point_markdown)
 
 
 # --- scaling ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.etl_suite import DEFAULT_DATA, MIB, ROOT, SEED, ensure_log, fit_exponent, say, write_atomic
+from bench.etl_runner import high_water_mark
+from bench.etl_suite import DEFAULT_DATA, MIB, ROOT, SEED, ensure_log, fit_exponent, say, write_atomic, write_result
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "pipeline"
 STAGES = ("etl", "graph", "train", "evaluate", "rank", "homepage")
@@ -33,18 +34,6 @@ PEER_BLAS_THREADS = 1
 
 
 # --- one stage: a subprocess, its wall time and the peak RSS of its process tree ----------------------------------
-
-
-def _kernel_peak(pid: int) -> int:
-    """The kernel's own peak RSS of one process (``VmHWM``, Linux), 0 where it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def tree_rss(root: Any) -> tuple[int, int]:
@@ -83,7 +72,7 @@ def measure_command(command: list[str], *, log_file: Path, env: dict[str, str] |
             while process.poll() is None:
                 rss, counted = tree_rss(root)
                 peak, most, samples = max(peak, rss), max(most, counted), samples + 1
-                kernel_peak = max(kernel_peak, _kernel_peak(process.pid))
+                kernel_peak = max(kernel_peak, (high_water_mark(process.pid) or 0))
                 try:
                     process.wait(timeout=poll_seconds)
                 except subprocess.TimeoutExpired:
@@ -346,9 +335,7 @@ def point_markdown(result: dict[str, Any]) -> str:
 
 
 def write_point(result: dict[str, Any], json_path: Path) -> None:
-    write_atomic(json_path, json.dumps(result, indent=2) + "\n")
-    write_atomic(json_path.with_suffix(".md"), point_markdown(result))
-    say(f"wrote {json_path} and {json_path.with_suffix('.md').name}")
+    write_result(result, json_path, point_markdown)
 
 
 # --- scaling -------------------------------------------------------------------------------------------------------
