@@ -176,7 +176,8 @@ class ParentSettings:
     @classmethod
     def capture(cls) -> ParentSettings:
         logger = logging.getLogger("homerank")
-        files = [handler.baseFilename for handler in logger.handlers if isinstance(handler, logging.FileHandler)]
+        handlers = [*logging.getLogger().handlers, *logger.handlers]  # the CLI logs at the root, the API here
+        files = list(dict.fromkeys(h.baseFilename for h in handlers if isinstance(h, logging.FileHandler)))
         return cls(list(warnings.filters), files, logger.getEffectiveLevel())
 
     def apply(self, rank: int) -> None:
