@@ -221,8 +221,19 @@ def launch(world_size: int, target: Callable[..., Any], args: tuple[Any, ...], *
                             "stopped. Epoch checkpoints written so far are kept: rerun with --resume to continue"
                             ) from None
     except mp.ProcessRaisedException as exc:
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "an error"
-        raise HomerankError(f"distributed training: rank {exc.error_index} failed: {last}") from None
+        raise _rank_error(exc) from None
+
+
+def _rank_error(exc: mp.ProcessRaisedException) -> HomerankError:
+    """The error a rank raised, for the launching process: a homerank error keeps its class (and so its exit
+    status, e.g. 3 for a diverged training) and message; anything else becomes a `HomerankError` naming it."""
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "an error"
+    name, _, message = last.partition(": ")
+    known = {cls.__name__: cls for cls in (HomerankError, *HomerankError.__subclasses__())}
+    cls = known.get(name.rsplit(".", 1)[-1]) if name.startswith("homerank.") else None
+    if cls is not None:
+        return cls(message)
+    return HomerankError(f"distributed training: rank {exc.error_index} failed: {last}")
 
 
 def scratch_dir(checkpoint_dir: Path | None) -> tempfile.TemporaryDirectory[str] | None:

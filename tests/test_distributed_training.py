@@ -112,3 +112,12 @@ def test_a_killed_rank_fails_the_job_cleanly_and_resume_finishes_it(tmp_path):
     assert resumed.epochs == reference.epochs == 6
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in reference.history], abs=1e-5)
     assert torch.allclose(resumed.model.layer0, reference.model.layer0, atol=1e-5)
+
+
+def test_a_rank_s_homerank_error_keeps_its_class_and_exit_status():
+    """A diverged training inside the ranks is the same TrainingDivergedError (exit 3) as in one process."""
+    from homerank.engine.errors import TrainingDivergedError
+
+    config = TrainConfig(epochs=2, batch_size=512, lr=1e30, world_size=2, threads=1)
+    with pytest.raises(TrainingDivergedError, match="training diverged"):
+        train_lightgcn(_tiny_data(), config, EvalConfig(), 0, torch.device("cpu"), show_progress=False)
