@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from homerank.engine.errors import HomerankError, disk_full_error
+from homerank.engine.files import swap_into_place
 from homerank.engine.synthetic_model import (
     ADJECTIVES,
     ITEM_ID_OFFSET,
@@ -131,18 +132,6 @@ def _progress(total: int, events: int) -> tuple[Any, Any]:
     return progress, task
 
 
-def _swap_into_place(source: Path, target: Path) -> None:
-    """Rename ``source`` over ``target``; an old folder is renamed aside first and removed after."""
-    if target.is_dir():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(source, target)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    os.replace(source, target)
-
-
 def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None, *, client: Any = None,
              scheduler: str | None = None, workers: int | None = None, processes: bool = False,
              show_progress: bool = False) -> dict[str, object]:
@@ -174,8 +163,8 @@ def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None,
         else:
             rows = _run_partitions(client, staging, spec, world, plan, show_progress)
         catalogue.to_parquet(items_staging, index=False)
-        _swap_into_place(staging, out / "events")
-        _swap_into_place(items_staging, out / "items.parquet")
+        swap_into_place(staging, out / "events")
+        swap_into_place(items_staging, out / "items.parquet")
     except OSError as exc:
         error = disk_full_error(out, exc)
         if error is None:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from homerank.engine.errors import HomerankError, disk_full_error
+from homerank.engine.files import swap_into_place, tmp_sibling
 
 
 @dataclass(frozen=True)
@@ -94,24 +94,6 @@ class RunDir:
         return self
 
 
-def _swap_into_place(source: Path, target: Path) -> None:
-    """Move ``source`` (file or folder) over ``target``: a folder replaces a folder through a rename aside (the old
-    one is removed after), anything else with one ``os.replace``."""
-    if target.is_dir() and not target.is_symlink():
-        old = _tmp_sibling(target)
-        os.replace(target, old)
-        os.replace(source, target)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    if target.exists() and source.is_dir():
-        target.unlink()
-    os.replace(source, target)
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it over ``path`` (file or directory).
@@ -120,10 +102,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     (ENOSPC, EDQUOT) becomes a one-line `HomerankError` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
+    tmp = tmp_sibling(path)
     try:
         yield tmp
-        _swap_into_place(tmp, path)
+        swap_into_place(tmp, path)
     except OSError as exc:
         error = disk_full_error(path, exc)
         if error is None:
@@ -227,7 +209,7 @@ def publish_outputs(staging: RunDir, run: RunDir, names: tuple[str, ...]) -> Non
                 target.unlink()
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        _swap_into_place(source, target)
+        swap_into_place(source, target)
 
 
 def verify_dataset(path: Path) -> dict[str, Any]:
