@@ -26,7 +26,7 @@ from homerank.engine import schema
 from homerank.engine.split import SPLIT
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.train import TrainData, train_lightgcn
-from homerank.jobs.artifacts import load_graph, split_index
+from homerank.jobs.artifacts import load_graph, training_data
 from homerank.jobs.config import parse_set_option
 from homerank.jobs.rundir import RunDir
 
@@ -55,12 +55,8 @@ def load_training_data(run: RunDir) -> tuple[TrainData, dict[str, int]]:
     """The run's training pairs, graph and validation lists, as the train stage builds them."""
     graph = load_graph(run)
     edges = pd.read_parquet(run.edges, columns=[schema.USER_INDEX, schema.ITEM_INDEX, SPLIT])
-    train = edges[edges[SPLIT] == "train"]
-    data = TrainData(graph.num_users, graph.num_items,
-                     torch.from_numpy(train[schema.USER_INDEX].to_numpy().copy()),
-                     torch.from_numpy(train[schema.ITEM_INDEX].to_numpy().copy()), graph.adjacency(),
-                     split_index(edges, "valid", graph.num_users, graph.num_items))
-    sizes = {"users": graph.num_users, "items": graph.num_items, "train_pairs": len(train),
+    data = training_data(graph, edges)
+    sizes = {"users": graph.num_users, "items": graph.num_items, "train_pairs": data.train_users.numel(),
              "valid_pairs": int((edges[SPLIT] == "valid").sum())}
     return data, sizes
 

@@ -14,6 +14,7 @@ from homerank.engine.graph import BipartiteGraph
 from homerank.engine.split import SPLIT
 from homerank.gnn.metrics import CSRIndex
 from homerank.gnn.scorer import ScoreFn, Scorer
+from homerank.gnn.train import TrainData
 from homerank.jobs.rundir import RunDir
 
 EMBEDDING_COLUMN = "embedding"  # embeddings/*.parquet: the id column, then this fixed_size_list<float32>[d] column
@@ -39,6 +40,21 @@ def item_popularity(edges: pd.DataFrame, num_items: int) -> torch.Tensor:
     """Number of training users per item, shape (I,)."""
     train = edges[edges[SPLIT] == "train"]
     return torch.from_numpy(np.bincount(train[schema.ITEM_INDEX].to_numpy(), minlength=num_items).astype(np.float32))
+
+
+def training_data(graph: BipartiteGraph, edges: pd.DataFrame) -> TrainData:
+    """The training pairs, the graph's A_hat and (when the split has any) the validation lists, as the train stage
+    and the training bench feed `homerank.gnn.train.train_lightgcn`."""
+    train = edges[edges[SPLIT] == "train"]
+    has_valid = bool((edges[SPLIT] == "valid").any())
+    return TrainData(
+        num_users=graph.num_users,
+        num_items=graph.num_items,
+        train_users=torch.from_numpy(train[schema.USER_INDEX].to_numpy().copy()),
+        train_items=torch.from_numpy(train[schema.ITEM_INDEX].to_numpy().copy()),
+        adjacency=graph.adjacency(),
+        valid=split_index(edges, "valid", graph.num_users, graph.num_items) if has_valid else None,
+    )
 
 
 def load_graph(run: RunDir) -> BipartiteGraph:

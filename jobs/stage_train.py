@@ -22,7 +22,7 @@ from homerank.gnn.memory import check_training_memory
 from homerank.gnn.metrics import CSRIndex, evaluate_blends
 from homerank.gnn.scorer import Scorer, embedding_scorer, popularity_prior
 from homerank.gnn.train import EvaluationHook, TrainData, TrainResult, check_finite, train_lightgcn
-from homerank.jobs.artifacts import load_graph, require, split_index
+from homerank.jobs.artifacts import load_graph, require, training_data
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, write_json
 
@@ -35,18 +35,10 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     run.scorer.unlink(missing_ok=True)
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
-    train = edges[edges[SPLIT] == "train"]
-    has_valid = bool((edges[SPLIT] == "valid").any())
-    data = TrainData(
-        num_users=graph.num_users,
-        num_items=graph.num_items,
-        train_users=torch.from_numpy(train[schema.USER_INDEX].to_numpy().copy()),
-        train_items=torch.from_numpy(train[schema.ITEM_INDEX].to_numpy().copy()),
-        adjacency=graph.adjacency(),
-        valid=split_index(edges, "valid", graph.num_users, graph.num_items) if has_valid else None,
-    )
+    data = training_data(graph, edges)
+    train_pairs, has_valid = data.train_users.numel(), data.valid is not None
     limit = int(config.train.memory_limit_gb * 2**30) if config.train.memory_limit_gb else None
-    estimate = check_training_memory(graph.num_users, graph.num_items, len(train), config.train, config.evaluate,
+    estimate = check_training_memory(graph.num_users, graph.num_items, train_pairs, config.train, config.evaluate,
                                      backend.torch_device, limit)
     log.info("memory guard: ~%.2f GiB needed, %.1f GiB free", estimate.bytes_needed / 2**30,
              estimate.bytes_available / 2**30)
