@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from homerank.engine.config import StrictModel
+from homerank.gnn.text_config import WORDLLAMA, WORDLLAMA_DIMS, TextFeaturesConfig
 
 METRICS = ("recall", "ndcg", "precision", "hitrate")
 METRIC_PATTERN = re.compile(rf"({'|'.join(METRICS)})@([1-9][0-9]*)")
@@ -66,6 +68,72 @@ class LinearFilterConfig(StrictModel):
         return weights
 
 
+CONTENT_FEATURES = ("text", "category", "price")
+
+
+class ContentConfig(StrictModel):
+    """Item content in the model (`homerank.gnn.content`): catalogue features x_i projected into layer 0,
+
+        E^(0)_item_i = m_i e_i + x_i W,     x_i: (F,), W: (F, d) learned, m_i = 1[item i has training pairs]
+
+    so that an item without interactions still gets an embedding (from x_i W alone). Off unless ``features``
+    names at least one block; the train stage then reads the run's catalogue (``ingest.catalogue``)."""
+
+    section: ClassVar[str] = "train.content"
+
+    features: list[Literal["text", "category", "price"]] = Field(
+        default_factory=list, description="feature blocks of x_i: text (title. category. description embedded "
+        "by text_encoder), category (one-hot), price (one-hot price band + standardised log price); [] = off"
+    )
+    text_encoder: Literal["wordllama_l2_supercat", "hashed_tfidf"] = Field(
+        WORDLLAMA, description="the text block's encoder (gnn.text_features): wordllama_l2_supercat (pip install "
+        "'homerank[text]') or hashed_tfidf; never replaced by the other on its own"
+    )
+    text_dim: int = Field(64, ge=1, le=4096, description="size of the text block (64, 128 or 256 for "
+                          "wordllama_l2_supercat)")
+    text_cache_dir: Path | None = Field(None, description="text vectors cached by content hash; null = no cache")
+    price_bands: int = Field(4, ge=1, le=100, description="price quantile bands of the one-hot price block "
+                             "(4 = quartiles, as the homepage's price band)")
+    id_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of items whose ID embedding e_i is dropped from layer 0 in each "
+        "training step (DropoutNet), so that the projection W learns to score items from content alone"
+    )
+    write_cold_items: bool = Field(True, description="write train/cold_items.parquet: the content-only embedding "
+                                   "of every catalogue item the graph does not have")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.features)
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _named_once(cls, features: Any) -> Any:
+        if isinstance(features, str):  # `--set train.content.features=text`: one block
+            features = [features]
+        if isinstance(features, list):
+            names = [str(name).strip().lower() for name in features]
+            unknown = [name for name in names if name not in CONTENT_FEATURES]
+            if unknown:
+                raise ValueError(f"unknown feature block {unknown[0]!r}: expected a list of "
+                                 f"{', '.join(CONTENT_FEATURES)} ([] = no content features)")
+            if len(set(names)) != len(names):
+                raise ValueError(f"a feature block is named twice in {names}")
+            return [name for name in CONTENT_FEATURES if name in names]  # one canonical order
+        return features
+
+    @model_validator(mode="after")
+    def _text_settings_fit(self) -> ContentConfig:
+        if self.text_encoder == WORDLLAMA and self.text_dim not in WORDLLAMA_DIMS:
+            raise ValueError(f"train.content.text_dim must be one of {list(WORDLLAMA_DIMS)} for text_encoder "
+                             f"{WORDLLAMA} (got {self.text_dim}), or choose text_encoder: hashed_tfidf")
+        return self
+
+    def text_features(self) -> TextFeaturesConfig:
+        """The text block's settings as `homerank.gnn.text_features` takes them."""
+        return TextFeaturesConfig(enabled="text" in self.features, encoder=self.text_encoder, dim=self.text_dim,
+                                  cache_dir=self.text_cache_dir)
+
+
 class TrainConfig(StrictModel):
     section: ClassVar[str] = "train"
     renamed_keys: ClassVar[dict[str, str]] = {"refit": "retrain_with_valid"}
@@ -107,6 +175,7 @@ class TrainConfig(StrictModel):
     distributed_timeout_s: float = Field(1800.0, gt=0, description="how long a rank waits for the others in one "
                                          "collective before the job fails (rank 0's validation runs meanwhile)")
     linear_filter: LinearFilterConfig = Field(default_factory=LinearFilterConfig)
+    content: ContentConfig = Field(default_factory=ContentConfig)
     propagate_known_edges: bool = Field(
         True, description="final embeddings propagate over train + validation edges (all known history); "
         "early stopping and model choices still see only the training graph"

@@ -11,6 +11,10 @@ path) instead of PyG's gather/scatter message passing, which is ~15x slower on C
 Because A_hat is symmetric, the gradient of A_hat X with respect to X is A_hat G: `SymmetricLGConv` gives
 autograd exactly that product instead of letting it transpose the CSR matrix on every backward pass
 (about 4x faster per training step on CPU; the PyG path stays the reference in the tests).
+
+With item content (``item_features`` X (I, F), `homerank.gnn.content`), layer 0 of item i is
+m_i k_i e_{U+i} + x_i W instead of the ID row e_{U+i} alone (m_i = 1 for items with training pairs, k_i the
+ID-dropout draw of a training step); an item outside the graph scores with x_i W / (L + 1).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import LGConv
 from torch_geometric.nn.models import LightGCN
+
+from homerank.gnn.content import ContentProjection
 
 
 class _SymmetricSpmm(torch.autograd.Function):
@@ -49,28 +55,68 @@ class SymmetricLGConv(LGConv):
 
 
 class LightGCNRecommender(torch.nn.Module):
-    """PyG ``LightGCN`` over the bipartite user-item graph.
+    """PyG ``LightGCN`` over the bipartite user-item graph, optionally with item content in layer 0.
 
     Args:
         num_users: U. num_items: I. embedding_dim: d. num_layers: L.
+        item_features: X, (I, F) float32 content features of the graph's items (None: no content).
+        trained_items: (I,) bool, m_i = item i has training pairs (default: all); the ID rows of the others
+            never enter layer 0, so their embedding comes from x_i W.
+        content_blocks: number of feature blocks in X (scales W's initialisation only).
+
+    Both tensors are buffers that are not saved in the state_dict: a model is rebuilt from its data.
     """
 
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int, num_layers: int) -> None:
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int, num_layers: int,
+                 item_features: Tensor | None = None, trained_items: Tensor | None = None,
+                 content_blocks: int = 1) -> None:
         super().__init__()
         self.num_users = num_users
         self.num_items = num_items
         self.lightgcn = LightGCN(num_users + num_items, embedding_dim, num_layers, normalize=False)
         self.lightgcn.convs = torch.nn.ModuleList([SymmetricLGConv() for _ in range(num_layers)])
         torch.nn.init.normal_(self.lightgcn.embedding.weight, std=0.1)
+        self.content: ContentProjection | None = None
+        if item_features is not None:
+            if item_features.shape[0] != num_items:
+                raise ValueError(f"item_features has {item_features.shape[0]} rows for {num_items} items")
+            self.content = ContentProjection(int(item_features.shape[1]), embedding_dim, content_blocks)
+            self.register_buffer("item_features", item_features.float(), persistent=False)
+            mask = torch.ones(num_items, dtype=torch.bool) if trained_items is None else trained_items.bool()
+            self.register_buffer("id_mask", mask.float()[:, None], persistent=False)  # (I, 1) m_i
+
+    @property
+    def has_content(self) -> bool:
+        return self.content is not None
 
     @property
     def layer0(self) -> Tensor:
-        """E^(0), shape (N, d)."""
-        return self.lightgcn.embedding.weight
+        """E^(0), shape (N, d): the ID table, plus the content projection of the items when there is one."""
+        return self.layer0_table()
 
-    def forward(self, adjacency: Tensor) -> tuple[Tensor, Tensor]:
+    def layer0_table(self, id_keep: Tensor | None = None) -> Tensor:
+        """E^(0) (N, d) with ``id_keep`` (I, 1) the ID-dropout draws k_i of a training step (None: k_i = 1)."""
+        table = self.lightgcn.embedding.weight
+        if self.content is None:
+            return table
+        keep = self.id_mask if id_keep is None else self.id_mask * id_keep
+        items = table[self.num_users :] * keep + self.content(self.item_features)
+        return torch.cat([table[: self.num_users], items])
+
+    def propagate(self, adjacency: Tensor, layer0: Tensor | None = None) -> Tensor:
+        """E = sum_l alpha_l A_hat^l E^(0), (N, d); ``layer0`` defaults to `layer0`."""
+        if layer0 is None and self.content is None:
+            return self.lightgcn.get_embedding(adjacency)  # PyG's own path, unchanged
+        x = self.layer0 if layer0 is None else layer0
+        out = x * self.lightgcn.alpha[0]
+        for i, conv in enumerate(self.lightgcn.convs):
+            x = conv(x, adjacency)
+            out = out + x * self.lightgcn.alpha[i + 1]
+        return out
+
+    def forward(self, adjacency: Tensor, layer0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Final embeddings split into users (U, d) and items (I, d)."""
-        out = self.lightgcn.get_embedding(adjacency)
+        out = self.propagate(adjacency, layer0)
         return out[: self.num_users], out[self.num_users :]
 
     @torch.no_grad()
@@ -84,3 +130,13 @@ class LightGCNRecommender(torch.nn.Module):
         if cosine:
             users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
         return users.detach(), items.detach()
+
+    @torch.no_grad()
+    def cold_item_embeddings(self, features: Tensor, cosine: bool = False) -> Tensor:
+        """Final embeddings (n, d) of items outside the graph from their features ``features`` (n, F):
+        alpha_0 x W (an isolated node propagates nothing), L2-normalised rows for a cosine-trained model."""
+        if self.content is None:
+            raise ValueError("this model has no content projection (train.content.features is empty)")
+        weight = self.content.linear.weight
+        items = self.content(features.to(device=weight.device, dtype=weight.dtype)) * self.lightgcn.alpha[0]
+        return (F.normalize(items, dim=-1) if cosine else items).detach()

@@ -44,6 +44,7 @@ class TrainData:
     train_items: torch.Tensor  # (E,) int64
     adjacency: torch.Tensor  # (N, N) sparse CSR, A_hat
     valid: CSRIndex | None = None  # held-out validation items per user
+    item_features: torch.Tensor | None = None  # (I, F) float32 content features (train.content), or None
 
 
 @dataclass
@@ -137,13 +138,30 @@ def _shard(length: int, rank: int, world_size: int) -> slice:
     return slice(length * rank // world_size, length * (rank + 1) // world_size)
 
 
-def _propagate(model: LightGCNRecommender, adjacency: torch.Tensor, block: distributed.RowBlock | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final user (U, d) and item (I, d) embeddings: the whole graph here, or this rank's row block with the
-    other ranks' rows gathered (`homerank.gnn.distributed.propagate`)."""
+def new_model(data: TrainData, config: TrainConfig) -> LightGCNRecommender:
+    """The untrained model for ``data``: with the content projection when ``config.content`` names features
+    (then ``data.item_features`` must hold them; m_i = item i has training pairs)."""
+    if config.content.enabled != (data.item_features is not None):
+        raise HomerankError(
+            "train.content.features is set but the training data has no item features (the train stage builds "
+            "them from the run's catalogue)" if config.content.enabled else
+            "the training data has item features but train.content.features is empty: set it, or drop them")
+    trained = None
+    if data.item_features is not None:
+        trained = torch.bincount(data.train_items.cpu(), minlength=data.num_items) > 0
+    return LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers,
+                               item_features=data.item_features, trained_items=trained,
+                               content_blocks=len(config.content.features))
+
+
+def _propagate(model: LightGCNRecommender, adjacency: torch.Tensor, block: distributed.RowBlock | None,
+               layer0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final user (U, d) and item (I, d) embeddings from ``layer0`` (default: the model's E^(0)): the whole
+    graph here, or this rank's row block with the other ranks' rows gathered
+    (`homerank.gnn.distributed.propagate`)."""
     if block is None:
-        return model(adjacency)
-    final = distributed.propagate(model.layer0, block, model.lightgcn.num_layers)
+        return model(adjacency, layer0)
+    final = distributed.propagate(model.layer0 if layer0 is None else layer0, block, model.lightgcn.num_layers)
     return final[: model.num_users], final[model.num_users :]
 
 
@@ -201,7 +219,7 @@ def train_lightgcn(
             stale.unlink()
     if config.threads:
         torch.set_num_threads(config.threads)
-    model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
+    model = new_model(data, config)
     model.to(device)
     adjacency = data.adjacency.to(device)
     block = distributed.row_block(adjacency, rank, world_size) if world_size > 1 else None
@@ -254,8 +272,12 @@ def train_lightgcn(
             for start in range(0, num_pairs, batch_size):
                 batch = order[start : start + batch_size]
                 users, positives = users_all[batch], items_all[batch]
-                user_emb, item_emb = _propagate(model, adjacency, block)
-                layer0 = model.layer0
+                id_keep = None
+                if model.has_content and config.content.id_dropout > 0:  # k_i, the same draws on every rank
+                    id_keep = (torch.rand(data.num_items, 1, generator=generator, device=device)
+                               >= config.content.id_dropout).float()
+                layer0 = model.layer0_table(id_keep)
+                user_emb, item_emb = _propagate(model, adjacency, block, layer0)
                 if config.loss == "bpr":
                     reps = config.negatives
                     users_r, positives_r = users.repeat(reps), positives.repeat(reps)
@@ -281,7 +303,7 @@ def train_lightgcn(
                 objective.backward()
                 step_loss_tensor = loss.detach() * fraction
                 if block is not None:
-                    sent_bytes += distributed.all_reduce_gradients([model.layer0])
+                    sent_bytes += distributed.all_reduce_gradients(list(model.parameters()))
                     torch.distributed.all_reduce(step_loss_tensor)
                 optimizer.step()
                 if schedule is not None:
@@ -397,7 +419,7 @@ def train_distributed(data: TrainData, config: TrainConfig, eval_config: EvalCon
     backend = "nccl" if device.type == "cuda" else "gloo"
     adjacency = data.adjacency.to("cpu")
     parts = {"num_users": data.num_users, "num_items": data.num_items, "train_users": data.train_users,
-             "train_items": data.train_items, "valid": data.valid,
+             "train_items": data.train_items, "valid": data.valid, "item_features": data.item_features,
              "adjacency": (adjacency.crow_indices(), adjacency.col_indices(), adjacency.values(),
                            tuple(adjacency.shape))}
     scratch = distributed.scratch_dir(checkpoint_dir)
@@ -416,7 +438,7 @@ def train_distributed(data: TrainData, config: TrainConfig, eval_config: EvalCon
         handover.unlink(missing_ok=True)
         if scratch is not None:
             scratch.cleanup()
-    model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers)
+    model = new_model(data, config)
     model.load_state_dict(state["model"])
     result = TrainResult(model=model.to(device), history=list(state["history"]), best_epoch=int(state["best_epoch"]),
                          best_metric=state["best_metric"], epochs=int(state["epochs"]),

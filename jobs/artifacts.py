@@ -12,6 +12,8 @@ from homerank.engine import schema
 from homerank.engine.errors import HomerankError
 from homerank.engine.graph import BipartiteGraph
 from homerank.engine.split import SPLIT
+from homerank.gnn.config import ContentConfig
+from homerank.gnn.content import ContentInputs, item_features, split_by_graph
 from homerank.gnn.metrics import CSRIndex
 from homerank.gnn.scorer import ScoreFn, Scorer
 from homerank.gnn.train import TrainData
@@ -55,6 +57,27 @@ def training_data(graph: BipartiteGraph, edges: pd.DataFrame) -> TrainData:
         adjacency=graph.adjacency(),
         valid=split_index(edges, "valid", graph.num_users, graph.num_items) if has_valid else None,
     )
+
+
+def content_inputs(run: RunDir, config: ContentConfig, device: torch.device | str = "cpu") -> ContentInputs:
+    """The content features (`homerank.gnn.content`) of the graph's items, in item-index order, and of the
+    catalogue items the graph does not have, from the ETL's copy of the catalogue (``etl/items.parquet``).
+
+    The catalogue's ids are put in the run's id form first (`homerank.homepage.catalogue.run_item_ids`), so
+    ``500079``, ``500079.0`` and ``"500079"`` are one item. A run without a catalogue is a `HomerankError`."""
+    from homerank.homepage.catalogue import run_item_ids  # the one catalogue id conversion of the homepage
+
+    if not Path(run.catalogue).exists():
+        raise HomerankError(f"{run.catalogue}: not found; train.content.features needs the item catalogue: set "
+                            "ingest.catalogue to the catalogue file and run the etl stage again, or set "
+                            "train.content.features: []")
+    catalogue = pd.read_parquet(run.catalogue)
+    item_index = pd.read_parquet(require(run.item_index, "etl"))
+    catalogue = catalogue.assign(**{schema.ITEM: run_item_ids(catalogue[schema.ITEM], item_index[schema.ITEM])})
+    catalogue = catalogue.drop_duplicates(schema.ITEM).reset_index(drop=True)
+    features = item_features(catalogue, config, device)
+    return split_by_graph(features, catalogue[schema.ITEM], item_index[schema.ITEM],
+                          item_index[schema.ITEM_INDEX].to_numpy())
 
 
 def load_graph(run: RunDir) -> BipartiteGraph:

@@ -1,12 +1,18 @@
 """Stage 3 — train: graph + training/validation edges -> LightGCN (``checkpoints/``), the optional GF-CF
 filter with its share chosen on validation, and the final scorer that evaluate, rank, homepage and
 `homerank.Run.recommend` all use (``train/scorer.pt``, `homerank.gnn.scorer`); ``train/summary.json`` holds
-the per-epoch history."""
+the per-epoch history.
+
+With ``train.content.features`` (`homerank.gnn.content`) the model takes the catalogue's item features in layer
+0, and ``train/cold_items.parquet`` (item_id, embedding: the format of ``embeddings/items.parquet``) holds the
+final embedding x_i W / (L + 1) of every catalogue item the graph does not have, to be scored against the
+scorer's user embeddings. The scorer itself keeps the graph's items only (its rows are the item index)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +28,16 @@ from homerank.gnn.memory import check_training_memory
 from homerank.gnn.metrics import CSRIndex, evaluate_blends
 from homerank.gnn.scorer import Scorer, embedding_scorer, popularity_prior
 from homerank.gnn.train import EvaluationHook, TrainData, TrainResult, check_finite, train_lightgcn
-from homerank.jobs.artifacts import load_graph, require, training_data
+from homerank.jobs.artifacts import (
+    EMBEDDING_COLUMN,
+    EMBEDDING_METADATA,
+    content_inputs,
+    load_graph,
+    require,
+    training_data,
+)
 from homerank.jobs.config import JobConfig
-from homerank.jobs.rundir import RunDir, write_json
+from homerank.jobs.rundir import RunDir, atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +46,18 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
               resume: bool = False, on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
     # first of all: whatever stops this training, an earlier training's scorer must not stay to be ranked with
     run.scorer.unlink(missing_ok=True)
+    cold_path = cold_items_path(run)
+    cold_path.unlink(missing_ok=True)  # an earlier training's cold items belong to its model
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     data = training_data(graph, edges)
+    content = config.train.content
+    inputs = content_inputs(run, content, backend.torch_device) if content.enabled else None
+    if inputs is not None:
+        data.item_features = inputs.graph_features
+        if inputs.missing_from_catalogue:
+            log.warning("train.content: %d of %d graph items are not in the catalogue (zero feature rows)",
+                        inputs.missing_from_catalogue, graph.num_items)
     train_pairs, has_valid = data.train_users.numel(), data.valid is not None
     limit = int(config.train.memory_limit_gb * 2**30) if config.train.memory_limit_gb else None
     estimate = check_training_memory(graph.num_users, graph.num_items, train_pairs, config.train, config.evaluate,
@@ -67,20 +89,36 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
         model = result.model
         if config.train.retrain_with_valid:
             refit = _retrain_lightgcn(run, config, known, graph.num_users, graph.num_items, known_graph.adjacency(),
-                                    result.best_epoch, backend, show_progress, resume)
+                                    result.best_epoch, backend, show_progress, resume, data.item_features)
             model = refit.model
         user_emb, item_emb = model.embeddings(known_graph.adjacency(device), cosine=cosine)
         log.info("final embeddings: propagated over %d train + validation edges", len(known))
+    final_model = refit.model if refit is not None else result.model
     if share <= 0 and not prior_weight:
         linear = None  # validation chose LightGCN alone: the filter takes no part in the final scores
     check_finite(f"in the final embeddings (best epoch {result.best_epoch})", config.train.lr,
                  user_embeddings=user_emb, item_embeddings=item_emb)  # nothing non-finite is ever saved
+    content_summary = None
+    if inputs is not None:
+        cold_emb = final_model.cold_item_embeddings(inputs.cold_features, cosine=cosine).cpu()
+        check_finite("in the cold items' embeddings", config.train.lr, cold_item_embeddings=cold_emb)
+        content_summary = {"features": list(content.features), "feature_dim": int(inputs.graph_features.shape[1]),
+                           "id_dropout": content.id_dropout, "graph_items_without_catalogue_row":
+                           inputs.missing_from_catalogue, "cold_items": len(inputs.cold_ids),
+                           "cold_items_file": str(cold_path) if content.write_cold_items else None}
+        if content.write_cold_items:
+            write_cold_items(cold_path, inputs.cold_ids, cold_emb.numpy(), {
+                "format": "homerank.embeddings/1", "dim": int(cold_emb.shape[1]), "scorer": "lightgcn",
+                "score": "dot product with the user vectors of train/scorer.pt (embeddings/users.parquet)",
+                "items": "catalogue items outside the graph: x_i W / (L + 1) from their content features"})
+            log.info("train.content: %d cold catalogue items -> %s", len(inputs.cold_ids), cold_path)
     scorer = Scorer(user_emb.cpu(), item_emb.cpu(), linear, share, prior_weight, settings={
         "model": "lightgcn", "loss": config.train.loss, "cosine": cosine, "embedding_dim": config.train.embedding_dim,
         "num_layers": config.train.num_layers, "best_epoch": result.best_epoch,
         "embeddings_propagated_over": "train+valid" if has_valid and (
             config.train.propagate_known_edges or config.train.retrain_with_valid) else "train",
         "retrained_with_valid": refit is not None,
+        "content": content_summary,
         "linear_filter": None if ensemble is None else {"fit_on": ensemble["fit_on"],
                                                         **config.train.linear_filter.model_dump(mode="json")},
     })
@@ -100,6 +138,7 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
         "train_seconds": round(result.train_seconds + refit_seconds, 3),  # both trainings, when refitting
         "refit": None if refit is None else {"epochs": refit.epochs, "pairs": len(known),
                                              "train_seconds": round(refit_seconds, 3)},
+        "content": content_summary,
         "history": result.history,
     }
     write_json(run.train_summary, summary)
@@ -158,9 +197,33 @@ def _blend_key(share: float, prior_weight: float) -> str:
     return str(share) if prior_weight == 0 else f"{share}, popularity {prior_weight}"
 
 
+def cold_items_path(run: RunDir) -> Path:
+    """``train/cold_items.parquet``, beside the scorer."""
+    return Path(run.scorer).parent / "cold_items.parquet"
+
+
+def write_cold_items(path: Path, ids: pd.Series, vectors: np.ndarray, note: dict[str, Any]) -> None:
+    """(item_id, embedding fixed_size_list<float32>[d]) with ``note`` as the ``homerank.embeddings`` schema
+    metadata, as ``embeddings/items.parquet`` (`homerank.jobs.artifacts.read_embedding_table` reads both);
+    written to a temporary path and renamed."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+    table = pa.Table.from_pandas(ids.reset_index(drop=True).rename(schema.ITEM).to_frame(), preserve_index=False)
+    table = table.append_column(EMBEDDING_COLUMN, pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()),
+                                                                                    vectors.shape[1]))
+    metadata = {**(table.schema.metadata or {}), EMBEDDING_METADATA: json.dumps(note).encode()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
+
+
 def _retrain_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_users: int, num_items: int,
                     adjacency: torch.Tensor, epochs: int, backend: Backend, show_progress: bool,
-                    resume: bool) -> TrainResult:
+                    resume: bool, item_features: torch.Tensor | None = None) -> TrainResult:
     """Train a fresh LightGCN on all known pairs (train + validation) for ``epochs`` epochs, with the same
     seed and learning-rate schedule as the validated run, and no validation (it is in the training data)."""
     data = TrainData(
@@ -169,6 +232,7 @@ def _retrain_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_u
         train_users=torch.from_numpy(known[schema.USER_INDEX].to_numpy().copy()),
         train_items=torch.from_numpy(known[schema.ITEM_INDEX].to_numpy().copy()),
         adjacency=adjacency,
+        item_features=item_features,
     )
     log.info("retrain_with_valid: a fresh model on %d train + validation pairs for %d epochs", len(known), epochs)
     folder = run.retrain_checkpoints
