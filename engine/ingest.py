@@ -69,7 +69,7 @@ from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
-from homerank.engine.partitioned import partition_by_user, worker_count
+from homerank.engine.partitioned import events_by_user, worker_count
 from homerank.engine.privacy import pseudonym_key, pseudonymise
 
 log = logging.getLogger(__name__)
@@ -385,21 +385,22 @@ def validate_events(
     None: no limit), ``non_numeric_value``. Ids take the ``id_dtype`` form of `canonical_ids`.
     """
     n = len(raw)
-    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+    reason = np.zeros(n, dtype=np.int8)  # 0: clean, else 1 + the index of the first failing check in REASONS
 
-    def flag(mask: pd.Series, why: str) -> None:
-        reason.loc[mask & reason.isna()] = why
+    def flag(mask: pd.Series | np.ndarray, why: str) -> None:
+        reason[np.asarray(mask, dtype=bool) & (reason == 0)] = REASONS.index(why) + 1
 
     users, bad_users = canonical_ids(raw[schema.USER], id_dtype)
     flag(bad_users, "null_or_bad_user_id")
     items, bad_items = canonical_ids(raw[schema.ITEM], id_dtype)
     flag(bad_items, "null_or_bad_item_id")
-    events = raw[schema.EVENT].astype("string").str.strip().str.lower()
-    flag(~events.isin(event_types).fillna(False).astype(bool), "unknown_event_type")
+    event_codes = event_type_codes(raw[schema.EVENT], event_types)
+    flag(event_codes < 0, "unknown_event_type")
     timestamps = _parse_timestamps(raw[schema.TS], timestamp_unit)
     flag(timestamps.isna(), "unparsable_timestamp")
     if latest is not None:
-        flag((timestamps > latest).fillna(False).astype(bool), "future_timestamp")
+        flag((timestamps > latest).fillna(False), "future_timestamp")
+    events = pd.Categorical.from_codes(np.maximum(event_codes, 0), dtype=event_dtype(event_types))
     clean = pd.DataFrame({schema.USER: users, schema.ITEM: items, schema.EVENT: events, schema.TS: timestamps})
     if schema.SESSION in raw.columns:
         clean[schema.SESSION] = raw[schema.SESSION].astype("string")
@@ -407,21 +408,40 @@ def validate_events(
         value = pd.to_numeric(raw[schema.VALUE], errors="coerce")
         flag(value.isna() & raw[schema.VALUE].notna(), "non_numeric_value")
         clean[schema.VALUE] = value.astype("float64")
-    bad = reason.notna().to_numpy()
+    bad = reason > 0
     rejected = raw.loc[bad].astype("string")
-    rejected[schema.REASON] = reason[bad]
+    rejected[schema.REASON] = pd.array(np.asarray(REASONS, dtype=object)[reason[bad] - 1], dtype="string")
     rejected[schema.SOURCE_FILE] = source_file
     rejected[schema.SOURCE_ROW] = np.arange(row_offset, row_offset + n, dtype="int64")[bad]
     clean = clean.loc[~bad].reset_index(drop=True)
-    clean[schema.EVENT] = clean[schema.EVENT].astype("string")
     return clean, rejected.reset_index(drop=True)
 
 
-def _empty_clean(columns: list[str], id_dtype: IdDtype) -> pd.DataFrame:
+REASONS = ("null_or_bad_user_id", "null_or_bad_item_id", "unknown_event_type", "unparsable_timestamp",
+           "future_timestamp", "non_numeric_value")
+
+
+def event_dtype(event_types: list[str]) -> pd.CategoricalDtype:
+    """The clean events' ``event_type``: a categorical over the configured types, in their configured order."""
+    return pd.CategoricalDtype(list(event_types))
+
+
+def event_type_codes(values: pd.Series, event_types: list[str]) -> np.ndarray:
+    """(N,) position of each value in ``event_types`` after stripping and lower-casing, -1 when it is none of them
+    (or missing). The text work is done once per distinct value, not once per row."""
+    codes, distinct = pd.factorize(values, use_na_sentinel=True)
+    if len(distinct) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    normalised = pd.Series(np.asarray(distinct, dtype=object)).astype("string").str.strip().str.lower()
+    lookup = pd.Index(event_types).get_indexer(normalised.fillna(""))
+    return np.where(codes >= 0, lookup[np.maximum(codes, 0)], -1).astype(np.int64)
+
+
+def _empty_clean(columns: list[str], id_dtype: IdDtype, event_types: list[str]) -> pd.DataFrame:
     meta = {
         schema.USER: pd.Series(dtype=id_dtype),
         schema.ITEM: pd.Series(dtype=id_dtype),
-        schema.EVENT: pd.Series(dtype="string"),
+        schema.EVENT: pd.Series(dtype=event_dtype(event_types)),
         schema.TS: pd.Series(dtype="datetime64[ns]"),
     }
     if schema.SESSION in columns:
@@ -558,10 +578,6 @@ def _write_atomically(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_pa
     os.replace(tmp, path)
 
 
-def _drop_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop_duplicates()
-
-
 def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: str = "auto",
                   quarantine_dir: str | os.PathLike[str] | None = None) -> Ingested:
     """Read, validate and de-duplicate a behaviour log. See the module docstring for the guarantees.
@@ -597,7 +613,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     pieces = _csv_row_offsets(plan_pieces(files, config.partition_rows, config.csv_block_bytes))
     log.info("ingest: %d file(s) in %d piece(s), id dtype %s, columns %s, events after %s are future_timestamp",
              len(files), len(pieces), resolved_ids, columns, latest)
-    meta = _empty_clean(columns, resolved_ids)
+    meta = _empty_clean(columns, resolved_ids, event_types)
     if key is not None:
         meta[schema.USER] = meta[schema.USER].astype("string")
     clean = dd.from_map(_ingest_piece, pieces, columns=columns, event_types=event_types, id_dtype=resolved_ids,
@@ -607,9 +623,9 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     clean = backend.on_backend(clean).persist()
     clean_rows = int(clean.shape[0].compute())  # every piece has run: its counts are on disk
     counts = [json.loads(p.read_text()) for p in sorted((folder / COUNTS).glob("*.json"))]
-    # one shuffle: range-partitioned by user, so exact duplicates (same user) meet in one partition
-    by_user = partition_by_user(clean, clean_rows, config.partition_rows, min_partitions=worker_count())
-    deduped = by_user.map_partitions(_drop_duplicates, meta=by_user._meta).persist()
+    # one shuffle: range-partitioned by user, so exact duplicates (same user) meet in one partition, where one
+    # sort puts them side by side (and the events in the (user, item, time) order of every later step)
+    deduped = events_by_user(clean, clean_rows, config.partition_rows, min_partitions=worker_count()).persist()
     kept = int(deduped.shape[0].compute())
     if len(counts) != len(pieces):  # pragma: no cover - a task that returned wrote its counts
         raise AssertionError(f"ingest: counts of {len(counts)} of {len(pieces)} pieces")

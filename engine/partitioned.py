@@ -35,8 +35,15 @@ import pandas as pd
 
 from homerank.engine import schema
 from homerank.engine.config import SplitConfig
-from homerank.engine.interactions import aggregate_edges
-from homerank.engine.split import CUTOFF, SPLIT, temporal_split
+from homerank.engine.sorted_events import (
+    aggregate_sorted,
+    array_module,
+    frame_library,
+    nanoseconds,
+    positions_in,
+    sort_and_drop_duplicates,
+)
+from homerank.engine.split import SPLIT, SPLIT_DTYPE, SPLIT_NAMES, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +57,19 @@ def partition_by_user(events: dd.DataFrame, rows: int, rows_per_partition: int =
     return events.sort_values(schema.USER, npartitions=npartitions)
 
 
-def _local_edges(events: pd.DataFrame, event_types: list[str]) -> pd.DataFrame:
-    edges = aggregate_edges(events, event_types)
-    return edges.sort_values([schema.USER, schema.ITEM]).reset_index(drop=True)
+def events_by_user(events: dd.DataFrame, rows: int, rows_per_partition: int = ROWS_PER_PARTITION,
+                   min_partitions: int = 1) -> dd.DataFrame:
+    """`partition_by_user`, then every partition in (user, item, time) order without exact duplicates
+    (`homerank.engine.sorted_events.sort_and_drop_duplicates`): the input of every later per-user step."""
+    by_user = partition_by_user(events, rows, rows_per_partition, min_partitions)
+    return by_user.map_partitions(sort_and_drop_duplicates, meta=by_user._meta)
 
 
 def aggregate_by_user(weighted: dd.DataFrame, event_types: list[str]) -> dd.DataFrame:
-    """One edge per (user, item), sorted by (user, item) inside each partition (users are partition-local)."""
-    meta = _local_edges(weighted._meta, event_types)
-    return weighted.map_partitions(_local_edges, event_types, meta=meta)
+    """One edge per (user, item), in (user, item) order inside each partition (users are partition-local); the
+    events must be in the (user, item, time) order of `homerank.engine.sorted_events.sort_and_drop_duplicates`."""
+    meta = aggregate_sorted(weighted._meta, event_types)
+    return weighted.map_partitions(aggregate_sorted, event_types, meta=meta)
 
 
 def _kcore_step(edges: pd.DataFrame, item_degree: pd.Series, min_user: int, min_item: int) -> pd.DataFrame:
@@ -104,30 +115,49 @@ def id_tables(core: dd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[int]
     return user_index, item_index, [int(c) for c in _host(per_partition)]
 
 
-def _encode_split(edges: pd.DataFrame, events: pd.DataFrame, offset: Any, item_index: pd.DataFrame,
-                  split: SplitConfig, event_types: list[str]) -> pd.DataFrame:
+def _encode_split(edges: Any, events: Any, offset: Any, item_index: pd.DataFrame, split: SplitConfig,
+                  event_types: list[str]) -> Any:
     """On one user partition: indices, the temporal split, and training edges re-weighted from the events up to
-    each user's cutoff. Returns the partition's final edges sorted by (user_index, item_index)."""
+    each user's cutoff. ``edges``: the partition's k-core edges in (user, item) order; ``events``: its weighted
+    events in (user, item, time) order. Returns the edges in (user_index, item_index) order (the input order).
+
+    With U_p users and E_p edges in the partition: user_index = offset + rank of the user id among the partition's
+    users; item_index = position of the item id in the sorted item table; the split follows
+    `homerank.engine.split.split_labels`; a training edge's values are those of `aggregate_sorted` over the
+    user's events at or before the user's cutoff (all of them when the user has nothing held out)."""
+    xp = array_module(edges)
+    lib = frame_library(edges)
     offset = int(np.asarray(_host(offset)).ravel()[0]) if not isinstance(offset, int) else offset
-    item_index = _like(edges, item_index)
-    users = edges[[schema.USER]].drop_duplicates().sort_values(schema.USER).reset_index(drop=True)
-    users[schema.USER_INDEX] = users.index + offset  # a RangeIndex: the same on pandas and cuDF
-    encoded = edges.merge(users, on=schema.USER).merge(item_index, on=schema.ITEM)
-    split_edges, cutoffs = temporal_split(encoded, split)
+    edges = edges.reset_index(drop=True)
+    user_codes, users = edges[schema.USER].factorize(sort=True)
+    user_codes = xp.asarray(user_codes).astype(xp.int64)
+    items = lib.Index(_like(edges, item_index)[schema.ITEM])
+    item_codes = xp.asarray(items.get_indexer(edges[schema.ITEM])).astype(xp.int64)
+    labels, cutoffs = split_labels(user_codes, item_codes, nanoseconds(edges[schema.FIRST_TS]), len(users), split)
+    out = edges.copy()
+    out[schema.USER_INDEX] = user_codes + offset
+    out[schema.ITEM_INDEX] = item_codes
+    # the events of k-core users at or before their cutoff, re-aggregated: every training edge is one of the runs
+    event_users = xp.asarray(users.get_indexer(events[schema.USER])).astype(xp.int64)
+    limit = xp.where(event_users >= 0, cutoffs[xp.maximum(event_users, 0)], xp.int64(-1) << 62)
+    before = events.take(xp.flatnonzero(nanoseconds(events[schema.TS]) <= limit))
+    weights = aggregate_sorted(before, event_types)
+    weight_items = xp.asarray(items.get_indexer(weights[schema.ITEM])).astype(xp.int64)
+    weight_users = xp.asarray(users.get_indexer(weights[schema.USER])).astype(xp.int64)
+    known = xp.flatnonzero(weight_items >= 0)  # runs of items outside the k-core are not edges
+    width = max(len(items), 1)
+    run_keys = (weight_users * width + weight_items)[known]
+    train = labels == 0
+    rows = positions_in(run_keys, (user_codes * width + item_codes)[train])
     value_columns = [schema.WEIGHT, schema.FIRST_TS, schema.LAST_TS, *(schema.count_column(t) for t in event_types)]
-    train = split_edges[split_edges[SPLIT] == "train"]
-    keys = train[[schema.USER, schema.ITEM, schema.USER_INDEX]].merge(cutoffs, on=schema.USER_INDEX, how="left")
-    keys = keys.drop(columns=[schema.USER_INDEX])
-    keys[CUTOFF] = keys[CUTOFF].astype("datetime64[ns]")
-    joined = events.merge(keys, on=[schema.USER, schema.ITEM], how="inner")
-    before = joined[joined[CUTOFF].isna() | (joined[schema.TS] <= joined[CUTOFF])].drop(columns=[CUTOFF])
-    weights = aggregate_edges(before, event_types)
-    train_rows = train.drop(columns=value_columns).merge(weights, on=[schema.USER, schema.ITEM], how="left")
-    if train_rows[schema.WEIGHT].isna().any():  # pragma: no cover - every train edge has an event <= cutoff
-        raise AssertionError("training edge without events before its cutoff")
-    held_out = split_edges[split_edges[SPLIT] != "train"]
-    out = pd.concat([train_rows, held_out[train_rows.columns]], ignore_index=True)
-    return out.sort_values([schema.USER_INDEX, schema.ITEM_INDEX], kind="stable").reset_index(drop=True)
+    taken = xp.zeros(len(edges), dtype=xp.int64)
+    taken[train] = known[rows]
+    aligned = weights[value_columns].take(taken).reset_index(drop=True)
+    keep = lib.Series(~train)
+    for column in value_columns:
+        out[column] = out[column].where(keep, aligned[column])
+    out[SPLIT] = lib.Series(SPLIT_NAMES, dtype=SPLIT_DTYPE).take(labels).reset_index(drop=True)
+    return out[[schema.USER, schema.ITEM, schema.USER_INDEX, schema.ITEM_INDEX, SPLIT, *value_columns]]
 
 
 def encode_and_split(core: dd.DataFrame, weighted: dd.DataFrame, item_index: pd.DataFrame,

@@ -17,7 +17,7 @@ from homerank.engine.config import SplitConfig
 from homerank.engine.encode import encode_edges, fit_index
 from homerank.engine.interactions import aggregate_edges, sort_edges, weight_events
 from homerank.engine.kcore import kcore_filter
-from homerank.engine.partitioned import aggregate_by_user, encode_and_split, id_tables, kcore_by_user, partition_by_user
+from homerank.engine.partitioned import aggregate_by_user, encode_and_split, events_by_user, id_tables, kcore_by_user
 from homerank.engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
 
 WEIGHTS = {"view": 1.0, "click": 2.0, "purchase": 8.0}
@@ -65,7 +65,7 @@ def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, string
     expected_all, expected, expected_rounds = reference(events, split, k=4)
     with dask.config.set(scheduler="sync"):
         frame = dd.from_pandas(events, npartitions=4)
-        by_user = partition_by_user(frame, len(events), rows_per_partition=-(-len(events) // partitions))
+        by_user = events_by_user(frame, len(events), rows_per_partition=-(-len(events) // partitions))
         weighted = weight_events(by_user, WEIGHTS, 7.0, by_user[schema.TS].max().compute())
         all_edges = aggregate_by_user(weighted, TYPES)
         core, rounds, count = kcore_by_user(all_edges, 4, 4)

@@ -1,0 +1,159 @@
+"""Array kernels on one user partition of events kept sorted by (user, item, time): exact de-duplication, the
+per-(user, item) aggregation and the alignment of two edge tables, each a sort or a linear pass.
+
+The ETL's partitions hold every event of their users (`homerank.engine.partitioned`). Inside a partition the
+events are put once in the order
+
+    (user, item, timestamp, event code, session, value)
+
+after which an exact duplicate sits right after its twin (one comparison with the previous row), and the events
+of one (user, item) pair form a run: with g(e) the run of event e and s_g, e_g the first and last row of run g,
+
+    weight_g  = sum_{g(e) = g} w(e)                  (bincount with weights)
+    n_t,g     = #{e : g(e) = g, t(e) = t}            (bincount of g * T + code(e))
+    first_ts_g = ts(s_g),  last_ts_g = ts(e_g)       (the run is in time order)
+
+so no hash aggregation and no multi-column sort of a data frame is needed: pandas sorts one (N,) key array, cuDF
+sorts on the GPU. Users and items are numbered inside the partition by ``factorize(sort=True)``; the pair key
+``u * I_p + i`` (I_p: distinct items of the partition) is an int64 because U_p * I_p <= N_p^2 < 2^63 for any
+partition that fits a machine.
+
+Works on pandas and cuDF partitions alike: the frame methods used (``factorize``, ``take``, ``astype``,
+``cat.codes``, ``Index.get_indexer``) exist in both libraries and the arrays are NumPy or CuPy
+(`array_module`); the cuDF branch is written from the cuDF/CuPy documentation and has never run here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from homerank.engine import schema
+
+
+def array_module(frame: Any) -> ModuleType:
+    """NumPy for pandas objects and NumPy arrays, CuPy for cuDF objects and CuPy arrays."""
+    if type(frame).__module__.startswith(("cudf", "cupy")):
+        import cupy  # type: ignore[import-not-found]
+
+        return cupy
+    return np
+
+
+def frame_library(frame: Any) -> ModuleType:
+    """The data frame library of ``frame``: pandas or cudf."""
+    if type(frame).__module__.startswith("cudf"):
+        import cudf  # type: ignore[import-not-found]
+
+        return cudf
+    return pd
+
+
+def values(series: Any) -> Any:
+    """The (N,) NumPy (pandas) or CuPy (cuDF) array of a numeric series."""
+    return series.values if type(series).__module__.startswith("cudf") else series.to_numpy()
+
+
+def nanoseconds(series: Any) -> Any:
+    """datetime64[ns] series -> (N,) int64 array of nanoseconds since the epoch."""
+    return values(series.astype("int64"))
+
+
+def codes_of(series: Any, sort: bool = True) -> tuple[Any, int]:
+    """(codes (N,) int64, number of distinct values): ``factorize``; with ``sort`` the codes follow the values'
+    order. Missing values get code -1 in both libraries, so two missing values compare equal, as in
+    ``DataFrame.duplicated``."""
+    codes, uniques = series.factorize(sort=sort)
+    xp = array_module(series)
+    return xp.asarray(codes).astype(xp.int64), len(uniques)
+
+
+def pair_keys(frame: Any) -> Any:
+    """(N,) int64 key of (user, item) that sorts like (user id, item id): ``u * I_p + i``."""
+    users, _ = codes_of(frame[schema.USER])
+    items, n_items = codes_of(frame[schema.ITEM])
+    return users * max(n_items, 1) + items
+
+
+def sort_and_drop_duplicates(events: Any) -> Any:
+    """The partition's events in (user, item, timestamp) order without exact duplicates (rows equal in every
+    column; missing equals missing). Returns a frame with a fresh RangeIndex.
+
+    One lexsort of two (N,) int64 keys, then a comparison with the previous row: twins share (user, item,
+    timestamp), so only the runs of rows tied on those three (a small fraction of a log) go through the frame's
+    own ``duplicated``, which compares every column exactly; the first of each set of twins is kept."""
+    xp = array_module(events)
+    if len(events) == 0:
+        return events.reset_index(drop=True)
+    pairs, times = pair_keys(events), nanoseconds(events[schema.TS])
+    order = xp.lexsort(xp.stack([times, pairs]))
+    pairs, times = pairs[order], times[order]
+    tied = xp.zeros(len(order), dtype=bool)
+    tied[1:] = (pairs[1:] == pairs[:-1]) & (times[1:] == times[:-1])
+    if not bool(tied.any()):
+        return events.take(order).reset_index(drop=True)
+    in_run = tied.copy()
+    in_run[:-1] |= tied[1:]  # the first row of a tied run too
+    run_rows = xp.flatnonzero(in_run)
+    twins = values(events.take(order[run_rows]).duplicated())
+    drop = xp.zeros(len(order), dtype=bool)
+    drop[run_rows[twins]] = True
+    return events.take(order[~drop]).reset_index(drop=True)
+
+
+def _event_codes(series: Any, event_types: list[str] | None = None) -> Any:
+    """Event type codes (N,) int64: positions in ``event_types`` when given (-1: not one of them), else any
+    consistent numbering. A categorical column with exactly those categories gives its codes for free."""
+    categorical = isinstance(series.dtype, pd.CategoricalDtype) or str(series.dtype) == "category"
+    if categorical and (event_types is None or list(series.cat.categories) == list(event_types)):
+        return values(series.cat.codes).astype("int64")
+    if event_types is None:
+        return codes_of(series)[0]
+    xp = array_module(series)
+    return xp.asarray(frame_library(series).Index(event_types).get_indexer(series.astype("str"))).astype(xp.int64)
+
+
+def runs(keys: Any) -> tuple[Any, Any]:
+    """(run of each row (N,), start row of each run (G,)) for the runs of equal values of a sorted (N,) array."""
+    xp = array_module(keys)
+    change = xp.ones(len(keys), dtype=bool)
+    if len(keys):
+        change[1:] = keys[1:] != keys[:-1]
+    return xp.cumsum(change) - 1, xp.flatnonzero(change)
+
+
+def aggregate_sorted(events: Any, event_types: list[str]) -> Any:
+    """One edge per (user, item) from weighted events in (user, item, timestamp) order (the order of
+    `sort_and_drop_duplicates`): user_id, item_id, weight (sum), first_ts, last_ts, n_<type> (counts), in
+    (user, item) order, following the module formulas. ``events`` needs the ``weight`` column and a categorical
+    ``event_type`` whose categories are ``event_types``."""
+    xp = array_module(events)
+    run_of, starts = runs(pair_keys(events))
+    groups = len(starts)
+    ends = xp.concatenate([starts[1:], xp.asarray([len(run_of)], dtype=starts.dtype)])[:groups] - 1
+    edges = events[[schema.USER, schema.ITEM]].take(starts).reset_index(drop=True)
+    weights = values(events[schema.WEIGHT].astype("float64"))
+    edges[schema.WEIGHT] = xp.bincount(run_of, weights=weights, minlength=groups).astype(xp.float64)
+    edges[schema.FIRST_TS] = events[schema.TS].take(starts).reset_index(drop=True)
+    edges[schema.LAST_TS] = events[schema.TS].take(ends).reset_index(drop=True)
+    codes = _event_codes(events[schema.EVENT], event_types)
+    if len(codes) and bool((codes < 0).any()):
+        raise ValueError("aggregate_sorted: an event type outside event_types")  # ingest quarantines those
+    width = len(event_types)
+    counts = xp.bincount(run_of * width + codes, minlength=groups * width).reshape(groups, width)
+    for position, event_type in enumerate(event_types):
+        edges[schema.count_column(event_type)] = counts[:, position].astype(xp.int64)
+    return edges
+
+
+def positions_in(sorted_keys: Any, wanted: Any) -> Any:
+    """Row of each ``wanted`` key in the ascending ``sorted_keys`` (every wanted key must be present)."""
+    xp = array_module(sorted_keys)
+    found = xp.searchsorted(sorted_keys, wanted)
+    clipped = xp.minimum(found, max(len(sorted_keys) - 1, 0))
+    if len(wanted) and (len(sorted_keys) == 0 or bool((sorted_keys[clipped] != wanted).any())):
+        raise AssertionError("positions_in: a wanted key is missing")  # pragma: no cover - caller's invariant
+    return clipped
