@@ -18,7 +18,7 @@ import pandas as pd
 from homerank.homepage.blocks import ItemSets, Rules, Source, fill_pools, mmr_pick
 from homerank.homepage.config import HomepageConfig, SectionConfig
 from homerank.homepage.rows import PAGE_COLUMNS
-from homerank.homepage.sections import SECTION_KINDS, section_title
+from homerank.homepage.sections import SECTION_KINDS, SEGMENT_REASON, format_titles
 from homerank.homepage.signals import PageSignals
 
 
@@ -29,6 +29,9 @@ def _padded(lists: list[np.ndarray], fill: float, dtype: Any) -> np.ndarray:
     for line, values in enumerate(lists):
         out[line, : len(values)] = values
     return out
+
+
+PROFILE_FIELDS = ("top_category", "segment_name")  # title fields read from the shopper profile
 
 
 class BlockPages:
@@ -59,6 +62,11 @@ class BlockPages:
         by_trend = np.argsort(-catalogue.trending[new], kind="stable")
         self.new_cold_positions, self.new_cold_scores = new[by_trend][None, :], catalogue.trending[new][by_trend][None]
         self.model_row = pd.Series(signals.model_row, dtype=np.int64) if signals.model_row else None
+        # for_you of users without a model row: their segment's favourites (S,) sorted, lists (S, L)
+        favourites = signals.segment_favourites
+        self.segment_ids = np.array(sorted(favourites), dtype=np.int64)
+        self.segment_positions = _padded([favourites[s][0] for s in self.segment_ids.tolist()], -1, np.int64)
+        self.segment_scores = _padded([favourites[s][1] for s in self.segment_ids.tolist()], 0.0, np.float64)
 
     def _model_rows(self, users: np.ndarray) -> np.ndarray:
         """Model embedding row of each user (B,), -1 for cold users."""
@@ -66,18 +74,35 @@ class BlockPages:
             return np.full(users.size, -1, dtype=np.int64)
         return self.model_row.reindex(users).fillna(-1).to_numpy(dtype=np.int64)
 
+    def _segment_groups(self, users: np.ndarray, model_rows: np.ndarray) -> np.ndarray:
+        """Row of ``segment_positions`` for each user without a model row whose segment has favourites, else -1."""
+        group = np.full(users.size, -1, dtype=np.int64)
+        if not self.segment_ids.size:
+            return group
+        segment = self.signals.segment.reindex(users).to_numpy(dtype=np.float64)
+        known = ~np.isnan(segment) & (model_rows < 0)
+        segment = np.where(known, segment, -1).astype(np.int64)
+        at = np.minimum(np.searchsorted(self.segment_ids, segment), self.segment_ids.size - 1)
+        return np.where(known & (self.segment_ids[at] == segment), at, -1)
+
     def _sections(self, users: np.ndarray, section: SectionConfig, model_rows: np.ndarray
-                  ) -> tuple[list[Source], list[str], np.ndarray]:
-        """A section's sources for the block, its reason table, and each row's title (B,) (object array)."""
+                  ) -> tuple[list[Source], list[str], dict[str, np.ndarray], np.ndarray]:
+        """A section's sources for the block, its reason table, the title template's values per row (each (B,)),
+        and which rows take the section's ``segment_title`` (B,) bool."""
         signals, catalogue, kind, count = self.signals, self.signals.catalogue, section.kind, users.size
-        plain_title = np.full(count, section_title(section, {}), dtype=object)
+        plain = np.zeros(count, dtype=bool)
         if kind == "for_you":
             popularity = signals.by_popularity
-            return ([Source(signals.candidate_positions, signals.candidate_scores, np.array(0),
-                            model_rows),
-                     Source(popularity[None, :], catalogue.popularity[popularity][None, :], np.array(1),
-                            np.zeros(count, np.int64))],
-                    ["for_you:model_score", "for_you:fallback_popularity"], plain_title)
+            segment_group = self._segment_groups(users, model_rows)
+            sources = [Source(signals.candidate_positions, signals.candidate_scores, np.array(0), model_rows)]
+            reasons = ["for_you:model_score", "for_you:fallback_popularity"]
+            if self.segment_ids.size:
+                sources.append(Source(self.segment_positions, self.segment_scores,
+                                      np.arange(2, 2 + self.segment_ids.size), segment_group))
+                reasons += [f"{SEGMENT_REASON}:{segment}" for segment in self.segment_ids.tolist()]
+            sources.append(Source(popularity[None, :], catalogue.popularity[popularity][None, :], np.array(1),
+                                  np.zeros(count, np.int64)))
+            return sources, reasons, {}, segment_group >= 0
         if kind == "because_you_viewed":
             anchor = signals.last_viewed.reindex(users).to_numpy(dtype=np.float64)
             known = ~np.isnan(anchor)
@@ -90,10 +115,9 @@ class BlockPages:
             reasons = [f"because_you_viewed:similar_to:{catalogue.item_ids[a]}" for a in self.anchors[used].tolist()]
             codes = np.full(max(self.anchors.size, 1), -1, dtype=np.int64)
             codes[used] = np.arange(used.size)
-            titles = np.array([section_title(section, {"item_title": catalogue.title[a]})
-                               for a in self.anchors[used].tolist()] + [""], dtype=object)
-            title = titles[np.where(group >= 0, codes[np.maximum(group, 0)], -1)]
-            return [Source(self.neighbour_positions, self.neighbour_scores, codes, group)], reasons, title
+            anchor_titles = np.append(catalogue.title[np.maximum(self.anchors, 0)].astype(object), "")
+            values = {"item_title": anchor_titles[np.where(group >= 0, group, -1)]}
+            return [Source(self.neighbour_positions, self.neighbour_scores, codes, group)], reasons, values, plain
         if kind == "trending_in_category":
             top = self.top_category.reindex(users)
             known = top.notna().to_numpy()
@@ -102,15 +126,13 @@ class BlockPages:
             labels = pd.Series(np.where(known, "trending_in_category:user_top_category:",
                                         "trending_in_category:fallback_global:"), dtype=object) + names.astype(str)
             codes, reasons = pd.factorize(labels)
-            titles = {name: section_title(section, {"category": name}) for name in np.unique(names).tolist()}
-            title = np.array([titles[name] for name in names.tolist()], dtype=object)
             return ([Source(self.trend_positions, self.trend_scores, np.array(0), group,
                             codes.astype(np.int64))],
-                    list(reasons), title)
+                    list(reasons), {"category": names.astype(object)}, plain)
         if kind == "new_arrivals":
             new = signals.new_positions
             if not new.size:
-                return [], [], plain_title
+                return [], [], {}, plain
             warm = np.flatnonzero(model_rows >= 0)
             scores = np.asarray(signals.new_scores)[model_rows[warm]] if warm.size else np.zeros((0, new.size))
             order = np.argsort(-scores, axis=1, kind="stable")
@@ -122,7 +144,7 @@ class BlockPages:
                             warm_group),
                      Source(self.new_cold_positions, self.new_cold_scores,
                             np.array(len(reasons) - 1), cold_group)],
-                    reasons, plain_title)
+                    reasons, {}, plain)
         if kind == "buy_again":
             lists = [signals.buy_again.get(user) for user in users.tolist()]
             has = np.array([values is not None for values in lists], dtype=bool)
@@ -131,7 +153,7 @@ class BlockPages:
             rows = [values for values in lists if values is not None]
             positions = _padded(rows, -1, np.int64)
             return ([Source(positions, np.zeros(positions.shape), np.array(0), group)],
-                    ["buy_again:purchased_before"], plain_title)
+                    ["buy_again:purchased_before"], {}, plain)
         raise ValueError(f"unknown section kind {kind!r}")
 
     def _bought(self, users: np.ndarray) -> ItemSets:
@@ -151,11 +173,20 @@ class BlockPages:
         bought = self._bought(users)
         used = ItemSets(users.size, size)
         parts: list[dict[str, np.ndarray]] = []
+        profile_values: dict[str, np.ndarray] | None = None  # the profile's title fields, read once when named
         for order, section in enumerate(settings.sections):
             kind = SECTION_KINDS[section.kind]
-            sources, reasons, titles = self._sections(users, section, model_rows)
+            sources, reasons, values, segment_rows = self._sections(users, section, model_rows)
             if not sources:
                 continue
+            templates = np.full(users.size, section.title, dtype=object)
+            if section.segment_title:
+                templates[segment_rows] = section.segment_title
+            if any(f"{{{name}" in template for name in PROFILE_FIELDS for template in (section.title,
+                                                                                     section.segment_title or "")):
+                profile_values = profile_values or self.signals.title_values(users)
+                values = {**profile_values, **values}
+            titles = format_titles(templates, values)
             mmr = settings.diversity == "mmr" and kind.category_cap
             room = section.slots
             pool_size = max(room * settings.mmr_pool_factor, room) if mmr else room

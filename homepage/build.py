@@ -1,6 +1,7 @@
 """Frames and arrays in, pages out: the catalogue, the page-wide signals, then the users in blocks: each block's rows
 in section order (`homerank.homepage.block_pages`, array operations over the block; `PageBuilder` user by user when
-merchandising rules are active), the page-rule check and the page-quality metrics summed block by block."""
+merchandising rules are active), each slot's explanation (`homerank.homepage.explain`), the page-rule check and the
+page-quality metrics summed block by block."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from homerank.engine import schema
 from homerank.homepage.block_pages import BlockPages
 from homerank.homepage.catalogue import Catalogue, build_catalogue, inductive_item_vectors
 from homerank.homepage.config import HomepageConfig
+from homerank.homepage.explain import Explainer
 from homerank.homepage.merchandising import Merchandising, load_merchandising
-from homerank.homepage.rows import PAGE_COLUMNS, PageBuilder
+from homerank.homepage.rows import OUTPUT_COLUMNS, PAGE_COLUMNS, PageBuilder
 from homerank.homepage.sections import SECTION_KINDS, section_title
 from homerank.homepage.signals import PageSignals, collect_signals
 from homerank.homepage.tally import PageTally
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Homepage:
-    """``page``: one row per slot (``PAGE_COLUMNS``), grouped by user, rows in section order (no rows when the
+    """``page``: one row per slot (``OUTPUT_COLUMNS``), grouped by user, rows in section order (no rows when the
     blocks went to an ``on_block`` callback); ``stats``: what ``homepage_stats.json`` holds (users, rows, sections,
     cold_users, rule_check, diversity, merchandising, quality)."""
 
@@ -42,14 +44,17 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
                 user_index: pd.DataFrame, item_index: pd.DataFrame, catalogue_items: pd.DataFrame | None,
                 reference_time: pd.Timestamp, settings: HomepageConfig,
                 rankings: pd.DataFrame | None = None,
-                on_block: Callable[[pd.DataFrame], None] | None = None) -> Homepage:
+                on_block: Callable[[pd.DataFrame], None] | None = None,
+                profiles: pd.DataFrame | None = None) -> Homepage:
     """One page per user of ``interactions`` (which needs ``last_ts``), in user id order.
 
     ``candidate_items``/``candidate_scores`` (U, k): the model's top items per user embedding row (model item
     index), best first; ``user_embeddings`` (U, d) and ``item_embeddings`` (num_items, d) the learned vectors;
     ``user_index``/``item_index`` map ids to those rows; ``catalogue_items`` is the catalogue frame (None
     without one); ``reference_time`` is the newest event of the log; ``rankings`` (user_id, item_id), the plain
-    top-K lists, is the baseline of the quality metrics when given.
+    top-K lists, is the baseline of the quality metrics when given; ``profiles``, the shopper profiles (user_id,
+    segment, segment_name, top_category_k, top_category_share_k; None without them), give users without a model
+    embedding their segment's favourites, the titles their profile fields and the explanations category shares.
 
     Users are paged in blocks of ``settings.block_users``; each block's rows go to ``on_block`` as soon as the block
     is built (the returned ``page`` is then empty: nothing keeps every user's rows), or are concatenated into the
@@ -57,13 +62,14 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
     catalogue = build_catalogue(catalogue_items, interactions, item_index, edges, reference_time, settings)
     vectors = inductive_item_vectors(catalogue, item_embeddings)
     signals = collect_signals(catalogue, vectors, interactions, candidate_items, candidate_scores, user_embeddings,
-                              item_embeddings, user_index, reference_time, settings)
+                              item_embeddings, user_index, reference_time, settings, profiles, edges)
     merchandising = None
     if settings.merchandising:
         merchandising = load_merchandising(settings.merchandising, catalogue.item_ids, catalogue.category,
                                            [section.kind for section in settings.sections], reference_time)
         log.info("merchandising: %s", merchandising.stats)
     unit_vectors = F.normalize(vectors, dim=1).numpy()
+    explainer = Explainer(catalogue, signals, interactions, profiles, unit_vectors, reference_time, settings)
     users = np.sort(interactions[schema.USER].unique())
     tally = PageTally(catalogue, signals, users, edges, merchandising, settings)
     # boosts and pins re-rank and reserve slots per user: pages with active rules keep the user-by-user builder
@@ -76,13 +82,15 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
             page = blocks.build(block)
         else:
             page = _pages_one_by_one(block, catalogue, signals, settings, unit_vectors, merchandising)
-        tally.add(page, block)
+        explanation, evidence = explainer.explain(page)
+        page = page.assign(explanation=explanation)[OUTPUT_COLUMNS]
+        tally.add(page, block, evidence)
         if on_block is not None:
             on_block(page)
         else:
             kept.append(page)
         log.debug("homepage: block of %d users, %d rows", len(block), len(page))
-    page = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=PAGE_COLUMNS)
+    page = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=OUTPUT_COLUMNS)
     if on_block is not None:
         page = page.iloc[:0]
     return Homepage(page, tally.stats(rankings))
@@ -92,11 +100,14 @@ def _pages_one_by_one(users: np.ndarray, catalogue: Catalogue, signals: PageSign
                       unit_vectors: np.ndarray, merchandising: Merchandising | None) -> pd.DataFrame:
     """The rows of ``users`` by `PageBuilder`, one user and one row at a time (merchandising boosts and pins)."""
     builder = PageBuilder(catalogue, settings, unit_vectors, merchandising)
-    for user in users.tolist():
+    profile_values = signals.title_values(users)
+    for line, user in enumerate(users.tolist()):
         used: set[int] = set()
         bought = signals.purchased.get(user, set())
+        profile = {name: values[line] for name, values in profile_values.items()}
         for section in settings.sections:
             row = SECTION_KINDS[section.kind].candidates(user, signals)
             if row is not None:
-                builder.fill(user, section, section_title(section, row.title_values), row.sources, used, bought)
+                title = section_title(section, {**profile, **row.title_values}, row.segment_title)
+                builder.fill(user, section, title, row.sources, used, bought)
     return pd.DataFrame(builder.rows, columns=PAGE_COLUMNS)

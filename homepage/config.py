@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from homerank.engine.config import StrictModel
 
+SEGMENT_TITLE = "Popular with shoppers like you"
 SectionKind = Literal["for_you", "because_you_viewed", "trending_in_category", "new_arrivals", "buy_again"]
 
 
 class SectionConfig(StrictModel):
     kind: SectionKind
-    title: str = Field(..., description="template; {item_title} and {category} are filled in")
+    title: str = Field(..., description="template; {item_title} and {category} are filled in, and from the shopper "
+                       "profile {top_category} (the user's top category) and {segment_name}")
     slots: int = Field(8, ge=1)
+    segment_title: str | None = Field(
+        None, description="for_you: the title of the row of a user without a model embedding when it is filled "
+        "with the favourites of the user's profile segment (a template like title); for_you sections default to "
+        f"{SEGMENT_TITLE!r}, other kinds never use it")
+
+    @model_validator(mode="after")
+    def _segment_title_default(self) -> SectionConfig:
+        # a config written before segment titles existed lists its sections without one: for_you still gets it
+        if self.kind == "for_you" and "segment_title" not in self.model_fields_set:
+            self.segment_title = SEGMENT_TITLE
+        return self
 
 
 class HomepageConfig(StrictModel):
@@ -48,5 +61,7 @@ class HomepageConfig(StrictModel):
     )
     block_users: int = Field(8192, ge=1, description="users paged at once: each block's rows are built with array "
                              "operations and written as their own Parquet part")
+    explain_history: int = Field(50, ge=1, description="explanations: the user's newest items searched for the one "
+                                 "most similar to a recommended item")
     candidates: int = Field(500, ge=10, description="model candidates per user (and neighbours per viewed item) "
                             "before the page rules")

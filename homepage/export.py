@@ -1,5 +1,5 @@
 """The page frame as one JSON object per user (``homepage.jsonl``): the user's rows in page order, each with its
-title and its slots."""
+title and its slots (with each slot's ``explanation`` when the frame has one)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import pandas as pd
 
 
 def page_records(page: pd.DataFrame) -> Iterator[dict[str, Any]]:
-    """``{"user_id", "sections": [{"section", "title", "items": [{"slot", "item_id", "score", "reason"}]}]}`` per
-    user, in the frame's order (``page`` is grouped by user, sections in page order, as the builder writes it)."""
+    """``{"user_id", "sections": [{"section", "title", "items": [{"slot", "item_id", "score", "reason",
+    "explanation"}]}]}`` per user (``explanation`` when ``page`` has the column), in the frame's order (``page`` is
+    grouped by user, sections in page order, as the builder writes it)."""
     user, sections = None, []
+    explained = "explanation" in page.columns
     for row in page.itertuples(index=False):
         if row.user_id != user:
             if user is not None:
@@ -24,8 +26,11 @@ def page_records(page: pd.DataFrame) -> Iterator[dict[str, Any]]:
             user, sections = row.user_id, []
         if not sections or sections[-1]["section"] != row.section:
             sections.append({"section": row.section, "title": row.section_title, "items": []})
-        sections[-1]["items"].append({"slot": int(row.slot), "item_id": _plain(row.item_id),
-                                      "score": _json_score(row.score), "reason": row.reason})
+        item = {"slot": int(row.slot), "item_id": _plain(row.item_id), "score": _json_score(row.score),
+                "reason": row.reason}
+        if explained:
+            item["explanation"] = row.explanation
+        sections[-1]["items"].append(item)
     if user is not None:
         yield {"user_id": _plain(user), "sections": sections}
 
@@ -52,7 +57,7 @@ def jsonl_text(page: pd.DataFrame) -> str:
     new_user = np.r_[True, users[1:] != users[:-1]]
     new_row = new_user | np.r_[True, sections[1:] != sections[:-1]]
     end_row, end_user = np.r_[new_row[1:], True], np.r_[new_user[1:], True]
-    pieces = np.full((count, 9), "", dtype=object)
+    pieces = np.full((count, 10), "", dtype=object)
     pieces[new_user, 0] = '{"user_id": ' + _encoded(page["user_id"][new_user]) + ', "sections": ['
     pieces[new_row & ~new_user, 1] = ", "
     pieces[:, 2] = ", "
@@ -61,9 +66,12 @@ def jsonl_text(page: pd.DataFrame) -> str:
     pieces[:, 3] = _encoded(page["slot"], '{"slot": ', ', "item_id": ')
     pieces[:, 4] = _encoded(page["item_id"], "", ', "score": ')
     pieces[:, 5] = _encoded_scores(page["score"])
-    pieces[:, 6] = _encoded(page["reason"], ', "reason": ', "}")
-    pieces[end_row, 7] = "]}"
-    pieces[end_user, 8] = "]}\n"
+    explained = "explanation" in page.columns
+    pieces[:, 6] = _encoded(page["reason"], ', "reason": ', "" if explained else "}")
+    if explained:
+        pieces[:, 7] = _encoded(page["explanation"], ', "explanation": ', "}")
+    pieces[end_row, 8] = "]}"
+    pieces[end_user, 9] = "]}\n"
     return "".join(pieces.ravel().tolist())
 
 

@@ -26,7 +26,8 @@ from homerank.homepage.config import HomepageConfig, SectionConfig
 from homerank.homepage.merchandising import Merchandising
 from homerank.homepage.sections import SECTION_KINDS, Source
 
-PAGE_COLUMNS = ["user_id", "section", "section_title", "slot", "item_id", "score", "reason"]
+PAGE_COLUMNS = ["user_id", "section", "section_title", "slot", "item_id", "score", "reason"]  # what rows are built with
+OUTPUT_COLUMNS = [*PAGE_COLUMNS, "explanation"]  # the homepage's output: each slot's sentence (homepage.explain) added
 
 
 class PageBuilder:

@@ -11,6 +11,7 @@ them on its whole output, not on one example. Each rule counts the slots (or row
                        are not counted)
     slots              a row's slots are not 1..n, or n exceeds the section's configured slots
     empty_reason       a slot without a reason
+    empty_explanation  a slot without an explanation (counted when the page has the ``explanation`` column)
     empty_page         a user with history but no page
 """
 
@@ -45,6 +46,8 @@ def check_page_rules(page: pd.DataFrame, in_stock: pd.Series, category: pd.Serie
     bad |= rows["count"] > rows["section"].map(limits).fillna(0)
     violations["slots"] = int(bad.sum())
     violations["empty_reason"] = int((page["reason"].fillna("").str.len() == 0).sum())
+    if "explanation" in page:
+        violations["empty_explanation"] = int((page["explanation"].fillna("").str.len() == 0).sum())
     violations["empty_page"] = int(len(np.setdiff1d(users, page["user_id"].unique())))
     return {"users_checked": int(len(users)), "slots_checked": int(len(page)), "violations": violations,
             "passed": not any(violations.values())}

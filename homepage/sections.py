@@ -2,7 +2,8 @@
 ``SECTION_KINDS``, states once how the page treats each kind (the row builder and the page-rule check both
 read it).
 
-    for_you               the model's ranking, then items by training popularity (cold users get only those)
+    for_you               the model's ranking, then items by training popularity; users without a model embedding
+                          get their profile segment's favourites first (``segment_title`` as the row's title)
     because_you_viewed    items closest in item-embedding cosine to the user's most recently viewed item
     trending_in_category  recency-weighted interaction counts in the user's top category (else the top
                           category of the whole log); exempt from the category cap: the row is one category
@@ -22,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from homerank.homepage.config import SectionConfig
 from homerank.homepage.signals import PageSignals
 
 Source = tuple[np.ndarray, np.ndarray, list[str] | str]
+SEGMENT_REASON = "for_you:fallback_segment_popularity"  # + ":<segment>"
 
 
 @dataclass(frozen=True)
@@ -35,16 +38,24 @@ class RowCandidates:
 
     sources: list[Source]
     title_values: dict[str, str] = field(default_factory=dict)
+    segment_title: bool = False  # the row is filled from the user's segment: the section's segment_title applies
 
 
 def for_you(user: Any, signals: PageSignals) -> RowCandidates:
     row = signals.model_row.get(user)
     sources: list[Source] = []
+    from_segment = False
     if row is not None:
         sources.append((signals.candidate_positions[row], signals.candidate_scores[row], "for_you:model_score"))
+    else:
+        segment = signals.segment.get(user)
+        if segment is not None and int(segment) in signals.segment_favourites:
+            positions, users = signals.segment_favourites[int(segment)]
+            sources.append((positions, users, f"{SEGMENT_REASON}:{int(segment)}"))
+            from_segment = True
     by_popularity = signals.by_popularity
     sources.append((by_popularity, signals.catalogue.popularity[by_popularity], "for_you:fallback_popularity"))
-    return RowCandidates(sources)
+    return RowCandidates(sources, segment_title=from_segment)
 
 
 def because_you_viewed(user: Any, signals: PageSignals) -> RowCandidates | None:
@@ -108,9 +119,28 @@ UNCAPPED_KINDS = tuple(kind for kind, spec in SECTION_KINDS.items() if not spec.
 PURCHASE_KINDS = tuple(kind for kind, spec in SECTION_KINDS.items() if spec.shows_purchased)
 
 
-def section_title(section: SectionConfig, values: dict[str, str]) -> str:
-    """The section's title template filled with ``values``; a template naming an unknown field stays as is."""
+def section_title(section: SectionConfig, values: dict[str, str], segment_title: bool = False) -> str:
+    """The section's title template (its ``segment_title`` when asked and set) filled with ``values``; a template
+    naming an unknown field stays as is."""
+    template = section.segment_title if segment_title and section.segment_title else section.title
+    return fill_title(template, values)
+
+
+def fill_title(template: str, values: dict[str, Any]) -> str:
     try:
-        return section.title.format(**values)
-    except (KeyError, IndexError):
-        return section.title
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError):
+        return template
+
+
+def format_titles(templates: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
+    """Each row's template (B,) filled with its row of ``values`` (each (B,)): one ``str.format`` per distinct
+    (template, values) combination, not per row. Returns an object array (B,)."""
+    if not templates.size:
+        return templates.astype(object)
+    frame = pd.DataFrame({"_template": templates, **values})
+    codes = frame.groupby(list(frame.columns), sort=False, dropna=False).ngroup().to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    records = frame.iloc[first].to_dict("records")
+    table = np.array([fill_title(record.pop("_template"), record) for record in records] + [""], dtype=object)
+    return table[codes]

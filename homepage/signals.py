@@ -6,11 +6,16 @@ Neighbours are by cosine of the learned item embeddings, cos(e_a, e_j) = e_a . e
 itself excluded, found with a faiss index (`homerank.gnn.item_index`; exact below 50,000 model items, HNSW above). A new
 arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector.
 A user's top category maximises the summed interaction weight, ties to the alphabetically first category.
+
+From the shopper profiles (`homerank.engine.profiles`, ``RUN/etl/profiles/``; all optional): each user's segment
+and the profile's top category (by event count). A segment's favourites rank items by the number of the segment's
+training users who interacted with them (the definition of popularity, restricted to one segment; ties by overall
+popularity, then catalogue position); users without a model embedding get them before overall popularity.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +23,7 @@ import pandas as pd
 import torch
 
 from homerank.engine import schema
+from homerank.engine.split import SPLIT
 from homerank.gnn.item_index import ItemIndex
 from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
@@ -46,6 +52,23 @@ class PageSignals:
     purchases: pd.DataFrame  # (user_id, item_id) of every interaction with a purchase
     purchased: dict[Any, set[int]]  # user id -> positions bought
     buy_again: dict[Any, np.ndarray]  # user id -> positions bought in repeat-purchase categories, newest first
+    # from the shopper profiles (empty without them)
+    segment: pd.Series = field(default_factory=lambda: pd.Series(dtype=np.int64))  # user id -> segment
+    segment_names: dict[int, str] = field(default_factory=dict)  # segment -> its name
+    segment_favourites: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # segment ->
+    # (positions, training users of the segment), most popular in the segment first
+    profile_top_category: pd.Series = field(default_factory=lambda: pd.Series(dtype=object))  # user id -> category
+
+    def title_values(self, users: np.ndarray) -> dict[str, np.ndarray]:
+        """The profile's title fields for ``users`` (B,): ``top_category`` (the profile's, else the interactions',
+        else the log's top category) and ``segment_name`` ("shoppers" without one), object arrays (B,)."""
+        top = self.profile_top_category.reindex(users).astype(object)
+        top = top.where(top.notna(), self.top_category.reindex(users).astype(object))
+        top = top.where(top.notna(), self.global_category)
+        names = pd.Series(self.segment_names, dtype=object)
+        segment = self.segment.reindex(users).map(names) if len(names) else pd.Series(index=users, dtype=object)
+        return {"top_category": top.to_numpy(dtype=object),
+                "segment_name": segment.where(segment.notna(), "shoppers").to_numpy(dtype=object)}
 
 
 def model_positions(catalogue: Catalogue, num_items: int) -> np.ndarray:
@@ -109,9 +132,12 @@ def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Serie
 def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: pd.DataFrame,
                     candidate_items: np.ndarray, candidate_scores: np.ndarray, user_embeddings: torch.Tensor,
                     item_embeddings: torch.Tensor, user_index: pd.DataFrame, reference_time: pd.Timestamp,
-                    settings: HomepageConfig) -> PageSignals:
+                    settings: HomepageConfig, profiles: pd.DataFrame | None = None,
+                    edges: pd.DataFrame | None = None) -> PageSignals:
     """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed);
-    ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index)."""
+    ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index);
+    ``profiles`` (user_id, segment, segment_name, top_category_1; None without profiles) and ``edges`` (the
+    k-core edges with ``split``) give the segments and their favourites."""
     interactions = interactions.assign(**{POSITION: interactions[schema.ITEM].map(catalogue.position())})
     positions_of_model_items = model_positions(catalogue, item_embeddings.shape[0])
     last_viewed = last_viewed_items(interactions)
@@ -139,7 +165,46 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         purchases=bought[[schema.USER, schema.ITEM]],
         purchased={user: set(positions.tolist()) for user, positions in _positions_by_user(bought).items()},
         buy_again=_positions_by_user(again.sort_values(schema.LAST_TS, ascending=False)),
+        **_profile_signals(profiles, edges, catalogue),
     )
+
+
+def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, catalogue: Catalogue
+                     ) -> dict[str, Any]:
+    """The PageSignals fields read from the shopper profiles: segments, their names and favourites, top category."""
+    if profiles is None or not len(profiles):
+        return {}
+    out: dict[str, Any] = {}
+    users = profiles[schema.USER]
+    if "top_category_1" in profiles:
+        top = pd.Series(profiles["top_category_1"].astype(object).to_numpy(), index=users.to_numpy())
+        out["profile_top_category"] = top[top.notna()]
+    if "segment" not in profiles:
+        return out
+    segment = pd.Series(profiles["segment"].to_numpy(dtype=np.int64), index=users.to_numpy())
+    out["segment"] = segment
+    if "segment_name" in profiles:
+        names = profiles[["segment", "segment_name"]].drop_duplicates("segment")
+        out["segment_names"] = dict(zip(names["segment"].astype(int).tolist(), names["segment_name"].astype(str),
+                                        strict=True))
+    if edges is None or SPLIT not in edges:
+        return out
+    train = edges.loc[edges[SPLIT] == "train", [schema.USER, schema.ITEM]].drop_duplicates()
+    train_segment = train[schema.USER].map(segment)
+    positions = pd.Index(catalogue.item_ids).get_indexer(train[schema.ITEM])
+    known = train_segment.notna().to_numpy() & (positions >= 0)
+    if not known.any():
+        return out
+    keys = pd.DataFrame({"segment": train_segment.to_numpy()[known].astype(np.int64), "pos": positions[known]})
+    counts = keys.groupby(["segment", "pos"]).size().reset_index(name="users")
+    seg, pos, users_of = (counts[c].to_numpy() for c in ("segment", "pos", "users"))
+    order = np.lexsort((pos, -catalogue.popularity[pos], -users_of, seg))
+    seg, pos, users_of = seg[order], pos[order], users_of[order]
+    starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+    out["segment_favourites"] = {
+        int(s): (p, c.astype(np.float64)) for s, p, c in zip(
+            seg[starts].tolist(), np.split(pos, starts[1:]), np.split(users_of, starts[1:]), strict=True)}
+    return out
 
 
 def _positions_by_user(frame: pd.DataFrame) -> dict[Any, np.ndarray]:

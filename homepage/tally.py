@@ -45,9 +45,16 @@ class PageTally:
         self.diversity_sum = 0.0
         self.hits: list[pd.DataFrame] = []
         self.for_you_length = 0
+        self.evidence: Counter[str] = Counter()
+        self.segment_users = 0
 
-    def add(self, page: pd.DataFrame, users: np.ndarray) -> None:
-        """One block's rows ``page`` (``PAGE_COLUMNS``) for the block's ``users`` (all of them should have a page)."""
+    def add(self, page: pd.DataFrame, users: np.ndarray, evidence: np.ndarray | None = None) -> None:
+        """One block's rows ``page`` (``OUTPUT_COLUMNS``) for the block's ``users`` (all of them should have a page);
+        ``evidence`` (n,) the kind of each slot's explanation (`homerank.homepage.explain`)."""
+        if evidence is not None and len(evidence):
+            kinds, counts = np.unique(evidence.astype(str), return_counts=True)
+            self.evidence.update(dict(zip(kinds.tolist(), counts.tolist(), strict=True)))
+            self.segment_users += int(pd.unique(page["user_id"].to_numpy()[evidence == "segment"]).size)
         purchases = self.signals.purchases
         purchases = purchases[purchases[schema.USER].isin(users)]
         check = check_page_rules(page, self.in_stock, self.category, purchases, users, self.settings)
@@ -94,6 +101,8 @@ class PageTally:
         return {"users": num_users, "rows": self.counts["rows"],
                 "sections": {kind: int(n) for kind, n in sorted(self.sections.items())},
                 "cold_users": int(sum(model_row.get(user) is None for user in self.users.tolist())),
+                "segment_fallback_users": self.segment_users,
+                "explanations": {kind: int(n) for kind, n in sorted(self.evidence.items())},
                 "rule_check": rule_check,
                 "diversity": settings.diversity if settings.diversity == "category_cap"
                 else f"mmr(lambda={settings.mmr_lambda})",

@@ -6,12 +6,14 @@ run's scorer, ensemble-aware) and writes the outputs; the homepage itself (secti
 merchandising, rule check and page quality) is ``homerank.homepage``, see ``homerank.homepage.build``.
 A log without timestamps or event types (the lightgcn format) gets no homepage.
 
-Writes ``homepage/`` (Parquet: user_id, section, section_title, slot, item_id, score, reason, with a
-``_SUCCESS.json`` manifest), ``homepage.jsonl`` (one object per user, rows in order) and
+Writes ``homepage/`` (Parquet: user_id, section, section_title, slot, item_id, score, reason, explanation, with
+a ``_SUCCESS.json`` manifest), ``homepage.jsonl`` (one object per user, rows in order) and
 ``homepage_stats.json`` (page-rule check and page-quality metrics next to a plain top-K baseline). Users come in
 blocks of ``homepage.block_users``: each block is written as soon as it is built, as its own ``part-NNNNN.parquet``
 in a staging folder and appended to a temporary ``homepage.jsonl``; the dataset (manifest last) and the JSON Lines
 file replace the previous ones only after the last block, so a failure leaves the previous homepage as it was.
+The shopper profiles (``etl/profiles/``) are read when ``profiles.enabled`` and the ETL published them (manifest
+present); without them the homepage is built as before, explanations from the evidence that remains.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from homerank.engine import schema
@@ -58,6 +61,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
                                     config.rank.batch_size, device)
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
+    profiles = _read_profiles(run) if config.profiles.enabled else None
     staging = run.homepage.with_name(".homepage.parts")  # the blocks' parts, published as one dataset at the end
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -66,7 +70,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
             parts = _PartWriter(staging, jsonl)
             homepage = build_pages(cand_items.numpy(), cand_scores.numpy(), item_emb, user_emb, interactions, edges,
                                    user_index, item_index, catalogue, ref_time, settings, rankings,
-                                   on_block=parts.write)
+                                   on_block=parts.write, profiles=profiles)
             jsonl.close()
             publish_parquet_parts(staging, run.homepage, homepage.page)
     finally:
@@ -75,6 +79,21 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     stats = homepage.stats
     log.info("homepage: %d users, %d slots, sections %s", stats["users"], stats["rows"], stats["sections"])
     return stats
+
+
+PROFILE_COLUMNS = ("segment", "segment_name")  # plus top_category_k / top_category_share_k
+
+
+def _read_profiles(run: RunDir) -> pd.DataFrame | None:
+    """The columns of ``etl/profiles/`` the homepage uses, None when the ETL published none (profiles disabled, or
+    a run older than them)."""
+    if not (run.profiles / "_SUCCESS.json").exists():
+        log.info("homepage: no shopper profiles in %s: no segment fallbacks, explanations without category shares",
+                 run.profiles)
+        return None
+    names = pq.ParquetDataset(run.profiles).schema.names
+    wanted = [schema.USER, *(c for c in names if c in PROFILE_COLUMNS or c.startswith("top_category_"))]
+    return pd.read_parquet(run.profiles, columns=wanted)
 
 
 class _PartWriter:

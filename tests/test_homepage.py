@@ -30,7 +30,8 @@ from homerank.homepage.signals import PageSignals, top_categories
 def test_every_page_follows_the_rules(homepage_run):
     run, log = homepage_run
     page = pd.read_parquet(run / "homepage")
-    assert list(page.columns) == ["user_id", "section", "section_title", "slot", "item_id", "score", "reason"]
+    assert list(page.columns) == ["user_id", "section", "section_title", "slot", "item_id", "score", "reason",
+                                 "explanation"]
     catalogue = pd.read_parquet(log / "items.parquet").set_index("item_id")
     interactions = pd.read_parquet(run / "etl" / "interactions")
     # every user with history has a page, and no page is empty
@@ -218,7 +219,8 @@ def test_build_pages_from_frames_without_a_run_directory():
     homepage = build_pages(candidates, scores, item_embeddings, user_embeddings, interactions, edges, user_index,
                            item_index, catalogue, now, settings)
     page = homepage.page
-    assert list(page.columns) == ["user_id", "section", "section_title", "slot", "item_id", "score", "reason"]
+    assert list(page.columns) == ["user_id", "section", "section_title", "slot", "item_id", "score", "reason",
+                                 "explanation"]
     assert page["user_id"].drop_duplicates().tolist() == ["c", "u", "v"]
     rows = {(user, section): rows for (user, section), rows in page.groupby(["user_id", "section"], sort=False)}
     # u: 14 was bought, 11 is a second A under the cap; the popularity fallback has nothing new to add
