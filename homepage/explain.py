@@ -12,7 +12,8 @@ The evidence by reason (the kind recorded in ``homepage_stats.json`` under ``exp
                                      strongest event) [similar_item]; no other history: the category share below
     for_you:fallback_segment_popularity:<s>
                                      "Popular with shoppers like you (<segment name>)" [segment]
-    for_you:fallback_popularity      "Popular with <n> shoppers" with n the item's training users [popularity]
+    for_you:fallback_popularity      "Popular with <n> shoppers" with n the item's training users [popularity];
+                                     n = 0: "More from our catalogue" [catalogue]
     because_you_viewed:similar_to:<i>  "Because you viewed <title of i>" [viewed_item]
     trending_in_category:*           "Trending: <n> shoppers in the last <w> days, <r>x its weekly average" with n the
                                      users whose newest interaction with the item lies in the trending window (w days)
@@ -239,6 +240,7 @@ class Explainer:
         has = rows & (popular > 0)
         put(has, "Popular with " + _numbers(popular[has]) + np.where(popular[has] == 1, " shopper", " shoppers"),
             "popularity")
+        put(rows & (popular == 0), "More from our catalogue", "catalogue")
         # because_you_viewed: the anchor named in the reason
         rows = label == "anchor"
         if rows.any():

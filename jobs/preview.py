@@ -1,5 +1,6 @@
-"""``homerank preview``: one user's homepage as a static HTML page (rows of cards: title, category, price,
-reason), for a person to look at before a page ships."""
+"""``homerank preview``: one user's homepage as a static HTML page (rows of cards: title, category, price, the
+slot's explanation as the shopper would read it, and its machine-readable reason), for a person to look at before a
+page ships. A homepage written before explanations existed shows the reason alone."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ h1 { font-size: 20px; } h2 { font-size: 16px; margin: 20px 0 8px; }
 .row { display: flex; gap: 12px; overflow-x: auto; padding-bottom: 6px; }
 .card { flex: 0 0 170px; background: #fff; border-radius: 8px; padding: 10px; box-shadow: 0 1px 3px #0002; }
 .title { font-weight: 600; font-size: 14px; } .category { color: #666; font-size: 12px; }
-.price { margin-top: 6px; font-size: 14px; } .reason { margin-top: 6px; color: #2a6f97; font-size: 11px; }
+.price { margin-top: 6px; font-size: 14px; } .reason { margin-top: 4px; color: #888; font-size: 10px; }
+.explanation { margin-top: 6px; color: #2a6f97; font-size: 12px; }
 """
 
 
@@ -47,10 +49,16 @@ def render_preview(run: RunDir, user: str) -> str:
                 f"<div class='title'>{html.escape(str(getattr(card, 'title', '') or card.item_id))}</div>"
                 f"<div class='category'>{html.escape(str(getattr(card, 'category', '') or ''))}</div>"
                 f"<div class='price'>{price_text}</div>"
+                f"{_explanation(card)}"
                 f"<div class='reason'>{html.escape(card.reason)}</div></div>")
         parts.append("</div></section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _explanation(card: object) -> str:
+    text = getattr(card, "explanation", None)
+    return f"<div class='explanation'>{html.escape(str(text))}</div>" if isinstance(text, str) and text else ""
 
 
 def write_preview(run: RunDir, user: str, out: Path) -> Path:
