@@ -197,7 +197,7 @@ def _homepage_section(stats: dict[str, Any]) -> list[str]:
         f"`homepage/` and `homepage.jsonl`: {_text(stats['rows'])} slots for {_text(stats['users'])} users "
         f"({_text(stats['cold_users'])} without a model embedding, served by fallbacks); slots per section: "
         + ", ".join(f"{_text(k)} {_text(v)}" for k, v in stats["sections"].items())
-        + ".",
+        + "." + _explanation_summary(stats),
         "",
         "Page quality (coverage and Gini over the catalogue; diversity = share of different-category pairs "
         "per page; novelty = mean self-information in bits; cold share = slots holding items the model never "
@@ -217,6 +217,18 @@ def _homepage_section(stats: dict[str, Any]) -> list[str]:
             f"({_text(', '.join(check['violations']))}).",
         ]
     return lines
+
+
+def _explanation_summary(stats: dict[str, Any]) -> str:
+    """One sentence: users served their profile segment's favourites, and the evidence behind the explanations."""
+    evidence = stats.get("explanations")
+    if not evidence:  # a homepage written before explanations existed
+        return ""
+    total = sum(evidence.values()) or 1
+    shares = ", ".join(f"{_text(kind)} {100 * n / total:.0f}%" for kind, n in
+                       sorted(evidence.items(), key=lambda item: (-item[1], item[0])))
+    return (f" {_text(stats.get('segment_fallback_users', 0))} users without a model embedding got their profile "
+            f"segment's favourites in `for_you`. Each slot's `explanation` rests on (share of slots): {shares}.")
 
 
 def _figure(run: RunDir, name: str, title: str, png: bytes | None) -> list[str]:
