@@ -5,6 +5,8 @@
     python -m bench training --run RUN [--variant NAME:key=value,...] [--budget S] [--json FILE]
     python -m bench pipeline --events 1e6 --workers 2 [--json FILE] [--epochs E] [--steps-per-epoch S]
     python -m bench pipeline-scaling [--sizes 1e6,3e6,1e7] [--workers 2] [--out DIR] [--reuse]
+    python -m bench cold-start [--events 1e6] [--holdout 0.1] [--epochs E] [--features text,category,price]
+                               [--id-dropout P] [--json FILE]
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.cold_start_bench import DEFAULT_DATA as COLD_START_DATA
+from bench.cold_start_bench import DEFAULT_JSON as COLD_START_JSON
+from bench.cold_start_bench import run_cold_start_bench
 from bench.etl_suite import (
     DEFAULT_DATA,
     DEFAULT_OUT,
@@ -156,7 +161,40 @@ def main(argv: list[str] | None = None) -> int:
     scaling.add_argument("--reuse", action="store_true", help="read a point back from OUT/events-N-workers-W.json "
                          "where it exists instead of running it again")
     _pipeline_common(scaling)
+    cold = commands.add_parser("cold-start", help="Recall@20 on items held out of training: homerank with content "
+                               "features vs popularity within category, random and the category/price-band mean "
+                               "vector", description="bench/cold_start_bench.py (protocol in its docstring and "
+                               "bench/README.md)")
+    cold.add_argument("--events", type=_count, default=1_000_000, help="generated log size (default 1e6)")
+    cold.add_argument("--users", type=_count, default=None, help="generated users (default events / 50)")
+    cold.add_argument("--items", type=_count, default=None, help="catalogue items (default events / 100)")
+    cold.add_argument("--holdout", type=float, default=0.1, help="share of the items with events held out (0.1)")
+    cold.add_argument("--epochs", type=int, default=15, help="train.epochs of both models (15; early stopping on)")
+    cold.add_argument("--features", default="text,category,price",
+                      help="train.content.features of ours, comma-separated (default text,category,price)")
+    cold.add_argument("--id-dropout", type=float, default=0.0, help="train.content.id_dropout of ours (0)")
+    cold.add_argument("--text-encoder", default="wordllama_l2_supercat",
+                      choices=("wordllama_l2_supercat", "hashed_tfidf"), help="train.content.text_encoder")
+    cold.add_argument("--text-dim", type=int, default=64, help="train.content.text_dim (64)")
+    cold.add_argument("--seed", type=int, default=0, help="seed of the hold-out, the training and the random "
+                      "baseline (the log's generator seed stays 42)")
+    cold.add_argument("--data", type=Path, default=COLD_START_DATA, metavar="DIR",
+                      help=f"generated log, warm log and run directory (default {COLD_START_DATA})")
+    cold.add_argument("--json", type=Path, default=COLD_START_JSON, metavar="FILE",
+                      help=f"result file (default {COLD_START_JSON}); a .md table is written next to it")
     args = parser.parse_args(argv)
+    if args.command == "cold-start":
+        if not 0 < args.holdout < 1 or args.epochs < 1:
+            parser.error("--holdout must be in (0, 1) and --epochs >= 1")
+        features = tuple(name.strip() for name in args.features.split(",") if name.strip())
+        result = run_cold_start_bench(args.json, events=args.events, users=args.users, items=args.items,
+                                      holdout=args.holdout, epochs=args.epochs, features=features,
+                                      id_dropout=args.id_dropout, text_encoder=args.text_encoder,
+                                      text_dim=args.text_dim, seed=args.seed, data=args.data)
+        say("cold-start: Recall@20 among the cold items: " + ", ".join(
+            f"{name} {result[f'{name}_recall@20']:.4f}" for name in
+            ("ours", "category_popularity", "random", "mean_vector")) + f" -> {args.json}")
+        return 0
     if args.command in ("pipeline", "pipeline-scaling"):
         return _pipeline(args, parser)
     if args.command == "training":

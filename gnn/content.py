@@ -16,16 +16,25 @@ so X = [x_1; ...; x_n] is (n, F) float32 with F = T + C + B + 1 when all three b
 Projection. With the ID table e (N, d) of `homerank.gnn.model.LightGCNRecommender` and W (F, d) learned
 (`ContentProjection`), layer 0 of the graph's items i = 0..I-1 is
 
-    E^(0)_{U+i} = m_i k_i e_{U+i} + x_i W        m_i = 1[item i has training pairs], k_i ~ Bernoulli(1 - p_drop)
+    E^(0)_{U+i} = m_i e_{U+i} + x_i W        m_i = 1[item i has training pairs]
 
-(k_i = 1 outside training; ``id_dropout`` p_drop > 0 drops a fresh random share of ID rows at every step,
-DropoutNet-style, so that W must carry the items' scores alone). Users keep E^(0)_u = e_u. Propagation and
-scores are LightGCN's: E = sum_l alpha_l A_hat^l E^(0), score(u, i) = <E_u, E_{U+i}>.
+Users keep E^(0)_u = e_u. Propagation and scores are LightGCN's: E = sum_l alpha_l A_hat^l E^(0),
+score(u, i) = <E_u, E_{U+i}>.
 
 Cold items. An item outside the graph is an isolated node: A_hat has no entry in its row, so A_hat^l E^(0)
-is zero there for l >= 1 and its final embedding is alpha_0 x_i W = x_i W / (L + 1) (`cold_item_embeddings`),
-scored against the same final user embeddings. Items of the graph without training pairs (m_i = 0) get
-x_i W at layer 0 and whatever their validation edges propagate in the final (train + valid) graph.
+is zero there for l >= 1 and its final embedding is its *cold embedding* c_i = alpha_0 x_i W = x_i W / (L + 1)
+(`LightGCNRecommender.cold_item_embeddings`), scored against the same final user embeddings. Items of the graph
+without training pairs (m_i = 0) get x_i W at layer 0 and whatever their validation edges propagate in the
+final (train + valid) graph.
+
+ID dropout (DropoutNet, Volkovs et al. 2017). With ``id_dropout`` p > 0, at every training step each graph item
+is drawn cold with probability p (k_i ~ Bernoulli(p), one draw per item and step, the same on every rank), and
+the loss scores it with c_i instead of E_{U+i}, positives and negatives alike:
+
+    s(u, i) = <E_u, k_i c_i + (1 - k_i) E_{U+i}>
+
+so W learns to score items from their content alone, at the scale the cold items are scored with. Layer 0 and
+the propagation are not changed by the draws; outside training k_i = 0.
 """
 
 from __future__ import annotations

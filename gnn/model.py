@@ -13,8 +13,8 @@ autograd exactly that product instead of letting it transpose the CSR matrix on 
 (about 4x faster per training step on CPU; the PyG path stays the reference in the tests).
 
 With item content (``item_features`` X (I, F), `homerank.gnn.content`), layer 0 of item i is
-m_i k_i e_{U+i} + x_i W instead of the ID row e_{U+i} alone (m_i = 1 for items with training pairs, k_i the
-ID-dropout draw of a training step); an item outside the graph scores with x_i W / (L + 1).
+m_i e_{U+i} + x_i W instead of the ID row e_{U+i} alone (m_i = 1 for items with training pairs); an item
+outside the graph scores with its cold embedding alpha_0 x_i W = x_i W / (L + 1).
 """
 
 from __future__ import annotations
@@ -92,16 +92,17 @@ class LightGCNRecommender(torch.nn.Module):
     @property
     def layer0(self) -> Tensor:
         """E^(0), shape (N, d): the ID table, plus the content projection of the items when there is one."""
-        return self.layer0_table()
-
-    def layer0_table(self, id_keep: Tensor | None = None) -> Tensor:
-        """E^(0) (N, d) with ``id_keep`` (I, 1) the ID-dropout draws k_i of a training step (None: k_i = 1)."""
         table = self.lightgcn.embedding.weight
         if self.content is None:
             return table
-        keep = self.id_mask if id_keep is None else self.id_mask * id_keep
-        items = table[self.num_users :] * keep + self.content(self.item_features)
+        items = table[self.num_users :] * self.id_mask + self.content(self.item_features)
         return torch.cat([table[: self.num_users], items])
+
+    def cold_table(self) -> Tensor:
+        """(I, d) the graph items' cold embeddings alpha_0 x_i W, differentiable (ID dropout scores with them)."""
+        if self.content is None:
+            raise ValueError("this model has no content projection (train.content.features is empty)")
+        return self.content(self.item_features) * self.lightgcn.alpha[0]
 
     def propagate(self, adjacency: Tensor, layer0: Tensor | None = None) -> Tensor:
         """E = sum_l alpha_l A_hat^l E^(0), (N, d); ``layer0`` defaults to `layer0`."""

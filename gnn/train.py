@@ -272,12 +272,11 @@ def train_lightgcn(
             for start in range(0, num_pairs, batch_size):
                 batch = order[start : start + batch_size]
                 users, positives = users_all[batch], items_all[batch]
-                id_keep = None
-                if model.has_content and config.content.id_dropout > 0:  # k_i, the same draws on every rank
-                    id_keep = (torch.rand(data.num_items, 1, generator=generator, device=device)
-                               >= config.content.id_dropout).float()
-                layer0 = model.layer0_table(id_keep)
+                layer0 = model.layer0
                 user_emb, item_emb = _propagate(model, adjacency, block, layer0)
+                if model.has_content and config.content.id_dropout > 0:  # the same draws on every rank
+                    cold = torch.rand(data.num_items, 1, generator=generator, device=device) < config.content.id_dropout
+                    item_emb = torch.where(cold, model.cold_table(), item_emb)  # scored as if never seen
                 if config.loss == "bpr":
                     reps = config.negatives
                     users_r, positives_r = users.repeat(reps), positives.repeat(reps)
