@@ -103,10 +103,11 @@ class Backend:
 
     @contextlib.contextmanager
     def dask_config(self) -> Iterator[None]:
-        """Make ``dask.dataframe`` create partitions of this backend inside the block."""
+        """Make ``dask.dataframe`` create partitions of this backend inside the block. Columns keep the dtypes the
+        engine gives them (``dataframe.convert-string`` off: no per-partition string conversion pass)."""
         import dask
 
-        with dask.config.set({"dataframe.backend": self.frames}):
+        with dask.config.set({"dataframe.backend": self.frames, "dataframe.convert-string": False}):
             yield
 
     def local_cluster(self, n_workers: int | None, threads_per_worker: int | None, processes: bool,

@@ -78,6 +78,7 @@ FileFormat = Literal["parquet", "csv"]
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 IdDtype = Literal["int64", "string"]
+SessionDtype = Literal["Int64", "string"]  # nullable integers when every file stores them as integers
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,17 @@ def _parquet_ids_are_numbers(arrow_schema: pa.Schema) -> bool:
     return all(pa.types.is_null(k) or pa.types.is_integer(k) or pa.types.is_floating(k) for k in kinds)
 
 
+def decide_session_dtype(files: list[InputFile], schemas: dict[str, pa.Schema]) -> SessionDtype:
+    """``session_id`` as nullable integers when every file is Parquet and stores it as integers (no text
+    conversion of a column that is only compared), else as text."""
+    if not files or any(f.format != "parquet" for f in files):
+        return "string"
+    kinds = [_values_type(schemas[f.path].field(schema.SESSION).type) for f in files]
+    fits = (pa.uint8(), pa.uint16(), pa.uint32())  # unsigned 64-bit values may not fit an int64
+    return "Int64" if all(pa.types.is_signed_integer(k) or k in fits or pa.types.is_null(k) for k in kinds) else (
+        "string")
+
+
 def decide_id_dtype(files: list[InputFile], configured: str = "auto",
                     schemas: dict[str, pa.Schema] | None = None) -> IdDtype:
     """The run's id form, decided once from metadata: int64 when every file is Parquet and stores its ids as
@@ -377,6 +389,7 @@ def validate_events(
     timestamp_unit: str = "s",
     row_offset: int = 0,
     latest: pd.Timestamp | None = None,
+    session_dtype: SessionDtype = "string",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split one raw partition into (clean events, quarantined rows).
 
@@ -403,7 +416,7 @@ def validate_events(
     events = pd.Categorical.from_codes(np.maximum(event_codes, 0), dtype=event_dtype(event_types))
     clean = pd.DataFrame({schema.USER: users, schema.ITEM: items, schema.EVENT: events, schema.TS: timestamps})
     if schema.SESSION in raw.columns:
-        clean[schema.SESSION] = raw[schema.SESSION].astype("string")
+        clean[schema.SESSION] = raw[schema.SESSION].astype(session_dtype)
     if schema.VALUE in raw.columns:
         value = pd.to_numeric(raw[schema.VALUE], errors="coerce")
         flag(value.isna() & raw[schema.VALUE].notna(), "non_numeric_value")
@@ -437,7 +450,8 @@ def event_type_codes(values: pd.Series, event_types: list[str]) -> np.ndarray:
     return np.where(codes >= 0, lookup[np.maximum(codes, 0)], -1).astype(np.int64)
 
 
-def _empty_clean(columns: list[str], id_dtype: IdDtype, event_types: list[str]) -> pd.DataFrame:
+def _empty_clean(columns: list[str], id_dtype: IdDtype, event_types: list[str],
+                 session_dtype: SessionDtype = "string") -> pd.DataFrame:
     meta = {
         schema.USER: pd.Series(dtype=id_dtype),
         schema.ITEM: pd.Series(dtype=id_dtype),
@@ -445,7 +459,7 @@ def _empty_clean(columns: list[str], id_dtype: IdDtype, event_types: list[str]) 
         schema.TS: pd.Series(dtype="datetime64[ns]"),
     }
     if schema.SESSION in columns:
-        meta[schema.SESSION] = pd.Series(dtype="string")
+        meta[schema.SESSION] = pd.Series(dtype=session_dtype)
     if schema.VALUE in columns:
         meta[schema.VALUE] = pd.Series(dtype="float64")
     return pd.DataFrame(meta)
@@ -544,8 +558,8 @@ def _read_piece(piece: Piece, columns: list[str]) -> pd.DataFrame:
 
 
 def _ingest_piece(piece: Piece, columns: list[str], event_types: list[str], id_dtype: IdDtype, unit: str,
-                  pseudonym_key: bytes | None, quarantine_dir: str, latest: pd.Timestamp | None = None
-                  ) -> pd.DataFrame:
+                  pseudonym_key: bytes | None, quarantine_dir: str, latest: pd.Timestamp | None = None,
+                  session_dtype: SessionDtype = "string") -> pd.DataFrame:
     """Read and validate one piece on a worker; write its rejected rows and its counts beside the quarantine;
     return the clean rows. ``id_dtype`` and ``latest`` were decided once on the client: every piece gets the same."""
     try:
@@ -553,7 +567,7 @@ def _ingest_piece(piece: Piece, columns: list[str], event_types: list[str], id_d
     except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise HomerankError(f"{piece.file.path}: could not be read ({_safe_reason(exc)})") from None
     clean, rejected = validate_events(raw, piece.file.path, event_types, id_dtype, unit, piece.row_offset or 0,
-                                      latest)
+                                      latest, session_dtype)
     if pseudonym_key is not None:
         clean[schema.USER] = pseudonymise(clean[schema.USER], pseudonym_key)
         rejected[schema.USER] = pseudonymise(rejected[schema.USER], pseudonym_key)
@@ -600,6 +614,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     optional = [c for c in schema.OPTIONAL_EVENT_COLUMNS if all(c in cols for cols in column_sets)]
     columns = list(schema.REQUIRED_EVENT_COLUMNS) + optional
     resolved_ids = decide_id_dtype(files, id_dtype if id_dtype != "auto" else config.id_dtype, schemas)
+    session_dtype = decide_session_dtype(files, schemas) if schema.SESSION in optional else "string"
     latest = None  # the newest plausible event time, fixed once here so that every piece uses the same
     if config.future_tolerance_hours is not None:
         now = pd.Timestamp.now(tz="UTC").tz_localize(None)
@@ -613,12 +628,12 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     pieces = _csv_row_offsets(plan_pieces(files, config.partition_rows, config.csv_block_bytes))
     log.info("ingest: %d file(s) in %d piece(s), id dtype %s, columns %s, events after %s are future_timestamp",
              len(files), len(pieces), resolved_ids, columns, latest)
-    meta = _empty_clean(columns, resolved_ids, event_types)
+    meta = _empty_clean(columns, resolved_ids, event_types, session_dtype)
     if key is not None:
         meta[schema.USER] = meta[schema.USER].astype("string")
     clean = dd.from_map(_ingest_piece, pieces, columns=columns, event_types=event_types, id_dtype=resolved_ids,
                         unit=config.timestamp_unit, pseudonym_key=key, quarantine_dir=str(folder), latest=latest,
-                        meta=meta,
+                        session_dtype=session_dtype, meta=meta,
                         enforce_metadata=False, label="ingest-piece")
     clean = backend.on_backend(clean).persist()
     clean_rows = int(clean.shape[0].compute())  # every piece has run: its counts are on disk

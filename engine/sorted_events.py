@@ -25,6 +25,7 @@ Works on pandas and cuDF partitions alike: the frame methods used (``factorize``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -78,6 +79,61 @@ def pair_keys(frame: Any) -> Any:
     return users * max(n_items, 1) + items
 
 
+@dataclass
+class PairRuns:
+    """The (user, item) runs of events in (user, item, time) order.
+
+    users, items: the partition's distinct ids, sorted (frame-library Index); user_codes (N,): each event's
+    position in ``users``; run_of (N,): each event's run; starts (G,), ends (G,): first and last row of each
+    run; keys (G,): each run's ``u * I_p + i`` (ascending)."""
+
+    users: Any
+    items: Any
+    user_codes: Any
+    run_of: Any
+    starts: Any
+    ends: Any
+    keys: Any
+
+    @classmethod
+    def of(cls, events: Any) -> PairRuns:
+        xp = array_module(events)
+        user_codes, users = events[schema.USER].factorize(sort=True)
+        item_codes, items = events[schema.ITEM].factorize(sort=True)
+        user_codes = xp.asarray(user_codes).astype(xp.int64)
+        pairs = user_codes * max(len(items), 1) + xp.asarray(item_codes).astype(xp.int64)
+        run_of, starts = runs(pairs)
+        ends = xp.concatenate([starts[1:], xp.asarray([len(run_of)], dtype=starts.dtype)])[:len(starts)] - 1
+        return cls(users, items, user_codes, run_of, starts, ends, pairs[starts])
+
+    def keys_of(self, frame: Any) -> Any:
+        """The run key of each (user, item) row of ``frame`` (-1 where the user or the item is not here)."""
+        xp = array_module(self.keys)
+        users = xp.asarray(self.users.get_indexer(frame[schema.USER])).astype(xp.int64)
+        items = xp.asarray(self.items.get_indexer(frame[schema.ITEM])).astype(xp.int64)
+        return xp.where((users >= 0) & (items >= 0), users * max(len(self.items), 1) + items, -1)
+
+
+def run_totals(events: Any, runs_: PairRuns, event_types: list[str], mask: Any = None
+               ) -> tuple[Any, Any, Any]:
+    """Per run g, over its events e with mask(e) (all when ``mask`` is None): (count (G,) int64, weight sum
+    (G,) float64, type counts (G, T) int64). ``events`` needs ``weight`` and an ``event_type`` of ``event_types``."""
+    xp = array_module(runs_.keys)
+    groups, width = len(runs_.starts), len(event_types)
+    codes = _event_codes(events[schema.EVENT], event_types)
+    if len(codes) and bool((codes < 0).any()):
+        raise ValueError("run_totals: an event type outside event_types")  # ingest quarantines those
+    weights = values(events[schema.WEIGHT].astype("float64"))
+    cells = runs_.run_of * width + codes
+    run_of = runs_.run_of
+    if mask is not None:
+        weights, cells, run_of = weights * mask, cells[mask], run_of[mask]
+    count = xp.bincount(run_of, minlength=groups).astype(xp.int64)
+    weight = xp.bincount(runs_.run_of, weights=weights, minlength=groups).astype(xp.float64)
+    by_type = xp.bincount(cells, minlength=groups * width).reshape(groups, width).astype(xp.int64)
+    return count, weight, by_type
+
+
 def sort_and_drop_duplicates(events: Any) -> Any:
     """The partition's events in (user, item, timestamp) order without exact duplicates (rows equal in every
     column; missing equals missing). Returns a frame with a fresh RangeIndex.
@@ -128,24 +184,17 @@ def runs(keys: Any) -> tuple[Any, Any]:
 def aggregate_sorted(events: Any, event_types: list[str]) -> Any:
     """One edge per (user, item) from weighted events in (user, item, timestamp) order (the order of
     `sort_and_drop_duplicates`): user_id, item_id, weight (sum), first_ts, last_ts, n_<type> (counts), in
-    (user, item) order, following the module formulas. ``events`` needs the ``weight`` column and a categorical
-    ``event_type`` whose categories are ``event_types``."""
+    (user, item) order, following the module formulas. ``events`` needs the ``weight`` column and an
+    ``event_type`` whose values are ``event_types`` (categorical with those categories: no conversion)."""
     xp = array_module(events)
-    run_of, starts = runs(pair_keys(events))
-    groups = len(starts)
-    ends = xp.concatenate([starts[1:], xp.asarray([len(run_of)], dtype=starts.dtype)])[:groups] - 1
-    edges = events[[schema.USER, schema.ITEM]].take(starts).reset_index(drop=True)
-    weights = values(events[schema.WEIGHT].astype("float64"))
-    edges[schema.WEIGHT] = xp.bincount(run_of, weights=weights, minlength=groups).astype(xp.float64)
-    edges[schema.FIRST_TS] = events[schema.TS].take(starts).reset_index(drop=True)
-    edges[schema.LAST_TS] = events[schema.TS].take(ends).reset_index(drop=True)
-    codes = _event_codes(events[schema.EVENT], event_types)
-    if len(codes) and bool((codes < 0).any()):
-        raise ValueError("aggregate_sorted: an event type outside event_types")  # ingest quarantines those
-    width = len(event_types)
-    counts = xp.bincount(run_of * width + codes, minlength=groups * width).reshape(groups, width)
+    runs_ = PairRuns.of(events)
+    _, weight, by_type = run_totals(events, runs_, event_types)
+    edges = events[[schema.USER, schema.ITEM]].take(runs_.starts).reset_index(drop=True)
+    edges[schema.WEIGHT] = weight
+    edges[schema.FIRST_TS] = events[schema.TS].take(runs_.starts).reset_index(drop=True)
+    edges[schema.LAST_TS] = events[schema.TS].take(runs_.ends).reset_index(drop=True)
     for position, event_type in enumerate(event_types):
-        edges[schema.count_column(event_type)] = counts[:, position].astype(xp.int64)
+        edges[schema.count_column(event_type)] = xp.ascontiguousarray(by_type[:, position])
     return edges
 
 

@@ -7,6 +7,8 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import dask
+
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
 from homerank.jobs.config import ClusterConfig
@@ -21,17 +23,29 @@ def dask_client(config: ClusterConfig, backend: Backend) -> Iterator[object]:
 
     quiet_noisy_loggers()
 
+    method = shuffle_method(config, backend)
     if config.address:
         try:
             client = Client(config.address, timeout="20s")
         except (OSError, TimeoutError) as exc:
             raise HomerankError(f"cluster.address: cannot reach dask scheduler {config.address} ({exc})") from None
-        log.info("dask: connected to %s", config.address)
-        with client:
+        log.info("dask: connected to %s, shuffle %s", config.address, method)
+        with client, dask.config.set({"dataframe.shuffle.method": method}):
             yield client
         return
     cluster = backend.local_cluster(config.n_workers, config.threads_per_worker, config.processes,
                                     config.dashboard_address)
-    with cluster, Client(cluster) as client:
-        log.info("dask: local cluster with %d worker(s), dashboard %s", len(cluster.workers), client.dashboard_link)
+    with cluster, Client(cluster) as client, dask.config.set({"dataframe.shuffle.method": method}):
+        log.info("dask: local cluster with %d worker(s), shuffle %s, dashboard %s", len(cluster.workers), method,
+                 client.dashboard_link)
         yield client
+
+
+def shuffle_method(config: ClusterConfig, backend: Backend) -> str:
+    """``cluster.shuffle``, with 'auto' resolved: 'tasks' where rows can stay in memory as task results (the
+    threads of one local process; GPU frames, which dask-cuda shuffles as tasks), 'p2p' between worker processes
+    (bounded memory, spills to disk: the out-of-core case)."""
+    if config.shuffle != "auto":
+        return config.shuffle
+    in_process = not config.address and not config.processes
+    return "tasks" if in_process or backend.frames_on_gpu else "p2p"

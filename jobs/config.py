@@ -33,6 +33,12 @@ class ClusterConfig(StrictModel):
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int | None = Field(None, ge=1)
     processes: bool = Field(False, description="local cluster: worker processes (True) or threads (False)")
+    shuffle: Literal["auto", "tasks", "p2p", "disk"] = Field(
+        "auto", description="how dask moves rows between partitions (the ETL's one shuffle by user): 'tasks' keeps "
+        "them in memory as task results (cheapest when the workers are threads of one process), 'p2p' streams them "
+        "between worker processes with bounded memory and spilling to disk (for logs larger than memory), 'disk' "
+        "through local files; 'auto': tasks for a local threaded cluster, p2p otherwise"
+    )
     dashboard_address: str = Field(
         "127.0.0.1:0", description="local cluster: where the dask dashboard listens (localhost, a free port by "
         "default; the link is logged)"
