@@ -11,6 +11,7 @@
                    user at a time (the reference, and the path for pages with active merchandising rules)
     blocks         the same row filling as array operations over a block of users (windows, masks, MMR)
     block_pages    every section of a block of users' pages as candidate matrices, filled with `blocks`
+    explain        each slot's explanation, a sentence backed by evidence (history, profile, trend, segment)
     tally          the stats summed block by block (rule check, counts, page-quality sums)
     rules          the page-rule check over every page after building
     quality        page-quality metrics next to a plain top-K baseline, and the for_you row's accuracy
