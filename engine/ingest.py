@@ -56,7 +56,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask
 import dask.dataframe as dd
@@ -66,11 +66,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from homerank.engine import schema
-from homerank.engine.backend import Backend
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
 from homerank.engine.partitioned import events_by_user, worker_count
 from homerank.engine.privacy import pseudonym_key, pseudonymise
+
+if TYPE_CHECKING:
+    from homerank.engine.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,17 @@ class Piece:
     row_offset: int | None = 0
     row_groups: tuple[int, ...] | None = None
     byte_range: tuple[int, int] | None = None
+    rows: int | None = None  # known for Parquet (metadata), None for CSV
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One dask partition of the input: one piece, or consecutive small Parquet pieces of one column schema packed
+    up to ``ingest.partition_rows`` rows (a log of many small files is read in partitions of useful size: the
+    per-partition fixed costs of reading, validating and shuffling are paid per bundle, not per file)."""
+
+    number: int
+    pieces: tuple[Piece, ...]
 
 
 def _format_of(path: str, forced: str) -> FileFormat | None:
@@ -383,11 +396,11 @@ def _parse_timestamps(values: pd.Series, unit: str) -> pd.Series:
 
 def validate_events(
     raw: pd.DataFrame,
-    source_file: str,
+    source_file: str | pd.Categorical,
     event_types: list[str],
     id_dtype: IdDtype,
     timestamp_unit: str = "s",
-    row_offset: int = 0,
+    row_offset: int | np.ndarray = 0,
     latest: pd.Timestamp | None = None,
     session_dtype: SessionDtype = "string",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -396,6 +409,9 @@ def validate_events(
     The first failing check names the reason: ``null_or_bad_user_id``, ``null_or_bad_item_id``,
     ``unknown_event_type``, ``unparsable_timestamp``, ``future_timestamp`` (later than ``latest``, tz-naive UTC;
     None: no limit), ``non_numeric_value``. Ids take the ``id_dtype`` form of `canonical_ids`.
+
+    ``source_file`` / ``row_offset``: the file of every row and the 0-based data row of the first one (scalars),
+    or one value per row (a categorical of file names and an (N,) array of rows: packed files).
     """
     n = len(raw)
     reason = np.zeros(n, dtype=np.int8)  # 0: clean, else 1 + the index of the first failing check in REASONS
@@ -424,8 +440,12 @@ def validate_events(
     bad = reason > 0
     rejected = raw.loc[bad].astype("string")
     rejected[schema.REASON] = pd.array(np.asarray(REASONS, dtype=object)[reason[bad] - 1], dtype="string")
-    rejected[schema.SOURCE_FILE] = source_file
-    rejected[schema.SOURCE_ROW] = np.arange(row_offset, row_offset + n, dtype="int64")[bad]
+    if isinstance(source_file, str):
+        rejected[schema.SOURCE_FILE] = source_file
+    else:
+        rejected[schema.SOURCE_FILE] = pd.array(np.asarray(source_file[bad], dtype=object), dtype="string")
+    rows = row_offset if isinstance(row_offset, np.ndarray) else np.arange(row_offset, row_offset + n, dtype="int64")
+    rejected[schema.SOURCE_ROW] = rows[bad]
     clean = clean.loc[~bad].reset_index(drop=True)
     return clean, rejected.reset_index(drop=True)
 
@@ -477,10 +497,10 @@ def plan_pieces(files: list[InputFile], partition_rows: int, csv_block_bytes: in
                 group.append(index)
                 rows += metadata.row_group(index).num_rows
                 if rows >= partition_rows or index == metadata.num_row_groups - 1:
-                    pieces.append(Piece(len(pieces), file, offset, tuple(group)))
+                    pieces.append(Piece(len(pieces), file, offset, tuple(group), rows=rows))
                     offset, group, rows = offset + rows, [], 0
             if metadata.num_row_groups == 0:
-                pieces.append(Piece(len(pieces), file, 0, ()))
+                pieces.append(Piece(len(pieces), file, 0, (), rows=0))
             continue
         size = os.path.getsize(file.path)
         if size <= csv_block_bytes:
@@ -489,6 +509,27 @@ def plan_pieces(files: list[InputFile], partition_rows: int, csv_block_bytes: in
         for number, (start, end) in enumerate(_csv_blocks(file.path, size, csv_block_bytes)):
             pieces.append(Piece(len(pieces), file, 0 if number == 0 else None, byte_range=(start, end)))
     return pieces
+
+
+def pack_pieces(pieces: list[Piece], partition_rows: int, schemas: dict[str, pa.Schema], columns: list[str]
+                ) -> list[Bundle]:
+    """Consecutive Parquet pieces whose files have the same types in ``columns`` share a bundle while it holds
+    fewer than ``partition_rows`` rows; CSV pieces and large pieces are bundles of their own."""
+    bundles: list[list[Piece]] = []
+    rows = 0
+    signature = None
+    for piece in pieces:
+        kind = None
+        if piece.file.format == "parquet" and piece.rows is not None:
+            file_schema = schemas[piece.file.path]
+            kind = tuple(str(file_schema.field(c).type) for c in columns if c in file_schema.names)
+        if bundles and kind is not None and kind == signature and rows + piece.rows <= partition_rows:
+            bundles[-1].append(piece)
+            rows += piece.rows
+            continue
+        bundles.append([piece])
+        rows, signature = (piece.rows or 0), kind
+    return [Bundle(number, tuple(members)) for number, members in enumerate(bundles)]
 
 
 def _csv_blocks(path: str, size: int, block: int) -> list[tuple[int, int]]:
@@ -557,22 +598,45 @@ def _read_piece(piece: Piece, columns: list[str]) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(body), usecols=columns, dtype=str, keep_default_na=True)
 
 
-def _ingest_piece(piece: Piece, columns: list[str], event_types: list[str], id_dtype: IdDtype, unit: str,
-                  pseudonym_key: bytes | None, quarantine_dir: str, latest: pd.Timestamp | None = None,
-                  session_dtype: SessionDtype = "string") -> pd.DataFrame:
-    """Read and validate one piece on a worker; write its rejected rows and its counts beside the quarantine;
-    return the clean rows. ``id_dtype`` and ``latest`` were decided once on the client: every piece gets the same."""
+def _read_bundle(bundle: Bundle, columns: list[str]) -> tuple[pd.DataFrame, Any, Any]:
+    """(raw rows, source file of each row, 0-based data row of each row in its file). One piece: its file name and
+    offset as scalars; packed Parquet pieces: read as Arrow tables, concatenated, converted to pandas once."""
+    if len(bundle.pieces) == 1:
+        piece = bundle.pieces[0]
+        return _read_guarded(piece, columns), piece.file.path, piece.row_offset or 0
+    tables = [_read_guarded(piece, columns, arrow=True) for piece in bundle.pieces]
+    raw = pa.concat_tables(tables).to_pandas()
+    lengths = [table.num_rows for table in tables]
+    files = pd.Categorical.from_codes(np.repeat(np.arange(len(tables)), lengths),
+                                      categories=[piece.file.path for piece in bundle.pieces])
+    rows = np.concatenate([np.arange(piece.row_offset or 0, (piece.row_offset or 0) + n, dtype=np.int64)
+                           for piece, n in zip(bundle.pieces, lengths, strict=True)])
+    return raw, files, rows
+
+
+def _read_guarded(piece: Piece, columns: list[str], arrow: bool = False) -> Any:
     try:
-        raw = _read_piece(piece, columns)
+        if arrow:
+            return pq.ParquetFile(piece.file.path).read_row_groups(list(piece.row_groups or ()), columns=columns)
+        return _read_piece(piece, columns)
     except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise HomerankError(f"{piece.file.path}: could not be read ({_safe_reason(exc)})") from None
-    clean, rejected = validate_events(raw, piece.file.path, event_types, id_dtype, unit, piece.row_offset or 0,
-                                      latest, session_dtype)
+
+
+def _ingest_bundle(bundle: Bundle, columns: list[str], event_types: list[str], id_dtype: IdDtype, unit: str,
+                   pseudonym_key: bytes | None, quarantine_dir: str, latest: pd.Timestamp | None = None,
+                   session_dtype: SessionDtype = "string") -> pd.DataFrame:
+    """Read and validate one bundle on a worker; write its rejected rows and its counts beside the quarantine;
+    return the clean rows. ``id_dtype`` and ``latest`` were decided once on the client: every bundle gets the
+    same."""
+    raw, source_file, source_row = _read_bundle(bundle, columns)
+    clean, rejected = validate_events(raw, source_file, event_types, id_dtype, unit, source_row, latest,
+                                      session_dtype)
     if pseudonym_key is not None:
         clean[schema.USER] = pseudonymise(clean[schema.USER], pseudonym_key)
         rejected[schema.USER] = pseudonymise(rejected[schema.USER], pseudonym_key)
     folder = Path(quarantine_dir)
-    name = f"part-{piece.number:05d}"
+    name = f"part-{bundle.number:05d}"
     if len(rejected):
         _write_atomically(folder / f"{name}.parquet", lambda tmp: rejected.to_parquet(tmp, index=False))
     counts = {"in": len(raw), "clean": len(clean), "newest": str(clean[schema.TS].max()) if len(clean) else None,
@@ -626,12 +690,13 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     for stale in [*folder.glob("part-*.parquet"), *(folder / COUNTS).glob("*.json")]:
         stale.unlink()
     pieces = _csv_row_offsets(plan_pieces(files, config.partition_rows, config.csv_block_bytes))
-    log.info("ingest: %d file(s) in %d piece(s), id dtype %s, columns %s, events after %s are future_timestamp",
-             len(files), len(pieces), resolved_ids, columns, latest)
+    bundles = pack_pieces(pieces, config.partition_rows, schemas, columns)
+    log.info("ingest: %d file(s) in %d piece(s), %d partition(s), id dtype %s, columns %s, events after %s are "
+             "future_timestamp", len(files), len(pieces), len(bundles), resolved_ids, columns, latest)
     meta = _empty_clean(columns, resolved_ids, event_types, session_dtype)
     if key is not None:
         meta[schema.USER] = meta[schema.USER].astype("string")
-    clean = dd.from_map(_ingest_piece, pieces, columns=columns, event_types=event_types, id_dtype=resolved_ids,
+    clean = dd.from_map(_ingest_bundle, bundles, columns=columns, event_types=event_types, id_dtype=resolved_ids,
                         unit=config.timestamp_unit, pseudonym_key=key, quarantine_dir=str(folder), latest=latest,
                         session_dtype=session_dtype, meta=meta,
                         enforce_metadata=False, label="ingest-piece")
@@ -642,8 +707,8 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     # sort puts them side by side (and the events in the (user, item, time) order of every later step)
     deduped = events_by_user(clean, clean_rows, config.partition_rows, min_partitions=worker_count()).persist()
     kept = int(deduped.shape[0].compute())
-    if len(counts) != len(pieces):  # pragma: no cover - a task that returned wrote its counts
-        raise AssertionError(f"ingest: counts of {len(counts)} of {len(pieces)} pieces")
+    if len(counts) != len(bundles):  # pragma: no cover - a task that returned wrote its counts
+        raise AssertionError(f"ingest: counts of {len(counts)} of {len(bundles)} partitions")
     reasons: dict[str, int] = {}
     for record in counts:
         for reason, n in record["reasons"].items():
@@ -658,7 +723,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     log.info("ingest: rows %s, quarantine reasons %s", rows, reasons)
     return Ingested(events=deduped, quarantine=folder, rows=rows, files=[f.path for f in files],
                     id_dtype=resolved_ids, reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-                    partitions=len(pieces), newest=newest)
+                    partitions=len(bundles), newest=newest)
 
 
 def read_catalogue(path: str) -> pd.DataFrame:

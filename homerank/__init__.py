@@ -17,9 +17,21 @@ directory, command line).
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
-from homerank.api import Embeddings, Run, run
 from homerank.engine.errors import GateError, HomerankError, TrainingDivergedError
+
+_API = ("Embeddings", "Run", "run")
+
+
+def __getattr__(name: str) -> Any:
+    """`Embeddings`, `Run` and `run` load `homerank.api` (and torch) on first use: a dask worker that unpickles an
+    engine function imports the package without paying for the model side."""
+    if name in _API:
+        from homerank import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'homerank' has no attribute {name!r}")
 
 try:
     __version__ = metadata.version("homerank")

@@ -80,3 +80,29 @@ def test_csv_blocks_cut_at_line_ends_give_the_same_result(tmp_path_factory, rows
     assert whole.partitions == 1 and blocks.partitions >= min(len(text.encode()) // block, 2)
     assert_same(summary(whole), summary(blocks))
     assert whole.rows["in"] == len(frame)
+
+
+def test_small_parquet_files_are_packed_into_partitions_and_keep_their_provenance(tmp_path):
+    """Many small files share partitions (one read, one validation, one quarantine part per partition), files of
+    another column type are never packed with them, and every quarantined row still names its own file and row."""
+    folder = tmp_path / "log"
+    folder.mkdir()
+    frames = {}
+    for number in range(7):
+        frame = dirty_log(300 + 40 * number, seed=number)
+        if number < 5:  # typed columns: integer ids where present, real timestamps where parsable
+            frame = frame.assign(user_id=pd.to_numeric(frame["user_id"]).astype("Int64"))
+        frames[f"part-{number}.parquet"] = frame
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / f"part-{number}.parquet")
+    packed = ingest_events(str(folder), IngestConfig(partition_rows=1000), CPU, id_dtype="string",
+                           quarantine_dir=tmp_path / "q1")
+    alone = ingest_events(str(folder), IngestConfig(partition_rows=1), CPU, id_dtype="string",
+                          quarantine_dir=tmp_path / "q2")
+    assert alone.partitions == 7 and packed.partitions < 7
+    assert len(list((tmp_path / "q1").glob("part-*.parquet"))) == packed.partitions
+    assert_same(summary(packed), summary(alone))
+    quarantine = packed.read_quarantine()
+    for name, frame in frames.items():
+        mine = quarantine[quarantine[schema.SOURCE_FILE].str.endswith(name)]
+        bad = frame["user_id"].isna() | (frame["event_type"] == "hover") | (frame["timestamp"] == "not a time")
+        assert sorted(mine[schema.SOURCE_ROW]) == np.flatnonzero(bad.to_numpy()).tolist(), name
