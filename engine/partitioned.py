@@ -92,23 +92,47 @@ def _kcore_step(edges: pd.DataFrame, item_degree: pd.Series, min_user: int, min_
     return edges[mask]
 
 
-def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds: int = 1000
-                  ) -> tuple[dd.DataFrame, int, int]:
+def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds: int = 1000,
+                  known: tuple[int, Any] | None = None) -> tuple[dd.DataFrame, int, int]:
     """The iterated k-core of `homerank.engine.kcore.kcore_filter` (same rounds, same result) on user partitions.
 
-    Each round persists the surviving edges on the workers and brings back only their count and item degrees
-    (one round trip per round). Returns (surviving edges, persisted; rounds; their count)."""
+    Round r looks at the degrees of the edges left: item degrees d_i (a small (I,) series to the client) and the
+    smallest user degree of each partition (users are partition-local, one number per partition). All of them at
+    least their threshold: the graph is its own k-core and round r is the last. Otherwise every partition drops
+    the edges of users or items below threshold (`_kcore_step`), the survivors are persisted on the workers and
+    their degrees come back (one round trip per round). ``known``: (edge count, item degrees) already computed
+    for ``edges``. Returns (surviving edges, persisted; rounds; their count)."""
     current = edges.persist()
-    count, item_degree = dask.compute(current.shape[0], current[schema.ITEM].value_counts())
+    if known is None:
+        count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(),
+                                                    smallest_user_degree(current))
+    else:
+        (count, item_degree), user_min = known, dask.compute(smallest_user_degree(current))[0]
     for round_ in range(1, max_rounds + 1):
         item_degree = _host(item_degree)  # (I,) on the client
-        step = current.map_partitions(_kcore_step, item_degree, min_user, min_item, meta=current._meta).persist()
-        left, next_degree = dask.compute(step.shape[0], step[schema.ITEM].value_counts())
-        if int(left) == int(count):
+        if int(user_min) >= min_user and (len(item_degree) == 0 or int(item_degree.min()) >= min_item):
             return current, round_, int(count)
-        log.debug("k-core round %d: %d edges left", round_, left)
-        current, count, item_degree = step, left, next_degree
+        current = current.map_partitions(_kcore_step, item_degree, min_user, min_item, meta=current._meta).persist()
+        count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(),
+                                                    smallest_user_degree(current))
+        log.debug("k-core round %d: %d edges left", round_, count)
     return current, max_rounds, int(count)
+
+
+def smallest_user_degree(edges: dd.DataFrame) -> Any:
+    """The smallest number of edges of any user (lazy; a large number for no edges): per partition, then the
+    minimum of those P numbers (users are partition-local)."""
+    def smallest(frame: Any) -> Any:
+        degree = frame.groupby(schema.USER).size()
+        return frame_library(frame).Series([int(degree.min()) if len(degree) else np.iinfo(np.int64).max])
+
+    return edges.map_partitions(smallest, meta=(None, "int64")).min()
+
+
+def users_per_partition(edges: dd.DataFrame) -> dd.Series:
+    """Distinct users of each partition, one number per partition (lazy)."""
+    return edges.map_partitions(lambda frame: frame_library(frame).Series([frame[schema.USER].nunique()]),
+                                meta=(None, "int64"))
 
 
 def id_tables(core: dd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
@@ -116,8 +140,7 @@ def id_tables(core: dd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[int]
     order (user order), numbered 0..U-1; items: the distinct ids sorted, numbered 0..I-1. One round trip."""
     users_per_part = core.map_partitions(lambda frame: frame[schema.USER].drop_duplicates().sort_values(),
                                          meta=core._meta[schema.USER])
-    counts = core.map_partitions(lambda frame: pd.Series([frame[schema.USER].nunique()]), meta=(None, "int64"))
-    users, per_partition, items = dask.compute(users_per_part, counts, core[schema.ITEM].unique())
+    users, per_partition, items = dask.compute(users_per_part, users_per_partition(core), core[schema.ITEM].unique())
     users = _host(users).reset_index(drop=True)
     items = _host(items).sort_values(ignore_index=True)  # keeps the ids' dtype (string ids stay strings)
     user_index = pd.DataFrame({schema.USER: users, schema.USER_INDEX: np.arange(len(users), dtype="int64")})

@@ -35,6 +35,7 @@ from homerank.engine.partitioned import (
     encode_and_split,
     id_tables,
     kcore_by_user,
+    users_per_partition,
     write_partitions,
 )
 from homerank.engine.profiles import profiles_by_user, segment_summary
@@ -190,14 +191,16 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
         weighted = weight_events(by_user, config.interactions.event_weights, config.interactions.half_life_days,
                                  ref_time).persist()
         all_edges = aggregate_by_user(weighted, event_types).persist()
-        _, edges_all_time, users_all_time, items_all_time = dask.compute(
+        _, edges_all_time, users_all_time, item_degree = dask.compute(
             write_partitions(all_edges, run.interactions_staging, compute=False), all_edges.shape[0],
-            all_edges[schema.USER].nunique(), all_edges[schema.ITEM].nunique())
+            users_per_partition(all_edges).sum(), all_edges[schema.ITEM].value_counts())
+        items_all_time = len(item_degree)
         publish_parquet_parts(run.interactions_staging, run.interactions, all_edges._meta)
         log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,
                  time.perf_counter() - started)
         core, rounds, core_edges = kcore_by_user(all_edges, config.interactions.min_user_interactions,
-                                     config.interactions.min_item_interactions)
+                                                 config.interactions.min_item_interactions,
+                                                 known=(edges_all_time, item_degree))
         log.info("etl: k-core (%d rounds) done at %.1fs", rounds, time.perf_counter() - started)
         if core_edges == 0:
             raise GateError(
@@ -210,8 +213,8 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
             profile_stats = _write_profiles(by_user, core, catalogue, ingested.id_dtype, event_types, ref_time, run,
                                             config)
             log.info("etl: shopper profiles written at %.1fs", time.perf_counter() - started)
-        user_index, item_index, users_per_partition = id_tables(core)
-        edges = encode_and_split(core, weighted, item_index, users_per_partition, config.split, event_types)
+        user_index, item_index, partition_users = id_tables(core)
+        edges = encode_and_split(core, weighted, item_index, partition_users, config.split, event_types)
         _, split_counts = dask.compute(write_partitions(edges, run.edges_staging, compute=False),
                                        edges[SPLIT].value_counts())
         split_counts = backend.to_host(split_counts)
