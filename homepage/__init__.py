@@ -1,7 +1,8 @@
 """homepage: model scores, the catalogue and recent behaviour -> one personalised page of sections per user.
 
     catalogue      item facts by catalogue position (category, stock, price band, trending, popularity) and
-                   inductive vectors for items the model never saw
+                   inductive vectors for items the model never saw (the train stage's content embedding, else
+                   their category and price band's mean vector)
     signals        page-wide facts computed once: model candidates, item neighbours, trending per category,
                    new arrivals, each user's purchases and top category
     sections       one function per section kind (a user's candidate sources) and the registry SECTION_KINDS

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from homerank.engine import schema
 from homerank.homepage.block_pages import BlockPages
-from homerank.homepage.catalogue import Catalogue, build_catalogue, inductive_item_vectors
+from homerank.homepage.catalogue import VECTOR_SOURCES, Catalogue, build_catalogue, item_vectors
 from homerank.homepage.config import HomepageConfig
 from homerank.homepage.explain import Explainer
 from homerank.homepage.merchandising import Merchandising, load_merchandising
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class Homepage:
     """``page``: one row per slot (``OUTPUT_COLUMNS``), grouped by user, rows in section order (no rows when the
     blocks went to an ``on_block`` callback); ``stats``: what ``homepage_stats.json`` holds (users, rows, sections,
-    cold_users, rule_check, diversity, merchandising, quality)."""
+    cold_users, rule_check, diversity, merchandising, quality, item_vectors)."""
 
     page: pd.DataFrame
     stats: dict[str, Any]
@@ -45,7 +45,8 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
                 reference_time: pd.Timestamp, settings: HomepageConfig,
                 rankings: pd.DataFrame | None = None,
                 on_block: Callable[[pd.DataFrame], None] | None = None,
-                profiles: pd.DataFrame | None = None) -> Homepage:
+                profiles: pd.DataFrame | None = None,
+                cold_items: tuple[pd.Series, np.ndarray] | None = None) -> Homepage:
     """One page per user of ``interactions`` (which needs ``last_ts``), in user id order.
 
     ``candidate_items``/``candidate_scores`` (U, k): the model's top items per user embedding row (model item
@@ -54,15 +55,19 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
     without one); ``reference_time`` is the newest event of the log; ``rankings`` (user_id, item_id), the plain
     top-K lists, is the baseline of the quality metrics when given; ``profiles``, the shopper profiles (user_id,
     segment, segment_name, top_category_k, top_category_share_k; None without them), give users without a model
-    embedding their segment's favourites, the titles their profile fields and the explanations category shares.
+    embedding their segment's favourites, the titles their profile fields and the explanations category shares;
+    ``cold_items`` (item ids (n,), vectors (n, d)), the train stage's content-only embeddings of catalogue items
+    outside the graph (None without them), are the vectors of those items in place of their category and price
+    band's mean vector (`homerank.homepage.catalogue.item_vectors`).
 
     Users are paged in blocks of ``settings.block_users``; each block's rows go to ``on_block`` as soon as the block
     is built (the returned ``page`` is then empty: nothing keeps every user's rows), or are concatenated into the
-    returned ``page`` without it. The stats are summed block by block (`homerank.homepage.tally`)."""
+    returned ``page`` without it. The stats are summed block by block (`homerank.homepage.tally`); ``item_vectors``
+    counts the new arrivals and the catalogue items by the source of their vector."""
     catalogue = build_catalogue(catalogue_items, interactions, item_index, edges, reference_time, settings)
-    vectors = inductive_item_vectors(catalogue, item_embeddings)
+    vectors, vector_source = item_vectors(catalogue, item_embeddings, cold_items)
     signals = collect_signals(catalogue, vectors, interactions, candidate_items, candidate_scores, user_embeddings,
-                              item_embeddings, user_index, reference_time, settings, profiles, edges)
+                              item_embeddings, user_index, reference_time, settings, profiles, edges, vector_source)
     merchandising = None
     if settings.merchandising:
         merchandising = load_merchandising(settings.merchandising, catalogue.item_ids, catalogue.category,
@@ -93,7 +98,15 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
     page = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=OUTPUT_COLUMNS)
     if on_block is not None:
         page = page.iloc[:0]
-    return Homepage(page, tally.stats(rankings))
+    return Homepage(page, {**tally.stats(rankings), "item_vectors": _vector_counts(vector_source, signals)})
+
+
+def _vector_counts(vector_source: np.ndarray, signals: PageSignals) -> dict[str, dict[str, int]]:
+    """How many new arrivals and catalogue items got their vector from each source (model, content, mean)."""
+    def counts(codes: np.ndarray) -> dict[str, int]:
+        found = np.bincount(codes, minlength=len(VECTOR_SOURCES))
+        return {name: int(n) for name, n in zip(VECTOR_SOURCES, found, strict=True)}
+    return {"new_arrivals": counts(vector_source[signals.new_positions]), "catalogue": counts(vector_source)}
 
 
 def _pages_one_by_one(users: np.ndarray, catalogue: Catalogue, signals: PageSignals, settings: HomepageConfig,

@@ -1,6 +1,14 @@
 """The catalogue as the homepage sees it: one row of facts per item (catalogue items and every item in the
 log), and an item vector for every one of them, inductive for items the model never saw.
 
+The vector of catalogue item i, v_i (d,), comes from the first source that has one (``VECTOR_SOURCES``):
+
+    model                     e_i, the scorer's item embedding, for the model's items
+    content                   x_i W / (L + 1), the content-only embedding the train stage wrote for a catalogue item
+                              outside the graph (``RUN/train/cold_items.parquet``, with ``train.content``)
+    category_price_band_mean  the mean e_j over the model items j of i's category and price band (else of its
+                              category, else of all model items)
+
 Trending is a recency-weighted interaction count over the last ``trending_window_days``:
 
     trending_i = sum over interactions (u, i) with last_ts >= t_ref - window of 0.5 ** (age_days / half_life)
@@ -100,17 +108,53 @@ def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item
     )
 
 
-def inductive_item_vectors(catalogue: Catalogue, item_embeddings: torch.Tensor) -> torch.Tensor:
-    """Embeddings for every catalogue item, shape (C, d) from ``item_embeddings`` (num_items, d): the model's
-    where it has one, else the mean of the model items of the same (category, price band), else of the
-    category, else of all model items."""
+VECTOR_SOURCES = ("model", "content", "category_price_band_mean")  # item_vectors' source codes 0, 1, 2
+
+
+def item_vectors(catalogue: Catalogue, item_embeddings: torch.Tensor,
+                 cold_items: tuple[pd.Series, np.ndarray] | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Embeddings for every catalogue item, shape (C, d), and the source of each (C,) int8, an index into
+    ``VECTOR_SOURCES``: the model's row of ``item_embeddings`` (num_items, d) where it has one, else the item's row
+    of ``cold_items`` (ids (n,) in the run's id form, content-only vectors (n, d); None without them), else the
+    mean of the model items of the same (category, price band), else of the category, else of all model items.
+
+    Raises HomerankError when the cold items' width is not the model's ``d``."""
     vectors = torch.zeros(len(catalogue.item_ids), item_embeddings.shape[1])
     known = catalogue.model_index >= 0
     vectors[torch.from_numpy(known)] = item_embeddings[torch.from_numpy(catalogue.model_index[known])]
-    global_mean = item_embeddings.mean(0)
-    unknown = np.flatnonzero(~known)
+    source = np.where(known, 0, 2).astype(np.int8)
+    if cold_items is not None and len(cold_items[0]):
+        ids, content = cold_items
+        content = np.asarray(content, dtype=np.float32).reshape(len(ids), -1)
+        if content.shape[1] != item_embeddings.shape[1]:
+            raise HomerankError(f"train/cold_items.parquet: vectors of width {content.shape[1]}, the model's are "
+                                f"{item_embeddings.shape[1]}; run the train stage again (`homerank train --out RUN`)")
+        ids = pd.Index(ids)
+        if not ids.is_unique:
+            raise HomerankError("train/cold_items.parquet: an item id appears twice; run the train stage again "
+                                "(`homerank train --out RUN`)")
+        rows = ids.get_indexer(pd.Index(catalogue.item_ids))
+        with_content = (rows >= 0) & ~known  # the model's own vector always wins
+        vectors[torch.from_numpy(with_content)] = torch.from_numpy(content[rows[with_content]]).to(vectors.dtype)
+        source[with_content] = 1
+    _fill_means(catalogue, item_embeddings, vectors, known, np.flatnonzero(source == 2))
+    return vectors, source
+
+
+def inductive_item_vectors(catalogue: Catalogue, item_embeddings: torch.Tensor) -> torch.Tensor:
+    """Embeddings for every catalogue item, shape (C, d) from ``item_embeddings`` (num_items, d): the model's
+    where it has one, else the mean of the model items of the same (category, price band), else of the
+    category, else of all model items (`item_vectors` without content vectors)."""
+    return item_vectors(catalogue, item_embeddings)[0]
+
+
+def _fill_means(catalogue: Catalogue, item_embeddings: torch.Tensor, vectors: torch.Tensor, known: np.ndarray,
+                unknown: np.ndarray) -> None:
+    """Write into ``vectors`` (C, d) at the positions ``unknown`` the mean vector of their (category, price band)
+    over the model items (``known``), else of their category, else of all model items."""
     if not unknown.size:
-        return vectors
+        return
+    global_mean = item_embeddings.mean(0)
     # one mean per (category, price band) of the unknown items, over the same model items as item by item
     model_items = np.flatnonzero(known)
     frame = pd.DataFrame({"category": catalogue.category[model_items], "band": catalogue.price_band[model_items]})
@@ -121,4 +165,3 @@ def inductive_item_vectors(catalogue: Catalogue, item_embeddings: torch.Tensor) 
         members = by_band.get((category, band), by_category.get(category))
         mean = vectors[torch.from_numpy(model_items[members])].mean(0) if members is not None else global_mean
         vectors[torch.from_numpy(unknown[rows])] = mean
-    return vectors

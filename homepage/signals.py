@@ -4,7 +4,10 @@ arrivals with every user's score, and each user's purchases and top category.
 
 Neighbours are by cosine of the learned item embeddings, cos(e_a, e_j) = e_a . e_j / (|e_a| |e_j|), the anchor
 itself excluded, found with a faiss index (`homerank.gnn.item_index`; exact below 50,000 model items, HNSW above). A new
-arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector.
+arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector; its reason names where
+v_i came from (`homerank.homepage.catalogue.VECTOR_SOURCES`): ``new_arrival:model_score``,
+``new_arrival:cold_start_content`` (the train stage's content-only embedding) or
+``new_arrival:cold_start_category_price_band`` (the mean vector).
 A user's top category maximises the summed interaction weight, ties to the alphabetically first category.
 
 From the shopper profiles (`homerank.engine.profiles`, ``RUN/etl/profiles/``; all optional): each user's segment
@@ -29,6 +32,9 @@ from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
 
 POSITION = "pos"  # catalogue position of an interaction's item
+# a new arrival's reason by the source code of its vector (homerank.homepage.catalogue.VECTOR_SOURCES)
+NEW_ARRIVAL_REASONS = np.array(["new_arrival:model_score", "new_arrival:cold_start_content",
+                                "new_arrival:cold_start_category_price_band"])
 
 
 @dataclass
@@ -48,7 +54,7 @@ class PageSignals:
     global_category: str  # the category with the largest summed trending
     new_positions: np.ndarray  # (N,) positions created within new_arrival_days of the reference time
     new_scores: np.ndarray  # (U, N) user embedding . item vector
-    new_reason: np.ndarray  # (N,) model score, or cold start for items the model never saw
+    new_reason: np.ndarray  # (N,) model score, or cold start (content or mean vector) for items the model never saw
     purchases: pd.DataFrame  # (user_id, item_id) of every interaction with a purchase
     purchased: dict[Any, set[int]]  # user id -> positions bought
     buy_again: dict[Any, np.ndarray]  # user id -> positions bought in repeat-purchase categories, newest first
@@ -109,16 +115,18 @@ def item_neighbours(anchors: np.ndarray, catalogue: Catalogue, item_embeddings: 
 
 
 def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: torch.Tensor,
-                 reference_time: pd.Timestamp, days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 reference_time: pd.Timestamp, days: float, vector_source: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Items created within ``days`` of ``reference_time``: their positions (N,), every model user's score
-    (U, N) = user_embeddings (U, d) @ vectors[positions].T, and a reason per item (N,)."""
+    (U, N) = user_embeddings (U, d) @ vectors[positions].T, and a reason per item (N,) from the source of its
+    vector, ``vector_source`` (C,) (`homerank.homepage.catalogue.item_vectors`; None: model or mean vector)."""
     created = pd.to_datetime(catalogue.created_at)
     positions = np.flatnonzero(np.asarray(created >= reference_time - pd.Timedelta(days=days)))
     new_vectors = vectors[torch.from_numpy(positions)]
     scores = (user_embeddings @ new_vectors.T).numpy() if positions.size else np.zeros((user_embeddings.shape[0], 0))
-    reasons = np.where(catalogue.model_index[positions] >= 0, "new_arrival:model_score",
-                       "new_arrival:cold_start_category_price_band")
-    return positions, scores, reasons
+    if vector_source is None:
+        vector_source = np.where(catalogue.model_index >= 0, 0, 2)
+    return positions, scores, NEW_ARRIVAL_REASONS[vector_source[positions]]
 
 
 def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Series:
@@ -133,8 +141,9 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
                     candidate_items: np.ndarray, candidate_scores: np.ndarray, user_embeddings: torch.Tensor,
                     item_embeddings: torch.Tensor, user_index: pd.DataFrame, reference_time: pd.Timestamp,
                     settings: HomepageConfig, profiles: pd.DataFrame | None = None,
-                    edges: pd.DataFrame | None = None) -> PageSignals:
-    """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed);
+                    edges: pd.DataFrame | None = None, vector_source: np.ndarray | None = None) -> PageSignals:
+    """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed) and
+    ``vector_source`` (C,) where each came from (`homerank.homepage.catalogue.item_vectors`; None: model or mean);
     ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index);
     ``profiles`` (user_id, segment, segment_name, top_category_1; None without profiles) and ``edges`` (the
     k-core edges with ``split``) give the segments and their favourites."""
@@ -144,7 +153,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     anchors = np.unique([p for p in last_viewed.to_numpy() if catalogue.model_index[p] >= 0])
     by_trend = np.argsort(-catalogue.trending, kind="stable")
     new_positions, new_scores, new_reason = new_arrivals(catalogue, vectors, user_embeddings, reference_time,
-                                                         settings.new_arrival_days)
+                                                         settings.new_arrival_days, vector_source)
     purchased_column = schema.count_column("purchase")
     bought = (interactions[interactions[purchased_column] > 0] if purchased_column in interactions
               else interactions.iloc[:0])

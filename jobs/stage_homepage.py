@@ -14,6 +14,9 @@ in a staging folder and appended to a temporary ``homepage.jsonl``; the dataset 
 file replace the previous ones only after the last block, so a failure leaves the previous homepage as it was.
 The shopper profiles (``etl/profiles/``) are read when ``profiles.enabled`` and the ETL published them (manifest
 present); without them the homepage is built as before, explanations from the evidence that remains.
+The train stage's content-only embeddings of catalogue items outside the graph (``train/cold_items.parquet``,
+written with ``train.content``) are those items' vectors when the file is there; items without one keep the mean
+vector of their category and price band (``homepage_stats.json``: ``item_vectors``).
 """
 
 from __future__ import annotations
@@ -23,16 +26,18 @@ import shutil
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
 from homerank.engine import schema
 from homerank.engine.backend import Backend
+from homerank.engine.errors import HomerankError
 from homerank.gnn.metrics import top_k
 from homerank.homepage.build import build_pages
 from homerank.homepage.export import jsonl_text
-from homerank.jobs.artifacts import load_embeddings, load_scorer, require
+from homerank.jobs.artifacts import load_embeddings, load_scorer, read_embedding_table, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, atomic_path, publish_parquet_parts, read_json, write_json
 
@@ -62,6 +67,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
     profiles = _read_profiles(run) if config.profiles.enabled else None
+    cold_items = _read_cold_items(run)
     staging = run.homepage.with_name(".homepage.parts")  # the blocks' parts, published as one dataset at the end
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -70,7 +76,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
             parts = _PartWriter(staging, jsonl)
             homepage = build_pages(cand_items.numpy(), cand_scores.numpy(), item_emb, user_emb, interactions, edges,
                                    user_index, item_index, catalogue, ref_time, settings, rankings,
-                                   on_block=parts.write, profiles=profiles)
+                                   on_block=parts.write, profiles=profiles, cold_items=cold_items)
             jsonl.close()
             publish_parquet_parts(staging, run.homepage, homepage.page)
     finally:
@@ -94,6 +100,23 @@ def _read_profiles(run: RunDir) -> pd.DataFrame | None:
     names = pq.ParquetDataset(run.profiles).schema.names
     wanted = [schema.USER, *(c for c in names if c in PROFILE_COLUMNS or c.startswith("top_category_"))]
     return pd.read_parquet(run.profiles, columns=wanted)
+
+
+def _read_cold_items(run: RunDir) -> tuple[pd.Series, np.ndarray] | None:
+    """The ids and content-only vectors (n, d) of ``train/cold_items.parquet``, None when the train stage wrote none
+    (``train.content`` off, ``write_cold_items: false``, or a run older than it). The train stage removes the file
+    before it trains, so one that is there belongs to the run's scorer."""
+    path = Path(run.scorer).parent / "cold_items.parquet"  # homerank.jobs.stage_train.cold_items_path
+    if not path.exists():
+        log.info("homepage: no %s: items outside the graph get their category and price band's mean vector", path)
+        return None
+    try:
+        ids, vectors = read_embedding_table(path, schema.ITEM)
+    except HomerankError:
+        raise HomerankError(f"{path}: not a readable homerank embeddings file; run the train stage again "
+                            "(`homerank train --out RUN_DIR`)") from None
+    log.info("homepage: content vectors of %d cold items from %s", len(ids), path)
+    return ids, vectors
 
 
 class _PartWriter:
