@@ -138,7 +138,7 @@ class Run:
         run = homerank.Run.open("runs/demo")
         run.metrics["test"]["ndcg@20"], run.config.train.epochs
         run.rankings().head()                       # user_id, rank, item_id, score
-        run.homepage(1000017)                       # that user's page: section, slot, item_id, reason, ...
+        run.homepage(1000017)                       # that user's page: section, slot, item_id, reason, explanation
         users, items = run.embeddings()             # frames indexed by the original ids
         run.recommend([1000017, 999], k=10)         # source says model / popularity fallback
     """
@@ -176,7 +176,9 @@ class Run:
 
     def homepage(self, user_id: Any = None) -> pd.DataFrame:
         """One user's homepage rows in page order (all users' when ``user_id`` is None): user_id, section,
-        section_title, slot, item_id, score, reason. An unknown user gets an empty frame."""
+        section_title, slot, item_id, score (NaN for pinned slots), reason (machine-readable, e.g.
+        ``for_you:model_score``), explanation (a sentence a shopper can read; added after ``reason``, so a run made
+        before explanations lacks the column). An unknown user gets an empty frame."""
         page = pd.read_parquet(self._require(self._run.homepage, "homepage"))
         if user_id is None:
             return page
