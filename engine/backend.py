@@ -111,21 +111,35 @@ class Backend:
             yield
 
     def local_cluster(self, n_workers: int | None, threads_per_worker: int | None, processes: bool,
-                      dashboard_address: str = "127.0.0.1:0") -> Any:
-        """A local dask cluster for this backend: ``LocalCUDACluster`` (one worker per GPU, dask-cuda) when frames
-        live on the GPU, else ``LocalCluster``. Everything listens on localhost only: the scheduler, the workers and
-        the HTTP/dashboard endpoint (a free port unless ``dashboard_address`` names one)."""
-        if self.frames_on_gpu:
+                      dashboard_address: str = "127.0.0.1:0", memory_limit: str | None = None,
+                      local_directory: str | None = None, rmm_pool_size: str | None = "auto",
+                      cudf_spill: bool = True) -> Any:
+        """A local dask cluster for this backend: ``LocalCUDACluster`` (one worker process per GPU, dask-cuda, an
+        RMM pool of ``rmm_pool_size`` per GPU and cuDF's device-to-host spilling) when frames live on the GPU, else
+        ``LocalCluster``. ``memory_limit`` (per worker) and ``local_directory`` set where workers spill to disk.
+        Everything listens on localhost only: the scheduler, the workers and the HTTP/dashboard endpoint (a free
+        port unless ``dashboard_address`` names one)."""
+        memory: dict[str, Any] = {}
+        if memory_limit is not None:
+            memory["memory_limit"] = float(memory_limit) if _is_number(memory_limit) else memory_limit
+        if local_directory is not None:
+            memory["local_directory"] = local_directory
+        if self.frames_on_gpu:  # written from the dask-cuda documentation; never run on this project's machines
             from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
 
+            pool = rmm_pool_size
+            if pool == "auto":
+                pool = f"{int(0.8 * torch.cuda.get_device_properties(0).total_memory) >> 20}MiB"
             return LocalCUDACluster(n_workers=n_workers, threads_per_worker=threads_per_worker or 1,
                                     host="127.0.0.1", dashboard_address=dashboard_address,
-                                    worker_dashboard_address="127.0.0.1:0")
+                                    worker_dashboard_address="127.0.0.1:0", rmm_pool_size=pool,
+                                    enable_cudf_spill=cudf_spill, **memory)
         from distributed import LocalCluster
 
         network = {"host": "127.0.0.1"} if processes else {}  # threads talk in-process, not over TCP
         return LocalCluster(n_workers=n_workers or 1, threads_per_worker=threads_per_worker, processes=processes,
-                            dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0", **network)
+                            dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0",
+                            **network, **memory)
 
     def connected_components(self, rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
         """Component label per node (num_nodes,) of the undirected graph with edges (rows[k], cols[k]); labels
@@ -147,6 +161,14 @@ def _cugraph_components(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> n
     out = np.arange(num_nodes)  # isolated nodes (absent from the edge list): a component of their own
     out[labels["vertex"].to_numpy()] = num_nodes + labels["labels"].to_numpy()
     return np.unique(out, return_inverse=True)[1]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def cuda_available() -> bool:

@@ -34,7 +34,8 @@ def dask_client(config: ClusterConfig, backend: Backend) -> Iterator[object]:
             yield client
         return
     cluster = backend.local_cluster(config.n_workers, config.threads_per_worker, config.processes,
-                                    config.dashboard_address)
+                                    config.dashboard_address, config.memory_limit, config.local_directory,
+                                    config.rmm_pool_size, config.cudf_spill)
     with cluster, Client(cluster) as client, dask.config.set({"dataframe.shuffle.method": method}):
         log.info("dask: local cluster with %d worker(s), shuffle %s, dashboard %s", len(cluster.workers), method,
                  client.dashboard_link)

@@ -33,6 +33,23 @@ class ClusterConfig(StrictModel):
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int | None = Field(None, ge=1)
     processes: bool = Field(False, description="local cluster: worker processes (True) or threads (False)")
+    memory_limit: str | None = Field(
+        None, description="local cluster: memory limit per worker ('4GiB', 0.5 = half the machine's memory); above "
+        "dask's thresholds (60%/70% of it) a worker spills its held partitions to local_directory and pauses at 80%. "
+        "None: dask's default (the machine's memory / workers)"
+    )
+    local_directory: str | None = Field(
+        None, description="local cluster: where workers spill partitions and shuffle files (a fast local disk with "
+        "room for the log). None: dask's temporary directory"
+    )
+    rmm_pool_size: str | None = Field(
+        "auto", description="GPU backend (LocalCUDACluster): RMM memory pool per GPU ('24GiB', or 'auto' = 80% of "
+        "the device's memory); None: no pool"
+    )
+    cudf_spill: bool = Field(
+        True, description="GPU backend: cuDF's own device-to-host spilling (buffer by buffer, recommended by "
+        "dask-cuda for dataframe ETL) instead of dask-cuda's whole-partition spilling"
+    )
     shuffle: Literal["auto", "tasks", "p2p", "disk"] = Field(
         "auto", description="how dask moves rows between partitions (the ETL's one shuffle by user): 'tasks' keeps "
         "them in memory as task results (cheapest when the workers are threads of one process), 'p2p' streams them "

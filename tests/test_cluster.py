@@ -1,0 +1,36 @@
+"""The job's dask cluster: memory limit and spill directory reach the workers, and the shuffle method follows
+where the rows live (tasks inside one process, p2p between processes) unless the config names one."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+
+from homerank.engine.backend import CPU
+from homerank.jobs.cluster import dask_client, shuffle_method
+from homerank.jobs.config import ClusterConfig
+
+
+def test_memory_limit_and_spill_directory_reach_the_workers(tmp_path):
+    config = ClusterConfig(n_workers=1, threads_per_worker=1, memory_limit="1GiB", local_directory=str(tmp_path))
+    with dask_client(config, CPU) as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert [w["memory_limit"] for w in workers] == [2**30]
+        assert dask.config.get("dataframe.shuffle.method") == "tasks"
+    assert any(tmp_path.iterdir())  # the worker's scratch space lives in local_directory
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, "tasks"),
+    ({"processes": True}, "p2p"),
+    ({"address": "tcp://10.0.0.5:8786"}, "p2p"),
+    ({"processes": True, "shuffle": "tasks"}, "tasks"),
+    ({"shuffle": "disk"}, "disk"),
+])
+def test_shuffle_method(settings, expected):
+    assert shuffle_method(ClusterConfig(**settings), CPU) == expected
+
+
+def test_a_bad_shuffle_name_is_a_config_error():
+    with pytest.raises(ValueError, match="shuffle"):
+        ClusterConfig(shuffle="hash")
