@@ -62,6 +62,8 @@ class RunDir:
     retrain_checkpoints = property(lambda self: self.checkpoints / "refit")
     train_summary = property(lambda self: self.root / "train" / "summary.json")
     scorer = property(lambda self: self.root / "train" / "scorer.pt")
+    cold_items = property(lambda self: self.root / "train" / "cold_items.parquet")  # train.content: catalogue items
+    # outside the graph, item_id + content-only embedding (the format of item_embeddings); read by the homepage
     rankings = property(lambda self: self.root / "rankings")
     rank_stats = property(lambda self: self.root / "rank" / "stats.json")
     rank_staging = property(lambda self: self.root / ".rank.staging")  # a RunDir of its own until every block is done

@@ -106,7 +106,7 @@ def _read_cold_items(run: RunDir) -> tuple[pd.Series, np.ndarray] | None:
     """The ids and content-only vectors (n, d) of ``train/cold_items.parquet``, None when the train stage wrote none
     (``train.content`` off, ``write_cold_items: false``, or a run older than it). The train stage removes the file
     before it trains, so one that is there belongs to the run's scorer."""
-    path = Path(run.scorer).parent / "cold_items.parquet"  # homerank.jobs.stage_train.cold_items_path
+    path = run.cold_items
     if not path.exists():
         log.info("homepage: no %s: items outside the graph get their category and price band's mean vector", path)
         return None

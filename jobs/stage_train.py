@@ -46,7 +46,7 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
               resume: bool = False, on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
     # first of all: whatever stops this training, an earlier training's scorer must not stay to be ranked with
     run.scorer.unlink(missing_ok=True)
-    cold_path = cold_items_path(run)
+    cold_path = run.cold_items
     cold_path.unlink(missing_ok=True)  # an earlier training's cold items belong to its model
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
@@ -198,8 +198,8 @@ def _blend_key(share: float, prior_weight: float) -> str:
 
 
 def cold_items_path(run: RunDir) -> Path:
-    """``train/cold_items.parquet``, beside the scorer."""
-    return Path(run.scorer).parent / "cold_items.parquet"
+    """``train/cold_items.parquet`` (`RunDir.cold_items`; kept for callers such as the cold-start bench)."""
+    return run.cold_items
 
 
 def write_cold_items(path: Path, ids: pd.Series, vectors: np.ndarray, note: dict[str, Any]) -> None:
