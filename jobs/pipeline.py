@@ -141,6 +141,8 @@ def stage_outputs(stage: str, config: JobConfig) -> tuple[str, ...]:
         outputs += ("catalogue",)
     if stage == "etl" and config.profiles.enabled and not lightgcn:
         outputs += ("profiles",)
+    if stage == "train" and config.train.content.enabled and config.train.content.write_cold_items:
+        outputs += ("cold_items",)  # the homepage's vectors of the catalogue items outside the graph
     if stage == "homepage" and not config.homepage.enabled:
         outputs = ()
     elif stage == "homepage" and lightgcn:  # no timestamps or event types: only the stats saying so

@@ -176,3 +176,38 @@ def test_a_content_run_serves_cold_items_their_content_vectors_and_works_without
     page = pd.read_parquet(run / "homepage")
     assert not page["reason"].eq("new_arrival:cold_start_content").any()
     assert page["reason"].eq("new_arrival:cold_start_category_price_band").any()
+
+
+def test_train_declares_cold_items_as_an_output_only_with_content_features():
+    from homerank.jobs.config import JobConfig
+    from homerank.jobs.pipeline import stage_outputs
+
+    assert "cold_items" not in stage_outputs("train", JobConfig())
+    content = JobConfig.model_validate({"train": {"content": {"features": ["category"]}}})
+    assert stage_outputs("train", content) == ("scorer", "train_summary", "cold_items")
+    unwritten = JobConfig.model_validate({"train": {"content": {"features": ["category"], "write_cold_items": False}}})
+    assert "cold_items" not in stage_outputs("train", unwritten)
+
+
+@pytest.mark.slow
+def test_resume_retrains_when_cold_items_is_missing(tmp_path):
+    """``run --resume`` with ``train.content``: train/cold_items.parquet gone means train (and what follows) reruns,
+    the stages before it do not."""
+    from homerank.engine.synthetic import SyntheticSpec, generate
+    from homerank.jobs.cli import main
+
+    log = tmp_path / "log"
+    generate(log, SyntheticSpec(users=150, items=100, events=4_000, users_per_partition=150, seed=5))
+    config = tmp_path / "c.yaml"
+    config.write_text(CONTENT_CONFIG + f"ingest: {{catalogue: {log / 'items.parquet'}}}\n")
+    run = tmp_path / "run"
+    args = ["run", "--input", str(log / "events"), "--out", str(run), "--config", str(config), "--quiet"]
+    assert main(args) == 0
+    cold_file = run / "train" / "cold_items.parquet"
+    cold_file.unlink()
+    assert main([*args, "--resume"]) == 0
+    text = (run / "logs" / "homerank.log").read_text()
+    assert "stage etl: up to date" in text and "stage graph: up to date" in text
+    assert "stage train: rerun, train/cold_items.parquet: missing" in text
+    assert cold_file.exists()
+    assert json.loads((run / "homepage_stats.json").read_text())["item_vectors"]["catalogue"]["content"] > 0
