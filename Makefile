@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= runs/demo
 
-.PHONY: demo test install install-test install-bench bench-etl bench-pipeline bench-accuracy bench-accuracy-minute lint clean check-gpu-env
+.PHONY: demo test install install-test install-bench bench-etl bench-graph bench-pipeline bench-accuracy bench-accuracy-minute lint clean check-gpu-env
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ install-bench: $(VENV)/.installed-bench
 
 bench-etl: install-bench
 	$(PY) -m bench all $(BENCH_ARGS)
+
+bench-graph: install-bench
+	$(PY) -m bench graph $(BENCH_ARGS)
 
 bench-pipeline: install-bench
 	$(PY) -m bench pipeline-scaling $(BENCH_ARGS)

@@ -5,6 +5,7 @@
     python -m bench training --run RUN [--variant NAME:key=value,...] [--budget S] [--json FILE]
     python -m bench pipeline --events 1e6 --workers 2 [--json FILE] [--epochs E] [--steps-per-epoch S]
     python -m bench pipeline-scaling [--sizes 1e6,3e6,1e7] [--workers 2] [--out DIR] [--reuse]
+    python -m bench graph --events 1e6 --workers 2 [--json FILE] [--repeat R] [--data DIR] [--networkx-budget S]
     python -m bench cold-start [--events 1e6] [--holdout 0.1] [--epochs E] [--features text,category,price]
                                [--id-dropout P] [--json FILE]
 """
@@ -29,6 +30,10 @@ from bench.etl_suite import (
     say,
     write_point,
 )
+from bench.graph_bench import DEFAULT_OUT as GRAPH_OUT
+from bench.graph_bench import NX_BUDGET_SECONDS, check_agreement, graph_point
+from bench.graph_bench import result_name as graph_name
+from bench.graph_bench import write_point as write_graph_point
 from bench.pipeline_bench import (
     DEFAULT_EPOCHS,
     DEFAULT_PEER_USERS,
@@ -111,6 +116,23 @@ def _pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _graph(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.workers < 1 or (args.repeat is not None and args.repeat < 1) or args.networkx_budget <= 0:
+        parser.error("--workers and --repeat must be >= 1, --networkx-budget > 0")
+    path = args.json or GRAPH_OUT / f"{graph_name(args.events, args.workers)}.json"
+    say(f"graph: {args.events} events, {args.workers} worker(s) for the ETL -> {path}")
+    result = graph_point(args.events, args.workers, repeat=args.repeat, data_root=args.data,
+                         networkx_budget=args.networkx_budget)
+    check_agreement(result, path)
+    write_graph_point(result, path)
+    nx_speedup = result["speedup_vs_networkx"]
+    say("graph: " + ", ".join(f"{engine} {'skipped' if s is None else f'{s:.2f}s'}"
+                              for engine, s in result["seconds"].items())
+        + f"; {result['edges']} edges, {result['components']} component(s); homerank speedup vs scipy "
+          f"{result['speedup_vs_scipy']:.2f}, vs networkx {'n/a' if nx_speedup is None else f'{nx_speedup:.2f}'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     scaling.add_argument("--reuse", action="store_true", help="read a point back from OUT/events-N-workers-W.json "
                          "where it exists instead of running it again")
     _pipeline_common(scaling)
+    graph = commands.add_parser("graph", help="homerank's graph stage vs scipy.sparse and networkx on the same "
+                                "training edges", description="the cached log, homerank's etl once (cached, not "
+                                "timed), then homerank's graph stage, scipy.sparse and networkx each in its own "
+                                "subprocess (bench/graph_bench.py)")
+    graph.add_argument("--events", type=_count, default=1_000_000, help="log size, e.g. 1e6 (default)")
+    graph.add_argument("--workers", type=int, default=2, help="cluster.n_workers of the (untimed) ETL run that "
+                       "makes the training edges (default 2); the graph stage starts no cluster")
+    graph.add_argument("--json", type=Path, metavar="FILE", help="result file (default "
+                       "bench/results/graph/events-N-workers-W.json); a .md table is written next to it")
+    graph.add_argument("--repeat", type=int, default=None, metavar="R",
+                       help="runs per engine, median reported (default: 3 up to 1e6 events, 1 above)")
+    graph.add_argument("--networkx-budget", type=float, default=NX_BUDGET_SECONDS, metavar="S",
+                       help=f"skip networkx when its estimated seconds per run exceed S (default "
+                            f"{NX_BUDGET_SECONDS:.0f}) or its estimated memory half of what is available")
+    graph.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                       help=f"cache of generated logs; the ETL runs go to DIR/graph/ (default {DEFAULT_DATA})")
     cold = commands.add_parser("cold-start", help="Recall@20 on items held out of training: homerank with content "
                                "features vs popularity within category, random and the category/price-band mean "
                                "vector", description="bench/cold_start_bench.py (protocol in its docstring and "
@@ -195,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name} {result[f'{name}_recall@20']:.4f}" for name in
             ("ours", "category_popularity", "random", "mean_vector")) + f" -> {args.json}")
         return 0
+    if args.command == "graph":
+        return _graph(args, parser)
     if args.command in ("pipeline", "pipeline-scaling"):
         return _pipeline(args, parser)
     if args.command == "training":
