@@ -706,6 +706,7 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     # one shuffle: range-partitioned by user, so exact duplicates (same user) meet in one partition, where one
     # sort puts them side by side (and the events in the (user, item, time) order of every later step)
     deduped = events_by_user(clean, clean_rows, config.partition_rows, min_partitions=worker_count()).persist()
+    del clean  # the workers drop the unsorted copy once the sorted one is built
     kept = int(deduped.shape[0].compute())
     if len(counts) != len(bundles):  # pragma: no cover - a task that returned wrote its counts
         raise AssertionError(f"ingest: counts of {len(counts)} of {len(bundles)} partitions")

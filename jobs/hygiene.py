@@ -12,7 +12,7 @@ from pathlib import Path
 # beta notices of the sparse CSR kernels homerank relies on, and PyG's use of a deprecated torch API
 LIBRARY_WARNINGS = ("Sparse CSR tensor support is in beta state", "Sparse invariant checks are implicitly",
                     "`torch.jit.script` is deprecated")
-NOISY_LOGGERS = ("distributed", "dask", "tornado", "asyncio")
+NOISY_LOGGERS = ("distributed", "dask", "tornado", "asyncio", "faiss", "faiss.loader")
 # p2p shuffles log their life cycle ("initialized by task", "deactivated due to stimulus") as warnings
 QUIET_LOGGERS = ("distributed.shuffle",)
 

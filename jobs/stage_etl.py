@@ -188,8 +188,9 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
         log.info("etl: ingest done at %.1fs", time.perf_counter() - started)
         by_user = ingested.events  # already partitioned by user
         ref_time = ingested.newest
+        # not persisted: a cheap column recomputed by each step that reads it, never a second copy of the events
         weighted = weight_events(by_user, config.interactions.event_weights, config.interactions.half_life_days,
-                                 ref_time).persist()
+                                 ref_time)
         all_edges = aggregate_by_user(weighted, event_types).persist()
         _, edges_all_time, users_all_time, item_degree = dask.compute(
             write_partitions(all_edges, run.interactions_staging, compute=False), all_edges.shape[0],
