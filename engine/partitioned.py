@@ -112,7 +112,8 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
         item_degree = _host(item_degree)  # (I,) on the client
         if int(user_min) >= min_user and (len(item_degree) == 0 or int(item_degree.min()) >= min_item):
             return current, round_, int(count)
-        current = current.map_partitions(_kcore_step, item_degree, min_user, min_item, meta=current._meta).persist()
+        degrees = dask.delayed(item_degree)  # one copy per worker, not one inside every task
+        current = current.map_partitions(_kcore_step, degrees, min_user, min_item, meta=current._meta).persist()
         count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(),
                                                     smallest_user_degree(current))
         log.debug("k-core round %d: %d edges left", round_, count)
