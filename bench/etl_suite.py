@@ -87,25 +87,36 @@ def ensure_log(data_root: Path, events: int) -> dict[str, Any]:
     return {**info, "generated_now": True, "events_dir": str(folder / "events")}
 
 
+def runner_env() -> dict[str, str]:
+    """The environment of a runner subprocess: unbuffered output, the repository on the import path."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def run_runner(module: str, label: str, arguments: list[str]) -> dict[str, Any]:
+    """``python -m module arguments --result FILE`` in a subprocess of its own (so that its peak memory is its own);
+    its JSON result, with ``process_seconds``. A failed runner ends the bench with the command in the message."""
+    with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        command = [sys.executable, "-m", module, *arguments, "--result", str(result_file)]
+        say(f"{label}: {' '.join(command)}")
+        started = time.perf_counter()
+        completed = subprocess.run(command, cwd=ROOT, env=runner_env(), check=False)
+        if completed.returncode != 0 or not result_file.exists():
+            raise SystemExit(f"bench {module.split('.')[-1].removesuffix('_runner')}: the {label} runner failed "
+                             f"(exit {completed.returncode}); command: {' '.join(command)}")
+        result = json.loads(result_file.read_text())
+    result["process_seconds"] = time.perf_counter() - started
+    return result
+
+
 def run_engine(engine: str, events_dir: str, workers: int, processes: bool, threads_per_worker: int,
                repeat: int, scratch: Path) -> dict[str, Any]:
     """`bench.etl_runner` in a subprocess of its own; its JSON result."""
-    with tempfile.TemporaryDirectory(prefix="bench-etl-") as tmp:
-        result_file = Path(tmp) / f"{engine}.json"
-        command = [sys.executable, "-m", "bench.etl_runner", "--engine", engine, "--input", events_dir,
-                   "--workers", str(workers), "--processes" if processes else "--threads",
-                   "--threads-per-worker", str(threads_per_worker), "--repeat", str(repeat),
-                   "--scratch", str(scratch), "--result", str(result_file)]
-        say(f"{engine}: {' '.join(command)}")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        started = time.perf_counter()
-        completed = subprocess.run(command, cwd=ROOT, env=env, check=False)
-        if completed.returncode != 0 or not result_file.exists():
-            raise SystemExit(f"bench etl: the {engine} runner failed (exit {completed.returncode}); command: "
-                             f"{' '.join(command)}")
-        result = json.loads(result_file.read_text())
-    result["process_seconds"] = time.perf_counter() - started
+    result = run_runner("bench.etl_runner", engine, [
+        "--engine", engine, "--input", events_dir, "--workers", str(workers),
+        "--processes" if processes else "--threads", "--threads-per-worker", str(threads_per_worker),
+        "--repeat", str(repeat), "--scratch", str(scratch)])
     say(f"{engine}: {result['seconds']:.2f}s (median of {repeat}), k-core edges {result['edges']}, "
         f"peak RSS {result['tree_peak_rss_bytes'] / MIB:.0f} MiB")
     return result

@@ -17,12 +17,22 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.etl_suite import DEFAULT_DATA, MIB, ROOT, default_repeat, ensure_log, say, write_atomic, write_result
+from bench.etl_suite import (
+    DEFAULT_DATA,
+    MIB,
+    ROOT,
+    default_repeat,
+    ensure_log,
+    run_runner,
+    runner_env,
+    say,
+    write_atomic,
+    write_result,
+)
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "graph"
 ENGINES = ("homerank", "scipy", "networkx")
@@ -63,7 +73,7 @@ def ensure_etl_run(data_root: Path, events: int, workers: int) -> dict[str, Any]
     say(f"etl (not timed): {' '.join(command)}")
     started = time.perf_counter()
     with open(folder / "etl.log", "w") as log_file:
-        completed = subprocess.run(command, cwd=ROOT, env=_env(), stdout=log_file, stderr=subprocess.STDOUT,
+        completed = subprocess.run(command, cwd=ROOT, env=runner_env(), stdout=log_file, stderr=subprocess.STDOUT,
                                    check=False)
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
@@ -75,11 +85,6 @@ def ensure_etl_run(data_root: Path, events: int, workers: int) -> dict[str, Any]
     write_atomic(marker, json.dumps(info, indent=2) + "\n")
     say(f"etl: done in {seconds:.1f}s -> {run}")
     return {**info, "reused": False, "log": log_info}
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def graph_inputs(run: Path) -> dict[str, Any]:
@@ -118,18 +123,8 @@ def networkx_plan(train_rows: int, budget_seconds: float = NX_BUDGET_SECONDS,
 
 def run_engine(engine: str, run: Path, edge_weight: str, repeat: int) -> dict[str, Any]:
     """`bench.graph_runner` in a subprocess of its own; its JSON result."""
-    with tempfile.TemporaryDirectory(prefix="bench-graph-") as tmp:
-        result_file = Path(tmp) / f"{engine}.json"
-        command = [sys.executable, "-m", "bench.graph_runner", "--engine", engine, "--run", str(run),
-                   "--edge-weight", edge_weight, "--repeat", str(repeat), "--result", str(result_file)]
-        say(f"{engine}: {' '.join(command)}")
-        started = time.perf_counter()
-        completed = subprocess.run(command, cwd=ROOT, env=_env(), check=False)
-        if completed.returncode != 0 or not result_file.exists():
-            raise SystemExit(f"bench graph: the {engine} runner failed (exit {completed.returncode}); command: "
-                             f"{' '.join(command)}")
-        result = json.loads(result_file.read_text())
-    result["process_seconds"] = time.perf_counter() - started
+    result = run_runner("bench.graph_runner", engine, ["--engine", engine, "--run", str(run),
+                                                       "--edge-weight", edge_weight, "--repeat", str(repeat)])
     say(f"{engine}: {result['seconds']:.2f}s (median of {repeat}), edges {result['edges']}, components "
         f"{result['components']}, peak RSS {result['tree_peak_rss_bytes'] / MIB:.0f} MiB")
     return result

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -56,7 +55,7 @@ def _close_quietly(cluster: object) -> None:
     published everything)."""
     try:
         cluster.close(timeout=CLOSE_TIMEOUT_S)  # type: ignore[attr-defined]
-    except (TimeoutError, asyncio.TimeoutError) as exc:
+    except TimeoutError as exc:  # asyncio.TimeoutError is TimeoutError since 3.11
         log.warning("dask: the local cluster did not stop within %d s (%s); its workers are left to exit",
                     CLOSE_TIMEOUT_S, type(exc).__name__)
 
