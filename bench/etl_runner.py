@@ -210,28 +210,15 @@ def run_engine(engine: str, events_dir: Path, workers: int, processes: bool, thr
         raise RuntimeError(f"{engine}: the k-core edge count changed between repeats: {sorted(edges_seen)}")
     # the kernel's own peak of this process catches a spike between two samples
     own_hwm = high_water_mark() or 0
-    result: dict[str, Any] = {
-        "engine": engine,
-        "edges": edges_seen.pop(),
-        "seconds": statistics.median(seconds),
-        "seconds_all": seconds,
-        "repeat": repeat,
-        "baseline_rss_bytes": baseline,
-        "own_peak_rss_bytes": max(memory.own_peak, own_hwm),
-        "own_sampled_peak_rss_bytes": memory.own_peak,
-        "descendants_peak_rss_bytes": memory.descendants_peak,
-        # each descendant's own kernel peak, summed: an upper bound of descendants_peak_rss_bytes (the peaks
-        # need not coincide) that no sampling gap can miss
-        "descendants_hwm_sum_bytes": sum(memory.child_hwm.values()),
-        "tree_peak_rss_bytes": max(memory.tree_peak, own_hwm),
-        "max_descendant_processes": memory.max_descendants,
-        "rss_samples": memory.samples,
-        "rss_interval_s": interval,
-        "pid": os.getpid(),
-    }
+    result: dict[str, Any] = {"engine": engine, "edges": edges_seen.pop(),
+                              **timing_and_memory(seconds, repeat, baseline, memory, own_hwm, interval)}
+    result["descendants_peak_rss_bytes"] = memory.descendants_peak
+    # each descendant's own kernel peak, summed: an upper bound of descendants_peak_rss_bytes (the peaks need not
+    # coincide) that no sampling gap can miss
+    result["descendants_hwm_sum_bytes"] = sum(memory.child_hwm.values())
+    result["max_descendant_processes"] = memory.max_descendants
     if engine == "homerank":
-        stage = [e["stage_seconds"] for e in extras if e.get("stage_seconds") is not None]
-        result["stage_seconds"] = statistics.median(stage) if stage else None
+        result["stage_seconds"] = median_stage_seconds(extras)
         result["input_rows"] = extras[-1].get("input_rows")
         result["workers"], result["processes"], result["threads_per_worker"] = workers, processes, threads_per_worker
     if engine == "polars":
@@ -241,6 +228,30 @@ def run_engine(engine: str, events_dir: Path, workers: int, processes: bool, thr
     if engine == "pandas":
         result["threads"] = 1
     return result
+
+
+def timing_and_memory(seconds: list[float], repeat: int, baseline: int, memory: MemorySampler, own_hwm: int,
+                      interval: float) -> dict[str, Any]:
+    """The keys every runner reports: the median and all repeats, and this process's (and its tree's) peak RSS
+    from the sampler and the kernel's high-water mark."""
+    return {
+        "seconds": statistics.median(seconds),
+        "seconds_all": seconds,
+        "repeat": repeat,
+        "baseline_rss_bytes": baseline,
+        "own_peak_rss_bytes": max(memory.own_peak, own_hwm),
+        "own_sampled_peak_rss_bytes": memory.own_peak,
+        "tree_peak_rss_bytes": max(memory.tree_peak, own_hwm),
+        "rss_samples": memory.samples,
+        "rss_interval_s": interval,
+        "pid": os.getpid(),
+    }
+
+
+def median_stage_seconds(extras: list[dict[str, Any]]) -> float | None:
+    """The median of homerank's own stage clock over the repeats (None when no repeat reported it)."""
+    stage = [e["stage_seconds"] for e in extras if e.get("stage_seconds") is not None]
+    return statistics.median(stage) if stage else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from typing import Any
 
 import psutil
 
-from bench.etl_runner import MemorySampler, high_water_mark
+from bench.etl_runner import MemorySampler, high_water_mark, median_stage_seconds, timing_and_memory
 
 ENGINES = ("homerank", "scipy", "networkx")
 EDGE_COLUMNS = ["user_index", "item_index", "weight", "split"]
@@ -166,25 +165,11 @@ def run_engine(engine: str, run: Path, edge_weight: str, repeat: int, interval: 
         raise RuntimeError(f"{engine}: (edges, components) changed between repeats: {sorted(seen)}")
     edges, components = seen.pop()
     own_hwm = high_water_mark() or 0
-    result: dict[str, Any] = {
-        "engine": engine,
-        "edges": edges,
-        "components": components,
-        "nodes": extras[-1].get("nodes"),
-        "seconds": statistics.median(seconds),
-        "seconds_all": seconds,
-        "repeat": repeat,
-        "baseline_rss_bytes": baseline,
-        "own_peak_rss_bytes": max(memory.own_peak, own_hwm),
-        "own_sampled_peak_rss_bytes": memory.own_peak,
-        "tree_peak_rss_bytes": max(memory.tree_peak, own_hwm),
-        "rss_samples": memory.samples,
-        "rss_interval_s": interval,
-        "pid": os.getpid(),
-    }
+    result: dict[str, Any] = {"engine": engine, "edges": edges, "components": components,
+                              "nodes": extras[-1].get("nodes"),
+                              **timing_and_memory(seconds, repeat, baseline, memory, own_hwm, interval)}
     if engine == "homerank":
-        own = [e["stage_seconds"] for e in extras if e.get("stage_seconds") is not None]
-        result["stage_seconds"] = statistics.median(own) if own else None
+        result["stage_seconds"] = median_stage_seconds(extras)
     return result
 
 
