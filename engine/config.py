@@ -80,6 +80,20 @@ class IngestConfig(StrictModel):
         24.0, ge=0, le=876_000, description="events later than the wall clock at ingest (UTC) plus this many hours "
         "are quarantined as future_timestamp (24 h covers any time-zone offset); null turns the check off"
     )
+    search_event: str | None = Field(
+        "search", min_length=1, description="the event_type of search rows when the log has a `query` column: they "
+        "need user_id, timestamp and a non-empty query (item_id may be empty), are not interactions (no edges, no "
+        "weights) and go to etl/searches/; null: no searches (such rows are unknown_event_type)"
+    )
+
+    @model_validator(mode="after")
+    def _search_is_not_an_interaction(self) -> IngestConfig:
+        if self.search_event is not None:
+            name = self.search_event.strip().lower()
+            if name in [t.strip().lower() for t in self.event_types]:
+                raise ValueError(f"ingest.search_event {self.search_event!r} is also in ingest.event_types: searches "
+                                 "are not interactions; remove it from event_types (or set search_event: null)")
+        return self
 
 
 class InteractionConfig(StrictModel):
@@ -146,4 +160,8 @@ class ProfilesConfig(StrictModel):
     sample_users: int = Field(200_000, ge=100, description="users (a seeded sample) the segmentation is fitted on")
     top_categories: int = Field(3, ge=1, le=10, description="top categories (with shares) per user")
     session_gap_minutes: float = Field(30.0, gt=0, description="a gap longer than this starts a new session when "
-                                       "the log has no session_id")
+                                       "the log has no session_id (sessions, and etl/last_session/)")
+    top_query_terms: int = Field(3, ge=1, le=20, description="the user's most frequent search terms kept in "
+                                 "top_query_terms (logs with searches)")
+    last_session: bool = Field(True, description="write etl/last_session/: the items of each user's last session "
+                               "that were not bought there (the homepage's continue_shopping section)")

@@ -38,6 +38,14 @@ after digits is dropped ("007" stays "007": leading zeros count in text ids). A 
 ids must be whole numbers (digits with an optional sign and ".0"); others are bad ids. The item catalogue
 (`read_catalogue`) and the homepage's merchandising file use the same rule and are converted to the run's form.
 
+Search rows: when every file has a ``query`` column and ``ingest.search_event`` is set (default ``search``), rows
+of that event type are searches, not interactions (`validate_searches`): they need a user id, a timestamp and a
+non-empty query (``empty_query`` otherwise; their item_id and value are ignored), and each piece's clean searches
+(user_id, timestamp, query, session_id when the log has it) are written by its worker as one Parquet file of
+``searches_dir``, never joining the events. Their count enters the conservation law:
+``rows_in == kept + searches + quarantined + duplicates``. Without a ``query`` column nothing changes: a row of
+type ``search`` is an ``unknown_event_type``.
+
 Events later than the wall clock at ingest (UTC) plus ``ingest.future_tolerance_hours`` (default 24 h, which
 covers any time-zone offset of a tz-naive log) are quarantined as ``future_timestamp``: one event in the year 2261
 would otherwise become the run's reference time ("now" of time decay, trending and merchandising). ``null`` turns
@@ -100,7 +108,10 @@ class Ingested:
     newest: the newest clean event time (the reference time of weights and trends), from the pieces' counts.
     quarantine: the folder holding the rejected rows, one ``part-NNNNN.parquet`` per piece that had any (strings
         plus reason, source_file, source_row), written by the workers.
-    rows: {"in", "kept", "quarantined", "duplicates"}.
+    rows: {"in", "kept", "quarantined", "duplicates"}, plus "searches" (clean search rows) when the log has them.
+    searches: the folder of the clean search rows (one ``part-NNNNN.parquet`` per piece that had any), None when
+        the log has no ``query`` column or ``ingest.search_event`` is null; search_quarantined: the search rows
+        among the quarantined ones.
     """
 
     events: dd.DataFrame
@@ -111,6 +122,8 @@ class Ingested:
     reasons: dict[str, int] = field(default_factory=dict)
     partitions: int = 0
     newest: pd.Timestamp | None = None
+    searches: Path | None = None
+    search_quarantined: int = 0
 
     def read_quarantine(self) -> pd.DataFrame:
         """The rejected rows as one pandas frame (for small logs and tests; the stage never gathers them)."""
@@ -260,6 +273,7 @@ COLUMN_TYPES = {
     schema.ITEM: ID_TYPES,
     schema.EVENT: (_event_type_ok, "strings"),
     schema.TS: (_timestamp_type_ok, "timestamps, dates, epoch numbers (unit: ingest.timestamp_unit) or strings"),
+    schema.QUERY: (_event_type_ok, "strings"),
 }
 
 
@@ -438,20 +452,87 @@ def validate_events(
         flag(value.isna() & raw[schema.VALUE].notna(), "non_numeric_value")
         clean[schema.VALUE] = value.astype("float64")
     bad = reason > 0
+    clean = clean.loc[~bad].reset_index(drop=True)
+    return clean, _rejected_rows(raw, reason, REASONS, source_file, row_offset)
+
+
+def _rejected_rows(raw: pd.DataFrame, reason: np.ndarray, reasons: tuple[str, ...],
+                   source_file: str | pd.Categorical, row_offset: int | np.ndarray) -> pd.DataFrame:
+    """The rows of ``raw`` with a reason code (``reason`` (N,) int8: 0 clean, else 1 + index into ``reasons``), as
+    text, with ``reason``, ``source_file`` and ``source_row``."""
+    bad = reason > 0
     rejected = raw.loc[bad].astype("string")
-    rejected[schema.REASON] = pd.array(np.asarray(REASONS, dtype=object)[reason[bad] - 1], dtype="string")
+    rejected[schema.REASON] = pd.array(np.asarray(reasons, dtype=object)[reason[bad] - 1], dtype="string")
     if isinstance(source_file, str):
         rejected[schema.SOURCE_FILE] = source_file
     else:
         rejected[schema.SOURCE_FILE] = pd.array(np.asarray(source_file[bad], dtype=object), dtype="string")
+    n = len(raw)
     rows = row_offset if isinstance(row_offset, np.ndarray) else np.arange(row_offset, row_offset + n, dtype="int64")
     rejected[schema.SOURCE_ROW] = rows[bad]
-    clean = clean.loc[~bad].reset_index(drop=True)
-    return clean, rejected.reset_index(drop=True)
+    return rejected.reset_index(drop=True)
 
 
 REASONS = ("null_or_bad_user_id", "null_or_bad_item_id", "unknown_event_type", "unparsable_timestamp",
            "future_timestamp", "non_numeric_value")
+SEARCH_REASONS = ("null_or_bad_user_id", "unparsable_timestamp", "future_timestamp", "empty_query")
+
+
+def validate_searches(
+    raw: pd.DataFrame,
+    source_file: str | pd.Categorical,
+    id_dtype: IdDtype,
+    timestamp_unit: str = "s",
+    row_offset: int | np.ndarray = 0,
+    latest: pd.Timestamp | None = None,
+    session_dtype: SessionDtype = "string",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split raw search rows (every row's event type is ``ingest.search_event``) into (clean searches, quarantined
+    rows), with the checks and provenance of `validate_events`.
+
+    Reasons, the first failing check: ``null_or_bad_user_id``, ``unparsable_timestamp``, ``future_timestamp``,
+    ``empty_query`` (null, or only spaces). The item_id and value of a search are not read (a search names no
+    item). Clean columns: user_id (``id_dtype`` form), timestamp (datetime64[ns]), query (stripped text, "string"
+    dtype) and session_id when ``raw`` has it."""
+    n = len(raw)
+    reason = np.zeros(n, dtype=np.int8)
+
+    def flag(mask: pd.Series | np.ndarray, why: str) -> None:
+        reason[np.asarray(mask, dtype=bool) & (reason == 0)] = SEARCH_REASONS.index(why) + 1
+
+    users, bad_users = canonical_ids(raw[schema.USER], id_dtype)
+    flag(bad_users, "null_or_bad_user_id")
+    timestamps = _parse_timestamps(raw[schema.TS], timestamp_unit)
+    flag(timestamps.isna(), "unparsable_timestamp")
+    if latest is not None:
+        flag((timestamps > latest).fillna(False), "future_timestamp")
+    query = _plain_values(raw[schema.QUERY]).astype("string").str.strip()
+    flag((query.isna() | (query == "")).fillna(True), "empty_query")
+    clean = pd.DataFrame({schema.USER: users, schema.TS: timestamps, schema.QUERY: query})
+    if schema.SESSION in raw.columns:
+        clean[schema.SESSION] = raw[schema.SESSION].astype(session_dtype)
+    clean = clean.loc[reason == 0].reset_index(drop=True)
+    return clean, _rejected_rows(raw, reason, SEARCH_REASONS, source_file, row_offset)
+
+
+def split_searches(raw: pd.DataFrame, source_file: str | pd.Categorical, row_offset: int | np.ndarray,
+                   search_event: str) -> tuple[pd.DataFrame, Any, Any, pd.DataFrame | None, Any, Any]:
+    """(events, their source files, their rows, searches, their source files, their rows): the rows of ``raw``
+    whose event type is ``search_event`` (stripped, lower-cased) apart from the others, each with its provenance
+    (`validate_events`' ``source_file`` / ``row_offset`` forms). No search row: ``raw`` and its provenance as given
+    (no copy) and None."""
+    is_search = event_type_codes(raw[schema.EVENT], [search_event]) == 0
+    if not is_search.any():
+        return raw, source_file, row_offset, None, None, None
+    rows = row_offset if isinstance(row_offset, np.ndarray) else np.arange(row_offset, row_offset + len(raw),
+                                                                           dtype="int64")
+    files = source_file if isinstance(source_file, str) else None
+
+    def part(mask: np.ndarray) -> tuple[pd.DataFrame, Any, Any]:
+        return (raw.loc[mask].reset_index(drop=True), files if files is not None else source_file[mask],
+                rows[mask])
+
+    return (*part(~is_search), *part(is_search))
 
 
 def event_dtype(event_types: list[str]) -> pd.CategoricalDtype:
@@ -625,22 +706,40 @@ def _read_guarded(piece: Piece, columns: list[str], arrow: bool = False) -> Any:
 
 def _ingest_bundle(bundle: Bundle, columns: list[str], event_types: list[str], id_dtype: IdDtype, unit: str,
                    pseudonym_key: bytes | None, quarantine_dir: str, latest: pd.Timestamp | None = None,
-                   session_dtype: SessionDtype = "string") -> pd.DataFrame:
-    """Read and validate one bundle on a worker; write its rejected rows and its counts beside the quarantine;
-    return the clean rows. ``id_dtype`` and ``latest`` were decided once on the client: every bundle gets the
-    same."""
-    raw, source_file, source_row = _read_bundle(bundle, columns)
+                   session_dtype: SessionDtype = "string", search_event: str | None = None,
+                   searches_dir: str | None = None) -> pd.DataFrame:
+    """Read and validate one bundle on a worker; write its rejected rows and its counts beside the quarantine (and
+    its clean search rows into ``searches_dir`` when ``search_event`` is given); return the clean events.
+    ``id_dtype`` and ``latest`` were decided once on the client: every bundle gets the same."""
+    raw, source_file, source_row = _read_bundle(bundle, columns + ([schema.QUERY] if search_event else []))
+    rows_in = len(raw)
+    searches = refused = None
+    if search_event is not None:
+        raw, source_file, source_row, search_raw, search_file, search_row = split_searches(
+            raw, source_file, source_row, search_event)
+        if search_raw is not None:
+            searches, refused = validate_searches(search_raw, search_file, id_dtype, unit, search_row, latest,
+                                                  session_dtype)
     clean, rejected = validate_events(raw, source_file, event_types, id_dtype, unit, source_row, latest,
                                       session_dtype)
+    if refused is not None and len(refused):
+        rejected = pd.concat([rejected, refused], ignore_index=True)
     if pseudonym_key is not None:
         clean[schema.USER] = pseudonymise(clean[schema.USER], pseudonym_key)
         rejected[schema.USER] = pseudonymise(rejected[schema.USER], pseudonym_key)
+        if searches is not None:
+            searches[schema.USER] = pseudonymise(searches[schema.USER], pseudonym_key)
     folder = Path(quarantine_dir)
     name = f"part-{bundle.number:05d}"
     if len(rejected):
         _write_atomically(folder / f"{name}.parquet", lambda tmp: rejected.to_parquet(tmp, index=False))
-    counts = {"in": len(raw), "clean": len(clean), "newest": str(clean[schema.TS].max()) if len(clean) else None,
+    if searches is not None and len(searches) and searches_dir is not None:
+        _write_atomically(Path(searches_dir) / f"{name}.parquet", lambda tmp: searches.to_parquet(tmp, index=False))
+    counts = {"in": rows_in, "clean": len(clean), "newest": str(clean[schema.TS].max()) if len(clean) else None,
               "reasons": {str(k): int(v) for k, v in rejected[schema.REASON].value_counts().items()}}
+    if search_event is not None:
+        counts["searches"] = 0 if searches is None else len(searches)
+        counts["search_quarantined"] = 0 if refused is None else len(refused)
     _write_atomically(folder / COUNTS / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(counts)))
     return clean
 
@@ -657,13 +756,15 @@ def _write_atomically(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_pa
 
 
 def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: str = "auto",
-                  quarantine_dir: str | os.PathLike[str] | None = None) -> Ingested:
+                  quarantine_dir: str | os.PathLike[str] | None = None,
+                  searches_dir: str | os.PathLike[str] | None = None) -> Ingested:
     """Read, validate and de-duplicate a behaviour log. See the module docstring for the guarantees.
 
     ``id_dtype`` ("auto", "int64", "string") overrides ``config.id_dtype`` unless it is "auto".
 
     ``quarantine_dir`` receives the rejected rows (one Parquet file per piece that had any, written by the
     workers); by default a temporary folder. The caller turns it into a dataset (`homerank.jobs.rundir`).
+    ``searches_dir`` likewise receives the clean search rows when the log has them (`Ingested.searches`).
     """
     files = discover_files(path, config.format)
     column_sets = []
@@ -676,6 +777,16 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
             check_column_types(file, schemas[file.path])
         column_sets.append(columns)
     optional = [c for c in schema.OPTIONAL_EVENT_COLUMNS if all(c in cols for cols in column_sets)]
+    search_event = None
+    if config.search_event is not None and all(schema.QUERY in cols for cols in column_sets):
+        search_event = config.search_event.strip().lower()
+        for file in files:
+            if file.format == "parquet":
+                check_column_types(file, schemas[file.path], (schema.QUERY,))
+    elif config.search_event is not None and any(schema.QUERY in cols for cols in column_sets):
+        log.warning("ingest: only some input files have a %r column: searches are read only when every file has "
+                    "one, so no row is a search (rows of type %r are unknown_event_type)", schema.QUERY,
+                    config.search_event)
     columns = list(schema.REQUIRED_EVENT_COLUMNS) + optional
     resolved_ids = decide_id_dtype(files, id_dtype if id_dtype != "auto" else config.id_dtype, schemas)
     session_dtype = decide_session_dtype(files, schemas) if schema.SESSION in optional else "string"
@@ -689,16 +800,25 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [*folder.glob("part-*.parquet"), *(folder / COUNTS).glob("*.json")]:
         stale.unlink()
+    search_folder = None
+    if search_event is not None:
+        search_folder = (Path(searches_dir) if searches_dir is not None
+                         else Path(tempfile.mkdtemp(prefix="searches-")))
+        search_folder.mkdir(parents=True, exist_ok=True)
+        for stale in search_folder.glob("part-*.parquet"):
+            stale.unlink()
     pieces = _csv_row_offsets(plan_pieces(files, config.partition_rows, config.csv_block_bytes))
-    bundles = pack_pieces(pieces, config.partition_rows, schemas, columns)
+    bundles = pack_pieces(pieces, config.partition_rows, schemas, columns + ([schema.QUERY] if search_event else []))
     log.info("ingest: %d file(s) in %d piece(s), %d partition(s), id dtype %s, columns %s, events after %s are "
-             "future_timestamp", len(files), len(pieces), len(bundles), resolved_ids, columns, latest)
+             "future_timestamp%s", len(files), len(pieces), len(bundles), resolved_ids, columns, latest,
+             f", rows of type {search_event!r} are searches (column {schema.QUERY!r})" if search_event else "")
     meta = _empty_clean(columns, resolved_ids, event_types, session_dtype)
     if key is not None:
         meta[schema.USER] = meta[schema.USER].astype("string")
+    searching = {} if search_event is None else {"search_event": search_event, "searches_dir": str(search_folder)}
     clean = dd.from_map(_ingest_bundle, bundles, columns=columns, event_types=event_types, id_dtype=resolved_ids,
                         unit=config.timestamp_unit, pseudonym_key=key, quarantine_dir=str(folder), latest=latest,
-                        session_dtype=session_dtype, meta=meta,
+                        session_dtype=session_dtype, **searching, meta=meta,
                         enforce_metadata=False, label="ingest-piece")
     clean = backend.on_backend(clean).persist()
     clean_rows = int(clean.shape[0].compute())  # every piece has run: its counts are on disk
@@ -719,12 +839,15 @@ def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: s
         raise AssertionError("ingest: clean rows differ from the pieces' counts")
     newest = max((pd.Timestamp(c["newest"]) for c in counts if c.get("newest")), default=None)
     rows = {"in": rows_in, "kept": kept, "quarantined": sum(reasons.values()), "duplicates": clean_rows - kept}
-    if rows["in"] != rows["kept"] + rows["quarantined"] + rows["duplicates"]:  # pragma: no cover - invariant
+    if search_event is not None:
+        rows["searches"] = sum(c["searches"] for c in counts)
+    if rows["in"] != sum(rows.values()) - rows["in"]:  # pragma: no cover - invariant
         raise AssertionError(f"row conservation violated: {rows}")
     log.info("ingest: rows %s, quarantine reasons %s", rows, reasons)
     return Ingested(events=deduped, quarantine=folder, rows=rows, files=[f.path for f in files],
                     id_dtype=resolved_ids, reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-                    partitions=len(bundles), newest=newest)
+                    partitions=len(bundles), newest=newest, searches=search_folder,
+                    search_quarantined=sum(c.get("search_quarantined", 0) for c in counts))
 
 
 def read_catalogue(path: str) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 USER, ITEM, EVENT, TS = "user_id", "item_id", "event_type", "timestamp"
 SESSION, VALUE = "session_id", "value"
+QUERY = "query"  # the text of a search event (``ingest.search_event``); searches are not interactions
 
 REQUIRED_EVENT_COLUMNS: tuple[str, ...] = (USER, ITEM, EVENT, TS)
 OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = (SESSION, VALUE)

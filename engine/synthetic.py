@@ -9,7 +9,8 @@ workers. Because the plan and every draw depend only on the spec, the same spec 
 number of workers or threads.
 
 Output: ``out_dir/events/`` (one Parquet file per partition; columns user_id Int64, item_id int64, event_type
-string, timestamp datetime64[ns], session_id int64, value float64) and ``out_dir/items.parquet`` (the catalogue).
+string, timestamp datetime64[ns], session_id int64, value float64; with ``search_share`` > 0 also query string, the
+search rows having event_type ``search`` and no item_id) and ``out_dir/items.parquet`` (the catalogue).
 Both are staged next to their final path and renamed into place only when every partition is written; a failed or
 killed run leaves the previous output (or none), never a half-written one.
 """

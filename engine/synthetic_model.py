@@ -9,6 +9,11 @@
   V = 1 + Poisson(views) items drawn from the user's preferred segment by popularity, and runs the funnel
   view -> click -> cart -> purchase with fixed conversion probabilities. Timestamps spread over
   ``weeks`` weeks; events inside a session are seconds to minutes apart.
+* Optionally (``search_share`` > 0) a session starts with a search: an event of type ``search`` without an item,
+  at the session's start, whose ``query`` is the session's category name in lower case, preceded with probability
+  1 - `CATEGORY_ONLY_QUERIES` by the style word of the segment of the session's first view
+  ("sport shoes", "shoes"): the same latent taste words as the item titles. A share ``dirty_fraction`` of extra
+  search rows has an empty query.
 * Optionally a small share of dirty rows (null user, unknown event type, missing timestamp) and exact
   duplicates, so the demo exercises quarantine and de-duplication.
 
@@ -19,6 +24,8 @@ work is split between workers:
 * stream 2, key = user block b (``USER_BLOCK`` users): activity and session counts of the users in block b;
 * stream 3, key = user block b: category and segment tastes of the users in block b;
 * stream 4: the style words of the titles (`_style_words`);
+* stream 5, key = partition number p: which of partition p's sessions start with a search, and their queries
+  (`_with_searches`), so the other events do not depend on ``search_share``;
 * stream 1, key = partition number p: the sessions, views, funnel and noise of partition p's users
   (`partition_events`); which users partition p owns is fixed by the spec (`synthetic_plan`).
 """
@@ -41,6 +48,8 @@ STYLE_WORDS = ["budget", "premium", "sport", "kids", "studio", "travel", "organi
 STYLE_FIDELITY = 0.8
 USER_BLOCK = 4096  # users per block of per-user draws (streams 2 and 3); small, so a partition recomputes little
 ACTIVITY_SIGMA = 0.8  # a_u ~ LogNormal(0, ACTIVITY_SIGMA), E[a_u] = exp(sigma^2 / 2)
+SEARCH_EVENT = "search"
+CATEGORY_ONLY_QUERIES = 0.3  # share of queries naming the category alone ("shoes"), not its style ("sport shoes")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class SyntheticSpec:
     seed: int = 42
     users_per_partition: int = 2_500
     partition_events: int = 1_000_000
+    search_share: float = 0.0  # probability that a session starts with a search event (a `query` column); 0: none
 
 
 @dataclass(frozen=True)
@@ -224,9 +234,10 @@ def partition_events(spec: SyntheticSpec, world: World, number: int, first_user:
     """The events of users first_user..last_user-1, with session ids from ``first_session`` on.
 
     Returns (n, 6): user_id Int64, item_id int64, event_type string, timestamp datetime64[ns], session_id int64,
-    value float64, sorted by (timestamp, user_id), then the injected duplicates and dirty rows appended. The
-    draws use stream 1 of partition ``number`` and the users' own blocks, so the frame depends only on the
-    spec and the arguments.
+    value float64, sorted by (timestamp, user_id), then the injected duplicates and dirty rows appended. With
+    ``search_share`` > 0 a seventh column, query (string, null but for searches), holds the search rows, and
+    item_id is Int64 (null for searches). The draws use stream 1 of partition ``number`` and the users' own blocks
+    (stream 5 for the searches), so the frame depends only on the spec and the arguments.
     """
     rng = np.random.default_rng([spec.seed, 1, number])
     n_cat = world.categories
@@ -283,7 +294,44 @@ def partition_events(spec: SyntheticSpec, world: World, number: int, first_user:
         "session_id": (view_session[idx] + first_session).astype(np.int64),
         "value": np.concatenate(values)[order],
     })
+    if spec.search_share > 0:
+        first_view = np.cumsum(views) - views  # (S,) each session's first view
+        events = _with_searches(events, spec, world, number, session_user + first_user, session_category,
+                                view_segment[first_view], session_start, first_session)
     return _add_noise(events, spec, rng)
+
+
+def _with_searches(events: pd.DataFrame, spec: SyntheticSpec, world: World, number: int, session_user: np.ndarray,
+                   session_category: np.ndarray, session_segment: np.ndarray, session_start: np.ndarray,
+                   first_session: int) -> pd.DataFrame:
+    """The events with a search row at the start of each session picked with probability ``search_share``, plus
+    int(dirty_fraction * searches) copies with an empty query; a ``query`` column; sorted by (timestamp, user_id)
+    again. ``session_user`` (S,) user indices, ``session_category``/``session_segment``/``session_start`` (S,)."""
+    rng = np.random.default_rng([spec.seed, 5, number])
+    searched = np.flatnonzero(rng.random(session_user.size) < spec.search_share)
+    names = np.char.lower(category_names(world.categories).astype(str)).astype(object)
+    styles = np.asarray(STYLE_WORDS, dtype=object)[session_segment[searched] % len(STYLE_WORDS)]
+    category = names[session_category[searched]]
+    query = np.where(rng.random(searched.size) < CATEGORY_ONLY_QUERIES, category, styles + " " + category)
+    searches = pd.DataFrame({
+        "user_id": pd.array(session_user[searched] + USER_ID_OFFSET, dtype="Int64"),
+        "item_id": pd.array(np.full(searched.size, None), dtype="Int64"),
+        "event_type": pd.array(np.full(searched.size, SEARCH_EVENT, dtype=object), dtype=events["event_type"].dtype),
+        "timestamp": (START.to_datetime64().astype("datetime64[ns]")
+                      + session_start[searched].astype("timedelta64[s]")).astype("datetime64[ns]"),
+        "session_id": (searched + first_session).astype(np.int64),
+        "value": np.full(searched.size, np.nan),
+        "query": pd.array(query, dtype="string"),
+    })
+    n_empty = int(spec.dirty_fraction * searched.size)
+    if n_empty:
+        empty = searches.iloc[rng.choice(searched.size, n_empty, replace=False)].assign(query="")
+        searches = pd.concat([searches, empty], ignore_index=True)
+    events = events.assign(item_id=events["item_id"].astype("Int64"), query=pd.array([None] * len(events),
+                                                                                     dtype="string"))
+    merged = pd.concat([events, searches], ignore_index=True)
+    order = np.lexsort((merged["user_id"].to_numpy(dtype=np.int64), merged["timestamp"].to_numpy()))
+    return merged.take(order).reset_index(drop=True)
 
 
 def _add_noise(events: pd.DataFrame, spec: SyntheticSpec, rng: np.random.Generator) -> pd.DataFrame:

@@ -48,15 +48,22 @@ def noise_factor(spec: SyntheticSpec) -> float:
     return 1 + spec.duplicate_fraction + spec.dirty_fraction
 
 
+def rows_per_session(spec: SyntheticSpec) -> float:
+    """Expected rows of one session: its events and, with probability ``search_share``, one search."""
+    return events_per_session(spec) + spec.search_share
+
+
 def dispersion(spec: SyntheticSpec) -> float:
-    """κ = (1 + d)·Var(X)/E[X] for X the clean events of one session (see the module docstring)."""
+    """κ = (1 + d)·Var(X)/E[X] for X the clean rows of one session (see the module docstring; a search, a
+    Bernoulli(search_share) row, adds its variance and mean)."""
     p1 = spec.p_click
     p2 = p1 * spec.p_cart
     p3 = p2 * spec.p_purchase
     mean_z = p1 + p2 + p3  # Z = Y - 1, P(Z >= k) = p_k
     var_y = (p1 + 3 * p2 + 5 * p3) - mean_z**2  # E[Z^2] = sum_k (2k - 1) P(Z >= k)
     var_x = (1 + spec.views_per_session) * var_y + spec.views_per_session * events_per_view(spec) ** 2
-    return noise_factor(spec) * var_x / events_per_session(spec)
+    p = spec.search_share
+    return noise_factor(spec) * (var_x + p * (1 - p)) / rows_per_session(spec)
 
 
 def target_events(spec: SyntheticSpec) -> float:
@@ -74,7 +81,7 @@ def _session_blocks(spec: SyntheticSpec) -> Iterator[np.ndarray]:
 def plan_partitions(spec: SyntheticSpec) -> list[Partition]:
     """Greedy packing of users 0..users-1 into partitions (see the module docstring); O(partitions) output."""
     target = target_events(spec)
-    per_session = events_per_session(spec) * noise_factor(spec)
+    per_session = rows_per_session(spec) * noise_factor(spec)
     plan: list[Partition] = []
     first_user = first_session = 0  # the open partition
     users = sessions = 0  # in the open partition

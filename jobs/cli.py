@@ -39,6 +39,7 @@ from homerank.jobs.rundir import RunDir
 log = logging.getLogger("homerank")
 
 DEMO_OUT = "runs/demo"
+DEMO_SEARCH_SHARE = 0.15  # the demo's log: about one session in seven starts with a search
 
 
 def _add_common(parser: argparse.ArgumentParser, needs_input: bool = False) -> None:
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--dirty-fraction", type=float, default=0.0005, help="share of invalid rows to inject")
     gen.add_argument("--duplicate-fraction", type=float, default=0.002, help="share of exact duplicates")
+    gen.add_argument("--search-share", type=float, default=0.0,
+                     help="probability that a session starts with a search event (event_type search, a query "
+                          "column whose words are the titles' taste words); 0 (default): no searches, no query "
+                          f"column; the demo uses {DEMO_SEARCH_SHARE}")
     gen.add_argument("--partition-events", type=int, default=1_000_000,
                      help="at most this many events per partition (one Parquet file, one task; bounds the memory "
                           "of a worker)")
@@ -213,9 +218,12 @@ def _generate(args: argparse.Namespace) -> None:
         raise HomerankError("--workers must be positive")
     if not 0 <= args.seed < SEED_LIMIT:
         raise HomerankError(f"--seed must be in [0, 2**32) (got {args.seed})")
+    if not 0 <= args.search_share <= 1:
+        raise HomerankError(f"--search-share must be in [0, 1] (got {args.search_share})")
     spec = SyntheticSpec(users=args.users, items=args.items, events=args.events, seed=args.seed,
                          dirty_fraction=args.dirty_fraction, duplicate_fraction=args.duplicate_fraction,
-                         partition_events=args.partition_events, users_per_partition=args.users_per_partition)
+                         partition_events=args.partition_events, users_per_partition=args.users_per_partition,
+                         search_share=args.search_share)
     workers = args.workers
     if workers is None and not args.scheduler:  # more local workers than partitions would only cost start-up
         partitions = max(math.ceil(spec.users / spec.users_per_partition),
@@ -246,7 +254,7 @@ def _demo_locked(args: argparse.Namespace, run: RunDir) -> None:
             update={"catalogue": str(input_dir / "items.parquet")})})
     if not (input_dir / "events").exists() or not (input_dir / "items.parquet").exists():
         log.info("demo: generating the synthetic log into %s", input_dir)
-        generate(input_dir, SyntheticSpec(seed=config.seed))
+        generate(input_dir, SyntheticSpec(seed=config.seed, search_share=DEMO_SEARCH_SHARE))
     backend = resolve_backend(config.device)
     metrics = run_pipeline(str(input_dir / "events"), run, config, backend, show_progress=not args.quiet)
     _print_summary(run, metrics)

@@ -49,6 +49,11 @@ class RunDir:
     edges_staging = property(lambda self: self.root / ".edges.parts")
     profiles = property(lambda self: self.root / "etl" / "profiles")  # one row per user (engine.profiles)
     profiles_staging = property(lambda self: self.root / ".profiles.parts")
+    searches = property(lambda self: self.root / "etl" / "searches")  # logs with a query column: the search rows
+    searches_staging = property(lambda self: self.root / ".searches.parts")  # ingest's workers write here
+    searches_by_user_staging = property(lambda self: self.root / ".searches.by_user.parts")
+    last_session = property(lambda self: self.root / "etl" / "last_session")  # engine.sessions, one user partition
+    last_session_staging = property(lambda self: self.root / ".last_session.parts")  # per part
     etl_stats = property(lambda self: self.root / "etl" / "stats.json")
     gates = property(lambda self: self.root / "etl" / "gates.json")
     etl_staging = property(lambda self: self.root / ".etl.staging")  # a RunDir of its own until the gates pass

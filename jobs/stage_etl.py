@@ -4,7 +4,9 @@ Reads: the input log (and optional catalogue). Writes into the run directory: ``
 with reason), ``etl/interactions/`` (all-time edges, original ids, per-event-type counts), ``etl/edges/`` (k-core
 edges with user_index/item_index and ``split``) — Parquet datasets written partition by partition by the dask
 workers (`homerank.engine.partitioned`) — ``user_index.parquet`` / ``item_index.parquet`` (mapping tables),
-``etl/stats.json`` and ``etl/gates.json``.
+``etl/stats.json`` and ``etl/gates.json``. With ``profiles.last_session``, ``etl/last_session/`` (each user's
+last-session items not bought there, `homerank.engine.sessions`); when the log has a ``query`` column,
+``etl/searches/`` (the search rows by user, `homerank.engine.searches`; never edges).
 
 Everything is built in a staging copy first; the data-quality gates compare it with the last accepted ETL and
 only then is it published, so a failed gate (exit 3) leaves the accepted outputs untouched for every later stage
@@ -27,7 +29,7 @@ import pandas as pd
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import GateError, HomerankError
-from homerank.engine.ingest import IdDtype, canonical_ids, ingest_events, read_catalogue
+from homerank.engine.ingest import IdDtype, Ingested, canonical_ids, ingest_events, read_catalogue
 from homerank.engine.interactions import check_weights, weight_events
 from homerank.engine.lightgcn_format import load_lightgcn
 from homerank.engine.partitioned import (
@@ -39,6 +41,8 @@ from homerank.engine.partitioned import (
     write_partitions,
 )
 from homerank.engine.profiles import profiles_by_user, segment_summary
+from homerank.engine.searches import read_searches, searches_by_user, summaries_by_user, with_search_figures
+from homerank.engine.sessions import last_sessions_by_user
 from homerank.engine.split import SPLIT
 from homerank.jobs.config import JobConfig
 from homerank.jobs.gates import enforce, evaluate_gates
@@ -62,7 +66,8 @@ def _split_counts(edges: pd.DataFrame) -> dict[str, int]:
     return {name: int(counts.get(name, 0)) for name in ("train", "valid", "test")}
 
 
-ETL_OUTPUTS = ("quarantine", "interactions", "edges", "profiles", "catalogue", "user_index", "item_index")
+ETL_OUTPUTS = ("quarantine", "interactions", "edges", "profiles", "searches", "last_session", "catalogue",
+               "user_index", "item_index")
 
 
 def _finish(run: RunDir, staging: RunDir, config: JobConfig, stats: dict[str, Any]) -> dict[str, Any]:
@@ -149,11 +154,38 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
     return _finish(run, staging, config, stats)
 
 
+def _write_searches(ingested: Ingested, run: RunDir, config: JobConfig) -> tuple[dict[str, Any], dd.DataFrame | None]:
+    """The search rows ingest wrote per piece, range-partitioned by user, ordered and de-duplicated
+    (`homerank.engine.searches`), written into ``run.searches``; returns their stats and the per-user search figures
+    (persisted on the workers; None without any search)."""
+    assert ingested.searches is not None
+    found = read_searches(ingested.searches)
+    rows = ingested.rows.get("searches", 0)
+    stats = {"rows": rows, "kept": 0, "duplicates": 0, "users": 0, "quarantined": ingested.search_quarantined}
+    if found is None or rows == 0:
+        empty = pd.DataFrame({schema.USER: pd.Series(dtype="string" if config.ingest.pseudonymise_user_ids
+                                                     else ingested.id_dtype),
+                              schema.TS: pd.Series(dtype="datetime64[ns]"), schema.QUERY: pd.Series(dtype="string")})
+        shutil.rmtree(run.searches_by_user_staging, ignore_errors=True)
+        run.searches_by_user_staging.mkdir(parents=True)
+        publish_parquet_parts(run.searches_by_user_staging, run.searches, empty)
+        return stats, None
+    by_user = searches_by_user(found, rows, config.ingest.partition_rows).persist()
+    summary = summaries_by_user(by_user, config.profiles.top_query_terms).persist()
+    _, kept, users = dask.compute(write_partitions(by_user, run.searches_by_user_staging, compute=False),
+                                  by_user.shape[0], summary.shape[0])
+    publish_parquet_parts(run.searches_by_user_staging, run.searches, by_user._meta)
+    stats.update(kept=int(kept), duplicates=rows - int(kept), users=int(users))
+    log.info("etl: searches %s", stats)
+    return stats, summary
+
+
 def _write_profiles(events: dd.DataFrame, core: dd.DataFrame, catalogue: pd.DataFrame | None, id_dtype: IdDtype,
-                    event_types: list[str], ref_time: pd.Timestamp, run: RunDir, config: JobConfig
-                    ) -> dict[str, Any]:
-    """Shopper profiles (`homerank.engine.profiles`) written partition by partition into ``run.profiles``;
-    returns the small summary for the ETL stats and the report."""
+                    event_types: list[str], ref_time: pd.Timestamp, run: RunDir, config: JobConfig,
+                    search_figures: dd.DataFrame | None = None) -> dict[str, Any]:
+    """Shopper profiles (`homerank.engine.profiles`) written partition by partition into ``run.profiles``, with the
+    users' search figures (`homerank.engine.searches.with_search_figures`) when the log has searches; returns the
+    small summary for the ETL stats and the report."""
     items = None
     if catalogue is not None:  # the catalogue's ids in the log's form, so that they join
         items = catalogue.assign(**{schema.ITEM: canonical_ids(catalogue[schema.ITEM], id_dtype)[0]})
@@ -162,12 +194,15 @@ def _write_profiles(events: dd.DataFrame, core: dd.DataFrame, catalogue: pd.Data
     profiles, segments = profiles_by_user(events, core, items, event_types, ref_time, top=settings.top_categories,
                                           gap_minutes=settings.session_gap_minutes, segments=settings.segments,
                                           seed=config.seed, sample_users=settings.sample_users)
-    profiles = profiles.persist()
+    profiles = with_search_figures(profiles, search_figures).persist()
     _, warm, users = dask.compute(write_partitions(profiles, run.profiles_staging, compute=False),
                                   profiles["warm"].sum(), profiles.shape[0])
     publish_parquet_parts(run.profiles_staging, run.profiles, profiles._meta)
-    return {"users": int(users), "warm": int(warm), "cold": int(users) - int(warm),
-            "segments": segment_summary(profiles)}
+    summary = {"users": int(users), "warm": int(warm), "cold": int(users) - int(warm),
+               "segments": segment_summary(profiles)}
+    if search_figures is not None:
+        summary["searchers"] = int((profiles["n_searches"] > 0).sum().compute())
+    return summary
 
 
 def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
@@ -179,7 +214,8 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
     if unknown_exclusions:
         raise HomerankError(f"rank.exclude_event_types: {unknown_exclusions[0]!r} is not in ingest.event_types")
     with backend.dask_config():
-        ingested = ingest_events(input_path, config.ingest, backend, config.ingest.id_dtype, run.quarantine_staging)
+        ingested = ingest_events(input_path, config.ingest, backend, config.ingest.id_dtype, run.quarantine_staging,
+                                 run.searches_staging)
         publish_parquet_parts(run.quarantine_staging, run.quarantine, pd.DataFrame(
             columns=[schema.REASON, schema.SOURCE_FILE, schema.SOURCE_ROW]))
         if ingested.rows["kept"] == 0:
@@ -209,17 +245,26 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
                 "interactions.min_user_interactions / min_item_interactions"
             )
         catalogue = read_catalogue(config.ingest.catalogue) if config.ingest.catalogue else None
+        search_stats, search_figures = None, None
+        if ingested.searches is not None:  # searches are never events: their own dataset, figures for the profiles
+            search_stats, search_figures = _write_searches(ingested, run, config)
+            log.info("etl: searches written at %.1fs", time.perf_counter() - started)
         profile_stats = None
         if config.profiles.enabled:
             profile_stats = _write_profiles(by_user, core, catalogue, ingested.id_dtype, event_types, ref_time, run,
-                                            config)
+                                            config, search_figures)
             log.info("etl: shopper profiles written at %.1fs", time.perf_counter() - started)
         user_index, item_index, partition_users = id_tables(core)
         edges = encode_and_split(core, weighted, item_index, partition_users, config.split, event_types)
-        _, split_counts = dask.compute(write_partitions(edges, run.edges_staging, compute=False),
-                                       edges[SPLIT].value_counts())
+        writes = [write_partitions(edges, run.edges_staging, compute=False), edges[SPLIT].value_counts()]
+        if config.profiles.last_session:  # computed from the same user partitions, in the same pass as the edges
+            sessions = last_sessions_by_user(by_user, event_types, config.profiles.session_gap_minutes)
+            writes += [write_partitions(sessions, run.last_session_staging, compute=False), sessions.shape[0]]
+        _, split_counts, *session_counts = dask.compute(*writes)
         split_counts = backend.to_host(split_counts)
         publish_parquet_parts(run.edges_staging, run.edges, edges._meta)
+        if config.profiles.last_session:
+            publish_parquet_parts(run.last_session_staging, run.last_session, sessions._meta)
         log.info("etl: encoded, split and written at %.1fs", time.perf_counter() - started)
     write_parquet(run.user_index, user_index)
     write_parquet(run.item_index, item_index)
@@ -242,5 +287,7 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
         "split": {name: int(split_counts.get(name, 0)) for name in ("train", "valid", "test")},
         "catalogue_rows": catalogue_rows,
         "profiles": profile_stats,
+        **({"searches": search_stats} if search_stats is not None else {}),
+        **({"last_session_items": int(session_counts[1])} if session_counts else {}),
         "seconds": round(time.perf_counter() - started, 3),
     }
