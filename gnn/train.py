@@ -23,7 +23,7 @@ from homerank.engine.errors import HomerankError, TrainingDivergedError
 from homerank.gnn import distributed
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.keys import pair_keys
-from homerank.gnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
+from homerank.gnn.losses import bpr_loss, counted_l2_penalty, sampled_softmax_loss
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
 from homerank.gnn.model import LightGCNRecommender
 from homerank.gnn.sampling import sample_negatives
@@ -284,9 +284,10 @@ def train_lightgcn(
                     share = _shard(users_r.numel(), rank, world_size)  # draws, the same on every rank
                     fraction = (share.stop - share.start) / users_r.numel()
                     users_r, positives_r, negatives = users_r[share], positives_r[share], negatives[share]
-                    loss = bpr_loss(user_emb[users_r], item_emb[positives_r], item_emb[negatives])
-                    reg = l2_penalty(layer0[users_r], layer0[data.num_users + positives_r],
-                                     layer0[data.num_users + negatives])
+                    loss = bpr_loss(user_emb.index_select(0, users_r), item_emb.index_select(0, positives_r),
+                                    item_emb.index_select(0, negatives))
+                    reg = counted_l2_penalty(layer0, torch.cat([users_r, data.num_users + positives_r,
+                                                                data.num_users + negatives]), users_r.numel())
                 else:
                     negatives = torch.randint(0, data.num_items, (config.negatives,), generator=generator,
                                               device=device)
@@ -296,7 +297,7 @@ def train_lightgcn(
                     batch_users, user_of_pair = torch.unique_consecutive(users, return_inverse=True)
                     loss = sampled_softmax_loss(user_emb[batch_users], item_emb[positives], item_emb[negatives],
                                                 config.temperature, user_of_pair)
-                    reg = l2_penalty(layer0[users], layer0[data.num_users + positives])
+                    reg = counted_l2_penalty(layer0, torch.cat([users, data.num_users + positives]), users.numel())
                 objective = (loss + config.l2 * reg) * fraction  # sums to the batch's mean over the ranks
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
