@@ -54,7 +54,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 
 from homerank.engine.errors import HomerankError
 from homerank.engine.schema import ITEM
@@ -231,6 +230,9 @@ class HashedTfidfEncoder:
         self.dim = dim
         self.hash_features = hash_features
         self.seed = seed
+        # imported here: scikit-learn takes about a second to import, and most processes never hash a text
+        from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+
         self.vectorizer = HashingVectorizer(
             n_features=hash_features, alternate_sign=False, norm=None, token_pattern=TOKEN_PATTERN,
             dtype=np.float64,

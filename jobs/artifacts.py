@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,10 @@ from homerank.gnn.config import ContentConfig
 from homerank.gnn.content import ContentInputs, item_features, split_by_graph
 from homerank.gnn.metrics import CSRIndex
 from homerank.gnn.scorer import ScoreFn, Scorer
-from homerank.gnn.train import TrainData
 from homerank.jobs.rundir import RunDir
+
+if TYPE_CHECKING:  # gnn.train pulls in torch_geometric: seconds of start-up the scoring stages do not need
+    from homerank.gnn.train import TrainData
 
 EMBEDDING_COLUMN = "embedding"  # embeddings/*.parquet: the id column, then this fixed_size_list<float32>[d] column
 EMBEDDING_METADATA = b"homerank.embeddings"  # Parquet schema metadata key: JSON saying what the vectors are
@@ -47,6 +50,8 @@ def item_popularity(edges: pd.DataFrame, num_items: int) -> torch.Tensor:
 def training_data(graph: BipartiteGraph, edges: pd.DataFrame) -> TrainData:
     """The training pairs, the graph's A_hat and (when the split has any) the validation lists, as the train stage
     and the training bench feed `homerank.gnn.train.train_lightgcn`."""
+    from homerank.gnn.train import TrainData
+
     train = edges[edges[SPLIT] == "train"]
     has_valid = bool((edges[SPLIT] == "valid").any())
     return TrainData(

@@ -38,21 +38,16 @@ import time
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
-from homerank.gnn.train import EvaluationHook
-from homerank.jobs.cluster import dask_client
 from homerank.jobs.config import JobConfig, dump_config
 from homerank.jobs.report import write_report
 from homerank.jobs.rundir import RunDir, read_json, verify_dataset, write_json, write_text
-from homerank.jobs.stage_etl import run_etl
-from homerank.jobs.stage_evaluate import run_evaluate
-from homerank.jobs.stage_graph import run_graph
-from homerank.jobs.stage_homepage import run_homepage
-from homerank.jobs.stage_rank import run_rank
-from homerank.jobs.stage_train import run_train
+
+if TYPE_CHECKING:
+    from homerank.gnn.train import EvaluationHook
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +98,35 @@ def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
 
 def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | None,
               show_progress: bool, resume: bool, on_evaluation: EvaluationHook | None) -> Any:
+    # each stage's module is imported when it runs: a `homerank STAGE` process loads only what its stage needs
+    # (the homepage stage needs neither dask.distributed nor torch_geometric), seconds of start-up per stage
     if stage == "etl":
+        from homerank.jobs.cluster import dask_client
+        from homerank.jobs.stage_etl import run_etl
+
         assert input_path is not None
         with dask_client(config.cluster, backend):
             result = run_etl(input_path, run, config, backend)
     elif stage == "graph":
+        from homerank.jobs.stage_graph import run_graph
+
         result = run_graph(run, config, backend)
     elif stage == "train":
+        from homerank.jobs.stage_train import run_train
+
         result = run_train(run, config, backend, show_progress=show_progress, resume=resume,
                            on_evaluation=on_evaluation)
     elif stage == "evaluate":
+        from homerank.jobs.stage_evaluate import run_evaluate
+
         result = run_evaluate(run, config, backend)
     elif stage == "rank":
+        from homerank.jobs.stage_rank import run_rank
+
         result = run_rank(run, config, backend)
     elif stage == "homepage":
+        from homerank.jobs.stage_homepage import run_homepage
+
         result = run_homepage(run, config, backend) if config.homepage.enabled else {}
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(stage)
