@@ -17,7 +17,9 @@ import pandas as pd
 
 from homerank.homepage.blocks import ItemSets, Rules, Source, fill_pools, mmr_pick
 from homerank.homepage.config import HomepageConfig, SectionConfig
+from homerank.homepage.last_session import SESSION_REASON
 from homerank.homepage.rows import PAGE_COLUMNS
+from homerank.homepage.searches import SEARCH_REASON
 from homerank.homepage.sections import SECTION_KINDS, SEGMENT_REASON, format_titles
 from homerank.homepage.signals import PageSignals
 
@@ -154,6 +156,19 @@ class BlockPages:
             positions = _padded(rows, -1, np.int64)
             return ([Source(positions, np.zeros(positions.shape), np.array(0), group)],
                     ["buy_again:purchased_before"], {}, plain)
+        if kind == "related_to_searches":
+            history = signals.searches
+            if history is None:
+                return [], [], {}, plain
+            positions, scores, group = history.candidates_of(users)
+            values = {"query": history.newest_query(users)} if "{query" in section.title else {}
+            return [Source(positions, scores, np.array(0), group)], [SEARCH_REASON], values, plain
+        if kind == "continue_shopping":
+            if signals.last_session is None:
+                return [], [], {}, plain
+            positions, group = signals.last_session.lists(users)
+            return ([Source(positions, np.zeros(positions.shape), np.array(0), group)], [SESSION_REASON], {},
+                    plain)
         raise ValueError(f"unknown section kind {kind!r}")
 
     def _bought(self, users: np.ndarray) -> ItemSets:

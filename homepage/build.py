@@ -46,8 +46,9 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
                 rankings: pd.DataFrame | None = None,
                 on_block: Callable[[pd.DataFrame], None] | None = None,
                 profiles: pd.DataFrame | None = None,
-                cold_items: tuple[pd.Series, np.ndarray] | None = None) -> Homepage:
-    """One page per user of ``interactions`` (which needs ``last_ts``), in user id order.
+                cold_items: tuple[pd.Series, np.ndarray] | None = None,
+                searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None) -> Homepage:
+    """One page per user of ``interactions`` (which needs ``last_ts``) and per user of ``searches``, in user id order.
 
     ``candidate_items``/``candidate_scores`` (U, k): the model's top items per user embedding row (model item
     index), best first; ``user_embeddings`` (U, d) and ``item_embeddings`` (num_items, d) the learned vectors;
@@ -58,7 +59,9 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
     embedding their segment's favourites, the titles their profile fields and the explanations category shares;
     ``cold_items`` (item ids (n,), vectors (n, d)), the train stage's content-only embeddings of catalogue items
     outside the graph (None without them), are the vectors of those items in place of their category and price
-    band's mean vector (`homerank.homepage.catalogue.item_vectors`).
+    band's mean vector (`homerank.homepage.catalogue.item_vectors`). ``searches`` (user_id, timestamp, query: the
+    ETL's etl/searches/) and ``sessions`` (its etl/last_session/), None without them, feed the related_to_searches and
+    continue_shopping rows; a user who searched but has no interaction gets a page too (from fallbacks and searches).
 
     Users are paged in blocks of ``settings.block_users``; each block's rows go to ``on_block`` as soon as the block
     is built (the returned ``page`` is then empty: nothing keeps every user's rows), or are concatenated into the
@@ -67,7 +70,8 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
     catalogue = build_catalogue(catalogue_items, interactions, item_index, edges, reference_time, settings)
     vectors, vector_source = item_vectors(catalogue, item_embeddings, cold_items)
     signals = collect_signals(catalogue, vectors, interactions, candidate_items, candidate_scores, user_embeddings,
-                              item_embeddings, user_index, reference_time, settings, profiles, edges, vector_source)
+                              item_embeddings, user_index, reference_time, settings, profiles, edges, vector_source,
+                              searches, sessions)
     merchandising = None
     if settings.merchandising:
         merchandising = load_merchandising(settings.merchandising, catalogue.item_ids, catalogue.category,
@@ -75,7 +79,10 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
         log.info("merchandising: %s", merchandising.stats)
     unit_vectors = F.normalize(vectors, dim=1).numpy()
     explainer = Explainer(catalogue, signals, interactions, profiles, unit_vectors, reference_time, settings)
-    users = np.sort(interactions[schema.USER].unique())
+    users = interactions[schema.USER].unique()
+    if signals.searches is not None:  # users who only searched have a page too
+        users = pd.Index(users).union(signals.searches.queries.users).to_numpy()
+    users = np.sort(users)
     tally = PageTally(catalogue, signals, users, edges, merchandising, settings)
     # boosts and pins re-rank and reserve slots per user: pages with active rules keep the user-by-user builder
     vectorised = not (merchandising and (merchandising.boosts or merchandising.pins))

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from homerank.engine.config import StrictModel
+from homerank.gnn.text_config import HASHED_TFIDF, WORDLLAMA, WORDLLAMA_DIMS, TextFeaturesConfig
 
 SEGMENT_TITLE = "Popular with shoppers like you"
-SectionKind = Literal["for_you", "because_you_viewed", "trending_in_category", "new_arrivals", "buy_again"]
+SectionKind = Literal["for_you", "because_you_viewed", "trending_in_category", "new_arrivals", "buy_again",
+                      "related_to_searches", "continue_shopping"]
 
 
 class SectionConfig(StrictModel):
     kind: SectionKind
-    title: str = Field(..., description="template; {item_title} and {category} are filled in, and from the shopper "
-                       "profile {top_category} (the user's top category) and {segment_name}")
+    title: str = Field(..., description="template; {item_title} and {category} are filled in, from the shopper "
+                       "profile {top_category} (the user's top category) and {segment_name}, and in "
+                       "related_to_searches rows {query} (the user's newest search)")
     slots: int = Field(8, ge=1)
     segment_title: str | None = Field(
         None, description="for_you: the title of the row of a user without a model embedding when it is filled "
@@ -30,13 +34,52 @@ class SectionConfig(StrictModel):
         return self
 
 
+class SearchSectionConfig(StrictModel):
+    """The related_to_searches section (`homerank.homepage.searches`): the user's newest queries and the catalogue's
+    items embedded by one text encoder (`homerank.gnn.text_features`, queries embedded like titles), the items
+    nearest the recency-weighted mean of the queries.
+
+    The encoder is named, never swapped on its own: hashed_tfidf (scikit-learn, fitted on the catalogue's texts,
+    nothing to install) by default, or wordllama_l2_supercat (pip install 'homerank[text]')."""
+
+    section: ClassVar[str] = "homepage.search"
+
+    encoder: Literal["wordllama_l2_supercat", "hashed_tfidf"] = Field(
+        HASHED_TFIDF, description="text encoder of the queries and the item texts: hashed_tfidf (fitted on the "
+        "catalogue) or wordllama_l2_supercat (pip install 'homerank[text]')")
+    dim: int = Field(256, ge=1, le=4096, description="embedding size (64, 128 or 256 for wordllama_l2_supercat)")
+    cache_dir: Path | None = Field(None, description="vectors cached by content hash (items and queries); null = no "
+                                   "cache")
+    batch_size: int = Field(1024, ge=1, description="texts encoded per batch")
+    history: int = Field(10, ge=1, description="the user's newest searches that count")
+    half_life_days: float = Field(7.0, gt=0, description="a query's weight 0.5 ** (age_days / half_life_days), age "
+                                  "before the run's reference time")
+    candidates: int = Field(100, ge=1, description="nearest items fetched per user before the page rules")
+    min_similarity: float = Field(0.0, ge=-1, lt=1, description="items whose cosine to the user's queries is not "
+                                  "above this are never related")
+
+    @model_validator(mode="after")
+    def _dim_fits_encoder(self) -> SearchSectionConfig:
+        if self.encoder == WORDLLAMA and self.dim not in WORDLLAMA_DIMS:
+            raise ValueError(f"homepage.search.dim must be one of {list(WORDLLAMA_DIMS)} for {WORDLLAMA} "
+                             f"(got {self.dim}), or choose encoder: {HASHED_TFIDF}")
+        return self
+
+    def text_features(self) -> TextFeaturesConfig:
+        """The settings as `homerank.gnn.text_features` takes them."""
+        return TextFeaturesConfig(enabled=True, encoder=self.encoder, dim=self.dim, cache_dir=self.cache_dir,
+                                  batch_size=self.batch_size)
+
+
 class HomepageConfig(StrictModel):
     """The personalised homepage: ordered sections and the rules applied across the whole page."""
 
     enabled: bool = True
     sections: list[SectionConfig] = Field(default_factory=lambda: [
         SectionConfig(kind="for_you", title="Recommended for you", slots=10),
+        SectionConfig(kind="continue_shopping", title="Continue where you left off", slots=8),
         SectionConfig(kind="because_you_viewed", title="Because you viewed {item_title}", slots=8),
+        SectionConfig(kind="related_to_searches", title="Related to your searches", slots=8),
         SectionConfig(kind="trending_in_category", title="Trending in {category}", slots=8),
         SectionConfig(kind="new_arrivals", title="New arrivals for you", slots=8),
         SectionConfig(kind="buy_again", title="Buy again", slots=6),
@@ -65,3 +108,5 @@ class HomepageConfig(StrictModel):
                                  "most similar to a recommended item")
     candidates: int = Field(500, ge=10, description="model candidates per user (and neighbours per viewed item) "
                             "before the page rules")
+    search: SearchSectionConfig = Field(default_factory=SearchSectionConfig, description="related_to_searches: "
+                                        "the text encoder and the weighting of the user's queries")

@@ -22,6 +22,11 @@ The evidence by reason (the kind recorded in ``homepage_stats.json`` under ``exp
     new_arrival:*                    "New in <category>, where <p> of your activity is" with the profile's share
                                      [category_share], else "New in <category>, added <d> days ago" [new_arrival]
     buy_again:purchased_before       "You bought this before" / "You bought this <n> times" [purchase_history]
+    related_to_searches:*            "Because you searched for '<q>'" with q the user's recent query most similar to the
+                                     item in the text-feature space (`homerank.homepage.searches`) [searched_for]
+    continue_shopping:last_session   "From your last visit on <d>" with d the day the user's last session began;
+                                     "You added this to your cart on your last visit on <d>" when it was carted then
+                                     [last_visit]
     pin:merchandising:*              "Featured by our team" [featured]
 
 The category share is the profile's: ``top_category_share_k`` of the k with ``top_category_k`` the item's category
@@ -41,6 +46,8 @@ import pandas as pd
 from homerank.engine import schema
 from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
+from homerank.homepage.last_session import SESSION_REASON
+from homerank.homepage.searches import SEARCH_REASON
 from homerank.homepage.sections import SEGMENT_REASON
 from homerank.homepage.signals import PageSignals
 
@@ -48,6 +55,7 @@ GENERIC = "Picked for you from your activity"
 SIMILARITY_CHUNK = 4096  # slots whose history vectors are gathered at once: (chunk, H, d) float32
 VERBS = np.array(["Because you viewed ", "Because you added ", "Because you bought "], dtype=object)
 VERB_ENDS = np.array(["", " to your cart", ""], dtype=object)
+QUERY_CHARACTERS = 60  # a longer query is cut there, with an ellipsis
 
 
 def _percent(shares: np.ndarray) -> np.ndarray:
@@ -275,6 +283,28 @@ class Explainer:
             put(rows, np.where(times > 1, "You bought this " + _numbers(times) + " times", "You bought this before"),
                 "purchase_history")
         put(label == "pin", "Featured by our team", "featured")
+        # related to searches: the user's query most similar to the item
+        rows = np.flatnonzero(label == "search")
+        if rows.size and getattr(self.signals, "searches", None) is not None:
+            history = self.signals.searches
+            best = history.best_query(page["user_id"].to_numpy()[rows], positions[rows])
+            found = rows[best >= 0]
+            if found.size:
+                put(found, _by_key(best[best >= 0], lambda q: "Because you searched for '" + _quoted(history.text[q])
+                                   + "'"), "searched_for")
+        # continue where you left off: the day the last session began
+        rows = np.flatnonzero(label == "session")
+        if rows.size and getattr(self.signals, "last_session", None) is not None:
+            last = self.signals.last_session
+            users_of = page["user_id"].to_numpy()[rows]
+            started = last.started(users_of)
+            known = ~np.isnat(started)
+            days = started[known].astype("datetime64[D]")
+            carted = last.was_carted(users_of[known], positions[rows[known]])
+            dates = _by_key(days.astype(np.int64), lambda d: np.array(
+                [_day(pd.Timestamp(np.datetime64(int(v), "D"))) for v in d.tolist()], dtype=object))
+            put(rows[known], np.where(carted, "You added this to your cart on your last visit on " + dates,
+                                      "From your last visit on " + dates), "last_visit")
         return sentence, kind
 
     def _trend_text(self, positions: np.ndarray) -> np.ndarray:
@@ -307,6 +337,17 @@ def _by_key(keys: np.ndarray, make: Any) -> np.ndarray:
     return np.asarray(make(uniques), dtype=object)[inverse.reshape(-1)]
 
 
+def _quoted(queries: np.ndarray) -> np.ndarray:
+    """Queries (n,) as shown between quotes: cut after `QUERY_CHARACTERS` characters, with an ellipsis."""
+    return np.array([q if len(q) <= QUERY_CHARACTERS else q[:QUERY_CHARACTERS].rstrip() + "…"
+                     for q in np.asarray(queries, dtype=object).tolist()], dtype=object)
+
+
+def _day(when: pd.Timestamp) -> str:
+    """A day as a shopper reads it: "26 Oct 2026"."""
+    return f"{when.day} {when:%b %Y}"
+
+
 def _label(reason: str) -> str:
     """The evidence family of a reason code (without its ``;boost:`` suffix)."""
     if reason == "for_you:model_score":
@@ -325,6 +366,10 @@ def _label(reason: str) -> str:
         return "bought"
     if reason.startswith("pin:"):
         return "pin"
+    if reason == SEARCH_REASON:
+        return "search"
+    if reason == SESSION_REASON:
+        return "session"
     return "other"
 
 

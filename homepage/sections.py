@@ -10,6 +10,11 @@ read it).
     new_arrivals          items created in the last N days, by the user's score (trending for cold users)
     buy_again             items bought before in repeat-purchase categories, newest first; exempt from the
                           category cap, and the only row that may show items the user bought
+    related_to_searches   items nearest in the item text-feature space to the recency-weighted mean of the user's
+                          newest queries (`homerank.homepage.searches`); exempt from the category cap: a query names
+                          its topic
+    continue_shopping     the items of the user's last session viewed, clicked or carted but not bought, most recent
+                          first (`homerank.homepage.last_session`); exempt from the category cap: the user's own visit
 
 A source is ``(positions, scores, reasons)``: catalogue positions in the order the row should take them,
 their scores, and one reason for all of them or one per position. A function returns None when the user
@@ -26,6 +31,8 @@ import numpy as np
 import pandas as pd
 
 from homerank.homepage.config import SectionConfig
+from homerank.homepage.last_session import SESSION_REASON
+from homerank.homepage.searches import SEARCH_REASON
 from homerank.homepage.signals import PageSignals
 
 Source = tuple[np.ndarray, np.ndarray, list[str] | str]
@@ -98,6 +105,30 @@ def buy_again(user: Any, signals: PageSignals) -> RowCandidates | None:
     return RowCandidates([(positions, np.zeros(positions.size), "buy_again:purchased_before")])
 
 
+def related_to_searches(user: Any, signals: PageSignals) -> RowCandidates | None:
+    history = signals.searches
+    if history is None:
+        return None
+    users = np.array([user], dtype=object)
+    positions, scores, group = history.candidates_of(users)
+    if group[0] < 0:
+        return None
+    keep = positions[group[0]] >= 0
+    return RowCandidates([(positions[group[0]][keep], scores[group[0]][keep], SEARCH_REASON)],
+                         {"query": history.newest_query(users)[0]})
+
+
+def continue_shopping(user: Any, signals: PageSignals) -> RowCandidates | None:
+    last = signals.last_session
+    if last is None:
+        return None
+    lists, group = last.lists(np.array([user], dtype=object))
+    if group[0] < 0:
+        return None
+    positions = lists[group[0]][lists[group[0]] >= 0]
+    return RowCandidates([(positions, np.zeros(positions.size), SESSION_REASON)])
+
+
 @dataclass(frozen=True)
 class SectionSpec:
     """How the page treats one kind of row. ``category_cap`` False exempts the row from per-row diversity
@@ -114,6 +145,8 @@ SECTION_KINDS: dict[str, SectionSpec] = {
     "trending_in_category": SectionSpec(trending_in_category, category_cap=False),  # one category by definition
     "new_arrivals": SectionSpec(new_arrivals),
     "buy_again": SectionSpec(buy_again, category_cap=False, shows_purchased=True),  # the user's own history
+    "related_to_searches": SectionSpec(related_to_searches, category_cap=False),  # the query names the topic
+    "continue_shopping": SectionSpec(continue_shopping, category_cap=False),  # the user's own last visit
 }
 UNCAPPED_KINDS = tuple(kind for kind, spec in SECTION_KINDS.items() if not spec.category_cap)
 PURCHASE_KINDS = tuple(kind for kind, spec in SECTION_KINDS.items() if spec.shows_purchased)

@@ -10,6 +10,9 @@ v_i came from (`homerank.homepage.catalogue.VECTOR_SOURCES`): ``new_arrival:mode
 ``new_arrival:cold_start_category_price_band`` (the mean vector).
 A user's top category maximises the summed interaction weight, ties to the alphabetically first category.
 
+From the ETL's ``etl/searches/`` and ``etl/last_session/`` (optional): the users' recent queries against the items'
+text features (`homerank.homepage.searches`) and their last-session items (`homerank.homepage.last_session`).
+
 From the shopper profiles (`homerank.engine.profiles`, ``RUN/etl/profiles/``; all optional): each user's segment
 and the profile's top category (by event count). A segment's favourites rank items by the number of the segment's
 training users who interacted with them (the definition of popularity, restricted to one segment; ties by overall
@@ -30,6 +33,8 @@ from homerank.engine.split import SPLIT
 from homerank.gnn.item_index import ItemIndex
 from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
+from homerank.homepage.last_session import LastSession, last_session
+from homerank.homepage.searches import SearchHistory, search_history
 
 POSITION = "pos"  # catalogue position of an interaction's item
 # a new arrival's reason by the source code of its vector (homerank.homepage.catalogue.VECTOR_SOURCES)
@@ -64,6 +69,8 @@ class PageSignals:
     segment_favourites: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # segment ->
     # (positions, training users of the segment), most popular in the segment first
     profile_top_category: pd.Series = field(default_factory=lambda: pd.Series(dtype=object))  # user id -> category
+    searches: SearchHistory | None = None  # the users' recent queries and the items' text vectors (related_to_searches)
+    last_session: LastSession | None = None  # the users' last-session items not bought (continue_shopping)
 
     def title_values(self, users: np.ndarray) -> dict[str, np.ndarray]:
         """The profile's title fields for ``users`` (B,): ``top_category`` (the profile's, else the interactions',
@@ -141,12 +148,15 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
                     candidate_items: np.ndarray, candidate_scores: np.ndarray, user_embeddings: torch.Tensor,
                     item_embeddings: torch.Tensor, user_index: pd.DataFrame, reference_time: pd.Timestamp,
                     settings: HomepageConfig, profiles: pd.DataFrame | None = None,
-                    edges: pd.DataFrame | None = None, vector_source: np.ndarray | None = None) -> PageSignals:
+                    edges: pd.DataFrame | None = None, vector_source: np.ndarray | None = None,
+                    searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None) -> PageSignals:
     """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed) and
     ``vector_source`` (C,) where each came from (`homerank.homepage.catalogue.item_vectors`; None: model or mean);
     ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index);
     ``profiles`` (user_id, segment, segment_name, top_category_1; None without profiles) and ``edges`` (the
-    k-core edges with ``split``) give the segments and their favourites."""
+    k-core edges with ``split``) give the segments and their favourites; ``searches`` (user_id, timestamp, query)
+    and ``sessions`` (the ETL's last-session table), None without them, the related_to_searches and
+    continue_shopping rows (read only when a section of that kind is configured)."""
     interactions = interactions.assign(**{POSITION: interactions[schema.ITEM].map(catalogue.position())})
     positions_of_model_items = model_positions(catalogue, item_embeddings.shape[0])
     last_viewed = last_viewed_items(interactions)
@@ -175,7 +185,14 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         purchased={user: set(positions.tolist()) for user, positions in _positions_by_user(bought).items()},
         buy_again=_positions_by_user(again.sort_values(schema.LAST_TS, ascending=False)),
         **_profile_signals(profiles, edges, catalogue),
+        searches=(search_history(searches, catalogue, reference_time, settings.search)
+                  if _shows(settings, "related_to_searches") else None),
+        last_session=last_session(sessions, catalogue) if _shows(settings, "continue_shopping") else None,
     )
+
+
+def _shows(settings: HomepageConfig, kind: str) -> bool:
+    return any(section.kind == kind for section in settings.sections)
 
 
 def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, catalogue: Catalogue

@@ -55,18 +55,40 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _searches_section(etl: dict[str, Any]) -> list[str]:
+    """Searches (a log with a query column) and the last sessions, when the ETL wrote them."""
+    searches, last = etl.get("searches"), etl.get("last_session_items")
+    if searches is None and last is None:
+        return []
+    out = ["", "## Searches and sessions", ""]
+    if searches is not None:
+        searchers = (etl.get("profiles") or {}).get("searchers")
+        out += [f"Searches in `etl/searches/` (never edges): {_text(searches['kept'])} kept of "
+                f"{_text(searches['rows'])} valid ({_text(searches['duplicates'])} exact duplicates), by "
+                f"{_text(searches['users'])} users"
+                + (f" ({_text(searchers)} of them with a profile)" if searchers is not None else "")
+                + f"; {_text(searches['quarantined'])} search rows quarantined.", ""]
+    if last is not None:
+        out += [f"Last sessions in `etl/last_session/`: {_text(last)} items viewed, clicked or carted but not bought "
+                "in the user's last session (continue_shopping)."]
+    return out
+
+
 def _rows_section(etl: dict[str, Any]) -> list[str]:
     rows = etl["rows"]
-    conserved = rows["in"] == rows["kept"] + rows["quarantined"] + rows["duplicates"]
+    searched = "searches" in rows  # a log with a query column: its search rows are not events
+    conserved = rows["in"] == rows["kept"] + rows["quarantined"] + rows["duplicates"] + rows.get("searches", 0)
+    law = "in = kept + searches + quarantined + duplicates" if searched else "in = kept + quarantined + duplicates"
     out = [
         "## Ingest",
         "",
         _table(
-            ["rows in", "kept", "quarantined", "duplicates removed"],
-            [[rows["in"], rows["kept"], rows["quarantined"], rows["duplicates"]]],
+            ["rows in", "kept", *(["searches"] if searched else []), "quarantined", "duplicates removed"],
+            [[rows["in"], rows["kept"], *([rows["searches"]] if searched else []), rows["quarantined"],
+              rows["duplicates"]]],
         ),
         "",
-        f"Conservation check `in = kept + quarantined + duplicates`: **{'holds' if conserved else 'FAILS'}**.",
+        f"Conservation check `{law}`: **{'holds' if conserved else 'FAILS'}**.",
     ]
     if etl.get("quarantine_reasons"):
         out += [
@@ -109,6 +131,7 @@ def _rows_section(etl: dict[str, Any]) -> list[str]:
                   s["mean_monetary"]] for s in profiles["segments"]],
             ),
         ]
+    out += _searches_section(etl)
     if etl.get("gates"):
         out += [
             "",

@@ -14,6 +14,9 @@ in a staging folder and appended to a temporary ``homepage.jsonl``; the dataset 
 file replace the previous ones only after the last block, so a failure leaves the previous homepage as it was.
 The shopper profiles (``etl/profiles/``) are read when ``profiles.enabled`` and the ETL published them (manifest
 present); without them the homepage is built as before, explanations from the evidence that remains.
+The ETL's ``etl/searches/`` (logs with a ``query`` column) and ``etl/last_session/`` are read when a
+related_to_searches or continue_shopping section is configured and the ETL published them; without them those rows
+are left out.
 The train stage's content-only embeddings of catalogue items outside the graph (``train/cold_items.parquet``,
 written with ``train.content``) are those items' vectors when the file is there; items without one keep the mean
 vector of their category and price band (``homepage_stats.json``: ``item_vectors``).
@@ -68,6 +71,9 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
     profiles = _read_profiles(run) if config.profiles.enabled else None
     cold_items = _read_cold_items(run)
+    kinds = {section.kind for section in settings.sections}
+    searches = _read_dataset(run.searches, SEARCH_COLUMNS) if "related_to_searches" in kinds else None
+    sessions = _read_dataset(run.last_session, None) if "continue_shopping" in kinds else None
     staging = run.homepage.with_name(".homepage.parts")  # the blocks' parts, published as one dataset at the end
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -76,7 +82,8 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
             parts = _PartWriter(staging, jsonl)
             homepage = build_pages(cand_items.numpy(), cand_scores.numpy(), item_emb, user_emb, interactions, edges,
                                    user_index, item_index, catalogue, ref_time, settings, rankings,
-                                   on_block=parts.write, profiles=profiles, cold_items=cold_items)
+                                   on_block=parts.write, profiles=profiles, cold_items=cold_items,
+                                   searches=searches, sessions=sessions)
             jsonl.close()
             publish_parquet_parts(staging, run.homepage, homepage.page)
     finally:
@@ -100,6 +107,18 @@ def _read_profiles(run: RunDir) -> pd.DataFrame | None:
     names = pq.ParquetDataset(run.profiles).schema.names
     wanted = [schema.USER, *(c for c in names if c in PROFILE_COLUMNS or c.startswith("top_category_"))]
     return pd.read_parquet(run.profiles, columns=wanted)
+
+
+SEARCH_COLUMNS = [schema.USER, schema.TS, schema.QUERY]
+
+
+def _read_dataset(path: Path, columns: list[str] | None) -> pd.DataFrame | None:
+    """``columns`` (None: all) of an ETL dataset, None when the ETL published none there (its manifest missing: a log
+    without searches, ``profiles.last_session: false``, or a run older than them)."""
+    if not (path / "_SUCCESS.json").exists():
+        log.info("homepage: no %s: its section is left out", path)
+        return None
+    return pd.read_parquet(path, columns=columns)
 
 
 def _read_cold_items(run: RunDir) -> tuple[pd.Series, np.ndarray] | None:

@@ -1,0 +1,130 @@
+"""Related to your searches: the catalogue items nearest, in the item text-feature space, to the user's recent queries.
+
+Queries are embedded like titles (`homerank.gnn.text_features`, the encoder of ``homepage.search``; hashed TF-IDF
+is fitted on the catalogue's texts, so queries and items share its idf). With x_i (T,) the unit text vector of
+catalogue item i ("title. category"), the user's H newest queries q_1..q_H (newest first, H <= ``history``) with
+unit vectors y_h and ages a_h = max(t_ref - ts(q_h), 0) in days:
+
+    w_h = 0.5 ** (a_h / half_life_days),      p_u = sum_h w_h y_h / || sum_h w_h y_h ||          p_u: (T,)
+    score(u, i) = cos(p_u, x_i) = p_u . x_i
+
+and the section lists the ``candidates`` items of largest score (faiss, `homerank.gnn.item_index.ItemIndex`: exact
+below 50,000 items, HNSW above), best first, keeping those with score > ``min_similarity``. Items the user bought are
+left out by the page rules. A slot's explanation names the query most similar to its item, argmax_h y_h . x_i (ties:
+the newer query).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from homerank.engine import schema
+from homerank.gnn.item_index import ItemIndex
+from homerank.gnn.text_features import encode_texts, item_text, make_encoder
+from homerank.homepage.catalogue import Catalogue
+from homerank.homepage.config import SearchSectionConfig
+from homerank.homepage.ragged import Ragged
+
+log = logging.getLogger(__name__)
+
+SEARCH_REASON = "related_to_searches:query_similarity"
+SIMILARITY_CHUNK = 4096  # slots whose query vectors are gathered at once for the explanations: (chunk, H, T)
+
+
+@dataclass
+class SearchHistory:
+    """The users who searched (K), their newest queries (Q in all, newest first per user) and the items' text
+    vectors (C, T) by catalogue position, with the index that finds the items nearest a user's query profile."""
+
+    queries: Ragged  # users (K,) -> query rows, newest first
+    text: np.ndarray  # (Q,) object, each query as typed (stripped)
+    vectors: np.ndarray  # (Q, T) float32 unit query vectors
+    profiles: np.ndarray  # (K, T) float32 unit p_u (zero when no query has a known word)
+    item_vectors: np.ndarray  # (C, T) float32 unit x_i
+    index: ItemIndex
+    candidates: int
+    min_similarity: float
+
+    def candidates_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a block of ``users`` (B,): the nearest items of those who searched, (positions (G, k), scores (G, k)),
+        padded with -1 / 0 past each list, and each block row's line of them (B,), -1 for users without searches
+        (or whose queries share no word with the catalogue)."""
+        rows = self.queries.rows(users)
+        known = rows >= 0
+        known[known] &= np.abs(self.profiles[rows[known]]).sum(axis=1) > 0
+        group = np.full(len(users), -1, dtype=np.int64)
+        group[known] = np.arange(int(known.sum()))
+        k = min(self.candidates, self.item_vectors.shape[0])
+        if not known.any() or k == 0:
+            return np.full((0, 1), -1, dtype=np.int64), np.zeros((0, 1)), group
+        scores, positions = self.index.search(self.profiles[rows[known]], k)
+        keep = (positions >= 0) & (scores > self.min_similarity)
+        keep &= np.cumprod(keep, axis=1).astype(bool)  # best first: nothing after the first item dropped
+        return np.where(keep, positions, -1), np.where(keep, scores, 0.0).astype(np.float64), group
+
+    def newest_query(self, users: np.ndarray) -> np.ndarray:
+        """Each user's newest query (B,) object, "" for users without searches."""
+        rows = self.queries.rows(users)
+        out = np.full(len(users), "", dtype=object)
+        has = rows >= 0
+        out[has] = self.text[self.queries.values[self.queries.start[rows[has]]]]
+        return out
+
+    def best_query(self, users: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """For slots (user (n,), catalogue position (n,)): the row in ``text`` of the user's query most similar to the
+        slot's item, argmax_h y_h . x_i (the newest on ties), -1 when the user has no searches."""
+        best = np.full(len(users), -1, dtype=np.int64)
+        rows = self.queries.rows(users)
+        for start in range(0, len(users), SIMILARITY_CHUNK):
+            chunk = np.arange(start, min(start + SIMILARITY_CHUNK, len(users)))
+            chunk = chunk[rows[chunk] >= 0]
+            if not chunk.size:
+                continue
+            queries = self.queries.padded(rows[chunk])  # (n, H) query rows, -1 past each list
+            similarity = np.einsum("nhd,nd->nh", self.vectors[np.maximum(queries, 0)],
+                                   self.item_vectors[positions[chunk]])
+            similarity = np.where(queries >= 0, similarity, -np.inf)
+            best[chunk] = queries[np.arange(chunk.size), np.argmax(similarity, axis=1)]
+        return best
+
+
+def _text_frame(catalogue: Catalogue) -> pd.DataFrame:
+    """The catalogue's texts by position: its title and category."""
+    return pd.DataFrame({"title": catalogue.title, "category": catalogue.category})
+
+
+def search_history(searches: pd.DataFrame | None, catalogue: Catalogue, reference_time: pd.Timestamp,
+                   settings: SearchSectionConfig, device: Any = "cpu") -> SearchHistory | None:
+    """The `SearchHistory` of ``searches`` (user_id, timestamp, query; any order; None or empty: no history) against
+    the catalogue's items, with the encoder and weights of ``settings`` (module docstring)."""
+    if searches is None or not len(searches) or not len(catalogue.item_ids):
+        return None
+    config = settings.text_features()
+    texts = item_text(_text_frame(catalogue))
+    encoder = make_encoder(config.encoder, dim=config.dim, device=device, texts=texts, cache_dir=config.cache_dir,
+                           hash_features=config.hash_features, seed=config.seed)
+    item_vectors, hits, encoded = encode_texts(texts, encoder, config.cache_dir, config.batch_size)
+    # each user's `history` newest queries, newest first, users in id order
+    recent = searches[[schema.USER, schema.TS, schema.QUERY]].sort_values(
+        [schema.USER, schema.TS], ascending=[True, False], kind="stable")
+    recent = recent[recent.groupby(schema.USER, sort=False).cumcount() < settings.history].reset_index(drop=True)
+    text = recent[schema.QUERY].astype(str).to_numpy(dtype=object)
+    vectors, query_hits, query_encoded = encode_texts(list(text), encoder, config.cache_dir, config.batch_size)
+    queries = Ragged.of(recent[schema.USER].to_numpy(), np.arange(len(recent), dtype=np.int64))
+    age = (reference_time - recent[schema.TS]) / pd.Timedelta(days=1)
+    weight = 0.5 ** (np.maximum(age.to_numpy(dtype=np.float64), 0.0) / settings.half_life_days)
+    summed = np.add.reduceat(vectors * weight[:, None].astype(np.float32), queries.start, axis=0) if len(recent) else (
+        np.zeros((0, vectors.shape[1]), np.float32))
+    norms = np.linalg.norm(summed, axis=1, keepdims=True)
+    profiles = np.where(norms > 0, summed / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    index = ItemIndex().build(item_vectors)
+    log.info("homepage: %d queries of %d users embedded with %s (dim %d; items %d cached, %d encoded; queries %d "
+             "cached, %d encoded)", len(recent), len(queries.users), encoder.name, encoder.dim, hits, encoded,
+             query_hits, query_encoded)
+    return SearchHistory(queries, text, vectors, profiles, item_vectors, index, settings.candidates,
+                         settings.min_similarity)
