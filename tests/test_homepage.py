@@ -44,12 +44,13 @@ def test_every_page_follows_the_rules(homepage_run):
     bought = interactions[interactions["n_purchase"] > 0][["user_id", "item_id"]]
     clash = page.merge(bought, on=["user_id", "item_id"])
     assert (clash["section"] == "buy_again").all()
-    # at most max_per_category items of one category per row (trending rows are one category by design)
+    # at most max_per_category items of one category per row (the exempt rows: one category or the user's own visit)
     page["category"] = catalogue.loc[page["item_id"], "category"].to_numpy()
-    capped = page[~page["section"].isin(["trending_in_category", "buy_again"])]
+    capped = page[~page["section"].isin(UNCAPPED_KINDS)]
     assert capped.groupby(["user_id", "section", "category"]).size().max() <= 2
     # slots are 1..n within each row and never exceed the configured count
-    limits = {"for_you": 10, "because_you_viewed": 8, "trending_in_category": 8, "new_arrivals": 8, "buy_again": 6}
+    limits = {"for_you": 10, "because_you_viewed": 8, "trending_in_category": 8, "new_arrivals": 8, "buy_again": 6,
+              "continue_shopping": 8, "related_to_searches": 8}
     for (_, section), rows in page.groupby(["user_id", "section"]):
         assert rows["slot"].tolist() == list(range(1, len(rows) + 1)) and len(rows) <= limits[section]
     assert page["reason"].notna().all() and (page["reason"].str.len() > 0).all()
@@ -127,7 +128,7 @@ def _plain_sources(row):
 
 def test_registry_covers_every_configurable_kind_and_states_the_exemptions_once():
     assert set(SECTION_KINDS) == set(get_args(SectionKind))
-    assert UNCAPPED_KINDS == ("trending_in_category", "buy_again")
+    assert UNCAPPED_KINDS == ("trending_in_category", "buy_again", "related_to_searches", "continue_shopping")
     assert PURCHASE_KINDS == ("buy_again",)
 
 
