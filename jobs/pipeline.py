@@ -151,6 +151,8 @@ def stage_outputs(stage: str, config: JobConfig) -> tuple[str, ...]:
         outputs += ("catalogue",)
     if stage == "etl" and config.profiles.enabled and not lightgcn:
         outputs += ("profiles",)
+    if stage == "etl" and config.profiles.last_session and not lightgcn:
+        outputs += ("last_session",)  # the homepage's continue_shopping row (etl/searches/ depends on the log)
     if stage == "train" and config.train.content.enabled and config.train.content.write_cold_items:
         outputs += ("cold_items",)  # the homepage's vectors of the catalogue items outside the graph
     if stage == "homepage" and not config.homepage.enabled:
