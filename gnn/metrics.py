@@ -56,6 +56,16 @@ class CSRIndex:
         rows, items = self.pairs(users)
         return CSRIndex.from_pairs(users[rows].numpy(), items.numpy(), self.indptr.numel() - 1, self.num_items)
 
+    def sample_users(self, n: int | None, seed: int) -> CSRIndex:
+        """The lists of a seeded random sample of ``n`` of the users with a non-empty list (every other user's list
+        empty), or ``self`` when ``n`` is None or there are not more than ``n`` such users. The same seed and lists
+        give the same sample, so metrics of different epochs or candidates compare the same users."""
+        with_items = torch.nonzero(self.counts() > 0).flatten()
+        if n is None or with_items.numel() <= n:
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        return self.restrict(with_items[torch.randperm(with_items.numel(), generator=generator)[:n]].sort().values)
+
     def keys(self) -> Tensor:
         """Sorted keys u * I + i of all pairs."""
         users = torch.repeat_interleave(torch.arange(self.indptr.numel() - 1), self.counts())

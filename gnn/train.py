@@ -232,6 +232,11 @@ def train_lightgcn(
     generator = torch.Generator(device=device).manual_seed(seed)
     users_all, items_all = data.train_users.to(device), data.train_items.to(device)
     keys = pair_keys(users_all, items_all, data.num_items)
+    valid = data.valid.sample_users(config.valid_users, seed) if data.valid is not None else None
+    valid_user_count = int((valid.counts() > 0).sum()) if valid is not None else 0
+    if valid is not None and valid is not data.valid and leader:
+        log.info("early stopping on %d of %d validation users (train.valid_users, seeded sample)",
+                 int((valid.counts() > 0).sum()), int((data.valid.counts() > 0).sum()))
     train_index = CSRIndex.from_pairs(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
                                       data.num_items)
     num_pairs = users_all.numel()
@@ -325,9 +330,10 @@ def train_lightgcn(
                 user_emb, item_emb = _scoring_embeddings(model, adjacency, block, config.loss == "softmax")
             if evaluating and leader:
                 check_finite(f"at epoch {epoch}", config.lr, user_embeddings=user_emb, item_embeddings=item_emb)
-                valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid, train_index,
+                valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), valid, train_index,
                                                  ks, eval_config.batch_size, device)
                 record["valid"] = valid_metrics
+                record["valid_users"] = valid_user_count
                 if on_evaluation is not None:
                     on_evaluation(epoch, user_emb, item_emb, time.perf_counter() - started)
                 value = valid_metrics[metric_name]

@@ -163,14 +163,10 @@ def _fit_linear_filter(config: JobConfig, data: TrainData, backend: Backend, use
         gnn = embedding_scorer(user_emb.to(device), item_emb.to(device))
         metric = config.train.early_stopping_metric
         ks = sorted({*config.evaluate.ks, int(metric.split("@")[1])})
-        truth = data.valid
-        with_items = torch.nonzero(truth.counts() > 0).flatten()
-        if settings.choice_users is not None and with_items.numel() > settings.choice_users:
-            generator = torch.Generator().manual_seed(config.seed)
-            sample = with_items[torch.randperm(with_items.numel(), generator=generator)[: settings.choice_users]]
-            truth = truth.restrict(sample.sort().values)
-            log.info("linear filter: share chosen on %d of %d validation users", settings.choice_users,
-                     with_items.numel())
+        truth = data.valid.sample_users(settings.choice_users, config.seed)
+        if truth is not data.valid:
+            log.info("linear filter: share chosen on %d of %d validation users", int((truth.counts() > 0).sum()),
+                     int((data.valid.counts() > 0).sum()))
         # every share with every prior weight; on a tie the earlier candidate (smaller prior weight) wins
         candidates = [(share, p) for p in settings.popularity_weights for share in settings.shares]
         blends = evaluate_blends(gnn, linear.scorer(device), candidates, truth, train_index, ks,
