@@ -38,17 +38,29 @@ SIMILARITY_CHUNK = 4096  # slots whose query vectors are gathered at once for th
 
 @dataclass
 class SearchHistory:
-    """The users who searched (K), their newest queries (Q in all, newest first per user) and the items' text
-    vectors (C, T) by catalogue position, with the index that finds the items nearest a user's query profile."""
+    """The users who searched (K), their newest queries (Q in all, newest first per user; D distinct texts) and the
+    items' text vectors (C, T) by catalogue position, with the index that finds the items nearest a user's query
+    profile. Profiles are formed per block of users (`profiles`), so memory follows the block, not the users."""
 
-    queries: Ragged  # users (K,) -> query rows, newest first
-    text: np.ndarray  # (Q,) object, each query as typed (stripped)
-    vectors: np.ndarray  # (Q, T) float32 unit query vectors
-    profiles: np.ndarray  # (K, T) float32 unit p_u (zero when no query has a known word)
+    queries: Ragged  # users (K,) -> distinct-text row of each of their newest queries, newest first
+    weights: np.ndarray  # (Q,) float32 w_h, aligned with queries.values
+    text: np.ndarray  # (D,) object, the distinct queries as typed (stripped)
+    vectors: np.ndarray  # (D, T) float32 unit query vectors
     item_vectors: np.ndarray  # (C, T) float32 unit x_i
     index: ItemIndex
     candidates: int
     min_similarity: float
+
+    def profiles(self, rows: np.ndarray) -> np.ndarray:
+        """p_u (module docstring) of the query lists ``rows`` (n,) (each >= 0): (n, T) float32 unit rows, zero where
+        no query has a word the encoder knows."""
+        texts = self.queries.padded(rows)  # (n, H) distinct-text rows, -1 past each list
+        width = texts.shape[1]
+        weights = np.where(texts >= 0, self.weights[np.minimum(
+            self.queries.start[rows][:, None] + np.arange(width)[None, :], max(self.weights.size - 1, 0))], 0.0)
+        summed = np.einsum("nh,nhd->nd", weights.astype(np.float32), self.vectors[np.maximum(texts, 0)])
+        norms = np.linalg.norm(summed, axis=1, keepdims=True)
+        return np.where(norms > 0, summed / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 
     def candidates_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For a block of ``users`` (B,): the nearest items of those who searched, (positions (G, k), scores (G, k)),
@@ -56,13 +68,16 @@ class SearchHistory:
         (or whose queries share no word with the catalogue)."""
         rows = self.queries.rows(users)
         known = rows >= 0
-        known[known] &= np.abs(self.profiles[rows[known]]).sum(axis=1) > 0
+        profiles = self.profiles(rows[known])
+        nonzero = np.abs(profiles).sum(axis=1) > 0
+        known[known] = nonzero
+        profiles = profiles[nonzero]
         group = np.full(len(users), -1, dtype=np.int64)
         group[known] = np.arange(int(known.sum()))
         k = min(self.candidates, self.item_vectors.shape[0])
         if not known.any() or k == 0:
             return np.full((0, 1), -1, dtype=np.int64), np.zeros((0, 1)), group
-        scores, positions = self.index.search(self.profiles[rows[known]], k)
+        scores, positions = self.index.search(profiles, k)
         keep = (positions >= 0) & (scores > self.min_similarity)
         keep &= np.cumprod(keep, axis=1).astype(bool)  # best first: nothing after the first item dropped
         return np.where(keep, positions, -1), np.where(keep, scores, 0.0).astype(np.float64), group
@@ -85,11 +100,11 @@ class SearchHistory:
             chunk = chunk[rows[chunk] >= 0]
             if not chunk.size:
                 continue
-            queries = self.queries.padded(rows[chunk])  # (n, H) query rows, -1 past each list
-            similarity = np.einsum("nhd,nd->nh", self.vectors[np.maximum(queries, 0)],
+            texts = self.queries.padded(rows[chunk])  # (n, H) distinct-text rows, -1 past each list
+            similarity = np.einsum("nhd,nd->nh", self.vectors[np.maximum(texts, 0)],
                                    self.item_vectors[positions[chunk]])
-            similarity = np.where(queries >= 0, similarity, -np.inf)
-            best[chunk] = queries[np.arange(chunk.size), np.argmax(similarity, axis=1)]
+            similarity = np.where(texts >= 0, similarity, -np.inf)
+            best[chunk] = texts[np.arange(chunk.size), np.argmax(similarity, axis=1)]
         return best
 
 
@@ -101,7 +116,8 @@ def _text_frame(catalogue: Catalogue) -> pd.DataFrame:
 def search_history(searches: pd.DataFrame | None, catalogue: Catalogue, reference_time: pd.Timestamp,
                    settings: SearchSectionConfig, device: Any = "cpu") -> SearchHistory | None:
     """The `SearchHistory` of ``searches`` (user_id, timestamp, query; any order; None or empty: no history) against
-    the catalogue's items, with the encoder and weights of ``settings`` (module docstring)."""
+    the catalogue's items, with the encoder and weights of ``settings`` (module docstring). Each distinct query text
+is embedded once; the users' profiles p_u are formed per block (`SearchHistory.profiles`)."""
     if searches is None or not len(searches) or not len(catalogue.item_ids):
         return None
     config = settings.text_features()
@@ -113,18 +129,15 @@ def search_history(searches: pd.DataFrame | None, catalogue: Catalogue, referenc
     recent = searches[[schema.USER, schema.TS, schema.QUERY]].sort_values(
         [schema.USER, schema.TS], ascending=[True, False], kind="stable")
     recent = recent[recent.groupby(schema.USER, sort=False).cumcount() < settings.history].reset_index(drop=True)
-    text = recent[schema.QUERY].astype(str).to_numpy(dtype=object)
+    codes, text = pd.factorize(recent[schema.QUERY].astype(str))  # each distinct query embedded once
+    text = np.asarray(text, dtype=object)
     vectors, query_hits, query_encoded = encode_texts(list(text), encoder, config.cache_dir, config.batch_size)
-    queries = Ragged.of(recent[schema.USER].to_numpy(), np.arange(len(recent), dtype=np.int64))
+    queries = Ragged.of(recent[schema.USER].to_numpy(), codes.astype(np.int64))
     age = (reference_time - recent[schema.TS]) / pd.Timedelta(days=1)
-    weight = 0.5 ** (np.maximum(age.to_numpy(dtype=np.float64), 0.0) / settings.half_life_days)
-    summed = np.add.reduceat(vectors * weight[:, None].astype(np.float32), queries.start, axis=0) if len(recent) else (
-        np.zeros((0, vectors.shape[1]), np.float32))
-    norms = np.linalg.norm(summed, axis=1, keepdims=True)
-    profiles = np.where(norms > 0, summed / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    weights = (0.5 ** (np.maximum(age.to_numpy(dtype=np.float64), 0.0) / settings.half_life_days)).astype(np.float32)
     index = ItemIndex().build(item_vectors)
-    log.info("homepage: %d queries of %d users embedded with %s (dim %d; items %d cached, %d encoded; queries %d "
-             "cached, %d encoded)", len(recent), len(queries.users), encoder.name, encoder.dim, hits, encoded,
-             query_hits, query_encoded)
-    return SearchHistory(queries, text, vectors, profiles, item_vectors, index, settings.candidates,
+    log.info("homepage: %d queries (%d distinct) of %d users embedded with %s (dim %d; items %d cached, %d encoded; "
+             "queries %d cached, %d encoded)", len(recent), len(text), len(queries.users), encoder.name, encoder.dim,
+             hits, encoded, query_hits, query_encoded)
+    return SearchHistory(queries, weights, text, vectors, item_vectors, index, settings.candidates,
                          settings.min_similarity)

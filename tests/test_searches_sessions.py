@@ -12,13 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from homerank.engine import schema
 from homerank.engine.backend import resolve_backend
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
-from homerank.engine.ingest import ingest_events
+from homerank.engine.ingest import ingest_events, split_searches, validate_events, validate_searches
 from homerank.engine.searches import search_summary, top_terms
 from homerank.engine.sessions import last_session_items
 from homerank.homepage.build import _pages_one_by_one, build_pages
@@ -323,3 +325,22 @@ def test_end_to_end_on_a_generated_log_with_searches(tmp_path, tiny_config):
     assert len(again) and again.merge(last, on=["user_id", "item_id"]).shape[0] == len(again)
     assert again["explanation"].str.match(r"(From your|You added this to your cart on your) last visit on "
                                           r"\d{1,2} [A-Z][a-z]{2} \d{4}$").all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", None]), st.sampled_from(["i1", "i2", None]),
+                          st.sampled_from(["view", "search", " Search", "purchase", "hover", None]),
+                          st.sampled_from(["2026-01-01T10:00:00", "2026-01-02T11:00:00", "bad", None]),
+                          st.sampled_from(["red shoes", "  ", "", None])), max_size=30))
+def test_every_row_is_an_event_a_search_or_quarantined(rows):
+    raw = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp", "query"], dtype=object)
+    events, files, offsets, searches, search_files, search_rows = split_searches(raw, "f.csv", 0, "search")
+    clean, rejected = validate_events(events, files, TYPES, "string", "s", offsets)
+    found, refused = (validate_searches(searches, search_files, "string", "s", search_rows) if searches is not None
+                      else (pd.DataFrame(), pd.DataFrame()))
+    assert len(clean) + len(found) + len(rejected) + len(refused) == len(raw)
+    assert not clean[schema.EVENT].astype(str).str.strip().str.lower().eq("search").any()
+    assert (found[schema.QUERY].str.len() > 0).all() if len(found) else True
+    provenance = sorted([*rejected.get(schema.SOURCE_ROW, pd.Series(dtype=int)).tolist(),
+                         *refused.get(schema.SOURCE_ROW, pd.Series(dtype=int)).tolist()])
+    assert len(set(provenance)) == len(provenance) and all(0 <= row < len(raw) for row in provenance)
