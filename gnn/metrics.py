@@ -94,6 +94,59 @@ def top_k(
     return torch.cat(items_out), torch.cat(scores_out)
 
 
+def popularity_top_k(popularity: Tensor, users: Tensor, k: int, exclude: CSRIndex | None,
+                     batch_size: int = 2048) -> tuple[Tensor, Tensor]:
+    """`top_k` of the scorer that gives every user the same scores ``popularity`` (I,), without scoring (B, I).
+
+    The global order o = items by popularity descending (ties: lower item index first) is the same for every user;
+    user u's top-k is the first k entries of o that are not in E_u (their excluded items). With p(i) the position
+    of item i in o, only the first M = k + max_u |E_u| positions of a block can matter: mark p(i) for every excluded
+    pair with p(i) < M, and keep the first k unmarked positions of each row (a stable sort of the (B, M) marks).
+    Cost O(B M + pairs) per block instead of O(B I) scores and a top-k over them. Returns (len(users), k) items and
+    scores like `top_k`: a user with fewer than k allowed items gets their excluded items last, with -inf scores.
+    """
+    num_items = popularity.numel()
+    kk = min(k, num_items)
+    scores_cpu = popularity.float().cpu()
+    order = torch.sort(scores_cpu, descending=True, stable=True).indices  # ties: lower index first
+    position = torch.empty_like(order)
+    position[order] = torch.arange(num_items)
+    ordered_scores = scores_cpu[order]
+    counts = exclude.counts() if exclude is not None else None
+    items_out, scores_out = [], []
+
+    def block(batch: Tensor) -> None:
+        if exclude is None or counts is None:
+            items_out.append(order[:kk].expand(batch.numel(), kk).clone())
+            scores_out.append(ordered_scores[:kk].expand(batch.numel(), kk).clone())
+            return
+        width = min(num_items, kk + int(counts[batch].max()))
+        rows, cols = exclude.pairs(batch)
+        pos = position[cols]
+        near = pos < width
+        blocked = torch.zeros(batch.numel(), width, dtype=torch.uint8)
+        blocked[rows[near], pos[near]] = 1
+        first = torch.sort(blocked, dim=1, stable=True).indices[:, :kk]  # allowed positions first, in order
+        scores = ordered_scores[first]
+        scores[blocked.gather(1, first).bool()] = -torch.inf
+        items_out.append(order[first])
+        scores_out.append(scores)
+
+    users = users.cpu()
+    for start in range(0, users.numel(), batch_size):
+        batch = users[start : start + batch_size]
+        width = kk + (int(counts[batch].max()) if counts is not None else 0)
+        rows_per_block = max(1, MAX_BLOCK_CELLS // width)  # a heavy user's block is cut, not a huge (B, M) matrix
+        for sub in range(0, batch.numel(), rows_per_block):
+            block(batch[sub : sub + rows_per_block])
+    if not items_out:
+        return torch.empty(0, k, dtype=torch.long), torch.empty(0, k)
+    return torch.cat(items_out), torch.cat(scores_out)
+
+
+MAX_BLOCK_CELLS = 1 << 24  # (rows x positions) per block of `popularity_top_k`
+
+
 def hits_matrix(users: Tensor, ranked: Tensor, truth: CSRIndex) -> Tensor:
     """hits[b, r] = ranked[b, r] is in T_{users[b]}; shape like ``ranked``."""
     return is_member(truth.keys(), users.view(-1, 1) * truth.num_items + ranked)
@@ -132,6 +185,17 @@ def evaluate_ranking(
     ranked, _ = top_k(score_fn, users, max(ks), exclude, batch_size, device)
     hits = hits_matrix(users, ranked, truth)
     return metrics_from_hits(hits, n_truth[users], ks)
+
+
+def evaluate_popularity(popularity: Tensor, truth: CSRIndex, exclude: CSRIndex | None, ks: list[int],
+                        batch_size: int = 2048) -> dict[str, float]:
+    """`evaluate_ranking` of the popularity scorer (every user the same scores ``popularity`` (I,)) through
+    `popularity_top_k`: the same metrics (ties in popularity go to the lower item index), without the (U, I)
+    scores."""
+    n_truth = truth.counts()
+    users = torch.nonzero(n_truth > 0).flatten()
+    ranked, _ = popularity_top_k(popularity, users, max(ks), exclude, batch_size)
+    return metrics_from_hits(hits_matrix(users, ranked, truth), n_truth[users], ks)
 
 
 Blend = float | tuple[float, float]  # a share w of the second scorer, or (w, p) with a prior's weight p

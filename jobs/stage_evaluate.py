@@ -11,8 +11,7 @@ import pandas as pd
 
 from homerank.engine.backend import Backend
 from homerank.engine.split import SPLIT
-from homerank.gnn.metrics import evaluate_ranking
-from homerank.gnn.scorer import popularity_scorer
+from homerank.gnn.metrics import evaluate_popularity, evaluate_ranking
 from homerank.jobs.artifacts import item_popularity, load_embeddings, load_scorer, require, split_index
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, read_json, write_json
@@ -32,9 +31,8 @@ def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     test = split_index(edges, "test", num_users, num_items)
     ks = config.evaluate.ks
     batch = config.evaluate.batch_size
-    popularity = popularity_scorer(item_popularity(edges, num_items).to(device))
     test_metrics = evaluate_ranking(model_scores, test, known, ks, batch, device)
-    baseline = evaluate_ranking(popularity, test, known, ks, batch, device)
+    baseline = evaluate_popularity(item_popularity(edges, num_items), test, known, ks, batch)
     result: dict[str, Any] = {"test": test_metrics, "baselines": {"popularity": baseline}}
     summary = read_json(require(run.train_summary, "train"))
     # validation metrics are those the model was selected with (the training graph only): the final scorer
