@@ -34,8 +34,8 @@ import torch
 
 from homerank.engine import schema
 from homerank.gnn.keys import is_member
-from homerank.gnn.metrics import CSRIndex, top_k
-from homerank.gnn.scorer import ScoreFn, Scorer, popularity_scorer
+from homerank.gnn.metrics import CSRIndex, popularity_top_k, top_k
+from homerank.gnn.scorer import ScoreFn, Scorer
 from homerank.jobs.artifacts import item_popularity, read_embedding_table, require
 from homerank.jobs.rundir import RunDir
 
@@ -259,8 +259,7 @@ class Recommender:
             items, scores = (self._retrieve(rows, exclude, k) if self.item_search is not None else
                              self._exact(self._model_scores(), rows, exclude, k))
         else:
-            items, scores = self._exact(popularity_scorer(self.popularity.to(self.device)), np.arange(count), exclude,
-                                        k)
+            items, scores = popularity_top_k(self.popularity, torch.arange(count), k, exclude, self.batch_size)
         width = items.shape[1]
         assert self._item_ids is not None
         frame = pd.DataFrame({
