@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from homerank.engine import schema
-from homerank.engine.sorted_events import _event_codes
 
 PURCHASE = "purchase"
 SESSION_COLUMNS = (schema.USER, schema.ITEM, schema.LAST_TS, schema.EVENT, "session_start", "session_end")
@@ -46,59 +45,105 @@ def _empty(events: pd.DataFrame) -> pd.DataFrame:
                          "session_end": pd.Series(dtype="datetime64[ns]")})
 
 
-def _by_user_and_time(user_codes: np.ndarray, users: int, times: np.ndarray) -> np.ndarray:
-    """The rows in (user, time) order: one stable argsort of the int64 key user * (span / r + 1) + (t - t_min) / r,
-    with r the smallest whole number of nanoseconds that keeps the key below 2^62 (1 ns for most partitions, tens of
-    ns for a large one over years: ties within r keep the input order). A sort of one key, not a lexsort of two:
-    the input is sorted by user already in the ETL (runs for the sort to merge), so it is about ten times faster."""
-    if not times.size:
-        return np.zeros(0, dtype=np.int64)
+def _type_codes(series: pd.Series, event_types: list[str]) -> np.ndarray:
+    """(N,) int64 position of each event type in ``event_types`` (the ETL's categorical gives its codes for free)."""
+    if isinstance(series.dtype, pd.CategoricalDtype) and list(series.cat.categories) == list(event_types):
+        return series.cat.codes.to_numpy().astype(np.int64)
+    return pd.Index(event_types).get_indexer(series.astype(str)).astype(np.int64)
+
+
+def _user_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For user ids ``values`` (N,) whose equal values are contiguous: each row's user number (N,) and each user's
+    first row (U,)."""
+    change = np.ones(values.size, dtype=bool)
+    change[1:] = values[1:] != values[:-1]
+    return np.cumsum(change) - 1, np.flatnonzero(change)
+
+
+def _last_session_start(user_of_row: np.ndarray, users: int, times: np.ndarray, gap: int) -> np.ndarray:
+    """Without session ids: each user's last session start S_u (U,) int64 ns, the time of the user's last event that
+    follows a gap > ``gap`` ns (else the user's first event). The user's events are put in time order by one stable
+    argsort of the int64 key user * (span / r + 1) + (t - t_min) / r, r the smallest whole number of nanoseconds that
+    keeps the key below 2^62 (1 ns for most partitions; ties within r keep the input order) -- one key, not a
+    lexsort of two, and the ETL's partitions arrive in user order (runs for the sort to merge). Every event at or
+    after S_u is in the last session, so the session is the rows with t >= S_u."""
     low = int(times.min())
     span = int(times.max()) - low
     resolution = max(1, -(-(users * (span + 1)) // 2**62))
-    key = user_codes.astype(np.int64) * (span // resolution + 1) + (times - low) // resolution
-    return np.argsort(key, kind="stable")
+    order = np.argsort(user_of_row * (span // resolution + 1) + (times - low) // resolution, kind="stable")
+    user_sorted, time_sorted = user_of_row[order], times[order]
+    starts = np.ones(order.size, dtype=bool)
+    starts[1:] = (user_sorted[1:] != user_sorted[:-1]) | (np.diff(time_sorted) > gap)
+    start_time = np.where(starts, time_sorted, np.iinfo(np.int64).min)
+    return np.maximum.reduceat(start_time, np.flatnonzero(np.r_[True, user_sorted[1:] != user_sorted[:-1]]))
+
+
+def _session_keys(ids: pd.Series) -> np.ndarray:
+    """(N,) array whose equal entries are equal session ids, missing ids all equal: integer ids as they are (no hash
+    pass), other ids by ``factorize`` (missing: code -1)."""
+    if pd.api.types.is_integer_dtype(ids.dtype):
+        return ids.to_numpy(dtype=np.int64, na_value=np.iinfo(np.int64).min)
+    return pd.factorize(ids)[0]
+
+
+def _in_last_session(events: pd.DataFrame, user_of_row: np.ndarray, first_rows: np.ndarray, times: np.ndarray,
+                     gap_minutes: float) -> np.ndarray:
+    """(N,) bool: the rows of each user's last session (module docstring). With session ids no sort is needed: the
+    user's newest event (the last of equal times in the input order) names the session; missing ids are one
+    session."""
+    if schema.SESSION in events.columns and events[schema.SESSION].notna().any():
+        sessions = _session_keys(events[schema.SESSION])
+        rows = np.arange(times.size)
+        newest = np.maximum.reduceat(times, first_rows)[user_of_row] == times
+        newest_row = np.maximum.reduceat(np.where(newest, rows, -1), first_rows)  # (U,)
+        return sessions == sessions[newest_row][user_of_row]
+    start = _last_session_start(user_of_row, first_rows.size, times, int(gap_minutes * 60 * 1e9))
+    return times >= start[user_of_row]
 
 
 def last_session_items(events: Any, event_types: list[str], gap_minutes: float) -> pd.DataFrame:
     """The items of each user's last session that were not bought in it (module docstring), for the users of
-    ``events`` (one user partition, or a whole small log; any row order). Columns ``SESSION_COLUMNS``."""
+    ``events`` (one user partition, or a whole small log; any row order). Columns ``SESSION_COLUMNS``.
+
+    Linear passes over the partition (plus one sort without session ids); only the last sessions' rows (a small
+    share of a log) are then ordered by (user, item, time) and reduced per (user, item) run."""
     events = _host(events)
     if not len(events):
         return _empty(events)
-    user_codes, users = pd.factorize(events[schema.USER], sort=True)
-    times = events[schema.TS].to_numpy().astype("datetime64[ns]").astype(np.int64)
-    order = _by_user_and_time(user_codes, len(users), times)
-    user_sorted, time_sorted = user_codes[order], times[order]
-    last_row = np.flatnonzero(np.r_[user_sorted[1:] != user_sorted[:-1], True])  # (U,) each user's newest event
-    if schema.SESSION in events.columns and events[schema.SESSION].notna().any():
-        session = pd.factorize(events[schema.SESSION])[0][order]  # missing ids share code -1: one session
-    else:
-        gap = np.int64(gap_minutes * 60 * 1e9)
-        starts = np.r_[True, (user_sorted[1:] != user_sorted[:-1]) | (np.diff(time_sorted) > gap)]
-        session = np.cumsum(starts)
-    in_last = session == session[last_row][user_sorted]
-    rows = order[in_last]
-    codes = np.asarray(_event_codes(events[schema.EVENT], event_types))[rows]
-    chosen = pd.DataFrame({schema.USER: user_codes[rows], schema.ITEM: events[schema.ITEM].to_numpy()[rows],
-                           schema.TS: times[rows], "code": codes,
-                           "bought": codes == (event_types.index(PURCHASE) if PURCHASE in event_types else -2)})
-    bounds = chosen.groupby(schema.USER, sort=False)[schema.TS].agg(["min", "max"])
-    items = chosen.groupby([schema.USER, schema.ITEM], sort=False).agg(
-        last_ts=(schema.TS, "max"), code=("code", "max"), bought=("bought", "max")).reset_index()
-    items = items[~items["bought"].to_numpy(dtype=bool)]
-    items = items.sort_values([schema.USER, schema.LAST_TS, schema.ITEM], ascending=[True, False, True],
-                              kind="stable")
-    user_rows = items[schema.USER].to_numpy()
+    if not events[schema.USER].is_monotonic_increasing:  # the ETL's partitions are in user order already
+        events = events.take(np.argsort(pd.factorize(events[schema.USER], sort=True)[0], kind="stable"))
+    user_values = events[schema.USER].to_numpy()
+    user_of_row, first_rows = _user_runs(user_values)
+    times = events[schema.TS].to_numpy().astype("datetime64[ns]", copy=False).view(np.int64)
+    rows = np.flatnonzero(_in_last_session(events, user_of_row, first_rows, times, gap_minutes))
+    # the last sessions' rows in (user, item, time) order: each (user, item) pair is one run
+    item_codes, items = pd.factorize(events[schema.ITEM].to_numpy()[rows], sort=True)
+    user, time = user_of_row[rows], times[rows]
+    codes = _type_codes(events[schema.EVENT].take(rows), event_types)
+    order = np.lexsort((time, item_codes, user))
+    user, item_codes, time, codes = user[order], item_codes[order], time[order], codes[order]
+    pair_start = np.flatnonzero(np.r_[True, (user[1:] != user[:-1]) | (item_codes[1:] != item_codes[:-1])])
+    pair_end = np.r_[pair_start[1:], user.size] - 1
+    purchase = event_types.index(PURCHASE) if PURCHASE in event_types else -2
+    bought = np.logical_or.reduceat(codes == purchase, pair_start)
+    strongest = np.maximum.reduceat(codes, pair_start)
+    user_first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    session_start = np.minimum.reduceat(time, user_first)  # (users with a last session,)
+    session_end = np.maximum.reduceat(time, user_first)
+    user_slot = np.cumsum(np.r_[True, user[1:] != user[:-1]]) - 1  # each row's position among those users
+    keep = pair_start[~bought]
+    last_ts, pair_user = time[pair_end[~bought]], user[keep]
+    out = np.lexsort((item_codes[keep], -last_ts, pair_user))  # user, most recent first, then item
+    keep, last_ts, slot = keep[out], last_ts[out], user_slot[keep[out]]
     names = np.asarray(event_types, dtype=object)
     return pd.DataFrame({
-        schema.USER: users.take(user_rows),
-        schema.ITEM: items[schema.ITEM].to_numpy(),
-        schema.LAST_TS: items[schema.LAST_TS].to_numpy().astype("datetime64[ns]"),
-        schema.EVENT: pd.array(names[items["code"].to_numpy()], dtype="string"),
-        "session_start": bounds["min"].reindex(user_rows).to_numpy().astype("datetime64[ns]"),
-        "session_end": bounds["max"].reindex(user_rows).to_numpy().astype("datetime64[ns]"),
-    }).astype({schema.ITEM: events[schema.ITEM].dtype})
+        schema.USER: pd.array(user_values[first_rows][user[keep]], dtype=events[schema.USER].dtype),
+        schema.ITEM: pd.array(np.asarray(items)[item_codes[keep]], dtype=events[schema.ITEM].dtype),
+        schema.LAST_TS: last_ts.astype("datetime64[ns]"),
+        schema.EVENT: pd.array(names[strongest[np.searchsorted(pair_start, keep)]], dtype="string"),
+        "session_start": session_start[slot].astype("datetime64[ns]"),
+        "session_end": session_end[slot].astype("datetime64[ns]"),
+    })
 
 
 def last_sessions_by_user(events: dd.DataFrame, event_types: list[str], gap_minutes: float) -> dd.DataFrame:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class Homepage:
     """``page``: one row per slot (``OUTPUT_COLUMNS``), grouped by user, rows in section order (no rows when the
     blocks went to an ``on_block`` callback); ``stats``: what ``homepage_stats.json`` holds (users, rows, sections,
-    cold_users, rule_check, diversity, merchandising, quality, item_vectors)."""
+    cold_users, rule_check, diversity, merchandising, quality, item_vectors, signals)."""
 
     page: pd.DataFrame
     stats: dict[str, Any]
@@ -105,7 +105,14 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
     page = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=OUTPUT_COLUMNS)
     if on_block is not None:
         page = page.iloc[:0]
-    return Homepage(page, {**tally.stats(rankings), "item_vectors": _vector_counts(vector_source, signals)})
+    return Homepage(page, {**tally.stats(rankings), "item_vectors": _vector_counts(vector_source, signals),
+                           "signals": _signal_counts(signals)})
+
+
+def _signal_counts(signals: PageSignals) -> dict[str, int]:
+    """Users with recent searches (related_to_searches) and with last-session items (continue_shopping)."""
+    return {"search_users": len(signals.searches.queries.users) if signals.searches is not None else 0,
+            "last_session_users": len(signals.last_session.items.users) if signals.last_session is not None else 0}
 
 
 def _vector_counts(vector_source: np.ndarray, signals: PageSignals) -> dict[str, dict[str, int]]:

@@ -251,6 +251,7 @@ def test_related_to_searches_ranks_the_matching_title_first_and_names_the_query(
     assert again.loc["u", "explanation"] == "From your last visit on 27 Mar 2026"
     stats = homepage.stats
     assert stats["rule_check"]["passed"] and stats["users"] == 3
+    assert stats["signals"] == {"search_users": 3, "last_session_users": 2}
     assert stats["explanations"]["searched_for"] >= 3
     # v's last-session item 14 is not on v's page twice (the page rules hold across rows)
     assert not page.duplicated(["user_id", "item_id"]).any()
