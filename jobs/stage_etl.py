@@ -37,6 +37,7 @@ from homerank.engine.partitioned import (
     encode_and_split,
     id_tables,
     kcore_by_user,
+    reindex,
     users_per_partition,
     write_partitions,
 )
@@ -51,10 +52,12 @@ from homerank.jobs.rundir import (
     publish_outputs,
     publish_parquet_parts,
     read_json,
+    verify_dataset,
     write_json,
     write_parquet,
     write_parquet_dataset,
 )
+from homerank.jobs.warm_start import extend_id_maps, previous_run
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def _split_counts(edges: pd.DataFrame) -> dict[str, int]:
 
 
 ETL_OUTPUTS = ("quarantine", "interactions", "edges", "profiles", "searches", "last_session", "catalogue",
-               "user_index", "item_index")
+               "user_index", "item_index", "feedback_stats")
 
 
 def _finish(run: RunDir, staging: RunDir, config: JobConfig, stats: dict[str, Any]) -> dict[str, Any]:
@@ -133,14 +136,26 @@ def run_lightgcn_etl(input_path: str, run: RunDir, config: JobConfig) -> dict[st
     return stats
 
 
-def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
+def _label(input_path: str | list[str]) -> str:
+    """The input as messages name it: the path, or the paths joined by ", "."""
+    return input_path if isinstance(input_path, str) else ", ".join(input_path)
+
+
+def run_etl(input_path: str | list[str], run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
     """Every output is built in a staging copy of the run directory; the data-quality gates then decide, against
     the last accepted ETL, whether it is published (`_finish`)."""
+    previous_run(config, run)  # a bad warm_start.previous_run is refused before anything is built
     staging = RunDir(run.etl_staging)
     shutil.rmtree(staging.root, ignore_errors=True)
     staging.ensure()
     try:
         if config.ingest.format == "lightgcn":
+            if config.warm_start.previous_run is not None:
+                raise HomerankError("warm_start.previous_run: the lightgcn format's ids are given indices, there are "
+                                    "no id maps to extend; warm-start a run made from a Parquet/CSV log")
+            if not isinstance(input_path, str):
+                raise HomerankError("--input: the lightgcn format reads one folder (train.txt, test.txt); give one "
+                                    "--input")
             stats = run_lightgcn_etl(input_path, staging, config)
         else:
             stats = _partitioned_etl(input_path, staging, config, backend)
@@ -156,8 +171,8 @@ def run_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -
 
 def _write_searches(ingested: Ingested, run: RunDir, config: JobConfig) -> tuple[dict[str, Any], dd.DataFrame | None]:
     """The search rows ingest wrote per piece, range-partitioned by user, ordered and de-duplicated
-    (`homerank.engine.searches`), written into ``run.searches``; returns their stats and the per-user search figures
-    (persisted on the workers; None without any search)."""
+    (`homerank.engine.searches`), written into ``run.searches``; returns their stats and the searches by user
+    (persisted on the workers, for the profiles' search figures; None without any search)."""
     assert ingested.searches is not None
     found = read_searches(ingested.searches)
     rows = ingested.rows.get("searches", 0)
@@ -171,21 +186,20 @@ def _write_searches(ingested: Ingested, run: RunDir, config: JobConfig) -> tuple
         publish_parquet_parts(run.searches_by_user_staging, run.searches, empty)
         return stats, None
     by_user = searches_by_user(found, rows, config.ingest.partition_rows).persist()
-    summary = summaries_by_user(by_user, config.profiles.top_query_terms).persist()
     _, kept, users = dask.compute(write_partitions(by_user, run.searches_by_user_staging, compute=False),
-                                  by_user.shape[0], summary.shape[0])
+                                  by_user.shape[0], users_per_partition(by_user).sum())
     publish_parquet_parts(run.searches_by_user_staging, run.searches, by_user._meta)
     stats.update(kept=int(kept), duplicates=rows - int(kept), users=int(users))
     log.info("etl: searches %s", stats)
-    return stats, summary
+    return stats, by_user
 
 
 def _write_profiles(events: dd.DataFrame, core: dd.DataFrame, catalogue: pd.DataFrame | None, id_dtype: IdDtype,
                     event_types: list[str], ref_time: pd.Timestamp, run: RunDir, config: JobConfig,
-                    search_figures: dd.DataFrame | None = None) -> dict[str, Any]:
+                    searches: dd.DataFrame | None = None) -> dict[str, Any]:
     """Shopper profiles (`homerank.engine.profiles`) written partition by partition into ``run.profiles``, with the
-    users' search figures (`homerank.engine.searches.with_search_figures`) when the log has searches; returns the
-    small summary for the ETL stats and the report."""
+    users' search figures (`homerank.engine.searches.with_search_figures`) from ``searches`` (by user) when the log
+    has any; returns the small summary for the ETL stats and the report."""
     items = None
     if catalogue is not None:  # the catalogue's ids in the log's form, so that they join
         items = catalogue.assign(**{schema.ITEM: canonical_ids(catalogue[schema.ITEM], id_dtype)[0]})
@@ -194,18 +208,19 @@ def _write_profiles(events: dd.DataFrame, core: dd.DataFrame, catalogue: pd.Data
     profiles, segments = profiles_by_user(events, core, items, event_types, ref_time, top=settings.top_categories,
                                           gap_minutes=settings.session_gap_minutes, segments=settings.segments,
                                           seed=config.seed, sample_users=settings.sample_users)
-    profiles = with_search_figures(profiles, search_figures).persist()
+    figures = summaries_by_user(searches, settings.top_query_terms) if searches is not None else None
+    profiles = with_search_figures(profiles, figures).persist()
     _, warm, users = dask.compute(write_partitions(profiles, run.profiles_staging, compute=False),
                                   profiles["warm"].sum(), profiles.shape[0])
     publish_parquet_parts(run.profiles_staging, run.profiles, profiles._meta)
     summary = {"users": int(users), "warm": int(warm), "cold": int(users) - int(warm),
                "segments": segment_summary(profiles)}
-    if search_figures is not None:
+    if figures is not None:
         summary["searchers"] = int((profiles["n_searches"] > 0).sum().compute())
     return summary
 
 
-def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
+def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
     """Ingest, then the user-partitioned graph of `homerank.engine.partitioned`; writes into ``run`` (staging)."""
     started = time.perf_counter()
     event_types = [t.strip().lower() for t in config.ingest.event_types]
@@ -219,8 +234,8 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
         publish_parquet_parts(run.quarantine_staging, run.quarantine, pd.DataFrame(
             columns=[schema.REASON, schema.SOURCE_FILE, schema.SOURCE_ROW]))
         if ingested.rows["kept"] == 0:
-            raise GateError(f"{input_path}: no valid rows left after validation: all {ingested.rows['in']} rows were "
-                            "quarantined (reasons in etl.rejected/quarantine/)")
+            raise GateError(f"{_label(input_path)}: no valid rows left after validation: all "
+                            f"{ingested.rows['in']} rows were quarantined (reasons in etl.rejected/quarantine/)")
         log.info("etl: ingest done at %.1fs", time.perf_counter() - started)
         by_user = ingested.events  # already partitioned by user
         ref_time = ingested.newest
@@ -245,17 +260,22 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
                 "interactions.min_user_interactions / min_item_interactions"
             )
         catalogue = read_catalogue(config.ingest.catalogue) if config.ingest.catalogue else None
-        search_stats, search_figures = None, None
+        search_stats, searches = None, None
         if ingested.searches is not None:  # searches are never events: their own dataset, figures for the profiles
-            search_stats, search_figures = _write_searches(ingested, run, config)
+            search_stats, searches = _write_searches(ingested, run, config)
             log.info("etl: searches written at %.1fs", time.perf_counter() - started)
         profile_stats = None
         if config.profiles.enabled:
             profile_stats = _write_profiles(by_user, core, catalogue, ingested.id_dtype, event_types, ref_time, run,
-                                            config, search_figures)
+                                            config, searches)
             log.info("etl: shopper profiles written at %.1fs", time.perf_counter() - started)
         user_index, item_index, partition_users = id_tables(core)
         edges = encode_and_split(core, weighted, item_index, partition_users, config.split, event_types)
+        warm = None
+        previous = previous_run(config, run)
+        if previous is not None:  # the split above used the natural indices; the edges get the extended ones
+            user_index, item_index, user_remap, item_remap, warm = extend_id_maps(previous, user_index, item_index)
+            edges = reindex(edges, user_remap, item_remap)
         writes = [write_partitions(edges, run.edges_staging, compute=False), edges[SPLIT].value_counts()]
         if config.profiles.last_session:  # computed from the same user partitions, in the same pass as the edges
             sessions = last_sessions_by_user(by_user, event_types, config.profiles.session_gap_minutes)
@@ -272,6 +292,9 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
     if catalogue is not None:
         write_parquet(run.catalogue, catalogue)
         catalogue_rows = len(catalogue)
+    feedback = None
+    if previous is not None:
+        feedback = _write_feedback(previous, ingested, event_types, run, config)
     return {
         "input": input_path,
         "files": len(ingested.files),
@@ -289,5 +312,33 @@ def _partitioned_etl(input_path: str, run: RunDir, config: JobConfig, backend: B
         "profiles": profile_stats,
         **({"searches": search_stats} if search_stats is not None else {}),
         **({"last_session_items": int(session_counts[1])} if session_counts else {}),
+        **({"warm_start": warm} if warm is not None else {}),
+        **({"feedback": feedback} if feedback is not None else {}),
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _write_feedback(previous: RunDir, ingested: Ingested, event_types: list[str], run: RunDir,
+                    config: JobConfig) -> dict[str, Any] | None:
+    """Click-through and position bias of the previous run's homepage (`homerank.engine.feedback`): the input files
+    with a ``run_id`` column are the feedback log, matched to ``previous``'s ``impressions/``; written to
+    ``feedback/stats.json``. Returns its totals for the ETL stats, None (and a log line) when either is missing."""
+    from homerank.engine.feedback import RUN_ID, feedback_stats
+    from homerank.engine.ingest import discover_files, read_columns
+    from homerank.engine.privacy import pseudonym_key
+
+    inputs = [found for path in ingested.files for found in discover_files(path, config.ingest.format)]
+    feedback_files = [(file.path, file.format) for file in inputs if RUN_ID in read_columns(file)]
+    if not feedback_files or not (previous.impressions / "_SUCCESS.json").is_file():
+        log.info("etl: no feedback statistics (%s)", "no input file has a run_id column" if not feedback_files
+                 else f"{previous.impressions} has no impressions")
+        return None
+    verify_dataset(previous.impressions)
+    parts = sorted(str(part) for part in previous.impressions.glob("part-*.parquet"))
+    key = pseudonym_key() if config.ingest.pseudonymise_user_ids else None
+    stats = feedback_stats(parts, feedback_files, ingested.id_dtype, event_types, key)
+    stats = {"previous_run": str(previous.root), "feedback_files": [path for path, _ in feedback_files], **stats}
+    write_json(run.feedback_stats, stats)
+    log.info("etl: feedback on %s's homepage: %s", previous.root, stats["totals"])
+    return {"feedback_files": len(feedback_files), "matched_events": stats["matched_events"],
+            "unmatched_events": stats["unmatched_events"], **stats["totals"]}
