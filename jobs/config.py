@@ -77,6 +77,11 @@ class RankConfig(StrictModel):
         "(embeddings/items.faiss): rank.index_overfetch * k candidates per user, re-scored exactly by the scorer; "
         "below it every item is scored (0: always through the index)"
     )
+    on_cluster: bool = Field(
+        False, description="rank the blocks as tasks on the dask cluster of `cluster` (cluster.address, or a local "
+        "cluster): each worker loads the run's scorer and exclusions once and writes its blocks' parts itself; the "
+        "client cuts the blocks from the user ids and publishes the dataset. False: every block in this process"
+    )
     index_overfetch: int = Field(4, ge=1, description="candidates fetched from the item index per wanted item")
     index_exact_items: int = Field(
         50_000, ge=0, description="up to this many items the item index is exact (faiss IndexFlatIP), above it "

@@ -24,6 +24,7 @@ come from the LightGCN part only (the blend needs the full score row to z-score 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -120,6 +121,18 @@ class ItemSearch:
         return self.index.search(lift_queries(user_vectors), count)[1]
 
 
+_PREPARE_LOCK = threading.Lock()
+
+
+def ranking_order(user_index: pd.DataFrame, history_users: np.ndarray) -> np.ndarray:
+    """Every user with history (``history_users``, distinct ids): model users (``user_index``) in index order, then
+    the rest sorted by id — the order of the rank stage's blocks."""
+    model_users = user_index.sort_values(schema.USER_INDEX)[schema.USER]
+    modelled = pd.Series(history_users).isin(user_index[schema.USER]).to_numpy()
+    rest = pd.Series(history_users[~modelled]).sort_values(kind="stable")
+    return pd.concat([model_users, rest], ignore_index=True).to_numpy()
+
+
 @dataclass
 class Recommender:
     """What a trained run needs to rank any user: the scorer, the id tables, the history and the exclusions.
@@ -175,10 +188,7 @@ class Recommender:
 
     def all_users(self) -> np.ndarray:
         """Every user with history: model users in index order, then the rest sorted by id (the rank stage)."""
-        model_users = self.user_index.sort_values(schema.USER_INDEX)[schema.USER]
-        modelled = pd.Series(self.history_users).isin(self.user_index[schema.USER]).to_numpy()
-        rest = pd.Series(self.history_users[~modelled]).sort_values(kind="stable")
-        return pd.concat([model_users, rest], ignore_index=True).to_numpy()
+        return ranking_order(self.user_index, self.history_users)
 
     def allowed_items(self, user_ids: np.ndarray) -> np.ndarray:
         """(len(user_ids),) how many items may be ranked for each user: every item of the model less the user's
@@ -190,18 +200,22 @@ class Recommender:
         return self.scorer.num_items - np.where(position >= 0, counts[np.maximum(position, 0)], 0)
 
     def _prepare(self) -> None:
-        """Id lookups and the exclusion lists, built once per recommender (every block reuses them)."""
+        """Id lookups and the exclusion lists, built once per recommender (every block reuses them). Thread-safe:
+        threads of one dask worker share a recommender, and only a complete preparation is published."""
         if self._model_row is not None:
             return
-        self._model_row = pd.Index(self.user_index[schema.USER])
-        self._history = pd.Index(self.history_users)
-        ordered = self.item_index.sort_values(schema.ITEM_INDEX)
-        self._item_ids = ordered[schema.ITEM].to_numpy()
-        pairs = self.excluded.merge(self.item_index[[schema.ITEM, schema.ITEM_INDEX]], on=schema.ITEM)
-        position = self._history.get_indexer(pairs[schema.USER])
-        keep = position >= 0
-        self._exclusions = CSRIndex.from_pairs(position[keep], pairs[schema.ITEM_INDEX].to_numpy()[keep],
-                                               len(self._history), self.scorer.num_items)
+        with _PREPARE_LOCK:
+            if self._model_row is not None:
+                return
+            history = pd.Index(self.history_users)
+            ordered = self.item_index.sort_values(schema.ITEM_INDEX)
+            pairs = self.excluded.merge(self.item_index[[schema.ITEM, schema.ITEM_INDEX]], on=schema.ITEM)
+            position = history.get_indexer(pairs[schema.USER])
+            keep = position >= 0
+            self._exclusions = CSRIndex.from_pairs(position[keep], pairs[schema.ITEM_INDEX].to_numpy()[keep],
+                                                   len(history), self.scorer.num_items)
+            self._history, self._item_ids = history, ordered[schema.ITEM].to_numpy()
+            self._model_row = pd.Index(self.user_index[schema.USER])  # last: the flag that all of it is there
 
     def recommend(self, user_ids: Iterable, k: int, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-``k`` items per requested user (duplicates answered once, in the order asked), as rows of

@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,9 +34,10 @@ import pandas as pd
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import GateError
-from homerank.jobs.artifacts import EMBEDDING_COLUMN, EMBEDDING_METADATA
-from homerank.jobs.config import JobConfig
-from homerank.jobs.recommend import RANKING_COLUMNS, ItemSearch, Recommender
+from homerank.gnn.scorer import Scorer
+from homerank.jobs.artifacts import EMBEDDING_COLUMN, EMBEDDING_METADATA, require
+from homerank.jobs.config import JobConfig, RankConfig
+from homerank.jobs.recommend import RANKING_COLUMNS, ItemSearch, Recommender, ranking_order
 from homerank.jobs.rundir import RunDir, atomic_path, publish_outputs, publish_parquet_parts, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -45,18 +48,24 @@ RANK_OUTPUTS = ("embeddings", "rankings", "rank_stats")  # RunDir attributes, pu
 def run_rank(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
     started = time.perf_counter()
     settings = config.rank
-    recommender = Recommender.for_run(run, settings, backend.torch_device)
     staging = RunDir(run.rank_staging)
     shutil.rmtree(staging.root, ignore_errors=True)  # what a killed rank stage left
     try:
         staging.ensure()
-        search = recommender.item_search or ItemSearch.build(recommender.scorer.item_embeddings.numpy(),
-                                                             settings.index_exact_items)
-        write_embeddings(staging, recommender, search)
-        stats = rank_blocks(recommender, staging, settings.k, settings.block_users, run)
-        stats["retrieval"] = ("exact scoring" if recommender.item_search is None else
-                              f"faiss {'exact' if search.exact else 'HNSW'} index, {settings.index_overfetch}x "
-                              "overfetch, exact re-scoring")
+        if settings.on_cluster:
+            stats = _rank_on_cluster(run, config, backend, staging)
+            retrieval_index = Scorer.load(require(run.scorer, "train")).num_items >= settings.index_min_items
+        else:
+            recommender = Recommender.for_run(run, settings, backend.torch_device)
+            search = recommender.item_search or ItemSearch.build(recommender.scorer.item_embeddings.numpy(),
+                                                                 settings.index_exact_items)
+            write_embeddings(staging, recommender.scorer, recommender.user_index, recommender.item_index, search)
+            stats = rank_blocks(recommender, staging, settings.k, settings.block_users, run)
+            retrieval_index = recommender.item_search is not None
+            stats["exact_index"] = search.exact
+        exact = stats.pop("exact_index")
+        stats["retrieval"] = (f"faiss {'exact' if exact else 'HNSW'} index, {settings.index_overfetch}x overfetch, "
+                              "exact re-scoring" if retrieval_index else "exact scoring")
         stats["seconds"] = round(time.perf_counter() - started, 3)
         stats["users_per_second"] = round(stats["users"] / max(stats["seconds"], 1e-9), 1)
         write_json(staging.rank_stats, stats)
@@ -72,40 +81,127 @@ def rank_blocks(recommender: Recommender, staging: RunDir, k: int, block_users: 
     ``staging.rankings_staging``, then published as the dataset ``staging.rankings`` (manifest last). Returns the
     stage's statistics."""
     everyone = recommender.all_users()
-    allowed = recommender.allowed_items(everyone)
     k = min(k, recommender.scorer.num_items)
     parts = staging.rankings_staging
     parts.mkdir(parents=True, exist_ok=True)
     blocks = max(1, -(-len(everyone) // block_users))
-    ranked_users = rows = fewer_than_k = 0
+    totals = dict.fromkeys(BLOCK_COUNTS, 0)
     for number in range(blocks):
-        start = number * block_users
-        block = everyone[start : start + block_users]
-        if not len(block):  # nobody has history: one empty part is published below
-            continue
-        rankings = recommender.recommend(block, k)[RANKING_COLUMNS]
-        # rows come per user in block order (rank 1..k), so a run-length count gives each user's rows
-        per_user = pd.Series(np.bincount(_block_positions(rankings, block), minlength=len(block)))
-        check_complete(rankings, block, per_user, np.minimum(k, allowed[start : start + len(block)]), run, number,
-                       blocks)
-        if len(rankings):
-            write_parquet(parts / f"part-{number:05d}.parquet", rankings)  # temp file, then rename
-        ranked_users += int((per_user > 0).sum())
-        rows += len(rankings)
-        fewer_than_k += int((per_user < k).sum())
-        log.info("rank: block %d/%d, %d users, %d rows", number + 1, blocks, len(block), len(rankings))
-    publish_parquet_parts(parts, staging.rankings, _empty_rankings(recommender))  # manifest and _SUCCESS last
-    return {
-        "users": ranked_users,
-        "model_users": int(recommender.scorer.num_users),
-        "popularity_users": int(len(everyone) - recommender.scorer.num_users),
-        "k": k,
-        "rows": rows,
-        "users_with_fewer_than_k": fewer_than_k,
-        "excluded_pairs": int(recommender.excluded.merge(recommender.item_index, on=schema.ITEM).shape[0]),
-        "block_users": block_users,
-        "blocks": blocks,
-    }
+        block = everyone[number * block_users : (number + 1) * block_users]
+        for key, value in rank_block(recommender, block, k, parts, run, number, blocks).items():
+            totals[key] += value
+    publish_parquet_parts(parts, staging.rankings, _empty_rankings(recommender.user_index, recommender.item_index))
+    return _rank_stats(totals, recommender.scorer.num_users, len(everyone), k, block_users, blocks)
+
+
+def rank_block(recommender: Recommender, block: np.ndarray, k: int, parts: Path, run: RunDir, number: int,
+               blocks: int) -> dict[str, int]:
+    """Rank the users ``block`` (block ``number`` of ``blocks``; ``k`` at most the items), check every user got
+    min(k, allowed items) finite rows (`check_complete`) and write ``parts/part-NNNNN.parquet`` (part number = block
+    number, nothing for an empty block). Returns the block's `BLOCK_COUNTS`: users ranked, rows, users with fewer
+    than k rows, and excluded (user, item) pairs (of items the model knows)."""
+    if not len(block):  # nobody has history: one empty part is published by the caller
+        return dict.fromkeys(BLOCK_COUNTS, 0)
+    allowed = recommender.allowed_items(block)
+    rankings = recommender.recommend(block, k)[RANKING_COLUMNS]
+    # rows come per user in block order (rank 1..k), so a run-length count gives each user's rows
+    per_user = pd.Series(np.bincount(_block_positions(rankings, block), minlength=len(block)))
+    check_complete(rankings, block, per_user, np.minimum(k, allowed), run, number, blocks)
+    if len(rankings):
+        write_parquet(parts / f"part-{number:05d}.parquet", rankings)  # temp file, then rename
+    log.info("rank: block %d/%d, %d users, %d rows", number + 1, blocks, len(block), len(rankings))
+    return {"users": int((per_user > 0).sum()), "rows": len(rankings),
+            "users_with_fewer_than_k": int((per_user < k).sum()),
+            "excluded_pairs": int((recommender.scorer.num_items - allowed).sum())}
+
+
+BLOCK_COUNTS = ("users", "rows", "users_with_fewer_than_k", "excluded_pairs")  # summed over the blocks
+
+
+def _rank_stats(totals: dict[str, int], model_users: int, everyone: int, k: int, block_users: int,
+                blocks: int) -> dict[str, Any]:
+    return {"users": totals["users"], "model_users": int(model_users), "popularity_users": int(everyone - model_users),
+            "k": k, "rows": totals["rows"], "users_with_fewer_than_k": totals["users_with_fewer_than_k"],
+            "excluded_pairs": totals["excluded_pairs"], "block_users": block_users, "blocks": blocks}
+
+
+def _rank_on_cluster(run: RunDir, config: JobConfig, backend: Backend, staging: RunDir) -> dict[str, Any]:
+    """`rank_blocks` with the blocks as tasks on the dask cluster of ``config.cluster``: the client reads the id
+    tables and the user column of the interactions (small tables), writes the embeddings and the item index into
+    ``staging``, cuts the blocks and publishes the parts; each worker loads the run's scorer, exclusions and that
+    item index once (`_worker_recommender`) and writes its blocks' parts itself."""
+    from distributed import as_completed
+
+    from homerank.jobs.cluster import dask_client
+
+    settings = config.rank
+    scorer = Scorer.load(require(run.scorer, "train"))
+    user_index = pd.read_parquet(require(run.user_index, "etl"))
+    item_index = pd.read_parquet(require(run.item_index, "etl"))
+    history = pd.read_parquet(require(run.interactions, "etl"), columns=[schema.USER])[schema.USER]
+    everyone = ranking_order(user_index, history.drop_duplicates().to_numpy())
+    search = (ItemSearch.for_run(run, scorer, settings.index_exact_items)
+              if scorer.num_items >= settings.index_min_items else
+              ItemSearch.build(scorer.item_embeddings.numpy(), settings.index_exact_items))
+    write_embeddings(staging, scorer, user_index, item_index, search)
+    k = min(settings.k, scorer.num_items)
+    parts = staging.rankings_staging
+    parts.mkdir(parents=True, exist_ok=True)
+    blocks = max(1, -(-len(everyone) // settings.block_users))
+    totals = dict.fromkeys(BLOCK_COUNTS, 0)
+    with dask_client(config.cluster, backend) as client:
+        futures = [client.submit(_rank_block_task, str(run.root), str(staging.root), settings.model_dump(),
+                                 str(backend.torch_device), everyone[n * settings.block_users:
+                                                                     (n + 1) * settings.block_users],
+                                 k, n, blocks, key=f"homerank-rank-block-{n}", pure=False)
+                   for n in range(blocks)]
+        try:
+            for future in as_completed(futures):
+                for key, value in future.result().items():
+                    totals[key] += value
+        finally:
+            client.cancel(futures)  # a failed block stops the others; nothing is published
+    log.info("rank: %d blocks ranked on the cluster", blocks)
+    publish_parquet_parts(parts, staging.rankings, _empty_rankings(user_index, item_index))
+    stats = _rank_stats(totals, scorer.num_users, len(everyone), k, settings.block_users, blocks)
+    stats["exact_index"] = search.exact
+    stats["on_cluster"] = True
+    return stats
+
+
+_WORKER_CACHE: dict[tuple[Any, ...], Recommender] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_recommender(run_root: str, staging_root: str, settings: dict[str, Any], device: str) -> Recommender:
+    """The run's `Recommender` on this worker, loaded once per run, scorer file and settings (threads of one
+    worker share it). Items are retrieved through the index the client wrote into the staging folder."""
+    run = RunDir(Path(run_root))
+    scorer_file = run.scorer.stat()
+    key = (run_root, staging_root, scorer_file.st_mtime_ns, scorer_file.st_size, json.dumps(settings, sort_keys=True),
+           device)
+    with _WORKER_LOCK:
+        if key not in _WORKER_CACHE:
+            rank = RankConfig(**settings)
+            recommender = Recommender.from_run(run, rank.exclude_event_types, device, rank.batch_size)
+            recommender.overfetch = rank.index_overfetch
+            if recommender.scorer.num_items >= rank.index_min_items:
+                recommender.item_search = ItemSearch.for_run(RunDir(Path(staging_root)), recommender.scorer,
+                                                             rank.index_exact_items)
+            _WORKER_CACHE.clear()  # one run at a time per worker: memory follows the run being ranked
+            _WORKER_CACHE[key] = recommender
+        return _WORKER_CACHE[key]
+
+
+def _rank_block_task(run_root: str, staging_root: str, settings: dict[str, Any], device: str, block: np.ndarray,
+                     k: int, number: int, blocks: int) -> dict[str, int]:
+    """One block of `_rank_on_cluster`, on a worker."""
+    from homerank.jobs.hygiene import quiet_library_warnings
+
+    quiet_library_warnings()
+    recommender = _worker_recommender(run_root, staging_root, settings, device)
+    staging = RunDir(Path(staging_root))
+    return rank_block(recommender, block, k, staging.rankings_staging, RunDir(Path(run_root)), number, blocks)
 
 
 def _block_positions(rankings: pd.DataFrame, block: np.ndarray) -> np.ndarray:
@@ -116,12 +212,12 @@ def _block_positions(rankings: pd.DataFrame, block: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _empty_rankings(recommender: Recommender) -> pd.DataFrame:
+def _empty_rankings(user_index: pd.DataFrame, item_index: pd.DataFrame) -> pd.DataFrame:
     """No rows, the columns and dtypes of ``rankings/`` (the one part written when nobody has history)."""
     return pd.DataFrame({
-        "user_id": pd.Series(dtype=recommender.user_index[schema.USER].dtype),
+        "user_id": pd.Series(dtype=user_index[schema.USER].dtype),
         "rank": pd.Series(dtype=np.int32),
-        "item_id": pd.Series(dtype=recommender.item_index[schema.ITEM].dtype),
+        "item_id": pd.Series(dtype=item_index[schema.ITEM].dtype),
         "score": pd.Series(dtype=np.float32),
     })
 
@@ -145,7 +241,8 @@ def check_complete(rankings: pd.DataFrame, users: np.ndarray, per_user: pd.Serie
                         f"{run.rankings}: train again")
 
 
-def write_embeddings(target: RunDir, recommender: Recommender, search: ItemSearch) -> None:
+def write_embeddings(target: RunDir, scorer: Scorer, user_index: pd.DataFrame, item_index: pd.DataFrame,
+                     search: ItemSearch) -> None:
     """``target.embeddings``: users.parquet and items.parquet (the id column in its original dtype, then
     ``embedding``, fixed_size_list<float32>[d]; users in model index order, items in item index order, so item
     row j is row j of ``items.faiss``) and the item index, swapped into place as one folder.
@@ -154,7 +251,6 @@ def write_embeddings(target: RunDir, recommender: Recommender, search: ItemSearc
     product; for the LightGCN + GF-CF blend (or the filter alone) exact scores need the scorer
     (``train/scorer.pt``, `homerank.gnn.scorer.Scorer`): the dot product is then only its LightGCN part. The Parquet
     schema metadata ``homerank.embeddings`` (JSON) says which."""
-    scorer = recommender.scorer
     note = {"format": "homerank.embeddings/1", "dim": int(scorer.user_embeddings.shape[1]), "scorer": scorer.kind,
             "score": ("dot product of the user and item vectors" if scorer.kind == "lightgcn" else
                       "the LightGCN part only: exact scores need train/scorer.pt (homerank.gnn.scorer.Scorer)"),
@@ -162,10 +258,8 @@ def write_embeddings(target: RunDir, recommender: Recommender, search: ItemSearc
     with atomic_path(target.embeddings) as tmp:
         tmp.mkdir(parents=True)
         for path, vectors, table, id_column, index_column in (
-                (target.user_embeddings, scorer.user_embeddings, recommender.user_index, schema.USER,
-                 schema.USER_INDEX),
-                (target.item_embeddings, scorer.item_embeddings, recommender.item_index, schema.ITEM,
-                 schema.ITEM_INDEX)):
+                (target.user_embeddings, scorer.user_embeddings, user_index, schema.USER, schema.USER_INDEX),
+                (target.item_embeddings, scorer.item_embeddings, item_index, schema.ITEM, schema.ITEM_INDEX)):
             _write_embedding_table(tmp / path.name, table.sort_values(index_column)[id_column], vectors.numpy(), note)
         search.index.save(tmp / target.item_faiss.name)
 

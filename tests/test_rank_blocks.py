@@ -231,3 +231,46 @@ def test_the_lift_keeps_the_inner_product_order():
     rows = ItemSearch.build(items, exact_items=1000).candidates(queries, 10)
     expected = np.argsort(-(queries @ items.T), axis=1)[:, :10]
     assert (rows == expected).all()
+
+
+def _rank_on_cluster(run: RunDir, **rank: object) -> dict:
+    overrides = {**{f"rank.{key}": value for key, value in rank.items()}, "rank.on_cluster": True,
+                 "cluster.n_workers": 2, "cluster.threads_per_worker": 1, "cluster.processes": False}
+    return run_rank(run, apply_dotted(homerank.Run(run.root).config, overrides), resolve_backend("cpu"))
+
+
+def test_blocks_as_dask_tasks_write_the_in_process_dataset(int_run, tmp_path):
+    """rank.on_cluster: the workers load the run themselves and write their blocks' parts; the client only cuts
+    the blocks and publishes. Same rows, parts and statistics as ranking every block in this process."""
+    run = _copy(int_run, tmp_path)
+    local = _rank(run, block_users=7)
+    in_process = {name: _files(run.rankings)[name] for name in _files(run.rankings) if name.startswith("part-")}
+    embeddings = _files(run.embeddings)
+    clustered = _rank_on_cluster(run, block_users=7)
+    assert clustered["on_cluster"] is True and clustered["blocks"] == local["blocks"] > 1
+    assert {name: data for name, data in _files(run.rankings).items() if name.startswith("part-")} == in_process
+    assert _files(run.embeddings) == embeddings
+    for key in ("users", "rows", "users_with_fewer_than_k", "k", "model_users", "popularity_users",
+                "excluded_pairs", "retrieval"):
+        assert clustered[key] == local[key], key
+    assert not run.rank_staging.exists()
+
+
+def test_a_failing_dask_block_publishes_nothing(int_run, tmp_path, monkeypatch):
+    from homerank.engine.errors import GateError
+    from homerank.jobs import stage_rank
+
+    run = _copy(int_run, tmp_path)
+    before = {name: _files(getattr(run, name)) for name in ("rankings", "embeddings")}
+    real = stage_rank.rank_block
+
+    def second_block_fails(recommender, block, k, parts, run_dir, number, blocks):
+        if number == 1:
+            raise GateError("rank: block 2 failed on purpose")
+        return real(recommender, block, k, parts, run_dir, number, blocks)
+
+    monkeypatch.setattr(stage_rank, "rank_block", second_block_fails)  # the workers are threads of this process
+    with pytest.raises(GateError, match="on purpose"):
+        _rank_on_cluster(run, block_users=7)
+    assert {name: _files(getattr(run, name)) for name in ("rankings", "embeddings")} == before
+    assert not run.rank_staging.exists()
