@@ -62,6 +62,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -169,8 +170,18 @@ def _format_of(path: str, forced: str) -> FileFormat | None:
     return None
 
 
-def discover_files(path: str | os.PathLike[str], forced_format: str = "auto") -> list[InputFile]:
-    """Expand a file, a directory (searched recursively) or a glob into the list of input files."""
+def discover_files(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                   forced_format: str = "auto") -> list[InputFile]:
+    """Expand a file, a directory (searched recursively) or a glob into the list of input files; a list of them
+    into their files in the order given (a file found twice is read once)."""
+    if not isinstance(path, str | os.PathLike):
+        files: dict[str, InputFile] = {}
+        for each in path:
+            for found in discover_files(each, forced_format):
+                files.setdefault(found.path, found)
+        if not files:
+            raise HomerankError("--input: no input given")
+        return list(files.values())
     text = str(path)
     if any(ch in text for ch in "*?["):
         candidates = sorted(glob.glob(text, recursive=True))
@@ -755,7 +766,7 @@ def _write_atomically(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_pa
     os.replace(tmp, path)
 
 
-def ingest_events(path: str, config: IngestConfig, backend: Backend, id_dtype: str = "auto",
+def ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Backend, id_dtype: str = "auto",
                   quarantine_dir: str | os.PathLike[str] | None = None,
                   searches_dir: str | os.PathLike[str] | None = None) -> Ingested:
     """Read, validate and de-duplicate a behaviour log. See the module docstring for the guarantees.

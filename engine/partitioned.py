@@ -208,6 +208,30 @@ def encode_and_split(core: dd.DataFrame, weighted: dd.DataFrame, item_index: pd.
                              align_dataframes=False, enforce_metadata=False)
 
 
+def _reindex(edges: Any, user_index: Any, item_index: Any) -> Any:
+    """On one partition: user_index <- ``user_index[user_index]``, item_index <- ``item_index[item_index]`` (the
+    (U,) and (I,) int64 maps from the natural indices to the extended ones), rows put in (user_index, item_index)
+    order again."""
+    xp = array_module(edges)
+    users = xp.asarray(np.asarray(user_index))[xp.asarray(values(edges[schema.USER_INDEX]))]
+    items = xp.asarray(np.asarray(item_index))[xp.asarray(values(edges[schema.ITEM_INDEX]))]
+    order = xp.lexsort(xp.stack([items, users]))
+    edges = edges.take(order).reset_index(drop=True)  # type: ignore[arg-type]
+    edges[schema.USER_INDEX] = users[order]
+    edges[schema.ITEM_INDEX] = items[order]
+    return edges
+
+
+def reindex(edges: dd.DataFrame, user_index: np.ndarray, item_index: np.ndarray) -> dd.DataFrame:
+    """`encode_and_split`'s edges with their natural indices (the rank of the id among the k-core's, as
+    `id_tables` numbers them) replaced through ``user_index`` (U,) and ``item_index`` (I,): the positions of those
+    ids in a warm start's extended id maps (`homerank.engine.encode.extend_index`). The split was made with the
+    natural indices, so it is the one a cold run on the same log makes. Each partition stays in (user_index,
+    item_index) order; across partitions the new users' appended indices break the global order."""
+    users, items = dask.delayed(user_index), dask.delayed(item_index)  # one copy per worker, not one per task
+    return edges.map_partitions(_reindex, users, items, meta=edges._meta)
+
+
 def write_partitions(frame: dd.DataFrame, folder: Path, compute: bool = True) -> Any:
     """Each partition as ``part-NNNNN.parquet`` in ``folder``, written by the worker that holds it; with
     ``compute=False`` the write is returned lazily, to run in one `dask.compute` with other results.

@@ -10,7 +10,8 @@ number of workers or threads.
 
 Output: ``out_dir/events/`` (one Parquet file per partition; columns user_id Int64, item_id int64, event_type
 string, timestamp datetime64[ns], session_id int64, value float64; with ``search_share`` > 0 also query string, the
-search rows having event_type ``search`` and no item_id) and ``out_dir/items.parquet`` (the catalogue).
+search rows having event_type ``search`` and no item_id) and ``out_dir/items.parquet`` (the catalogue, with the spec
+in its schema metadata: `read_spec`).
 Both are staged next to their final path and renamed into place only when every partition is written; a failed or
 killed run leaves the previous output (or none), never a half-written one.
 """
@@ -42,12 +43,45 @@ from homerank.engine.synthetic_model import (
 from homerank.engine.synthetic_plan import Partition, plan_partitions
 
 __all__ = ["ADJECTIVES", "ITEM_ID_OFFSET", "START", "USER_ID_OFFSET", "SyntheticSpec", "World", "category_names",
-           "generate", "make_catalogue", "part_name", "plan_partitions", "write_partition"]
+           "generate", "make_catalogue", "part_name", "plan_partitions", "read_spec", "write_catalogue",
+           "write_partition"]
 
 log = logging.getLogger(__name__)
 
 EVENTS_STAGING = ".events.tmp"
 ITEMS_STAGING = ".items.parquet.tmp"
+
+
+SPEC_METADATA = b"homerank.synthetic"  # items.parquet schema metadata: the SyntheticSpec that made the log (JSON)
+
+
+def write_catalogue(path: Path, catalogue: Any, spec: SyntheticSpec) -> None:
+    """The catalogue as Parquet with ``spec`` (JSON) under `SPEC_METADATA` in its schema metadata, so whoever holds
+    the catalogue can rebuild the latent model behind the log (`read_spec`; `homerank simulate-feedback` does)."""
+    import dataclasses
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(catalogue, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), SPEC_METADATA: json.dumps(dataclasses.asdict(spec)).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def read_spec(catalogue: str | os.PathLike[str]) -> SyntheticSpec | None:
+    """The `SyntheticSpec` recorded in a generated catalogue (`write_catalogue`), None for any other catalogue."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(catalogue).metadata or {}
+    except (OSError, ValueError):
+        return None
+    if SPEC_METADATA not in metadata:
+        return None
+    return SyntheticSpec(**json.loads(metadata[SPEC_METADATA]))
 
 
 def part_name(number: int) -> str:
@@ -163,7 +197,7 @@ def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None,
                 rows = _run_partitions(own, staging, spec, world, plan, show_progress)
         else:
             rows = _run_partitions(client, staging, spec, world, plan, show_progress)
-        catalogue.to_parquet(items_staging, index=False)
+        write_catalogue(items_staging, catalogue, spec)
         swap_into_place(staging, out / "events")
         swap_into_place(items_staging, out / "items.parquet")
     except OSError as exc:

@@ -19,6 +19,8 @@ outside the graph scores with its cold embedding alpha_0 x_i W = x_i W / (L + 1)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,6 +56,19 @@ class SymmetricLGConv(LGConv):
         return super().message_and_aggregate(adj_t, x)
 
 
+@dataclass
+class PreviousModel:
+    """What a warm start takes from an earlier model whose id maps the new ones extend (its users and items are the
+    first U0 and I0 of the new ones, in the same order; `homerank.engine.encode.extend_index`).
+
+    users: (U0, d) and items: (I0, d), its layer-0 ID rows; content: its content projection's state (a model trained
+    with ``train.content``), or None."""
+
+    users: Tensor
+    items: Tensor
+    content: dict[str, Tensor] | None = None
+
+
 class LightGCNRecommender(torch.nn.Module):
     """PyG ``LightGCN`` over the bipartite user-item graph, optionally with item content in layer 0.
 
@@ -84,6 +99,24 @@ class LightGCNRecommender(torch.nn.Module):
             self.register_buffer("item_features", item_features.float(), persistent=False)
             mask = torch.ones(num_items, dtype=torch.bool) if trained_items is None else trained_items.bool()
             self.register_buffer("id_mask", mask.float()[:, None], persistent=False)  # (I, 1) m_i
+
+    @torch.no_grad()
+    def warm_start(self, previous: PreviousModel) -> None:
+        """Layer 0 starts from ``previous``: ID rows 0..U0-1 and U..U+I0-1 become its user and item rows (the ids it
+        knew), every other row keeps its N(0, 0.1^2) draw; its content projection too, when both have one of the
+        same shape. A different embedding size, or more ids than this model has, is a ValueError."""
+        table = self.lightgcn.embedding.weight
+        dim = table.shape[1]
+        for name, rows, room in (("users", previous.users, self.num_users), ("items", previous.items,
+                                                                             self.num_items)):
+            if rows.ndim != 2 or rows.shape[1] != dim or rows.shape[0] > room:
+                raise ValueError(f"previous {name}: shape {tuple(rows.shape)} does not fit ({room}, {dim})")
+        table[: previous.users.shape[0]] = previous.users.to(table)
+        table[self.num_users : self.num_users + previous.items.shape[0]] = previous.items.to(table)
+        if self.content is not None and previous.content is not None:
+            own = self.content.state_dict()
+            if all(name in own and own[name].shape == value.shape for name, value in previous.content.items()):
+                self.content.load_state_dict(previous.content)
 
     @property
     def has_content(self) -> bool:

@@ -25,7 +25,7 @@ from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.keys import pair_keys
 from homerank.gnn.losses import bpr_loss, counted_l2_penalty, sampled_softmax_loss
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
-from homerank.gnn.model import LightGCNRecommender
+from homerank.gnn.model import LightGCNRecommender, PreviousModel
 from homerank.gnn.sampling import sample_negatives
 from homerank.gnn.scorer import embedding_scorer, save_state
 
@@ -45,6 +45,7 @@ class TrainData:
     adjacency: torch.Tensor  # (N, N) sparse CSR, A_hat
     valid: CSRIndex | None = None  # held-out validation items per user
     item_features: torch.Tensor | None = None  # (I, F) float32 content features (train.content), or None
+    warm_start: PreviousModel | None = None  # layer 0 starts from an earlier model's rows (warm_start.previous_run)
 
 
 @dataclass
@@ -149,9 +150,12 @@ def new_model(data: TrainData, config: TrainConfig) -> LightGCNRecommender:
     trained = None
     if data.item_features is not None:
         trained = torch.bincount(data.train_items.cpu(), minlength=data.num_items) > 0
-    return LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers,
-                               item_features=data.item_features, trained_items=trained,
-                               content_blocks=len(config.content.features))
+    model = LightGCNRecommender(data.num_users, data.num_items, config.embedding_dim, config.num_layers,
+                                item_features=data.item_features, trained_items=trained,
+                                content_blocks=len(config.content.features))
+    if data.warm_start is not None:  # after the random draws: the ids it did not know keep theirs
+        model.warm_start(data.warm_start)
+    return model
 
 
 def _propagate(model: LightGCNRecommender, adjacency: torch.Tensor, block: distributed.RowBlock | None,
@@ -426,6 +430,7 @@ def train_distributed(data: TrainData, config: TrainConfig, eval_config: EvalCon
     adjacency = data.adjacency.to("cpu")
     parts = {"num_users": data.num_users, "num_items": data.num_items, "train_users": data.train_users,
              "train_items": data.train_items, "valid": data.valid, "item_features": data.item_features,
+             "warm_start": data.warm_start,
              "adjacency": (adjacency.crow_indices(), adjacency.col_indices(), adjacency.values(),
                            tuple(adjacency.shape))}
     scratch = distributed.scratch_dir(checkpoint_dir)

@@ -8,7 +8,8 @@
     homerank rank     --out RUN            top-K rankings per user (rankings/)
     homerank homepage --out RUN            homepage sections per user (homepage/, homepage.jsonl)
     homerank preview  --out RUN --user U [--html FILE]   one user's homepage as static HTML
-    homerank run      --input PATH --out RUN   all of the above
+    homerank simulate-feedback --run RUN --out DIR   simulated shoppers' clicks on RUN's homepage (a log)
+    homerank run      --input PATH --out RUN   all of the above (--input repeatable; --warm-start PREVIOUS_RUN)
     homerank demo                          generate + run into runs/demo/
     homerank --version                     prints ``homerank <version>``
 
@@ -44,7 +45,9 @@ DEMO_SEARCH_SHARE = 0.15  # the demo's log: about one session in seven starts wi
 
 def _add_common(parser: argparse.ArgumentParser, needs_input: bool = False) -> None:
     if needs_input:
-        parser.add_argument("--input", required=True, help="behaviour log: Parquet/CSV file, directory or glob")
+        parser.add_argument("--input", required=True, action="append", metavar="PATH",
+                            help="behaviour log: Parquet/CSV file, directory or glob; repeat it to read several logs "
+                                 "as one (e.g. the last log and the feedback on its homepage)")
         parser.add_argument("--input-format", choices=["auto", "parquet", "csv", "lightgcn"],
                             help="override ingest.format (lightgcn: folder with train.txt/test.txt[/valid.txt])")
     parser.add_argument("--out", required=True, help="run directory (created if missing)")
@@ -52,6 +55,9 @@ def _add_common(parser: argparse.ArgumentParser, needs_input: bool = False) -> N
                                          "built-in)")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], help="compute backend (default: config)")
     parser.add_argument("--seed", type=int, help="random seed (default: config)")
+    parser.add_argument("--warm-start", metavar="PREVIOUS_RUN",
+                        help="an incremental run: extend PREVIOUS_RUN's id maps and start training from its "
+                             "embeddings (sets warm_start.previous_run)")
     _add_set(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
@@ -131,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
                             help="skip stages whose inputs and config are unchanged (fingerprints in "
                                  "logs/stages.json) and continue an interrupted training from its checkpoints")
 
+    simulate = sub.add_parser(
+        "simulate-feedback", help="simulated shoppers react to RUN's homepage: a log of clicks, carts, purchases",
+        description="Reads RUN/impressions/ and the generated catalogue's latent tastes; writes OUT/events/ (the "
+                    "log's columns plus section, row, slot, run_id) and OUT/summary.json. Feed OUT/events to the next "
+                    "run: homerank run --input LOG --input OUT/events --warm-start RUN --out RUN2")
+    simulate.add_argument("--run", required=True, help="run directory whose homepage was served (impressions/)")
+    simulate.add_argument("--out", required=True, help="output directory of the feedback log")
+    simulate.add_argument("--seed", type=int, default=42, help="random seed of the reactions (default 42)")
+    simulate.add_argument("--catalogue", help="the generated log's items.parquet (default: the run's "
+                                              "ingest.catalogue)")
+    simulate.add_argument("--quiet", action="store_true", help="warnings only")
+
     preview = sub.add_parser("preview", help="render one user's homepage as a static HTML page",
                              usage="homerank preview --out RUN --user USER [--html FILE]",
                              description="Rows of cards (title, category, price, reason) from RUN/homepage/.")
@@ -193,14 +211,19 @@ def _resolve_config(args: argparse.Namespace, run_root: Path | None):
     path = args.config
     if path is None and run_root is not None and RunDir(run_root).config.exists():
         path = RunDir(run_root).config
+    elif path is None and getattr(args, "warm_start", None) and RunDir(Path(args.warm_start)).config.is_file():
+        path = RunDir(Path(args.warm_start)).config  # an incremental run goes on with the previous run's settings
     config = with_overrides(load_config(path), device=args.device, seed=args.seed)
     dotted: dict[str, object] = {}
     if getattr(args, "input_format", None):
         dotted["ingest.format"] = args.input_format
+    if getattr(args, "warm_start", None):
+        dotted["warm_start.previous_run"] = args.warm_start
     if getattr(args, "set_options", None):  # last, so --set wins over the flags above (a repeated key: the last)
         dotted.update(parse_set_option(text) for text in args.set_options)
     if dotted:  # validated once, like the YAML, so a combination of options that cannot work is refused here
-        source = "--set" if getattr(args, "set_options", None) else "--input-format"
+        source = "--set" if getattr(args, "set_options", None) else (
+            "--input-format" if getattr(args, "input_format", None) else "--warm-start")
         config = apply_dotted(config, dotted, source=source)
     return config
 
@@ -284,13 +307,16 @@ def _stage_locked(args: argparse.Namespace, run: RunDir) -> None:
 
     config = _resolve_config(args, run.root)
     backend = resolve_backend(config.device)
+    inputs = getattr(args, "input", None)
+    input_path = inputs[0] if inputs and len(inputs) == 1 else inputs  # one log: its path, as before
     if args.command == "run":
-        metrics = run_pipeline(args.input, run, config, backend, show_progress=not args.quiet, resume=args.resume)
+        metrics = run_pipeline(input_path, run, config, backend, show_progress=not args.quiet, resume=args.resume)
         _print_summary(run, metrics)
         return
-    if args.command == "etl" or args.config or args.device or args.seed is not None or args.set_options:
+    if (args.command == "etl" or args.config or args.device or args.seed is not None or args.set_options
+            or args.warm_start):
         write_resolved_config(run, config)
-    run_stage(args.command, run, config, backend, getattr(args, "input", None), show_progress=not args.quiet,
+    run_stage(args.command, run, config, backend, input_path, show_progress=not args.quiet,
               resume=getattr(args, "resume", False))
     print(f"homerank {args.command}: done ({run.root})")
 
@@ -310,11 +336,23 @@ def _preview(args: argparse.Namespace) -> None:
     print(f"wrote {write_preview(RunDir(Path(run)), args.user, out)}")
 
 
+def _simulate_feedback(args: argparse.Namespace) -> None:
+    from homerank.jobs.config import SEED_LIMIT
+    from homerank.jobs.simulate import simulate_feedback
+
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise HomerankError(f"--seed must be in [0, 2**32) (got {args.seed})")
+    summary = simulate_feedback(RunDir(Path(args.run)), Path(args.out), args.seed, args.catalogue)
+    print(f"wrote {summary['events']} events ({summary['click']} clicks, {summary['cart']} carts, "
+          f"{summary['purchase']} purchases) on {summary['impressions']} impressions of {summary['users']} users "
+          f"(click-through {summary['ctr']:.4f}) to {Path(args.out) / 'events'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
-    run_root = Path(args.out) if args.command not in ("generate", "preview") else None
+    run_root = Path(args.out) if args.command not in ("generate", "preview", "simulate-feedback") else None
     try:
         if args.command != "preview":  # preview reads --out; every other command writes there
             _check_out(Path(args.out))
@@ -322,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        getattr(args, "quiet", False))
         if args.command == "generate":
             _generate(args)
+        elif args.command == "simulate-feedback":
+            _simulate_feedback(args)
         elif args.command == "preview":
             _preview(args)
         elif args.command == "demo":

@@ -102,6 +102,20 @@ class GatesConfig(StrictModel):
     min_train_edges: int = Field(1, ge=0, description="stop when fewer training edges remain")
 
 
+class WarmStartConfig(StrictModel):
+    """An incremental run (`homerank.jobs.warm_start`): the ETL extends the previous run's id maps (its users and
+    items keep their indices, new ones are appended) and training starts from its final layer-0 embeddings."""
+
+    previous_run: str | None = Field(
+        None, description="run directory to warm-start from (its user_index.parquet, item_index.parquet and "
+        "checkpoints/best.pt); null = a cold run"
+    )
+    epochs: int | None = Field(
+        10, ge=1, description="maximum epochs of a warm-started training (early stopping may end sooner); null = "
+        "train.epochs"
+    )
+
+
 SEED_LIMIT = 2**32  # numpy's generators take seeds in [0, 2**32); torch's take them too
 
 
@@ -119,6 +133,7 @@ class JobConfig(StrictModel):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     homepage: HomepageConfig = Field(default_factory=HomepageConfig)
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
 
     @model_validator(mode="after")
     def _pseudonymise_needs_raw_ids(self) -> JobConfig:

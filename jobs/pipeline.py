@@ -78,7 +78,7 @@ def _record_timing(run: RunDir, stage: str, seconds: float) -> None:
     write_json(run.timings, timings)
 
 
-def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | None = None,
+def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | list[str] | None = None,
               show_progress: bool = True, resume: bool = False, on_evaluation: EvaluationHook | None = None) -> Any:
     """Run one stage, time it and refresh the report. ``on_evaluation`` reaches the training loop
     (`homerank.gnn.train.train_lightgcn`): the accuracy bench records its accuracy-vs-time curve with it."""
@@ -96,7 +96,7 @@ def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
     return result
 
 
-def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | None,
+def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, input_path: str | list[str] | None,
               show_progress: bool, resume: bool, on_evaluation: EvaluationHook | None) -> Any:
     # each stage's module is imported when it runs: a `homerank STAGE` process loads only what its stage needs
     # (the homepage stage needs neither dask.distributed nor torch_geometric), seconds of start-up per stage
@@ -139,7 +139,7 @@ STAGE_OUTPUTS = {
     "train": ("scorer", "train_summary"),
     "evaluate": ("metrics",),
     "rank": ("rankings", "rank_stats", "user_embeddings", "item_embeddings", "item_faiss"),
-    "homepage": ("homepage_stats", "homepage", "homepage_jsonl"),
+    "homepage": ("homepage_stats", "homepage", "homepage_jsonl", "impressions"),
 }  # RunDir attributes each stage always writes; `stage_outputs` adds or drops those that depend on the config
 
 
@@ -162,13 +162,13 @@ def stage_outputs(stage: str, config: JobConfig) -> tuple[str, ...]:
     return outputs
 
 
-def input_fingerprint(input_path: str, config: JobConfig) -> list[list[Any]]:
+def input_fingerprint(input_path: str | list[str], config: JobConfig) -> list[list[Any]]:
     """(path, size, mtime) of every input file: a changed daily drop changes the ETL fingerprint."""
     from pathlib import Path
 
     from homerank.engine.ingest import discover_files
 
-    if config.ingest.format == "lightgcn":
+    if config.ingest.format == "lightgcn" and isinstance(input_path, str):
         files = sorted(str(p) for p in Path(input_path).glob("*.txt"))
     else:
         files = [f.path for f in discover_files(input_path, config.ingest.format)]
@@ -177,9 +177,10 @@ def input_fingerprint(input_path: str, config: JobConfig) -> list[list[Any]]:
     return [[f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files if Path(f).exists()]
 
 
-STAGE_SETTINGS = {"etl": ("seed", "ingest", "interactions", "split", "gates", "rank", "profiles"), "graph": ("graph",),
-                  "train": ("seed", "device", "train", "evaluate"), "evaluate": ("evaluate",), "rank": ("rank",),
-                  "homepage": ("homepage",)}
+STAGE_SETTINGS = {"etl": ("seed", "ingest", "interactions", "split", "gates", "rank", "profiles", "warm_start"),
+                  "graph": ("graph",), "train": ("seed", "device", "train", "evaluate", "warm_start"),
+                  "evaluate": ("evaluate",), "rank": ("rank",), "homepage": ("homepage",)}
+UNSET_SETTINGS_LEFT_OUT = ("warm_start",)  # a cold run's fingerprints stay those of the runs made before it existed
 
 
 CONTENT_HASH_MAX_BYTES = 16 * 2**20  # config-named files up to this size are fingerprinted by content
@@ -223,16 +224,27 @@ def file_fingerprint(path: str) -> list[Any] | None:
 
 
 def stage_input_files(config: JobConfig) -> dict[str, list[list[Any]]]:
-    """Per stage, `file_fingerprint` of every file named in the config sections it reads (`STAGE_SETTINGS`)."""
+    """Per stage, `file_fingerprint` of every file named in the config sections it reads (`STAGE_SETTINGS`), and of
+    the previous run's files a warm-started stage reads (`homerank.jobs.warm_start.fingerprint_files`)."""
+    from homerank.jobs.warm_start import fingerprint_files
+
     settings = config.model_dump(mode="json")
+    previous = fingerprint_files(config)
     files = {}
     for stage in STAGES:
-        named = named_files({key: settings[key] for key in STAGE_SETTINGS[stage]})
+        named = named_files({key: settings[key] for key in STAGE_SETTINGS[stage]}) + previous.get(stage, [])
         files[stage] = [entry for entry in map(file_fingerprint, named) if entry is not None]
     return files
 
 
-def stage_fingerprints(input_path: str, config: JobConfig,
+def _stage_settings(settings: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The config sections ``stage`` reads, less those of `UNSET_SETTINGS_LEFT_OUT` that are at their defaults."""
+    defaults = JobConfig().model_dump(mode="json")
+    return {key: settings[key] for key in STAGE_SETTINGS[stage]
+            if key not in UNSET_SETTINGS_LEFT_OUT or settings[key] != defaults[key]}
+
+
+def stage_fingerprints(input_path: str | list[str], config: JobConfig,
                        input_files: dict[str, list[list[Any]]] | None = None) -> dict[str, str]:
     """Each stage's fingerprint hashes the config sections it reads (STAGE_SETTINGS), the files named in them
     (``input_files``, default `stage_input_files`) and chains the stage before it, so a changed input, setting or
@@ -241,7 +253,7 @@ def stage_fingerprints(input_path: str, config: JobConfig,
     input_files = stage_input_files(config) if input_files is None else input_files
     fingerprints, previous = {}, json.dumps(input_fingerprint(input_path, config))
     for stage in STAGES:
-        own = json.dumps({key: settings[key] for key in STAGE_SETTINGS[stage]}, sort_keys=True)
+        own = json.dumps(_stage_settings(settings, stage), sort_keys=True)
         if input_files[stage]:  # only then: a stage without named files keeps the fingerprint it had before
             own += "|" + json.dumps(input_files[stage])
         previous = hashlib.sha256(f"{stage}|{previous}|{own}".encode()).hexdigest()
@@ -330,7 +342,7 @@ def _read_stages(run: RunDir) -> dict[str, Any]:
     return recorded
 
 
-def run_pipeline(input_path: str, run: RunDir, config: JobConfig, backend: Backend,
+def run_pipeline(input_path: str | list[str], run: RunDir, config: JobConfig, backend: Backend,
                  show_progress: bool = True, resume: bool = False,
                  on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
     """All stages in order. With ``resume``, a stage is skipped when its recorded fingerprint matches and its

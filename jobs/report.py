@@ -254,6 +254,52 @@ def _explanation_summary(stats: dict[str, Any]) -> str:
             f"segment's favourites in `for_you`. Each slot's `explanation` rests on (share of slots): {shares}.")
 
 
+def _warm_start_section(etl: dict[str, Any], train: dict[str, Any] | None) -> list[str]:
+    """An incremental run: what it kept of the previous run's id maps and where its layer 0 came from."""
+    warm = etl.get("warm_start")
+    if not warm:
+        return []
+    users, items = warm["users"], warm["items"]
+    out = ["", "## Warm start", "",
+           f"Incremental run from `{_text(warm['previous_run'])}`: its id maps extended, never re-encoded — "
+           f"{_text(users['kept'])} users and {_text(items['kept'])} items keep their indices "
+           f"({_text(users['without_edges'])} users and {_text(items['without_edges'])} items of them without an edge "
+           f"in this k-core), {_text(users['new'])} new users and {_text(items['new'])} new items appended."]
+    started = (train or {}).get("warm_start")
+    if started:
+        out += ["", f"Training started from `{_text(started['checkpoint'])}` (layer 0 of "
+                f"{_text(started['users_from_previous'])} users and {_text(started['items_from_previous'])} items; "
+                f"new rows random), at most {_text(started['max_epochs'])} epochs."]
+    return out
+
+
+def _feedback_section(feedback: dict[str, Any]) -> list[str]:
+    """Click-through per section and position bias of the previous run's homepage (``feedback/stats.json``)."""
+    totals = feedback["totals"]
+    kinds = [k for k in totals if k not in ("impressions", "ctr") and any(row.get(k) for row in feedback["by_slot"])]
+
+    def rows(group: str) -> list[list[Any]]:
+        return [[row[group], row["impressions"], *(row[k] for k in kinds),
+                 row["ctr"] if row["ctr"] is not None else "—"] for row in feedback[f"by_{group}"]]
+
+    header = ["impressions", *kinds, "CTR"]
+    bias = feedback.get("position_bias") or {}
+    return [
+        "", "## Feedback on the previous homepage", "",
+        f"`feedback/stats.json`: {_text(feedback['feedback_events'])} events of the feedback log "
+        f"({_text(len(feedback['feedback_files']))} file(s) with a `run_id` column) against the "
+        f"{_text(totals['impressions'])} impressions of `{_text(feedback['previous_run'])}`; "
+        f"{_text(feedback['matched_events'])} match an impression (same user, item and run id), "
+        f"{_text(feedback['unmatched_events'])} do not. Click-through rate (CTR) = impressions with a click / "
+        f"impressions: **{totals['ctr'] if totals['ctr'] is not None else 0:.4f}** overall.",
+        "", "Per section:", "", _table(["section", *header], rows("section")),
+        "", "Clicks by slot (position bias: the CTR of slot k over slot 1's, "
+        + ", ".join(f"{_text(k)}: {_text(v)}" for k, v in list(bias.items())[:10]) + "):",
+        "", _table(["slot", *header], rows("slot")),
+        "", "By row (the section's place on the page):", "", _table(["row", *header], rows("row")),
+    ]
+
+
 def _figure(run: RunDir, name: str, title: str, png: bytes | None) -> list[str]:
     """Save a figure as report/NAME.png and return the Markdown that shows it (nothing if there is no data)."""
     if png is None:
@@ -305,6 +351,11 @@ def write_report(run: RunDir) -> Path:
             parts += [""] + _rows_section({**rejected, "gates": verdict["gates"]})
     if etl:
         parts += [""] + _rows_section(etl)
+        parts += _warm_start_section(etl, _maybe(run.train_summary))
+    feedback = _maybe(run.feedback_stats)
+    if feedback:
+        parts += _feedback_section(feedback)
+        parts += _figure(run, "clicks_by_slot", "Clicks by slot", report_plots.clicks_by_slot(feedback))
     graph = _maybe(run.graph_stats)
     if graph:
         parts += _graph_section(graph)

@@ -83,3 +83,20 @@ def page_quality_bars(quality: dict[str, Any]) -> bytes | None:
     axis.set_title("Page quality: catalogue coverage and concentration")
     axis.legend()
     return _png(figure)
+
+
+def clicks_by_slot(feedback: dict[str, Any]) -> bytes | None:
+    """Click-through rate per slot (position bias), with the impressions per slot on a second axis."""
+    rows = [row for row in feedback.get("by_slot") or [] if row.get("ctr") is not None]
+    if not rows:
+        return None
+    figure, axis = plt.subplots(figsize=(6.4, 3.2))
+    slots = [row["slot"] for row in rows]
+    axis.bar(slots, [row["ctr"] for row in rows], color="#2a6f97")
+    axis.set_xlabel("slot (position in the row)")
+    axis.set_ylabel("click-through rate")
+    shown = axis.twinx()
+    shown.plot(slots, [row["impressions"] for row in rows], "o-", color="#888", linewidth=1)
+    shown.set_ylabel("impressions", color="#888")
+    axis.set_title("Clicks by slot (position bias)")
+    return _png(figure)

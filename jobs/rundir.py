@@ -80,6 +80,9 @@ class RunDir:
     homepage = property(lambda self: self.root / "homepage")
     homepage_jsonl = property(lambda self: self.root / "homepage.jsonl")
     homepage_stats = property(lambda self: self.root / "homepage_stats.json")
+    impressions = property(lambda self: self.root / "impressions")  # what the homepage showed: user, item, slot, run id
+    run_id = property(lambda self: self.root / "run_id.txt")  # this run directory's id, written once (impressions)
+    feedback_stats = property(lambda self: self.root / "feedback" / "stats.json")  # clicks on the previous run's pages
     lock = property(lambda self: self.root / ".homerank.lock")  # held by the job writing here (jobs.lock)
 
     def preview(self, user: object) -> Path:
@@ -123,6 +126,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def ensure_run_id(run: RunDir) -> str:
+    """This run directory's id (``run_id.txt``): written once, the first time it is asked for, as the UTC time and 8
+    random hex digits ("20261126T101500Z-3f9a2c1d"), and the same ever after, so the impressions of every homepage
+    built here name the run that served them."""
+    if run.run_id.is_file():
+        text = run.run_id.read_text().strip()
+        if text:
+            return text
+    import secrets
+    from datetime import UTC, datetime
+
+    text = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    write_text(run.run_id, text + "\n")
+    return text
 
 
 def write_text(path: Path, text: str) -> None:

@@ -7,11 +7,13 @@ merchandising, rule check and page quality) is ``homerank.homepage``, see ``home
 A log without timestamps or event types (the lightgcn format) gets no homepage.
 
 Writes ``homepage/`` (Parquet: user_id, section, section_title, slot, item_id, score, reason, explanation, with
-a ``_SUCCESS.json`` manifest), ``homepage.jsonl`` (one object per user, rows in order) and
-``homepage_stats.json`` (page-rule check and page-quality metrics next to a plain top-K baseline). Users come in
-blocks of ``homepage.block_users``: each block is written as soon as it is built, as its own ``part-NNNNN.parquet``
-in a staging folder and appended to a temporary ``homepage.jsonl``; the dataset (manifest last) and the JSON Lines
-file replace the previous ones only after the last block, so a failure leaves the previous homepage as it was.
+a ``_SUCCESS.json`` manifest), ``homepage.jsonl`` (one object per user, rows in order), ``impressions/`` (one row
+per slot shown: user_id, item_id, section, row, slot, run_id, served_at; the run id from ``run_id.txt``, written
+once per run directory) and ``homepage_stats.json`` (page-rule check and page-quality metrics next to a plain
+top-K baseline). Users come in blocks of ``homepage.block_users``: each block is written as soon as it is built,
+as its own ``part-NNNNN.parquet`` in a staging folder (its impressions likewise) and appended to a temporary
+``homepage.jsonl``; the datasets (manifest last) and the JSON Lines file replace the previous ones only after the
+last block, so a failure leaves the previous homepage as it was.
 The shopper profiles (``etl/profiles/``) are read when ``profiles.enabled`` and the ETL published them (manifest
 present); without them the homepage is built as before, explanations from the evidence that remains.
 The ETL's ``etl/searches/`` (logs with a ``query`` column) and ``etl/last_session/`` are read when a
@@ -42,7 +44,7 @@ from homerank.homepage.build import build_pages
 from homerank.homepage.export import jsonl_text
 from homerank.jobs.artifacts import load_embeddings, load_scorer, read_embedding_table, require
 from homerank.jobs.config import JobConfig
-from homerank.jobs.rundir import RunDir, atomic_path, publish_parquet_parts, read_json, write_json
+from homerank.jobs.rundir import RunDir, atomic_path, ensure_run_id, publish_parquet_parts, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +77,23 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     searches = _read_dataset(run.searches, SEARCH_COLUMNS) if "related_to_searches" in kinds else None
     sessions = _read_dataset(run.last_session, None) if "continue_shopping" in kinds else None
     staging = run.homepage.with_name(".homepage.parts")  # the blocks' parts, published as one dataset at the end
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    impressions = run.impressions.with_name(".impressions.parts")
+    for folder in (staging, impressions):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
     try:
         with atomic_path(run.homepage_jsonl) as jsonl_tmp, open(jsonl_tmp, "w") as jsonl:
-            parts = _PartWriter(staging, jsonl)
+            parts = _PartWriter(staging, jsonl, impressions, ensure_run_id(run), ref_time)
             homepage = build_pages(cand_items.numpy(), cand_scores.numpy(), item_emb, user_emb, interactions, edges,
                                    user_index, item_index, catalogue, ref_time, settings, rankings,
                                    on_block=parts.write, profiles=profiles, cold_items=cold_items,
                                    searches=searches, sessions=sessions)
             jsonl.close()
             publish_parquet_parts(staging, run.homepage, homepage.page)
+            publish_parquet_parts(impressions, run.impressions, parts.impressions_of(homepage.page))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(impressions, ignore_errors=True)
     write_json(run.homepage_stats, homepage.stats)
     stats = homepage.stats
     log.info("homepage: %d users, %d slots, sections %s", stats["users"], stats["rows"], stats["sections"])
@@ -138,16 +144,41 @@ def _read_cold_items(run: RunDir) -> tuple[pd.Series, np.ndarray] | None:
     return ids, vectors
 
 
-class _PartWriter:
-    """Writes each block's page rows as ``part-NNNNN.parquet`` into ``staging`` and appends its users' JSON lines
-    (see homerank.homepage.export) to ``jsonl``, as the blocks come."""
+IMPRESSION_COLUMNS = (schema.USER, schema.ITEM, "section", "row", "slot", "run_id", "served_at")
 
-    def __init__(self, staging: Path, jsonl: TextIO) -> None:
+
+def impressions_of(page: pd.DataFrame, run_id: str, served_at: pd.Timestamp) -> pd.DataFrame:
+    """One impression per slot of ``page`` (rows grouped by user, each section's slots together, sections in page
+    order): user_id, item_id, section, row (the section's position on the user's page, 1-based), slot, run_id and
+    served_at (the run's reference time, datetime64[ns])."""
+    users, sections = page[schema.USER], page["section"]
+    new_row = (users != users.shift()) | (sections != sections.shift())
+    return pd.DataFrame({
+        schema.USER: users.to_numpy(), schema.ITEM: page[schema.ITEM].to_numpy(),
+        "section": sections.astype("string").to_numpy(),
+        "row": new_row.astype("int64").groupby(users.to_numpy(), sort=False).cumsum().to_numpy(),
+        "slot": page["slot"].astype("int64").to_numpy(),
+        "run_id": pd.array([run_id] * len(page), dtype="string"),
+        "served_at": np.full(len(page), served_at.to_datetime64(), dtype="datetime64[ns]"),
+    })
+
+
+class _PartWriter:
+    """Writes each block's page rows as ``part-NNNNN.parquet`` into ``staging``, appends its users' JSON lines
+    (see homerank.homepage.export) to ``jsonl`` and writes its impressions (`impressions_of`) as
+    ``part-NNNNN.parquet`` into ``impressions``, as the blocks come."""
+
+    def __init__(self, staging: Path, jsonl: TextIO, impressions: Path, run_id: str, served_at: pd.Timestamp) -> None:
         self.staging, self.jsonl, self.parts = staging, jsonl, 0
+        self.impressions, self.run_id, self.served_at = impressions, run_id, pd.Timestamp(served_at)
+
+    def impressions_of(self, page: pd.DataFrame) -> pd.DataFrame:
+        return impressions_of(page, self.run_id, self.served_at)
 
     def write(self, page: pd.DataFrame) -> None:
         if page.empty:
             return
         page.to_parquet(self.staging / f"part-{self.parts:05d}.parquet", index=False)
+        self.impressions_of(page).to_parquet(self.impressions / f"part-{self.parts:05d}.parquet", index=False)
         self.parts += 1
         self.jsonl.write(jsonl_text(page))

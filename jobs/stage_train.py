@@ -26,6 +26,7 @@ from homerank.engine.split import SPLIT
 from homerank.gnn.linear_filter import LinearFilter
 from homerank.gnn.memory import check_training_memory
 from homerank.gnn.metrics import CSRIndex, evaluate_blends
+from homerank.gnn.model import PreviousModel
 from homerank.gnn.scorer import Scorer, embedding_scorer, popularity_prior
 from homerank.gnn.train import EvaluationHook, TrainData, TrainResult, check_finite, train_lightgcn
 from homerank.jobs.artifacts import (
@@ -51,6 +52,7 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     data = training_data(graph, edges)
+    config, warm_start = _warm_start(run, config, data)
     content = config.train.content
     inputs = content_inputs(run, content, backend.torch_device) if content.enabled else None
     if inputs is not None:
@@ -89,7 +91,8 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
         model = result.model
         if config.train.retrain_with_valid:
             refit = _retrain_lightgcn(run, config, known, graph.num_users, graph.num_items, known_graph.adjacency(),
-                                    result.best_epoch, backend, show_progress, resume, data.item_features)
+                                    result.best_epoch, backend, show_progress, resume, data.item_features,
+                                    data.warm_start)
             model = refit.model
         user_emb, item_emb = model.embeddings(known_graph.adjacency(device), cosine=cosine)
         log.info("final embeddings: propagated over %d train + validation edges", len(known))
@@ -139,10 +142,32 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
         "refit": None if refit is None else {"epochs": refit.epochs, "pairs": len(known),
                                              "train_seconds": round(refit_seconds, 3)},
         "content": content_summary,
+        "warm_start": warm_start,
         "history": result.history,
     }
     write_json(run.train_summary, summary)
     return summary
+
+
+def _warm_start(run: RunDir, config: JobConfig, data: TrainData) -> tuple[JobConfig, dict[str, Any] | None]:
+    """With ``warm_start.previous_run``: ``data.warm_start`` set to the previous run's layer-0 rows
+    (`homerank.jobs.warm_start.previous_model`) and ``train.epochs`` to ``warm_start.epochs``; returns the config to
+    train with and what ``train/summary.json`` records of it (None for a cold run)."""
+    from homerank.jobs.warm_start import previous_checkpoint, previous_model, previous_run
+
+    previous = previous_run(config, run)
+    if previous is None:
+        return config, None
+    user_index = pd.read_parquet(require(run.user_index, "etl")).sort_values(schema.USER_INDEX, kind="stable")
+    item_index = pd.read_parquet(require(run.item_index, "etl")).sort_values(schema.ITEM_INDEX, kind="stable")
+    data.warm_start = previous_model(previous, user_index, item_index, config.train.embedding_dim)
+    epochs = config.warm_start.epochs or config.train.epochs
+    config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
+    return config, {"previous_run": str(previous.root), "checkpoint": str(previous_checkpoint(previous)),
+                    "users_from_previous": int(data.warm_start.users.shape[0]),
+                    "items_from_previous": int(data.warm_start.items.shape[0]),
+                    "new_users": data.num_users - int(data.warm_start.users.shape[0]),
+                    "new_items": data.num_items - int(data.warm_start.items.shape[0]), "max_epochs": epochs}
 
 
 def _fit_linear_filter(config: JobConfig, data: TrainData, backend: Backend, user_emb: torch.Tensor,
@@ -219,9 +244,11 @@ def write_cold_items(path: Path, ids: pd.Series, vectors: np.ndarray, note: dict
 
 def _retrain_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_users: int, num_items: int,
                     adjacency: torch.Tensor, epochs: int, backend: Backend, show_progress: bool,
-                    resume: bool, item_features: torch.Tensor | None = None) -> TrainResult:
+                    resume: bool, item_features: torch.Tensor | None = None,
+                    warm_start: PreviousModel | None = None) -> TrainResult:
     """Train a fresh LightGCN on all known pairs (train + validation) for ``epochs`` epochs, with the same
-    seed and learning-rate schedule as the validated run, and no validation (it is in the training data)."""
+    seed and learning-rate schedule as the validated run, and no validation (it is in the training data); from the
+    same warm start as that run, if it had one."""
     data = TrainData(
         num_users=num_users,
         num_items=num_items,
@@ -229,6 +256,7 @@ def _retrain_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_u
         train_items=torch.from_numpy(known[schema.ITEM_INDEX].to_numpy().copy()),
         adjacency=adjacency,
         item_features=item_features,
+        warm_start=warm_start,
     )
     log.info("retrain_with_valid: a fresh model on %d train + validation pairs for %d epochs", len(known), epochs)
     folder = run.retrain_checkpoints
