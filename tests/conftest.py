@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -72,6 +73,32 @@ def tiny_config(tmp_path) -> Path:
     return path
 
 
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under ``root``: what a shared, read-only run directory must keep."""
+    return {str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_log, tmp_path_factory) -> Iterator[Path]:
+    """``homerank run`` with TINY_CONFIG on the tiny log, once per session: every stage done, nothing resumed.
+
+    Shared and read-only: a test that reruns a stage or changes a file works on a ``shutil.copytree`` of it (the
+    copy keeps the files' mtimes, so ``run --resume`` on the copy finds every stage up to date). The teardown
+    checks that no test wrote into it."""
+    from homerank.jobs.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    config = root / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    run = root / "run"
+    assert main(["run", "--input", str(tiny_log / "events"), "--out", str(run), "--config", str(config),
+                 "--quiet"]) == 0
+    before = tree_state(run)
+    yield run
+    assert tree_state(run) == before, "a test wrote into the shared tiny_run directory: copy it first"
+
+
 HOMEPAGE_CONFIG = """
 seed: 3
 device: cpu
@@ -87,6 +114,8 @@ homepage:
 
 @pytest.fixture(scope="session")
 def homepage_run(tiny_log, tmp_path_factory):
+    """``homerank run`` with HOMEPAGE_CONFIG and the catalogue, once per session: (run, log). Read-only, as
+    tiny_run: a test that changes it works on a copy."""
     from homerank.jobs.cli import main
 
     run = tmp_path_factory.mktemp("homepage_run")
@@ -95,6 +124,8 @@ def homepage_run(tiny_log, tmp_path_factory):
     config.write_text(HOMEPAGE_CONFIG.replace("seed: 3", f"seed: 3\ningest: {{catalogue: {catalogue}}}"))
     assert main(["run", "--input", str(tiny_log / "events"), "--out", str(run / "run"), "--config", str(config),
                  "--quiet"]) == 0
-    return run / "run", tiny_log
+    before = tree_state(run / "run")
+    yield run / "run", tiny_log
+    assert tree_state(run / "run") == before, "a test wrote into the shared homepage_run directory: copy it first"
 
 

@@ -23,21 +23,33 @@ rank: {k: 10}
 """
 
 
-@pytest.mark.slow
-def test_sigkill_during_training_then_resume(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One generated log and its ETL and graph (``prepared``), then train, evaluate and rank on a copy of them
+    without interruption (``done``): where both kill-and-resume tests below must end. Read-only: they copy it."""
     from homerank.engine.synthetic import SyntheticSpec, generate
 
-    generate(tmp_path / "log", SyntheticSpec(users=1500, items=600, events=80_000, users_per_partition=500, seed=3))
-    config = tmp_path / "c.yaml"
+    root = tmp_path_factory.mktemp("uninterrupted")
+    # big enough that the 12 epochs outlast the kill (about a second after the checkpoint appears on a quiet
+    # machine), small enough that the ETL and each training take a few seconds
+    generate(root / "log", SyntheticSpec(users=800, items=400, events=40_000, users_per_partition=400, seed=3))
+    config = root / "c.yaml"
     config.write_text(CONFIG)
-    first = tmp_path / "uninterrupted"
-    for stage in (["etl", "--input", str(tmp_path / "log" / "events")], ["graph"]):
-        assert main([*stage, "--out", str(first), "--config", str(config), "--quiet"]) == 0
-    second = tmp_path / "killed"
-    shutil.copytree(first, second)
-
+    prepared = root / "prepared"
+    for stage in (["etl", "--input", str(root / "log" / "events")], ["graph"]):
+        assert main([*stage, "--out", str(prepared), "--config", str(config), "--quiet"]) == 0
+    done = root / "done"
+    shutil.copytree(prepared, done)
     for command in ("train", "evaluate", "rank"):
-        assert main([command, "--out", str(first), "--quiet"]) == 0
+        assert main([command, "--out", str(done), "--quiet"]) == 0
+    return {"events": root / "log" / "events", "config": config, "prepared": prepared, "done": done}
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume(uninterrupted, tmp_path):
+    first = uninterrupted["done"]
+    second = tmp_path / "killed"
+    shutil.copytree(uninterrupted["prepared"], second)
 
     process = subprocess.Popen([sys.executable, "-m", "homerank.jobs.cli", "train", "--out", str(second), "--quiet"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -61,16 +73,19 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert "resuming from" in log
 
 
-def test_run_resume_skips_completed_stages_and_reruns_after_a_change(tiny_log, tiny_config, tmp_path):
+def test_run_resume_skips_completed_stages_and_reruns_after_a_change(tiny_log, tiny_config, tiny_run, tmp_path):
+    # tiny_run (conftest) is this `run` with tiny_config, done once per session; the test changes a copy of it
     run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
     args = ["run", "--input", str(tiny_log / "events"), "--out", str(run), "--config", str(tiny_config), "--quiet"]
-    assert main(args) == 0
     stages = json.loads((run / "logs" / "stages.json").read_text())
     assert all(entry["status"] == "done" for entry in stages.values()) and len(stages) == 6
     metrics = (run / "metrics.json").read_text()
     marker = (run / "rankings" / "_SUCCESS.json").stat().st_mtime_ns
+    log_start = len((run / "logs" / "homerank.log").read_text())
     assert main([*args, "--resume"]) == 0
-    assert "up to date" in (run / "logs" / "homerank.log").read_text()
+    resumed = (run / "logs" / "homerank.log").read_text()[log_start:]
+    assert all(f"stage {stage}: up to date" in resumed for stage in stages) and ": start" not in resumed
     assert (run / "rankings" / "_SUCCESS.json").stat().st_mtime_ns == marker  # nothing rewritten
     assert (run / "metrics.json").read_text() == metrics
     # a changed training setting reruns train and everything after it, not the ETL
@@ -83,14 +98,10 @@ def test_run_resume_skips_completed_stages_and_reruns_after_a_change(tiny_log, t
 
 
 @pytest.mark.slow
-def test_sigkill_during_run_then_run_resume(tmp_path):
-    from homerank.engine.synthetic import SyntheticSpec, generate
-
-    generate(tmp_path / "log", SyntheticSpec(users=1500, items=600, events=80_000, users_per_partition=500, seed=4))
-    config = tmp_path / "c.yaml"
-    config.write_text(CONFIG)
-    args = ["run", "--input", str(tmp_path / "log" / "events"), "--config", str(config), "--quiet"]
-    assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+def test_sigkill_during_run_then_run_resume(uninterrupted, tmp_path):
+    """`run` killed in training, then `run --resume`: the ETL and graph are kept and training goes on from the last
+    checkpoint; metrics and rankings are those of the uninterrupted stages."""
+    args = ["run", "--input", str(uninterrupted["events"]), "--config", str(uninterrupted["config"]), "--quiet"]
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "homerank.jobs.cli", *args, "--out", str(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -104,7 +115,7 @@ def test_sigkill_during_run_then_run_resume(tmp_path):
     assert main([*args, "--out", str(killed), "--resume"]) == 0
     log = (killed / "logs" / "homerank.log").read_text()
     assert "stage etl: up to date" in log and "stage graph: up to date" in log and "resuming from" in log
-    clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    clean = json.loads((uninterrupted["done"] / "metrics.json").read_text())
     assert json.loads((killed / "metrics.json").read_text())["test"] == clean["test"]
-    expected = pd.read_parquet(tmp_path / "clean" / "rankings")
+    expected = pd.read_parquet(uninterrupted["done"] / "rankings")
     pd.testing.assert_frame_equal(pd.read_parquet(killed / "rankings"), expected)
