@@ -3,6 +3,8 @@ PageBuilder, a build in blocks of 3 users equals one block, and the stage publis
 (a block that fails leaves the previous homepage as it was)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -100,10 +102,11 @@ def test_blocks_of_three_users_equal_one_block(settings):
 
 
 @pytest.mark.slow
-def test_the_stage_publishes_parts_and_the_manifest_last(homepage_run, monkeypatch):
+def test_the_stage_publishes_parts_and_the_manifest_last(homepage_run, tmp_path, monkeypatch):
     from homerank.jobs.cli import main
 
-    run, _ = homepage_run
+    # the homepage is rebuilt (and --set written to config.yaml): on a copy, the shared run stays as it was
+    run = Path(shutil.copytree(homepage_run[0], tmp_path / "run"))
     before = {name: (run / name).read_bytes() for name in ("homepage.jsonl", "homepage_stats.json")}
     manifest = json.loads((run / "homepage" / "_SUCCESS.json").read_text())
     page = pd.read_parquet(run / "homepage")
