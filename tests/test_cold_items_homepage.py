@@ -3,6 +3,8 @@
 on frames, then end to end on a tiny generated log with ``train.content`` on (the file there, then removed)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -137,17 +139,29 @@ homepage:
 """
 
 
-@pytest.mark.slow
-def test_a_content_run_serves_cold_items_their_content_vectors_and_works_without_the_file(tmp_path):
+@pytest.fixture(scope="module")
+def content_run(tmp_path_factory):
+    """``homerank run`` with train.content on a tiny generated log, once for this module: (run, log, config).
+    Read-only: the tests below change copies of it."""
     from homerank.engine.synthetic import SyntheticSpec, generate
     from homerank.jobs.cli import main
 
-    log = tmp_path / "log"
+    root = tmp_path_factory.mktemp("content_run")
+    log = root / "log"
     generate(log, SyntheticSpec(users=150, items=100, events=4_000, users_per_partition=150, seed=5))
-    config = tmp_path / "c.yaml"
+    config = root / "c.yaml"
     config.write_text(CONTENT_CONFIG + f"ingest: {{catalogue: {log / 'items.parquet'}}}\n")
-    run = tmp_path / "run"
+    run = root / "run"
     assert main(["run", "--input", str(log / "events"), "--out", str(run), "--config", str(config), "--quiet"]) == 0
+    return run, log, config
+
+
+@pytest.mark.slow
+def test_a_content_run_serves_cold_items_their_content_vectors_and_works_without_the_file(content_run, tmp_path):
+    from homerank.jobs.cli import main
+
+    source, log, _ = content_run
+    run = Path(shutil.copytree(source, tmp_path / "run"))  # the file is removed below: a copy of the shared run
     cold_file = run / "train" / "cold_items.parquet"
     cold_ids, cold_vectors = read_embedding_table(cold_file, "item_id")
     stats = json.loads((run / "homepage_stats.json").read_text())
@@ -190,23 +204,19 @@ def test_train_declares_cold_items_as_an_output_only_with_content_features():
 
 
 @pytest.mark.slow
-def test_resume_retrains_when_cold_items_is_missing(tmp_path):
+def test_resume_retrains_when_cold_items_is_missing(content_run, tmp_path):
     """``run --resume`` with ``train.content``: train/cold_items.parquet gone means train (and what follows) reruns,
     the stages before it do not."""
-    from homerank.engine.synthetic import SyntheticSpec, generate
     from homerank.jobs.cli import main
 
-    log = tmp_path / "log"
-    generate(log, SyntheticSpec(users=150, items=100, events=4_000, users_per_partition=150, seed=5))
-    config = tmp_path / "c.yaml"
-    config.write_text(CONTENT_CONFIG + f"ingest: {{catalogue: {log / 'items.parquet'}}}\n")
-    run = tmp_path / "run"
+    source, log, config = content_run
+    run = Path(shutil.copytree(source, tmp_path / "run"))  # the finished run, as `run` left it
     args = ["run", "--input", str(log / "events"), "--out", str(run), "--config", str(config), "--quiet"]
-    assert main(args) == 0
     cold_file = run / "train" / "cold_items.parquet"
     cold_file.unlink()
+    start = len((run / "logs" / "homerank.log").read_text())
     assert main([*args, "--resume"]) == 0
-    text = (run / "logs" / "homerank.log").read_text()
+    text = (run / "logs" / "homerank.log").read_text()[start:]  # what the resumed run logged
     assert "stage etl: up to date" in text and "stage graph: up to date" in text
     assert "stage train: rerun, train/cold_items.parquet: missing" in text
     assert cold_file.exists()
