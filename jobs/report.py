@@ -6,14 +6,15 @@ only from the run directory's artifacts, so it can be regenerated at any time.""
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import markdown
 
-from homerank.jobs import report_plots
 from homerank.jobs.rundir import RunDir, atomic_path, read_json, write_text
 
 HTML_STYLE = """
@@ -300,14 +301,26 @@ def _feedback_section(feedback: dict[str, Any]) -> list[str]:
     ]
 
 
-def _figure(run: RunDir, name: str, title: str, png: bytes | None) -> list[str]:
-    """Save a figure as report/NAME.png and return the Markdown that shows it (nothing if there is no data)."""
+def _figure(run: RunDir, name: str, title: str, plot: str, data: Any) -> list[str]:
+    """Save ``report_plots.<plot>(data)`` as report/NAME.png and return the Markdown that shows it (nothing if
+    there is no data). The report is rewritten after every stage: a figure whose data is unchanged since it was
+    drawn (a digest of the data beside it, report/NAME.png.sha256) is not drawn again, and matplotlib is imported
+    only when a figure is drawn."""
+    folder = run.report_figures
+    target, digest_file = folder / f"{name}.png", folder / f"{name}.png.sha256"
+    digest = hashlib.sha256(json.dumps([plot, data], sort_keys=True, default=str).encode()).hexdigest()
+    if target.is_file() and digest_file.is_file() and digest_file.read_text().strip() == digest:
+        return ["", f"![{title}](report/{name}.png)"]
+    from homerank.jobs import report_plots
+
+    png = getattr(report_plots, plot)(data)
     if png is None:
         return []
-    folder = run.report_figures
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / f"{name}.png") as tmp:
+    with atomic_path(target) as tmp:
         tmp.write_bytes(png)
+    with atomic_path(digest_file) as tmp:
+        tmp.write_text(digest + "\n")
     return ["", f"![{title}](report/{name}.png)"]
 
 
@@ -355,15 +368,15 @@ def write_report(run: RunDir) -> Path:
     feedback = _maybe(run.feedback_stats)
     if feedback:
         parts += _feedback_section(feedback)
-        parts += _figure(run, "clicks_by_slot", "Clicks by slot", report_plots.clicks_by_slot(feedback))
+        parts += _figure(run, "clicks_by_slot", "Clicks by slot", "clicks_by_slot", feedback)
     graph = _maybe(run.graph_stats)
     if graph:
         parts += _graph_section(graph)
-        parts += _figure(run, "degree_distributions", "Degree distributions", report_plots.degree_distributions(graph))
+        parts += _figure(run, "degree_distributions", "Degree distributions", "degree_distributions", graph)
     train = _maybe(run.train_summary)
     if train:
         parts += _train_section(train)
-        parts += _figure(run, "training_curve", "Training curve", report_plots.training_curve(train))
+        parts += _figure(run, "training_curve", "Training curve", "training_curve", train)
     if metrics:
         parts += _metrics_section(metrics)
     rank = _maybe(run.rank_stats)
@@ -380,7 +393,7 @@ def write_report(run: RunDir) -> Path:
     homepage = _maybe(run.homepage_stats)
     if homepage and "quality" in homepage:
         parts += _homepage_section(homepage)
-        parts += _figure(run, "page_quality", "Page quality", report_plots.page_quality_bars(homepage["quality"]))
+        parts += _figure(run, "page_quality", "Page quality", "page_quality_bars", homepage["quality"])
     text = "\n".join(parts) + "\n"
     write_text(run.report, text)
     write_text(run.report_html, _html(run, text))
