@@ -8,6 +8,8 @@
     python -m bench graph --events 1e6 --workers 2 [--json FILE] [--repeat R] [--data DIR] [--networkx-budget S]
     python -m bench cold-start [--events 1e6] [--holdout 0.1] [--epochs E] [--features text,category,price]
                                [--id-dropout P] [--json FILE]
+    python -m bench warm-start [--events 1e6] [--seed S] [--repeat R] [--data DIR] [--json FILE] [--set K=V ...]
+                               [--reuse]
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from bench.pipeline_bench import DEFAULT_OUT as PIPELINE_OUT
 from bench.pipeline_bench import result_name as pipeline_name
 from bench.pipeline_bench import write_point as write_pipeline_point
 from bench.training_bench import DEFAULT_VARIANTS, parse_variant, run_training_bench
+from bench.warm_start_bench import DEFAULT_DATA as WARM_START_DATA
+from bench.warm_start_bench import DEFAULT_JSON as WARM_START_JSON
+from bench.warm_start_bench import run_warm_start_bench
 
 
 def _variant(text: str) -> tuple[str, dict]:
@@ -220,7 +225,33 @@ def main(argv: list[str] | None = None) -> int:
                       help=f"generated log, warm log and run directory (default {COLD_START_DATA})")
     cold.add_argument("--json", type=Path, default=COLD_START_JSON, metavar="FILE",
                       help=f"result file (default {COLD_START_JSON}); a .md table is written next to it")
+    warm = commands.add_parser("warm-start", help="the feedback loop: a warm-started incremental run against a cold "
+                               "retrain on the same log + simulated feedback (seconds, test Recall/NDCG@20)",
+                               description="bench/warm_start_bench.py (protocol in its docstring and bench/README.md)")
+    warm.add_argument("--events", type=_count, default=1_000_000, help="generated log size (default 1e6, the demo)")
+    warm.add_argument("--users", type=_count, default=None, help="generated users (default events / 50)")
+    warm.add_argument("--items", type=_count, default=None, help="catalogue items (default events / 100)")
+    warm.add_argument("--seed", type=int, default=42, help="seed of the simulated shoppers (default 42)")
+    warm.add_argument("--repeat", type=int, default=1, help="cold and warm runs, alternating; medians (default 1)")
+    warm.add_argument("--set", action="append", dest="settings", default=[], metavar="SECTION.KEY=VALUE",
+                      help="config override of every run (repeatable), e.g. warm_start.epochs=5")
+    warm.add_argument("--reuse", action="store_true", help="read back the runs this bench finished before "
+                      "(DIR/cold-N, DIR/warm-N with bench_run.json) instead of running them again")
+    warm.add_argument("--data", type=Path, default=WARM_START_DATA, metavar="DIR",
+                      help=f"log, served run, feedback and the runs (default {WARM_START_DATA})")
+    warm.add_argument("--json", type=Path, default=WARM_START_JSON, metavar="FILE",
+                      help=f"result file (default {WARM_START_JSON}); a .md table is written next to it")
     args = parser.parse_args(argv)
+    if args.command == "warm-start":
+        if args.repeat < 1:
+            parser.error("--repeat must be >= 1")
+        result = run_warm_start_bench(args.json, events=args.events, users=args.users, items=args.items,
+                                      seed=args.seed, repeat=args.repeat, data=args.data, settings=args.settings,
+                                      reuse=args.reuse)
+        say(f"warm-start: training {result['cold']['train_seconds']:.0f} s cold, {result['warm']['train_seconds']:.0f} "
+            f"s warm ({result['savings']['train_seconds']:.0%} saved); test recall@20 cold "
+            f"{result['cold']['test_recall@20']:.4f}, warm {result['warm']['test_recall@20']:.4f} -> {args.json}")
+        return 0
     if args.command == "cold-start":
         if not 0 < args.holdout < 1 or args.epochs < 1:
             parser.error("--holdout must be in (0, 1) and --epochs >= 1")

@@ -10,20 +10,18 @@ without a match (another run id, an item not shown to that user) are counted and
     CTR(group) = click(group) / impressions(group)
 
 over the impressions of a section, a slot (position within a row, 1-based; the position bias), or a row (the
-section's position on the page). `summarise` states every figure; `outcomes` works on pandas partitions and on the
-client alike, so the ETL runs it per partition on the workers (`feedback_stats`) and the tests on small frames.
+section's position on the page). `summarise` states every figure. `click_through` computes them in memory (the
+reference, for small frames); `feedback_stats`, which the ETL of a warm-started run calls, computes the same on the
+dask cluster: per-key event counts (`event_flags`) merged to the impressions part by part, then per-group sums.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pandas as pd
 
 from homerank.engine import schema
-
-log = logging.getLogger(__name__)
 
 RUN_ID = "run_id"
 KEYS = [schema.USER, schema.ITEM, RUN_ID]

@@ -48,7 +48,9 @@ def run(events: EventsInput, *, out: str | os.PathLike[str], config: str | os.Pa
 
     Args:
         events: the behaviour log: a path (Parquet/CSV file, folder or glob; a lightgcn folder with
-            ``config="preset:recipe"`` or ``ingest.format="lightgcn"``), or a frame (pandas, dask or, on the GPU
+            ``config="preset:recipe"`` or ``ingest.format="lightgcn"``), a list of such paths read as one log (the
+            last log and the feedback on its homepage, with ``**{"warm_start.previous_run": "runs/demo"}``), or a
+            frame (pandas, dask or, on the GPU
             backend, cuDF) with columns user_id, item_id, event_type, timestamp [, session_id, value]. A frame is
             written to ``out/input/events/`` as Parquet first, so the run can be resumed and audited.
         out: the run directory (created if missing).
@@ -92,10 +94,13 @@ def _resolve_config(config: Any) -> JobConfig:
     return load_config(config)
 
 
-def _events_path(events: EventsInput, run_dir: RunDir) -> str:
-    """A path for the ETL: given as is, or the frame written to ``RUN/input/events/`` (atomically)."""
+def _events_path(events: EventsInput, run_dir: RunDir) -> str | list[str]:
+    """A path for the ETL: given as is (a list of paths: read as one log), or the frame written to
+    ``RUN/input/events/`` (atomically)."""
     if isinstance(events, (str, os.PathLike)):
         return str(events)
+    if isinstance(events, (list, tuple)) and events and all(isinstance(e, (str, os.PathLike)) for e in events):
+        return [str(e) for e in events] if len(events) > 1 else str(events[0])
     from homerank.jobs.rundir import atomic_path
 
     target = run_dir.input_dir / "events"

@@ -111,8 +111,8 @@ class WarmStartConfig(StrictModel):
         "checkpoints/best.pt); null = a cold run"
     )
     epochs: int | None = Field(
-        10, ge=1, description="maximum epochs of a warm-started training (early stopping may end sooner); null = "
-        "train.epochs"
+        10, ge=1, description="maximum epochs of a warm-started training, at most train.epochs (early stopping may "
+        "end sooner); null = train.epochs"
     )
 
 

@@ -151,7 +151,8 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
 
 def _warm_start(run: RunDir, config: JobConfig, data: TrainData) -> tuple[JobConfig, dict[str, Any] | None]:
     """With ``warm_start.previous_run``: ``data.warm_start`` set to the previous run's layer-0 rows
-    (`homerank.jobs.warm_start.previous_model`) and ``train.epochs`` to ``warm_start.epochs``; returns the config to
+    (`homerank.jobs.warm_start.previous_model`) and ``train.epochs`` to ``warm_start.epochs`` when that is fewer;
+    returns the config to
     train with and what ``train/summary.json`` records of it (None for a cold run)."""
     from homerank.jobs.warm_start import previous_checkpoint, previous_model, previous_run
 
@@ -161,7 +162,7 @@ def _warm_start(run: RunDir, config: JobConfig, data: TrainData) -> tuple[JobCon
     user_index = pd.read_parquet(require(run.user_index, "etl")).sort_values(schema.USER_INDEX, kind="stable")
     item_index = pd.read_parquet(require(run.item_index, "etl")).sort_values(schema.ITEM_INDEX, kind="stable")
     data.warm_start = previous_model(previous, user_index, item_index, config.train.embedding_dim)
-    epochs = config.warm_start.epochs or config.train.epochs
+    epochs = min(config.warm_start.epochs or config.train.epochs, config.train.epochs)
     config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
     return config, {"previous_run": str(previous.root), "checkpoint": str(previous_checkpoint(previous)),
                     "users_from_previous": int(data.warm_start.users.shape[0]),
