@@ -79,31 +79,11 @@ def tree_state(root: Path) -> dict[str, tuple[int, int]]:
             for path in sorted(root.rglob("*")) if path.is_file()}
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tiny_log, tmp_path_factory) -> Iterator[Path]:
-    """``homerank run`` with TINY_CONFIG on the tiny log, once per session: every stage done, nothing resumed.
-
-    Shared and read-only: a test that reruns a stage or changes a file works on a ``shutil.copytree`` of it (the
-    copy keeps the files' mtimes, so ``run --resume`` on the copy finds every stage up to date). The teardown
-    checks that no test wrote into it."""
-    from homerank.jobs.cli import main
-
-    root = tmp_path_factory.mktemp("tiny_run")
-    config = root / "tiny.yaml"
-    config.write_text(TINY_CONFIG)
-    run = root / "run"
-    assert main(["run", "--input", str(tiny_log / "events"), "--out", str(run), "--config", str(config),
-                 "--quiet"]) == 0
-    before = tree_state(run)
-    yield run
-    assert tree_state(run) == before, "a test wrote into the shared tiny_run directory: copy it first"
-
-
 HOMEPAGE_CONFIG = """
 seed: 3
 device: cpu
 interactions: {min_user_interactions: 3, min_item_interactions: 3}
-train: {embedding_dim: 16, num_layers: 2, epochs: 3, batch_size: 2048, lr: 0.01, threads: 2}
+train: {embedding_dim: 16, num_layers: 2, epochs: 3, batch_size: 2048, lr: 0.01, checkpoint_every: 2, threads: 2}
 rank: {k: 10}
 homepage:
   max_per_category: 2
@@ -112,20 +92,28 @@ homepage:
 """
 
 
+def homepage_config(path: Path, log: Path) -> Path:
+    """HOMEPAGE_CONFIG with ``log``'s catalogue, written to ``path``: the config homepage_run was made with."""
+    path.write_text(HOMEPAGE_CONFIG.replace("seed: 3", f"seed: 3\ningest: {{catalogue: {log / 'items.parquet'}}}"))
+    return path
+
+
 @pytest.fixture(scope="session")
-def homepage_run(tiny_log, tmp_path_factory):
-    """``homerank run`` with HOMEPAGE_CONFIG and the catalogue, once per session: (run, log). Read-only, as
-    tiny_run: a test that changes it works on a copy."""
+def homepage_run(tiny_log, tmp_path_factory) -> Iterator[tuple[Path, Path]]:
+    """``homerank run`` with homepage_config on the tiny log, once per session: (run, log), every stage done.
+
+    Shared and read-only: a test that reruns a stage or changes a file works on a ``shutil.copytree`` of it (the
+    copy keeps the files' mtimes, so ``run --resume`` on the copy finds every stage up to date). The teardown
+    checks that no test wrote into it."""
     from homerank.jobs.cli import main
 
-    run = tmp_path_factory.mktemp("homepage_run")
-    config = run / "c.yaml"
-    catalogue = tiny_log / "items.parquet"
-    config.write_text(HOMEPAGE_CONFIG.replace("seed: 3", f"seed: 3\ningest: {{catalogue: {catalogue}}}"))
-    assert main(["run", "--input", str(tiny_log / "events"), "--out", str(run / "run"), "--config", str(config),
+    root = tmp_path_factory.mktemp("homepage_run")
+    config = homepage_config(root / "c.yaml", tiny_log)
+    run = root / "run"
+    assert main(["run", "--input", str(tiny_log / "events"), "--out", str(run), "--config", str(config),
                  "--quiet"]) == 0
-    before = tree_state(run / "run")
-    yield run / "run", tiny_log
-    assert tree_state(run / "run") == before, "a test wrote into the shared homepage_run directory: copy it first"
+    before = tree_state(run)
+    yield run, tiny_log
+    assert tree_state(run) == before, "a test wrote into the shared homepage_run directory: copy it first"
 
 

@@ -65,9 +65,9 @@ def read_rankings(run):
 
 
 @pytest.mark.slow
-def test_end_to_end_run_on_tiny_log(tiny_run, tmp_path):
-    # tiny_run is `homerank run` on the tiny log (conftest); the stages are rerun below, so on a copy of it
-    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+def test_end_to_end_run_on_tiny_log(homepage_run, tmp_path):
+    # homepage_run is `homerank run` on the tiny log (conftest); the stages are rerun below, so on a copy of it
+    run = Path(shutil.copytree(homepage_run[0], tmp_path / "run"))
     for artifact in ("config.yaml", "metrics.json", "report.md", "user_index.parquet", "item_index.parquet",
                      "quarantine", "checkpoints/best.pt", "checkpoints/epoch_0002.pt", "logs/homerank.log",
                      "graph/graph.pt", "etl/edges/_SUCCESS.json"):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from homerank.jobs.cli import main
+from tests.conftest import homepage_config
 
 CONFIG = """
 seed: 5
@@ -73,11 +74,13 @@ def test_sigkill_during_training_then_resume(uninterrupted, tmp_path):
     assert "resuming from" in log
 
 
-def test_run_resume_skips_completed_stages_and_reruns_after_a_change(tiny_log, tiny_config, tiny_run, tmp_path):
-    # tiny_run (conftest) is this `run` with tiny_config, done once per session; the test changes a copy of it
+def test_run_resume_skips_completed_stages_and_reruns_after_a_change(homepage_run, tmp_path):
+    # homepage_run (conftest) is this `run` with this config, done once per session; the test changes a copy of it
+    source, log = homepage_run
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    args = ["run", "--input", str(tiny_log / "events"), "--out", str(run), "--config", str(tiny_config), "--quiet"]
+    shutil.copytree(source, run)
+    config = homepage_config(tmp_path / "c.yaml", log)
+    args = ["run", "--input", str(log / "events"), "--out", str(run), "--config", str(config), "--quiet"]
     stages = json.loads((run / "logs" / "stages.json").read_text())
     assert all(entry["status"] == "done" for entry in stages.values()) and len(stages) == 6
     metrics = (run / "metrics.json").read_text()
@@ -90,10 +93,10 @@ def test_run_resume_skips_completed_stages_and_reruns_after_a_change(tiny_log, t
     assert (run / "metrics.json").read_text() == metrics
     # a changed training setting reruns train and everything after it, not the ETL
     changed = tmp_path / "changed.yaml"
-    changed.write_text(tiny_config.read_text().replace("epochs: 4", "epochs: 3"))
+    changed.write_text(config.read_text().replace("epochs: 3", "epochs: 2"))
     etl_before = (run / "etl" / "stats.json").stat().st_mtime_ns
     assert main([*args[:-3], "--config", str(changed), "--quiet", "--resume"]) == 0
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
     assert (run / "etl" / "stats.json").stat().st_mtime_ns == etl_before  # upstream of the change: kept
 
 

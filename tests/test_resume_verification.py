@@ -17,15 +17,18 @@ from homerank.jobs.cli import main
 from homerank.jobs.config import parse_config
 from homerank.jobs.pipeline import STAGES, named_files, stage_fingerprints
 from homerank.jobs.rundir import MANIFEST, verify_dataset, write_parquet_dataset
-from tests.conftest import HOMEPAGE_CONFIG
+from tests.conftest import homepage_config
 
 HEADER = "rule,item_id,category,weight,section,slot,start,end\n"
 EXPIRED, ACTIVE = "2000-01-02", "2999-01-02"  # same length: the edit keeps the file's size
 
 
 @pytest.fixture(scope="module")
-def finished_run(tiny_log, tmp_path_factory):
-    """A complete run with a catalogue and a merchandising file holding one long-expired pin."""
+def finished_run(homepage_run, tmp_path_factory):
+    """A complete run with a catalogue and a merchandising file holding one long-expired pin: a copy of the
+    session's homepage_run (conftest: homepage_config), resumed with the file configured, which
+    reruns its homepage stage only."""
+    source, tiny_log = homepage_run
     root = tmp_path_factory.mktemp("resume_verification")
     catalogue = pd.read_parquet(tiny_log / "items.parquet")
     events = pd.read_parquet(tiny_log / "events")
@@ -33,20 +36,22 @@ def finished_run(tiny_log, tmp_path_factory):
     pinned = int(events.loc[events["item_id"].isin(stocked), "item_id"].value_counts().index[0])
     merch = root / "merch.csv"
     merch.write_text(f"{HEADER}pin,{pinned},,,for_you,1,2000-01-01,{EXPIRED}\n")
-    config = root / "c.yaml"
-    ingest = f"seed: 3\ningest: {{catalogue: {tiny_log / 'items.parquet'}}}"
-    homepage = f"homepage:\n  merchandising: {merch}\n"
-    config.write_text(HOMEPAGE_CONFIG.replace("seed: 3", ingest).replace("homepage:\n", homepage))
+    config = homepage_config(root / "c.yaml", tiny_log)
+    config.write_text(config.read_text().replace("homepage:\n", f"homepage:\n  merchandising: {merch}\n"))
     run = root / "run"
-    assert main(_run_args(tiny_log, run, config)) == 0
+    shutil.copytree(source, run)
+    log_file = run / "logs" / "homerank.log"
+    start = len(log_file.read_text())
+    assert main(_run_args(tiny_log, run, config, "--resume")) == 0
+    text = log_file.read_text()[start:]
+    assert _ran(text) == ["homepage"] and _skipped(text) == list(STAGES[:-1])  # the same config up to the homepage
     page = pd.read_parquet(run / "homepage")
     assert not page["reason"].str.startswith("pin:").any()  # the pin has expired: nothing pinned yet
     return run, config, merch, pinned, tiny_log
 
 
 def _run_args(log, run, config, *extra):
-    return ["run", "--input", str(log / "events"), "--out", str(run), "--config", str(config),
-            "--set", "train.epochs=2", "--quiet", *extra]
+    return ["run", "--input", str(log / "events"), "--out", str(run), "--config", str(config), "--quiet", *extra]
 
 
 def _resume(finished_run, tmp_path, damage=None):

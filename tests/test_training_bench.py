@@ -23,8 +23,8 @@ def test_time_to_reach_is_the_first_evaluation_at_or_past_the_target():
     assert time_to_reach(variant, 0.31) is None
 
 
-def test_two_variants_side_by_side_on_a_tiny_run(tiny_run, tmp_path):
-    run = tiny_run  # the session's run on the tiny log (conftest): the bench only reads its etl and graph outputs
+def test_two_variants_side_by_side_on_a_tiny_run(homepage_run, tmp_path):
+    run = homepage_run[0]  # the session's run on the tiny log (conftest): the bench only reads its etl and graph
     variants = {"small batches": {"batch_size": 512, "epochs": 3, "embedding_dim": 8},
                 "2 steps/epoch": {"steps_per_epoch": 2, "epochs": 3, "embedding_dim": 8}}
     result = run_training_bench(run, variants, 60.0, tmp_path / "out.json")
