@@ -270,7 +270,8 @@ def _warm_start_section(etl: dict[str, Any], train: dict[str, Any] | None) -> li
     if started:
         out += ["", f"Training started from `{_text(started['checkpoint'])}` (layer 0 of "
                 f"{_text(started['users_from_previous'])} users and {_text(started['items_from_previous'])} items; "
-                f"new rows random), at most {_text(started['max_epochs'])} epochs."]
+                f"new rows random), at most {_text(started['max_epochs'])} epochs"
+                + (f" at learning rate {_text(started['lr'])}." if "lr" in started else ".")]
     return out
 
 

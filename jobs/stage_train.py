@@ -151,8 +151,8 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
 
 def _warm_start(run: RunDir, config: JobConfig, data: TrainData) -> tuple[JobConfig, dict[str, Any] | None]:
     """With ``warm_start.previous_run``: ``data.warm_start`` set to the previous run's layer-0 rows
-    (`homerank.jobs.warm_start.previous_model`) and ``train.epochs`` to ``warm_start.epochs`` when that is fewer;
-    returns the config to
+    (`homerank.jobs.warm_start.previous_model`), ``train.epochs`` to ``warm_start.epochs`` when that is fewer and
+    ``train.lr`` times ``warm_start.lr_factor``; returns the config to
     train with and what ``train/summary.json`` records of it (None for a cold run)."""
     from homerank.jobs.warm_start import previous_checkpoint, previous_model, previous_run
 
@@ -163,12 +163,13 @@ def _warm_start(run: RunDir, config: JobConfig, data: TrainData) -> tuple[JobCon
     item_index = pd.read_parquet(require(run.item_index, "etl")).sort_values(schema.ITEM_INDEX, kind="stable")
     data.warm_start = previous_model(previous, user_index, item_index, config.train.embedding_dim)
     epochs = min(config.warm_start.epochs or config.train.epochs, config.train.epochs)
-    config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
+    lr = config.train.lr * config.warm_start.lr_factor  # fine-tuning a trained table: smaller steps
+    config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs, "lr": lr})})
     return config, {"previous_run": str(previous.root), "checkpoint": str(previous_checkpoint(previous)),
                     "users_from_previous": int(data.warm_start.users.shape[0]),
                     "items_from_previous": int(data.warm_start.items.shape[0]),
                     "new_users": data.num_users - int(data.warm_start.users.shape[0]),
-                    "new_items": data.num_items - int(data.warm_start.items.shape[0]), "max_epochs": epochs}
+                    "new_items": data.num_items - int(data.warm_start.items.shape[0]), "max_epochs": epochs, "lr": lr}
 
 
 def _fit_linear_filter(config: JobConfig, data: TrainData, backend: Backend, user_emb: torch.Tensor,

@@ -237,6 +237,7 @@ def test_the_feedback_loop_end_to_end(homepage_run, tmp_path):
     train = json.loads((warm / "train" / "summary.json").read_text())
     assert train["warm_start"]["users_from_previous"] == stats["warm_start"]["users"]["kept"]
     assert train["warm_start"]["max_epochs"] == 2 and train["epochs"] <= 2
+    assert train["warm_start"]["lr"] == pytest.approx(0.01 * 0.4)  # train.lr x warm_start.lr_factor
     report = (warm / "report.md").read_text()
     assert "## Warm start" in report and "## Feedback on the previous homepage" in report
     assert "Clicks by slot" in report
