@@ -38,34 +38,24 @@ def test_no_sample_when_there_are_not_more_users_than_asked() -> None:
 
 
 def test_training_stops_early_on_the_sampled_users() -> None:
-    from homerank.engine.backend import CPU
-    from homerank.engine.graph import build_graph
     from homerank.gnn.config import EvalConfig, TrainConfig
-    from homerank.gnn.train import TrainData, train_lightgcn
+    from homerank.gnn.metrics import evaluate_ranking
+    from homerank.gnn.scorer import embedding_scorer
+    from homerank.gnn.train import train_lightgcn
+    from tests.test_distributed_training import _tiny_data
 
-    rng = np.random.default_rng(0)
-    num_users, num_items = 200, 60
-    users = rng.integers(0, num_users, 2500)
-    items = (users * 7 + rng.integers(0, 10, users.size)) % num_items
-    pairs = np.unique(np.stack([users, items], 1), axis=0)
-    held_out = rng.random(len(pairs)) < 0.2
-    train = pairs[~held_out]
-    graph, _ = build_graph(train[:, 0], train[:, 1], np.ones(len(train)), num_users, num_items, "binary", CPU)
-    valid = CSRIndex.from_pairs(pairs[held_out, 0], pairs[held_out, 1], num_users, num_items)
-    data = TrainData(num_users, num_items, torch.from_numpy(train[:, 0]), torch.from_numpy(train[:, 1]),
-                     graph.adjacency(), valid)
+    data = _tiny_data()
     config = TrainConfig(epochs=2, embedding_dim=8, num_layers=1, valid_users=40)
     result = train_lightgcn(data, config, EvalConfig(ks=[20]), seed=3, device=torch.device("cpu"),
                             show_progress=False)
     assert [h["valid_users"] for h in result.history] == [40, 40]
     # the metric is that of the sample: the same figure as scoring the seeded sample directly
-    from homerank.gnn.metrics import evaluate_ranking
-    from homerank.gnn.scorer import embedding_scorer
-
     user_emb, item_emb = result.model.embeddings(data.adjacency)
-    train_index = CSRIndex.from_pairs(train[:, 0], train[:, 1], num_users, num_items)
-    expected = evaluate_ranking(embedding_scorer(user_emb, item_emb), valid.sample_users(40, 3), train_index, [20])
+    train_index = CSRIndex.from_pairs(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
+                                      data.num_items)
+    expected = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid.sample_users(40, 3), train_index,
+                                [20])
     best = result.history[result.best_epoch - 1]["valid"]["ndcg@20"]
     assert best == expected["ndcg@20"]
-    everyone = evaluate_ranking(embedding_scorer(user_emb, item_emb), valid, train_index, [20])
+    everyone = evaluate_ranking(embedding_scorer(user_emb, item_emb), data.valid, train_index, [20])
     assert everyone["ndcg@20"] != expected["ndcg@20"]  # a different set of users: the sample was used
