@@ -25,14 +25,15 @@ def assert_user_error(result, *fragments):
         assert fragment in lines[0]
 
 
-# Two user mistakes go through a real `python -m homerank.jobs.cli` process (its exit status and its whole stderr,
-# import-time output included); the others call main() in this process, where the exit status is main's return
-# value and stderr is captured: the same contract without paying the CLI's start-up (torch, dask) each time.
+# One user mistake goes through a real `python -m homerank.jobs.cli` process (its exit status and its whole stderr,
+# import-time output and the ETL's dask start-up included); the others call main() in this process, where the exit
+# status is main's return value and stderr is captured: the same contract without paying the CLI's start-up (torch,
+# dask) each time.
 
 
-def test_missing_input_file(tmp_path):
-    assert_user_error(run_cli("run", "--input", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "r")),
-                      "missing.parquet", "not found")
+def test_missing_input_file(tmp_path, capsys):
+    assert main(["run", "--input", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "r")]) == 2
+    assert_one_line_error(capsys, "missing.parquet", "not found")
 
 
 def test_missing_column(tmp_path):
