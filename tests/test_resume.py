@@ -17,7 +17,7 @@ CONFIG = """
 seed: 5
 device: cpu
 interactions: {min_user_interactions: 3, min_item_interactions: 3}
-train: {embedding_dim: 32, num_layers: 2, epochs: 12, batch_size: 1024, lr: 0.01, checkpoint_every: 1,
+train: {embedding_dim: 32, num_layers: 2, epochs: 30, batch_size: 1024, lr: 0.01, checkpoint_every: 1,
         keep_checkpoints: 2, patience: 100, threads: 1}
 evaluate: {ks: [10, 20]}
 rank: {k: 10}
@@ -31,8 +31,8 @@ def uninterrupted(tmp_path_factory):
     from homerank.engine.synthetic import SyntheticSpec, generate
 
     root = tmp_path_factory.mktemp("uninterrupted")
-    # big enough that the 12 epochs outlast the kill (about a second after the checkpoint appears on a quiet
-    # machine), small enough that the ETL and each training take a few seconds
+    # a small log (the ETL and a training take a few seconds); the 30 epochs of about 0.05 s each on a quiet machine
+    # leave over a second between the checkpoint the tests wait for (epoch 3 or 4) and the end of the training
     generate(root / "log", SyntheticSpec(users=800, items=400, events=40_000, users_per_partition=400, seed=3))
     config = root / "c.yaml"
     config.write_text(CONFIG)
@@ -68,7 +68,7 @@ def test_sigkill_during_training_then_resume(uninterrupted, tmp_path):
         assert main([command, "--out", str(second), "--quiet"]) == 0
     expected = json.loads((first / "metrics.json").read_text())
     resumed = json.loads((second / "metrics.json").read_text())
-    assert resumed["test"] == expected["test"] and resumed["epochs"] == expected["epochs"] == 12
+    assert resumed["test"] == expected["test"] and resumed["epochs"] == expected["epochs"] == 30
     pd.testing.assert_frame_equal(pd.read_parquet(second / "rankings"), pd.read_parquet(first / "rankings"))
     log = (second / "logs" / "homerank.log").read_text()
     assert "resuming from" in log
