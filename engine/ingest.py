@@ -61,7 +61,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -776,7 +778,25 @@ def ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Back
     ``quarantine_dir`` receives the rejected rows (one Parquet file per piece that had any, written by the
     workers); by default a temporary folder. The caller turns it into a dataset (`homerank.jobs.rundir`).
     ``searches_dir`` likewise receives the clean search rows when the log has them (`Ingested.searches`).
+    A temporary folder made here lives as long as the returned `Ingested` (removed when it is garbage-collected,
+    or at once when ingestion raises): pass a folder to keep the rows.
     """
+    owned: list[Path] = []
+    try:
+        result = _ingest_events(path, config, backend, id_dtype, quarantine_dir, searches_dir, owned)
+    except BaseException:
+        for folder in owned:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    for folder in owned:
+        weakref.finalize(result, shutil.rmtree, str(folder), True)
+    return result
+
+
+def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Backend, id_dtype: str,
+                   quarantine_dir: str | os.PathLike[str] | None, searches_dir: str | os.PathLike[str] | None,
+                   owned: list[Path]) -> Ingested:
+    """`ingest_events`; the temporary folders it makes are appended to ``owned``."""
     files = discover_files(path, config.format)
     column_sets = []
     schemas: dict[str, pa.Schema] = {}
@@ -807,14 +827,17 @@ def ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Back
         latest = now + pd.Timedelta(hours=config.future_tolerance_hours)
     key = pseudonym_key() if config.pseudonymise_user_ids else None
     event_types = [e.strip().lower() for e in config.event_types]
-    folder = Path(quarantine_dir) if quarantine_dir is not None else Path(tempfile.mkdtemp(prefix="quarantine-"))
+    if quarantine_dir is None:
+        owned.append(Path(tempfile.mkdtemp(prefix="quarantine-")))
+    folder = Path(quarantine_dir) if quarantine_dir is not None else owned[-1]
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [*folder.glob("part-*.parquet"), *(folder / COUNTS).glob("*.json")]:
         stale.unlink()
     search_folder = None
     if search_event is not None:
-        search_folder = (Path(searches_dir) if searches_dir is not None
-                         else Path(tempfile.mkdtemp(prefix="searches-")))
+        if searches_dir is None:
+            owned.append(Path(tempfile.mkdtemp(prefix="searches-")))
+        search_folder = Path(searches_dir) if searches_dir is not None else owned[-1]
         search_folder.mkdir(parents=True, exist_ok=True)
         for stale in search_folder.glob("part-*.parquet"):
             stale.unlink()

@@ -115,3 +115,31 @@ def test_pseudonymised_ids_never_reach_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("HOMERANK_PSEUDONYM_KEY", "another-secret-entirely")
     other = ingest_events(str(path), config, CPU).events.compute()
     assert not set(other[schema.USER]) & set(first[schema.USER])
+
+
+def test_temporary_quarantine_folders_do_not_outlive_the_result(tmp_path, monkeypatch):
+    """Without quarantine_dir the rows go to a temporary folder: it exists while the result does, and is removed
+    when the result is dropped or when ingestion fails (a user mistake) - no folder is left behind in either case."""
+    import gc
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    path = write_csv(tmp_path / "log.csv", "user_id,item_id,event_type,timestamp\nu1,i1,view,2026-01-01\n,i2,view,"
+                                           "2026-01-01\n")
+    result = ingest_events(str(path), IngestConfig(), CPU)
+    assert result.quarantine.parent == scratch and len(result.read_quarantine()) == 1
+    del result
+    gc.collect()
+    assert list(scratch.iterdir()) == []
+    import homerank.engine.ingest as ingest_module
+
+    def fail(*args, **kwargs):
+        assert len(list(scratch.iterdir())) == 1  # the folder exists when the failure comes
+        raise HomerankError("a failure after the quarantine folder was made")
+
+    monkeypatch.setattr(ingest_module, "pack_pieces", fail)
+    with pytest.raises(HomerankError, match="after the quarantine folder"):
+        ingest_events(str(path), IngestConfig(), CPU)
+    assert list(scratch.iterdir()) == []
