@@ -138,14 +138,22 @@ class LightGCNRecommender(torch.nn.Module):
         return self.content(self.item_features) * self.lightgcn.alpha[0]
 
     def propagate(self, adjacency: Tensor, layer0: Tensor | None = None) -> Tensor:
-        """E = sum_l alpha_l A_hat^l E^(0), (N, d); ``layer0`` defaults to `layer0`."""
-        if layer0 is None and self.content is None:
-            return self.lightgcn.get_embedding(adjacency)  # PyG's own path, unchanged
+        """E = sum_l alpha_l A_hat^l E^(0), (N, d); ``layer0`` defaults to `layer0`.
+
+        With LightGCN's uniform alpha_l = 1 / (L + 1) this is (sum_l E^(l)) / (L + 1): one scaling of an (N, d)
+        table instead of L + 1 (and as many in the backward pass; ~0.25 s of a 5.6 s step at 10M events)."""
         x = self.layer0 if layer0 is None else layer0
-        out = x * self.lightgcn.alpha[0]
+        alpha = self.lightgcn.alpha
+        if bool((alpha == alpha[0]).all()):
+            out = x
+            for conv in self.lightgcn.convs:
+                x = conv(x, adjacency)
+                out = out + x
+            return out * alpha[0]
+        out = x * alpha[0]
         for i, conv in enumerate(self.lightgcn.convs):
             x = conv(x, adjacency)
-            out = out + x * self.lightgcn.alpha[i + 1]
+            out = out + x * alpha[i + 1]
         return out
 
     def forward(self, adjacency: Tensor, layer0: Tensor | None = None) -> tuple[Tensor, Tensor]:
