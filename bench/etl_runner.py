@@ -95,8 +95,9 @@ def homerank_etl(events_dir: Path, workers: int, processes: bool, threads_per_wo
     cluster: dict[str, Any] = {"n_workers": workers, "processes": processes}
     if threads_per_worker:
         cluster["threads_per_worker"] = threads_per_worker
-    # the peers compute the edges only: profiles (a per-user summary the ETL also writes) are left out
-    config = JobConfig(device="cpu", cluster=cluster, profiles={"enabled": False})
+    # the peers compute the edges only: the per-user summaries the ETL also writes (profiles, and each user's last
+    # session, both under `profiles`) are left out
+    config = JobConfig(device="cpu", cluster=cluster, profiles={"enabled": False, "last_session": False})
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
     run_root = Path(tempfile.mkdtemp(prefix="homerank-etl-", dir=scratch))
