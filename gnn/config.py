@@ -134,6 +134,9 @@ class ContentConfig(StrictModel):
                                   cache_dir=self.text_cache_dir)
 
 
+LARGE_DATA_STEPS, LARGE_DATA_LR = 4, 0.1  # the default schedule from train.large_data_pairs training pairs on
+
+
 class TrainConfig(StrictModel):
     section: ClassVar[str] = "train"
     renamed_keys: ClassVar[dict[str, str]] = {"refit": "retrain_with_valid"}
@@ -153,6 +156,13 @@ class TrainConfig(StrictModel):
         "bench/results/training/: 8 steps at lr 0.05 beat 16,384 pairs per step at lr 0.01 per epoch and per second"
     )
     lr: float = Field(0.05, gt=0, description="Adam learning rate (finite, > 0)")
+    large_data_pairs: int | None = Field(
+        2_000_000, ge=1, description="training pairs from which the default schedule is 4 steps per epoch at lr 0.1 "
+        "instead of 8 at lr 0.05 (bench/results/training/: at 4.15M pairs an epoch of 26 s instead of 45 s, and the "
+        "8-step schedule's best validation NDCG@20 reached in 425 s instead of 623 s; at 357k pairs the 8-step "
+        "schedule ends 3% higher). Applies only when none of steps_per_epoch, batch_size, lr is set; null: always "
+        "8 steps at lr 0.05"
+    )
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: lr decays to 0 along a half cosine over `epochs`"
     )
@@ -201,6 +211,15 @@ class TrainConfig(StrictModel):
         if "batch_size" in self.model_fields_set and "steps_per_epoch" not in self.model_fields_set:
             self.__dict__["steps_per_epoch"] = None
         return self
+
+    def for_pairs(self, num_pairs: int) -> TrainConfig:
+        """This config with the default schedule resolved for ``num_pairs`` training pairs (`large_data_pairs`):
+        4 steps per epoch at lr 0.1 from that many pairs on. A config that names steps_per_epoch, batch_size or lr
+        keeps its own schedule; the result names both, so resolving it again changes nothing."""
+        named = {"steps_per_epoch", "batch_size", "lr"} & self.model_fields_set
+        if named or self.large_data_pairs is None or num_pairs < self.large_data_pairs:
+            return self
+        return self.model_copy(update={"steps_per_epoch": LARGE_DATA_STEPS, "lr": LARGE_DATA_LR})
 
     def pairs_per_step(self, num_pairs: int) -> int:
         """Positive pairs per optimizer step for ``num_pairs`` training pairs (all ranks together)."""

@@ -209,6 +209,11 @@ def train_lightgcn(
     returns rank 0's result; called inside an initialised process group, it trains as one of its ranks
     (every rank follows the same trajectory, rank 0 alone evaluates, reports and writes checkpoints).
     """
+    resolved = config.for_pairs(data.train_users.numel())
+    if resolved is not config and not distributed.is_distributed():
+        log.info("train: %d training pairs >= train.large_data_pairs (%d): %d steps per epoch at lr %g",
+                 data.train_users.numel(), config.large_data_pairs, resolved.steps_per_epoch, resolved.lr)
+    config = resolved
     if config.world_size > 1 and not distributed.is_distributed():
         return train_distributed(data, config, eval_config, seed, device, checkpoint_dir, show_progress, resume,
                                  stop_epoch, on_epoch, on_evaluation)

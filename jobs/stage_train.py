@@ -52,6 +52,8 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     data = training_data(graph, edges)
+    # the default schedule for this many pairs (train.large_data_pairs), before a warm start scales its lr
+    config = config.model_copy(update={"train": config.train.for_pairs(data.train_users.numel())})
     config, warm_start = _warm_start(run, config, data)
     content = config.train.content
     inputs = content_inputs(run, content, backend.torch_device) if content.enabled else None
@@ -137,6 +139,8 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
         "best_epoch": result.best_epoch,
         "best_valid": result.best_metric,
         "early_stopping_metric": config.train.early_stopping_metric,
+        "schedule": {"pairs": train_pairs, "pairs_per_step": config.train.pairs_per_step(train_pairs),
+                     "lr": config.train.lr},
         "stopped_because": result.stopped_because,
         "train_seconds": round(result.train_seconds + refit_seconds, 3),  # both trainings, when refitting
         "refit": None if refit is None else {"epochs": refit.epochs, "pairs": len(known),
