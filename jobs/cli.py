@@ -349,6 +349,21 @@ def _simulate_feedback(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``homerank`` command. Called from Python, it leaves the root logger as it found it (its console and run
+    log handlers are removed and closed on return), so a later call's records do not land in this run's log."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return _main(argv)
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -114,6 +114,8 @@ def homepage_run(tiny_log, tmp_path_factory) -> Iterator[tuple[Path, Path]]:
                  "--quiet"]) == 0
     before = tree_state(run)
     yield run, tiny_log
-    assert tree_state(run) == before, "a test wrote into the shared homepage_run directory: copy it first"
+    after = tree_state(run)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"a test wrote into the shared homepage_run directory: copy it first ({changed[:5]})"
 
 

@@ -61,6 +61,20 @@ def test_stage_without_previous_stage(tmp_path, capsys):
     assert_one_line_error(capsys, "graph", "not found")
 
 
+def test_main_leaves_the_callers_logging_as_it_found_it(tmp_path, capsys):
+    """Called from Python, main() removes the handlers it added: the run's log takes no later record."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    assert main(["train", "--out", str(tmp_path / "fresh"), "--device", "cpu"]) == 2
+    assert root.handlers == handlers and root.level == level
+    log_file = tmp_path / "fresh" / "logs" / "homerank.log"
+    written = log_file.read_text()
+    logging.getLogger("homerank.somewhere").warning("a record after main() returned")
+    assert log_file.read_text() == written
+
+
 def read_rankings(run):
     return pd.read_parquet(run / "rankings")
 
