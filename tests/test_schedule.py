@@ -21,10 +21,17 @@ def test_large_data_takes_four_steps_at_lr_0_1_and_resolving_again_changes_nothi
     assert resolved.for_pairs(10) is resolved  # a resolved config is a named schedule: the refit keeps it
 
 
-@pytest.mark.parametrize("named", [{"lr": 0.02}, {"steps_per_epoch": 8}, {"batch_size": 16384}])
-def test_a_named_schedule_is_kept(named):
+@pytest.mark.parametrize("named", [{"lr": 0.02}, {"steps_per_epoch": 6}, {"batch_size": 16384},
+                                   {"steps_per_epoch": None}])
+def test_a_schedule_of_its_own_is_kept(named):
     config = TrainConfig(**named)
     assert config.for_pairs(50_000_000) is config
+
+
+def test_the_defaults_written_out_still_resolve():
+    """configs/example.yaml writes steps_per_epoch: 8 and lr: 0.05: copying it must not turn the rule off."""
+    resolved = TrainConfig(steps_per_epoch=8, lr=0.05, batch_size=16384).for_pairs(3_000_000)
+    assert (resolved.steps_per_epoch, resolved.lr) == (4, 0.1)
 
 
 def test_the_threshold_is_a_setting_and_null_turns_it_off():
