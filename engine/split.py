@@ -71,7 +71,10 @@ def _order_by_user_then_time(user_codes: Any, item_codes: Any, first_ns: Any) ->
                                     | ((user_codes[1:] == user_codes[:-1]) & (item_codes[1:] > item_codes[:-1]))
                                     ).all()):
         by_time = xp.argsort(first_ns, kind="stable")
-        return by_time[xp.argsort(user_codes[by_time], kind="stable")]
+        users = user_codes[by_time]
+        if xp is np and len(users) and int(users.max()) < 2**16:  # NumPy's stable sort is a radix sort on 16 bits
+            users = users.astype(np.uint16)
+        return by_time[xp.argsort(users, kind="stable")]
     return xp.lexsort(xp.stack([item_codes, first_ns, user_codes]))
 
 
