@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 import numpy as np
 import pandas as pd
 import scipy.sparse
 import scipy.sparse.csgraph
-import torch
 
 from homerank.engine.errors import HomerankError
 
@@ -65,7 +69,8 @@ class Backend:
         frames: the dataframe library, ``"pandas"`` or ``"cudf"``.
         xdf: that dataframe module. xp: array module, ``numpy`` or ``cupy``.
         sparse: sparse-matrix module, ``scipy.sparse`` or ``cupyx.scipy.sparse``.
-        torch_device: where the model trains and scores (``cpu`` or ``cuda``).
+        model_device: where the model trains and scores, ``"cpu"`` or ``"cuda"`` (`torch_device` as a
+            ``torch.device``: torch is imported only by the stages that use it, not by the ETL).
         graph_library: ``"scipy"`` or ``"cugraph"`` for graph algorithms (connected components).
     """
 
@@ -73,8 +78,14 @@ class Backend:
     xdf: ModuleType
     xp: ModuleType
     sparse: ModuleType
-    torch_device: torch.device
+    model_device: Literal["cpu", "cuda"]
     graph_library: Literal["scipy", "cugraph"] = "scipy"
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.model_device)
 
     @property
     def frames_on_gpu(self) -> bool:
@@ -83,11 +94,11 @@ class Backend:
     @property
     def device_label(self) -> str:
         """What metrics.json reports as ``device``: ``"cuda"`` or ``"cpu"`` (where the model ran)."""
-        return "cuda" if self.torch_device.type == "cuda" else "cpu"
+        return self.model_device
 
     def describe(self) -> dict[str, str]:
         """One line per choice, for logs and reports."""
-        return {"frames": self.frames, "arrays": self.xp.__name__, "model": str(self.torch_device),
+        return {"frames": self.frames, "arrays": self.xp.__name__, "model": self.model_device,
                 "graph": self.graph_library}
 
     def to_host(self, frame: Any) -> Any:
@@ -126,6 +137,8 @@ class Backend:
             memory["local_directory"] = local_directory
         if self.frames_on_gpu:  # written from the dask-cuda documentation; never run on this project's machines
             from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
+
+            import torch
 
             pool = rmm_pool_size
             if pool == "auto":
@@ -171,11 +184,21 @@ def _is_number(text: str) -> bool:
     return True
 
 
+# what an NVIDIA driver puts on a Linux machine (WSL: /dev/dxg); without any of them CUDA cannot be visible
+_DRIVER_PATHS = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/proc/driver/nvidia")
+
+
 def cuda_available() -> bool:
+    """Whether torch sees a CUDA device. On Linux without an NVIDIA driver this is False without importing torch
+    (~2 s and ~180 MiB that a stage without a model, such as the ETL, does not need)."""
+    if sys.platform.startswith("linux") and not any(os.path.exists(path) for path in _DRIVER_PATHS):
+        return False
+    import torch
+
     return torch.cuda.is_available()
 
 
-CPU = Backend("pandas", pd, np, scipy.sparse, torch.device("cpu"))
+CPU = Backend("pandas", pd, np, scipy.sparse, "cpu")
 
 
 def resolve_backend(device: DeviceChoice | str = "auto") -> Backend:
@@ -194,7 +217,7 @@ def resolve_backend(device: DeviceChoice | str = "auto") -> Backend:
     if rapids is None:
         log.warning("device %s: RAPIDS (cudf/cupy) not importable; frames stay on pandas, the model runs on CUDA",
                     device)
-        return Backend("pandas", pd, np, scipy.sparse, torch.device("cuda"))
+        return Backend("pandas", pd, np, scipy.sparse, "cuda")
     cudf, cupy, cupy_sparse = rapids
     graph_library = "cugraph" if _cugraph_available() else "scipy"
-    return Backend("cudf", cudf, cupy, cupy_sparse, torch.device("cuda"), graph_library)
+    return Backend("cudf", cudf, cupy, cupy_sparse, "cuda", graph_library)

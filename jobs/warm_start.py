@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from homerank.engine import schema
 from homerank.engine.encode import extend_index, index_of
@@ -110,6 +109,8 @@ def previous_model(previous: RunDir, user_index: pd.DataFrame, item_index: pd.Da
     """The previous run's layer-0 rows (`homerank.gnn.model.PreviousModel`) for a run whose id maps
     (``user_index``, ``item_index``, in index order) extend the previous run's; anything else is a
     `HomerankError` saying what to rerun."""
+    import torch
+
     from homerank.gnn.model import PreviousModel
     from homerank.gnn.train import load_state
 

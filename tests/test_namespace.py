@@ -42,3 +42,14 @@ def test_no_top_level_engine_gnn_or_jobs_is_installed(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_etl_stage_does_not_import_torch(tiny_log, tmp_path):
+    """The ETL has no model: `homerank etl` on the CPU backend runs without importing torch (~2 s and ~180 MiB of a
+    process that may be a cluster's client). The stages with a model import it when they run."""
+    code = ("import sys; from homerank.jobs.cli import main;"
+            f"rc = main(['etl', '--input', {str(tiny_log / 'events')!r}, '--out', {str(tmp_path / 'run')!r},"
+            " '--device', 'cpu', '--quiet']);"
+            "print(rc, 'torch' in sys.modules, flush=True)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stdout + done.stderr
