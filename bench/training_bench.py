@@ -64,7 +64,7 @@ def load_training_data(run: RunDir) -> tuple[TrainData, dict[str, int]]:
 def run_variant(data: TrainData, overrides: dict[str, Any], budget_s: float, seed: int = 0) -> dict[str, Any]:
     """Train one variant within ``budget_s``; epoch seconds exclude validation scoring."""
     base = {"epochs": 200, "eval_every": 1, "patience": 5, "time_budget_s": budget_s}
-    config = TrainConfig(**{**base, **overrides})
+    config = TrainConfig(**{**base, **overrides}).for_pairs(data.train_users.numel())  # the schedule it trains
     started = time.perf_counter()
     result = train_lightgcn(data, config, EvalConfig(ks=[20]), seed, torch.device("cpu"), show_progress=False)
     wall = time.perf_counter() - started
@@ -74,6 +74,7 @@ def run_variant(data: TrainData, overrides: dict[str, Any], budget_s: float, see
                                      if "all_reduce_bytes_per_step" in h else {})} for h in result.history]
     best = max((h for h in history if h["valid_ndcg@20"] is not None), key=lambda h: h["valid_ndcg@20"])
     return {"overrides": overrides, "pairs_per_step": config.pairs_per_step(data.train_users.numel()),
+            "lr": config.lr,
             "epochs": result.epochs, "stopped_because": result.stopped_because,
             "epoch_seconds_median": statistics.median(h["seconds"] for h in history),
             "best_valid_ndcg@20": best["valid_ndcg@20"], "best_valid_recall@20": best["valid_recall@20"],

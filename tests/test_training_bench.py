@@ -26,13 +26,16 @@ def test_time_to_reach_is_the_first_evaluation_at_or_past_the_target():
 def test_two_variants_side_by_side_on_a_tiny_run(homepage_run, tmp_path):
     run = homepage_run[0]  # the session's run on the tiny log (conftest): the bench only reads its etl and graph
     variants = {"small batches": {"batch_size": 512, "epochs": 3, "embedding_dim": 8},
-                "2 steps/epoch": {"steps_per_epoch": 2, "epochs": 3, "embedding_dim": 8}}
+                "2 steps/epoch": {"steps_per_epoch": 2, "epochs": 3, "embedding_dim": 8},
+                "the default past the size rule": {"large_data_pairs": 10, "epochs": 3, "embedding_dim": 8}}
     result = run_training_bench(run, variants, 60.0, tmp_path / "out.json")
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved["reference"] == "small batches" and set(saved["variants"]) == set(variants)
     pairs = saved["data"]["train_pairs"]
     assert saved["variants"]["2 steps/epoch"]["pairs_per_step"] == -(-pairs // 2)
     assert saved["variants"]["small batches"]["pairs_per_step"] == 512
+    sized = saved["variants"]["the default past the size rule"]  # reported as trained: 4 steps at lr 0.1
+    assert (sized["pairs_per_step"], sized["lr"]) == (-(-pairs // 4), 0.1)
     for variant in result["variants"].values():
         assert variant["epochs"] == 3 and len(variant["history"]) == 3
         assert 0 < variant["best_valid_ndcg@20"] <= 1 and variant["epoch_seconds_median"] > 0
