@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
-if TYPE_CHECKING:
-    import torch
-
 import numpy as np
 import pandas as pd
 import scipy.sparse
 import scipy.sparse.csgraph
 
 from homerank.engine.errors import HomerankError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 

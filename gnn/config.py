@@ -223,6 +223,11 @@ class TrainConfig(StrictModel):
             return self
         return self.model_copy(update={"steps_per_epoch": LARGE_DATA_STEPS, "lr": LARGE_DATA_LR})
 
+    def fixed_schedule(self, num_pairs: int) -> TrainConfig:
+        """`for_pairs`, then fixed: ``large_data_pairs`` null, so a later training of the same stage on more pairs
+        (the refit on train + validation) keeps the schedule its epoch count was chosen with."""
+        return self.for_pairs(num_pairs).model_copy(update={"large_data_pairs": None})
+
     def pairs_per_step(self, num_pairs: int) -> int:
         """Positive pairs per optimizer step for ``num_pairs`` training pairs (all ranks together)."""
         if self.steps_per_epoch is None:

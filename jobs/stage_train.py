@@ -52,8 +52,9 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     graph = load_graph(run)
     edges = pd.read_parquet(require(run.edges, "etl"))
     data = training_data(graph, edges)
-    # the default schedule for this many pairs (train.large_data_pairs), before a warm start scales its lr
-    config = config.model_copy(update={"train": config.train.for_pairs(data.train_users.numel())})
+    # the default schedule for this many pairs (train.large_data_pairs), fixed for the refit too, before a warm start
+    # scales its lr
+    config = config.model_copy(update={"train": config.train.fixed_schedule(data.train_users.numel())})
     config, warm_start = _warm_start(run, config, data)
     content = config.train.content
     inputs = content_inputs(run, content, backend.torch_device) if content.enabled else None

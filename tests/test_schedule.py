@@ -41,3 +41,13 @@ def test_the_threshold_is_a_setting_and_null_turns_it_off():
     assert key == "train.large_data_pairs" and value is None
     with pytest.raises(ValueError):
         JobConfig(train={"large_data_pairs": 0})
+
+
+def test_a_fixed_schedule_survives_more_pairs():
+    """The train stage fixes the schedule for its training pairs: the refit on train + validation pairs (more of
+    them, perhaps past the threshold) trains the same schedule."""
+    below = TrainConfig().fixed_schedule(1_900_000)
+    assert (below.steps_per_epoch, below.lr) == (8, 0.05)
+    assert (below.for_pairs(2_300_000).steps_per_epoch, below.for_pairs(2_300_000).lr) == (8, 0.05)
+    above = TrainConfig().fixed_schedule(2_100_000)
+    assert (above.for_pairs(10).steps_per_epoch, above.for_pairs(10).lr) == (4, 0.1)
