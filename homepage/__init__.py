@@ -3,8 +3,9 @@
     catalogue      item facts by catalogue position (category, stock, price band, trending, popularity) and
                    inductive vectors for items the model never saw (the train stage's content embedding, else
                    their category and price band's mean vector)
-    signals        page-wide facts computed once: model candidates, item neighbours, trending per category,
-                   new arrivals, each user's purchases and top category
+    signals        page-wide facts computed once: item neighbours, trending per category, new arrivals, each
+                   user's purchases and top category; the model's candidates per block (`PageSignals.for_block`)
+    candidates     the model's for_you candidates of any model rows, scored block by block
     sections       one function per section kind (a user's candidate sources) and the registry SECTION_KINDS
                    (which kinds skip the category cap, which may show purchases)
     merchandising  boosts and pins read from a file a merchandising team edits
@@ -17,7 +18,8 @@
     rules          the page-rule check over every page after building
     quality        page-quality metrics next to a plain top-K baseline, and the for_you row's accuracy
     export         the page frame as one JSON object per user
-    build          build_pages: frames and arrays in, the page rows block by block and their stats out
+    build          build_pages: frames and arrays in, the page rows block by block (in forked worker processes)
+                   and their stats out
     config         HomepageConfig: sections, diversity, merchandising file, windows
 
 The package reads frames and arrays only (no run directory, no command line): homerank.jobs.stage_homepage

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from homerank.homepage.blocks import ItemSets, Rules, Source, fill_pools, mmr_pick
+from homerank.homepage.candidates import CandidateLists
 from homerank.homepage.config import HomepageConfig, SectionConfig
 from homerank.homepage.last_session import SESSION_REASON
 from homerank.homepage.rows import PAGE_COLUMNS
@@ -87,8 +88,8 @@ class BlockPages:
         at = np.minimum(np.searchsorted(self.segment_ids, segment), self.segment_ids.size - 1)
         return np.where(known & (self.segment_ids[at] == segment), at, -1)
 
-    def _sections(self, users: np.ndarray, section: SectionConfig, model_rows: np.ndarray
-                  ) -> tuple[list[Source], list[str], dict[str, np.ndarray], np.ndarray]:
+    def _sections(self, users: np.ndarray, section: SectionConfig, model_rows: np.ndarray,
+                  lists: CandidateLists | None) -> tuple[list[Source], list[str], dict[str, np.ndarray], np.ndarray]:
         """A section's sources for the block, its reason table, the title template's values per row (each (B,)),
         and which rows take the section's ``segment_title`` (B,) bool."""
         signals, catalogue, kind, count = self.signals, self.signals.catalogue, section.kind, users.size
@@ -96,7 +97,8 @@ class BlockPages:
         if kind == "for_you":
             popularity = signals.by_popularity
             segment_group = self._segment_groups(users, model_rows)
-            sources = [Source(signals.candidate_positions, signals.candidate_scores, np.array(0), model_rows)]
+            sources = [] if lists is None else [Source(lists.positions, lists.scores, np.array(0),
+                                                       lists.lines(model_rows))]
             reasons = ["for_you:model_score", "for_you:fallback_popularity"]
             if self.segment_ids.size:
                 sources.append(Source(self.segment_positions, self.segment_scores,
@@ -179,9 +181,11 @@ class BlockPages:
         rows = np.repeat(np.arange(users.size, dtype=np.int64), lengths)
         return ItemSets(users.size, self.in_stock.size).add(rows, positions)
 
-    def build(self, users: np.ndarray) -> pd.DataFrame:
+    def build(self, users: np.ndarray, candidates: CandidateLists | None = None) -> pd.DataFrame:
         """Page rows (``PAGE_COLUMNS``) of ``users`` (B,), grouped by user in the given order, sections in page
-        order, slots 1..n."""
+        order, slots 1..n; ``candidates``, the model's candidates of (at least) the block's users, default the
+        signals' own (`homerank.homepage.signals.PageSignals.for_block`)."""
+        lists = candidates if candidates is not None else self.signals.candidates
         settings, catalogue, size = self.settings, self.signals.catalogue, self.in_stock.size
         rows = np.arange(users.size, dtype=np.int64)
         model_rows = self._model_rows(users)
@@ -191,7 +195,7 @@ class BlockPages:
         profile_values: dict[str, np.ndarray] | None = None  # the profile's title fields, read once when named
         for order, section in enumerate(settings.sections):
             kind = SECTION_KINDS[section.kind]
-            sources, reasons, values, segment_rows = self._sections(users, section, model_rows)
+            sources, reasons, values, segment_rows = self._sections(users, section, model_rows, lists)
             if not sources:
                 continue
             templates = np.full(users.size, section.title, dtype=object)

@@ -6,7 +6,10 @@ page-quality metrics summed block by block."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 
 from homerank.engine import schema
 from homerank.homepage.block_pages import BlockPages
+from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.catalogue import VECTOR_SOURCES, Catalogue, build_catalogue, item_vectors
 from homerank.homepage.config import HomepageConfig
 from homerank.homepage.explain import Explainer
@@ -24,7 +28,7 @@ from homerank.homepage.merchandising import Merchandising, load_merchandising
 from homerank.homepage.rows import OUTPUT_COLUMNS, PAGE_COLUMNS, PageBuilder
 from homerank.homepage.sections import SECTION_KINDS, section_title
 from homerank.homepage.signals import PageSignals, collect_signals
-from homerank.homepage.tally import PageTally
+from homerank.homepage.tally import BlockSums, PageTally
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +43,17 @@ class Homepage:
     stats: dict[str, Any]
 
 
-def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_embeddings: torch.Tensor,
+def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.ndarray | None,
+                item_embeddings: torch.Tensor,
                 user_embeddings: torch.Tensor, interactions: pd.DataFrame, edges: pd.DataFrame,
                 user_index: pd.DataFrame, item_index: pd.DataFrame, catalogue_items: pd.DataFrame | None,
                 reference_time: pd.Timestamp, settings: HomepageConfig,
                 rankings: pd.DataFrame | None = None,
-                on_block: Callable[[pd.DataFrame], None] | None = None,
+                on_block: Callable[[int, pd.DataFrame], None] | None = None,
                 profiles: pd.DataFrame | None = None,
                 cold_items: tuple[pd.Series, np.ndarray] | None = None,
-                searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None) -> Homepage:
+                searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None,
+                fork: bool = True) -> Homepage:
     """One page per user of ``interactions`` (which needs ``last_ts``) and per user of ``searches``, in user id order.
 
     ``candidate_items``/``candidate_scores`` (U, k): the model's top items per user embedding row (model item
@@ -63,10 +69,16 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
     ETL's etl/searches/) and ``sessions`` (its etl/last_session/), None without them, feed the related_to_searches and
     continue_shopping rows; a user who searched but has no interaction gets a page too (from fallbacks and searches).
 
-    Users are paged in blocks of ``settings.block_users``; each block's rows go to ``on_block`` as soon as the block
-    is built (the returned ``page`` is then empty: nothing keeps every user's rows), or are concatenated into the
-    returned ``page`` without it. The stats are summed block by block (`homerank.homepage.tally`); ``item_vectors``
-    counts the new arrivals and the catalogue items by the source of their vector."""
+    ``candidate_items`` may instead be a function of model rows (`homerank.homepage.candidates.CandidateFn`, with
+    ``candidate_scores`` None): each block then scores only its own users' candidates.
+
+    Users are paged in blocks of ``settings.block_users``, built in ``settings.processes`` forked worker processes
+    (`block_processes`; one, in this process, when ``fork`` is off, e.g. on a GPU, where CUDA does not survive a
+    fork); each block's rows go to ``on_block(block number, rows)`` in the process that built them as soon as the
+    block is built (the returned ``page`` is then empty: nothing keeps every user's rows), or come back and are
+    concatenated in block order into the returned ``page`` without it. The stats are summed block by block, in block
+    order (`homerank.homepage.tally`); ``item_vectors`` counts the new arrivals and the catalogue items by the source
+    of their vector."""
     catalogue = build_catalogue(catalogue_items, interactions, item_index, edges, reference_time, settings)
     vectors, vector_source = item_vectors(catalogue, item_embeddings, cold_items)
     signals = collect_signals(catalogue, vectors, interactions, candidate_items, candidate_scores, user_embeddings,
@@ -87,26 +99,112 @@ def build_pages(candidate_items: np.ndarray, candidate_scores: np.ndarray, item_
     # boosts and pins re-rank and reserve slots per user: pages with active rules keep the user-by-user builder
     vectorised = not (merchandising and (merchandising.boosts or merchandising.pins))
     blocks = BlockPages(signals, settings, unit_vectors) if vectorised else None
-    kept: list[pd.DataFrame] = []
-    for start in range(0, max(len(users), 1), settings.block_users):
-        block = users[start : start + settings.block_users]
-        if blocks is not None:
-            page = blocks.build(block)
-        else:
-            page = _pages_one_by_one(block, catalogue, signals, settings, unit_vectors, merchandising)
-        explanation, evidence = explainer.explain(page)
-        page = page.assign(explanation=explanation)[OUTPUT_COLUMNS]
-        tally.add(page, block, evidence)
-        if on_block is not None:
-            on_block(page)
-        else:
-            kept.append(page)
-        log.debug("homepage: block of %d users, %d rows", len(block), len(page))
+    pager = _BlockPager(users, settings.block_users, signals, blocks, explainer, tally, unit_vectors, merchandising,
+                        settings, on_block)
+    done = {number: (page, sums) for number, page, sums in
+            _run_blocks(pager, block_processes(settings.processes, pager.count, fork))}
+    for number in sorted(done):  # in block order, so the float sums do not depend on which block finished first
+        tally.merge(done[number][1])
+    kept = [done[number][0] for number in sorted(done) if on_block is None]
     page = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=OUTPUT_COLUMNS)
-    if on_block is not None:
-        page = page.iloc[:0]
     return Homepage(page, {**tally.stats(rankings), "item_vectors": _vector_counts(vector_source, signals),
                            "signals": _signal_counts(signals)})
+
+
+def block_processes(setting: int | None, blocks: int, fork: bool = True) -> int:
+    """How many worker processes build the blocks: ``setting`` (None: one per CPU core this process may use), at
+    most one per block, and 1 (in this process) when ``fork`` is off or the platform cannot fork."""
+    if not fork or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    wanted = setting if setting is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    return max(1, min(wanted, blocks))
+
+
+@dataclass
+class _BlockPager:
+    """Everything one block of users needs, built once in the parent; `page` turns block ``number`` into its rows,
+    the rows' stats (`BlockSums`) and hands the rows to ``on_block`` (in the process that built them)."""
+
+    users: np.ndarray
+    block_users: int
+    signals: PageSignals
+    blocks: BlockPages | None
+    explainer: Explainer
+    tally: PageTally
+    unit_vectors: np.ndarray
+    merchandising: Merchandising | None
+    settings: HomepageConfig
+    on_block: Callable[[int, pd.DataFrame], None] | None
+
+    @property
+    def count(self) -> int:
+        return max(1, -(-len(self.users) // self.block_users))
+
+    def page(self, number: int) -> tuple[int, pd.DataFrame, BlockSums]:
+        block = self.users[number * self.block_users : (number + 1) * self.block_users]
+        signals = self.signals.for_block(block)  # the model's candidates of the block's users, scored here
+        if self.blocks is not None:
+            page = self.blocks.build(block, signals.candidates)
+        else:
+            page = _pages_one_by_one(block, signals.catalogue, signals, self.settings, self.unit_vectors,
+                                     self.merchandising)
+        explanation, evidence = self.explainer.explain(page)
+        page = page.assign(explanation=explanation)[OUTPUT_COLUMNS]
+        sums = self.tally.sums(page, block, evidence)
+        if self.on_block is not None:
+            self.on_block(number, page)
+            page = page.iloc[:0]
+        log.debug("homepage: block %d of %d users, %d rows", number, len(block), sums.counts["rows"])
+        return number, page, sums
+
+
+_FORKED: _BlockPager | None = None  # the pager of the running build, inherited by the forked worker processes
+
+
+def _forked_page(number: int) -> tuple[int, pd.DataFrame, BlockSums]:
+    assert _FORKED is not None, "a block worker started outside build_pages"
+    return _FORKED.page(number)
+
+
+def _single_threaded() -> None:
+    """A forked block worker computes with one thread (the workers are the parallelism; a GNU OpenMP pool that the
+    parent started must not be entered after the fork)."""
+    torch.set_num_threads(1)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:  # faiss is optional where no index is built
+        pass
+
+
+def _run_blocks(pager: _BlockPager, processes: int) -> Iterator[tuple[int, pd.DataFrame, BlockSums]]:
+    """Every block's (number, rows, sums): in this process, or in ``processes`` forked worker processes that
+    inherit the pager (nothing large is pickled; each returns its block's rows only without ``on_block``, and its
+    sums), in the order the blocks finish. A failed block raises here after the others are cancelled."""
+    if processes <= 1:
+        for number in range(pager.count):
+            yield pager.page(number)
+        return
+    global _FORKED
+    _FORKED = pager
+    log.info("homepage: %d blocks of up to %d users in %d worker processes", pager.count, pager.block_users,
+             processes)
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=_single_threaded) as pool:
+            futures = [pool.submit(_forked_page, number) for number in range(pager.count)]
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    result = future.result()
+                    log.info("homepage: block %d done (%d of %d)", result[0] + 1, done, pager.count)
+                    yield result
+            finally:
+                for future in futures:
+                    future.cancel()
+    finally:
+        _FORKED = None
 
 
 def _signal_counts(signals: PageSignals) -> dict[str, int]:

@@ -104,6 +104,9 @@ class HomepageConfig(StrictModel):
     )
     block_users: int = Field(8192, ge=1, description="users paged at once: each block's rows are built with array "
                              "operations and written as their own Parquet part")
+    processes: int | None = Field(None, ge=1, description="worker processes that build the blocks (forked: they "
+                                  "share the page-wide signals); null: one per CPU core; 1: in the stage's process. "
+                                  "Always 1 when the model runs on a GPU")
     explain_history: int = Field(50, ge=1, description="explanations: the user's newest items searched for the one "
                                  "most similar to a recommended item")
     candidates: int = Field(500, ge=10, description="model candidates per user (and neighbours per viewed item) "

@@ -52,9 +52,11 @@ def for_you(user: Any, signals: PageSignals) -> RowCandidates:
     row = signals.model_row.get(user)
     sources: list[Source] = []
     from_segment = False
-    if row is not None:
-        sources.append((signals.candidate_positions[row], signals.candidate_scores[row], "for_you:model_score"))
-    else:
+    lists = signals.candidates
+    line = lists.lines(np.array([row]))[0] if row is not None and lists is not None else -1
+    if line >= 0:
+        sources.append((lists.positions[line], lists.scores[line], "for_you:model_score"))
+    elif row is None:
         segment = signals.segment.get(user)
         if segment is not None and int(segment) in signals.segment_favourites:
             positions, users = signals.segment_favourites[int(segment)]

@@ -21,7 +21,7 @@ popularity, then catalogue position); users without a model embedding get them b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ import torch
 from homerank.engine import schema
 from homerank.engine.split import SPLIT
 from homerank.gnn.item_index import ItemIndex
+from homerank.homepage.candidates import CandidateFn, CandidateLists, ModelCandidates
 from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
 from homerank.homepage.last_session import LastSession, last_session
@@ -49,8 +50,8 @@ class PageSignals:
 
     catalogue: Catalogue
     model_row: dict[Any, int]  # user id -> row of the user embeddings; absent for cold users
-    candidate_positions: np.ndarray  # (U, k) the model's candidates as catalogue positions, best first
-    candidate_scores: np.ndarray  # (U, k)
+    candidates: CandidateLists | None  # the model's candidates (catalogue positions, best first) of every model
+    # user, or of one block's users (`for_block`); None in page-wide signals scored block by block
     by_popularity: np.ndarray  # (C,) positions, most popular first
     last_viewed: pd.Series  # user id -> position of the most recently viewed item
     neighbours: dict[int, tuple[np.ndarray, np.ndarray]]  # anchor position -> (positions, cosines), closest first
@@ -71,6 +72,15 @@ class PageSignals:
     profile_top_category: pd.Series = field(default_factory=lambda: pd.Series(dtype=object))  # user id -> category
     searches: SearchHistory | None = None  # the users' recent queries and the items' text vectors (related_to_searches)
     last_session: LastSession | None = None  # the users' last-session items not bought (continue_shopping)
+    model_candidates: ModelCandidates | None = None  # makes the candidates of any model rows (`for_block`)
+
+    def for_block(self, users: np.ndarray) -> PageSignals:
+        """These signals with the model's candidates of ``users`` (B,) (the same object when they hold every
+        user's candidates already)."""
+        if self.model_candidates is None or (self.candidates is not None and self.candidates.rows is None):
+            return self
+        rows = [self.model_row.get(user, -1) for user in users.tolist()]
+        return replace(self, candidates=self.model_candidates.for_rows(np.asarray(rows, dtype=np.int64)))
 
     def title_values(self, users: np.ndarray) -> dict[str, np.ndarray]:
         """The profile's title fields for ``users`` (B,): ``top_category`` (the profile's, else the interactions',
@@ -145,14 +155,17 @@ def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Serie
 
 
 def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: pd.DataFrame,
-                    candidate_items: np.ndarray, candidate_scores: np.ndarray, user_embeddings: torch.Tensor,
+                    candidate_items: np.ndarray | CandidateFn, candidate_scores: np.ndarray | None,
+                    user_embeddings: torch.Tensor,
                     item_embeddings: torch.Tensor, user_index: pd.DataFrame, reference_time: pd.Timestamp,
                     settings: HomepageConfig, profiles: pd.DataFrame | None = None,
                     edges: pd.DataFrame | None = None, vector_source: np.ndarray | None = None,
                     searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None) -> PageSignals:
     """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed) and
     ``vector_source`` (C,) where each came from (`homerank.homepage.catalogue.item_vectors`; None: model or mean);
-    ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index);
+    ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index), or
+    ``candidate_items`` is a `homerank.homepage.candidates.CandidateFn` (``candidate_scores`` None) that scores the
+    rows of one block at a time (`PageSignals.for_block`);
     ``profiles`` (user_id, segment, segment_name, top_category_1; None without profiles) and ``edges`` (the
     k-core edges with ``split``) give the segments and their favourites; ``searches`` (user_id, timestamp, query)
     and ``sessions`` (the ETL's last-session table), None without them, the related_to_searches and
@@ -171,8 +184,10 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     return PageSignals(
         catalogue=catalogue,
         model_row=dict(zip(user_index[schema.USER], user_index[schema.USER_INDEX], strict=True)),
-        candidate_positions=positions_of_model_items[candidate_items],
-        candidate_scores=candidate_scores,
+        candidates=(None if candidate_scores is None else
+                    CandidateLists(positions_of_model_items[candidate_items], np.asarray(candidate_scores))),
+        model_candidates=(ModelCandidates(candidate_items, positions_of_model_items) if candidate_scores is None
+                          else None),
         by_popularity=np.argsort(-catalogue.popularity, kind="stable"),
         last_viewed=last_viewed,
         neighbours=item_neighbours(anchors, catalogue, item_embeddings, positions_of_model_items,

@@ -10,10 +10,12 @@ Writes ``homepage/`` (Parquet: user_id, section, section_title, slot, item_id, s
 a ``_SUCCESS.json`` manifest), ``homepage.jsonl`` (one object per user, rows in order), ``impressions/`` (one row
 per slot shown: user_id, item_id, section, row, slot, run_id, served_at; the run id from ``run_id.txt``, written
 once per run directory) and ``homepage_stats.json`` (page-rule check and page-quality metrics next to a plain
-top-K baseline). Users come in blocks of ``homepage.block_users``: each block is written as soon as it is built,
-as its own ``part-NNNNN.parquet`` in a staging folder (its impressions likewise) and appended to a temporary
-``homepage.jsonl``; the datasets (manifest last) and the JSON Lines file replace the previous ones only after the
-last block, so a failure leaves the previous homepage as it was.
+top-K baseline). Users come in blocks of ``homepage.block_users``, built in ``homepage.processes`` forked worker
+processes (default one per core; in the stage's process when the model is on a GPU): each block scores its own
+users' model candidates, and is written as soon as it is built, by the process that built it, as its own
+``part-NNNNN.parquet`` in a staging folder (its impressions and JSON lines likewise); the datasets (manifest last)
+and the JSON Lines file (the parts joined in block order) replace the previous ones only after the last block, so
+a failure leaves the previous homepage as it was.
 The shopper profiles (``etl/profiles/``) are read when ``profiles.enabled`` and the ETL published them (manifest
 present); without them the homepage is built as before, explanations from the evidence that remains.
 The ETL's ``etl/searches/`` (logs with a ``query`` column) and ``etl/last_session/`` are read when a
@@ -29,7 +31,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,7 @@ from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
 from homerank.gnn.metrics import top_k
 from homerank.homepage.build import build_pages
+from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
 from homerank.jobs.artifacts import load_embeddings, load_scorer, read_embedding_table, require
 from homerank.jobs.config import JobConfig
@@ -65,10 +68,9 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     user_emb, item_emb = load_embeddings(run)
     etl = read_json(require(run.etl_stats, "etl"))
     ref_time = pd.Timestamp(etl.get("reference_time") or interactions[schema.LAST_TS].max())
-    device = backend.torch_device
-    k = min(settings.candidates, item_emb.shape[0])
-    cand_items, cand_scores = top_k(load_scorer(run, device), torch.arange(user_emb.shape[0]), k, None,
-                                    config.rank.batch_size, device)
+    candidates = _model_candidates(load_scorer(run, backend.torch_device), min(settings.candidates,
+                                                                               item_emb.shape[0]),
+                                   config.rank.batch_size, backend.torch_device)
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
     profiles = _read_profiles(run) if config.profiles.enabled else None
@@ -78,22 +80,23 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     sessions = _read_dataset(run.last_session, None) if "continue_shopping" in kinds else None
     staging = run.homepage.with_name(".homepage.parts")  # the blocks' parts, published as one dataset at the end
     impressions = run.impressions.with_name(".impressions.parts")
-    for folder in (staging, impressions):
+    jsonl_parts = run.homepage_jsonl.with_name(".homepage.jsonl.parts")
+    for folder in (staging, impressions, jsonl_parts):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     try:
-        with atomic_path(run.homepage_jsonl) as jsonl_tmp, open(jsonl_tmp, "w") as jsonl:
-            parts = _PartWriter(staging, jsonl, impressions, ensure_run_id(run), ref_time)
-            homepage = build_pages(cand_items.numpy(), cand_scores.numpy(), item_emb, user_emb, interactions, edges,
-                                   user_index, item_index, catalogue, ref_time, settings, rankings,
-                                   on_block=parts.write, profiles=profiles, cold_items=cold_items,
-                                   searches=searches, sessions=sessions)
-            jsonl.close()
-            publish_parquet_parts(staging, run.homepage, homepage.page)
-            publish_parquet_parts(impressions, run.impressions, parts.impressions_of(homepage.page))
+        parts = _PartWriter(staging, jsonl_parts, impressions, ensure_run_id(run), ref_time)
+        homepage = build_pages(candidates, None, item_emb, user_emb, interactions, edges,
+                               user_index, item_index, catalogue, ref_time, settings, rankings,
+                               on_block=parts.write, profiles=profiles, cold_items=cold_items,
+                               searches=searches, sessions=sessions, fork=backend.model_device == "cpu")
+        with atomic_path(run.homepage_jsonl) as jsonl_tmp:
+            parts.join_jsonl(jsonl_tmp)
+        publish_parquet_parts(staging, run.homepage, homepage.page)
+        publish_parquet_parts(impressions, run.impressions, parts.impressions_of(homepage.page))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(impressions, ignore_errors=True)
+        for folder in (staging, impressions, jsonl_parts):
+            shutil.rmtree(folder, ignore_errors=True)
     write_json(run.homepage_stats, homepage.stats)
     stats = homepage.stats
     log.info("homepage: %d users, %d slots, sections %s", stats["users"], stats["rows"], stats["sections"])
@@ -163,22 +166,40 @@ def impressions_of(page: pd.DataFrame, run_id: str, served_at: pd.Timestamp) -> 
     })
 
 
-class _PartWriter:
-    """Writes each block's page rows as ``part-NNNNN.parquet`` into ``staging``, appends its users' JSON lines
-    (see homerank.homepage.export) to ``jsonl`` and writes its impressions (`impressions_of`) as
-    ``part-NNNNN.parquet`` into ``impressions``, as the blocks come."""
+def _model_candidates(scorer: Any, k: int, batch_size: int, device: torch.device) -> CandidateFn:
+    """The run's scorer as a `homerank.homepage.candidates.CandidateFn`: the top ``k`` model items of given model
+    rows, scored ``batch_size`` users at a time on ``device`` (the homepage's blocks score their own users)."""
+    def lists_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        items, scores = top_k(scorer, torch.from_numpy(np.asarray(rows, dtype=np.int64)), k, None, batch_size, device)
+        return items.numpy(), scores.numpy()
+    return lists_of
 
-    def __init__(self, staging: Path, jsonl: TextIO, impressions: Path, run_id: str, served_at: pd.Timestamp) -> None:
-        self.staging, self.jsonl, self.parts = staging, jsonl, 0
+
+class _PartWriter:
+    """Writes block N's page rows as ``part-NNNNN.parquet`` into ``staging``, its impressions (`impressions_of`)
+    as ``part-NNNNN.parquet`` into ``impressions`` and its users' JSON lines (see homerank.homepage.export) as
+    ``part-NNNNN.jsonl`` into ``jsonl_parts``, in whichever process built the block; `join_jsonl` concatenates the
+    JSON lines in block order at the end."""
+
+    def __init__(self, staging: Path, jsonl_parts: Path, impressions: Path, run_id: str,
+                 served_at: pd.Timestamp) -> None:
+        self.staging, self.jsonl_parts = staging, jsonl_parts
         self.impressions, self.run_id, self.served_at = impressions, run_id, pd.Timestamp(served_at)
 
     def impressions_of(self, page: pd.DataFrame) -> pd.DataFrame:
         return impressions_of(page, self.run_id, self.served_at)
 
-    def write(self, page: pd.DataFrame) -> None:
+    def write(self, number: int, page: pd.DataFrame) -> None:
         if page.empty:
             return
-        page.to_parquet(self.staging / f"part-{self.parts:05d}.parquet", index=False)
-        self.impressions_of(page).to_parquet(self.impressions / f"part-{self.parts:05d}.parquet", index=False)
-        self.parts += 1
-        self.jsonl.write(jsonl_text(page))
+        name = f"part-{number:05d}"
+        page.to_parquet(self.staging / f"{name}.parquet", index=False)
+        self.impressions_of(page).to_parquet(self.impressions / f"{name}.parquet", index=False)
+        (self.jsonl_parts / f"{name}.jsonl").write_text(jsonl_text(page))
+
+    def join_jsonl(self, path: Path) -> None:
+        """All blocks' JSON lines, in block order, into ``path``."""
+        with open(path, "wb") as out:
+            for part in sorted(self.jsonl_parts.glob("part-*.jsonl")):
+                with open(part, "rb") as lines:
+                    shutil.copyfileobj(lines, out, 1 << 22)

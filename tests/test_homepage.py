@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from homerank.homepage.build import build_pages
+from homerank.homepage.candidates import CandidateLists
 from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig, SectionConfig, SectionKind
 from homerank.homepage.rows import PageBuilder
@@ -111,7 +112,7 @@ def _signals(new_positions: list[int] | None = None) -> PageSignals:
     new = np.array([3, 4] if new_positions is None else new_positions, dtype=np.int64)
     return PageSignals(
         catalogue=catalogue, model_row={"u": 0},
-        candidate_positions=np.array([[2, 0, 1]]), candidate_scores=np.array([[0.9, 0.5, 0.1]]),
+        candidates=CandidateLists(np.array([[2, 0, 1]]), np.array([[0.9, 0.5, 0.1]])),
         by_popularity=np.argsort(-catalogue.popularity, kind="stable"),
         last_viewed=pd.Series({"u": 2}), neighbours={2: (np.array([0, 4]), np.array([0.8, 0.3]))},
         trending_by_category={"A": np.array([1, 0]), "B": np.array([2, 3]), "C": np.array([4])},

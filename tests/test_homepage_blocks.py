@@ -90,7 +90,9 @@ def test_blocks_of_three_users_equal_one_block(settings):
     frames = _frames(2)
     one = build_pages(*frames, settings.model_copy(update={"block_users": 10_000}))
     seen: list[pd.DataFrame] = []
-    blocks = build_pages(*frames, settings.model_copy(update={"block_users": 3}), on_block=seen.append)
+    # in this process: a callback that appends to a list sees nothing from a forked worker
+    blocks = build_pages(*frames, settings.model_copy(update={"block_users": 3, "processes": 1}),
+                         on_block=lambda number, page: seen.append(page))
     assert len(seen) == -(-one.page["user_id"].nunique() // 3) and blocks.page.empty
     pd.testing.assert_frame_equal(pd.concat(seen, ignore_index=True), one.page)
     assert one.stats["rule_check"]["passed"]
@@ -99,6 +101,26 @@ def test_blocks_of_three_users_equal_one_block(settings):
         assert one.stats[key] == blocks.stats[key]
     for side, metrics in one.stats["quality"].items():
         assert blocks.stats["quality"][side] == pytest.approx(metrics)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["category_cap", "mmr"])
+def test_blocks_built_in_worker_processes_equal_one_process(settings):
+    """Forked block workers (blocks of 7 users in 3 processes, each block scoring its own users' candidates
+    through a function of model rows) give the rows and stats of one process with precomputed candidates."""
+    frames = _frames(3)
+    candidates, scores = frames[0], frames[1]
+    one = build_pages(*frames, settings.model_copy(update={"block_users": 7, "processes": 1}))
+    calls: list[int] = []
+
+    def lists_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(rows.size)  # in the parent only when the blocks run here
+        return candidates[rows], scores[rows]
+
+    forked = build_pages(lists_of, None, *frames[2:], settings.model_copy(update={"block_users": 7, "processes": 3}))
+    assert build_module.block_processes(3, 9) == 3 and build_module.block_processes(None, 1) == 1
+    assert not calls  # every block was scored in a worker
+    pd.testing.assert_frame_equal(forked.page, one.page)
+    assert json.dumps(forked.stats, sort_keys=True) == json.dumps(one.stats, sort_keys=True)
 
 
 @pytest.mark.slow
@@ -110,29 +132,31 @@ def test_the_stage_publishes_parts_and_the_manifest_last(homepage_run, tmp_path,
     before = {name: (run / name).read_bytes() for name in ("homepage.jsonl", "homepage_stats.json")}
     manifest = json.loads((run / "homepage" / "_SUCCESS.json").read_text())
     page = pd.read_parquet(run / "homepage")
-    # rebuild in blocks of 50 users: one part per block, same rows and the same JSON lines
-    assert main(["homepage", "--out", str(run), "--set", "homepage.block_users=50", "--quiet"]) == 0
+    # rebuild in blocks of 50 users in 2 worker processes: one part per block, same rows and the same JSON lines
+    assert main(["homepage", "--out", str(run), "--set", "homepage.block_users=50", "--set", "homepage.processes=2",
+                 "--quiet"]) == 0
     blocks = json.loads((run / "homepage" / "_SUCCESS.json").read_text())
     assert len(blocks["files"]) == -(-page["user_id"].nunique() // 50) and blocks["rows"] == manifest["rows"]
     pd.testing.assert_frame_equal(pd.read_parquet(run / "homepage"), page)
     assert (run / "homepage.jsonl").read_bytes() == before["homepage.jsonl"]
-    # the second block fails: nothing is published, the previous homepage stays whole
+    # the second block fails, in this process and in a forked worker: nothing is published, the previous homepage
+    # stays whole
     real = build_module.BlockPages.build
-    calls = []
+    second = np.sort(page["user_id"].unique())[50]
 
-    def failing(self, users):
-        calls.append(len(users))
-        if len(calls) == 2:
+    def failing(self, users, candidates=None):
+        if users[0] == second:
             raise RuntimeError("block 2 failed")
-        return real(self, users)
+        return real(self, users, candidates)
 
     monkeypatch.setattr(build_module.BlockPages, "build", failing)
-    with pytest.raises(RuntimeError, match="block 2 failed"):
-        main(["homepage", "--out", str(run), "--set", "homepage.block_users=50", "--quiet"])
-    assert calls == [50, 50]
-    assert json.loads((run / "homepage" / "_SUCCESS.json").read_text()) == blocks
-    pd.testing.assert_frame_equal(pd.read_parquet(run / "homepage"), page)
-    assert (run / "homepage.jsonl").read_bytes() == before["homepage.jsonl"]
+    for processes in (1, 2):
+        with pytest.raises(RuntimeError, match="block 2 failed"):
+            main(["homepage", "--out", str(run), "--set", "homepage.block_users=50", "--set",
+                  f"homepage.processes={processes}", "--quiet"])
+        assert json.loads((run / "homepage" / "_SUCCESS.json").read_text()) == blocks
+        pd.testing.assert_frame_equal(pd.read_parquet(run / "homepage"), page)
+        assert (run / "homepage.jsonl").read_bytes() == before["homepage.jsonl"]
     assert not any(p.name.startswith(".homepage") for p in run.iterdir())  # no staging or temp file left
 
 
