@@ -181,6 +181,22 @@ class BlockPages:
         rows = np.repeat(np.arange(users.size, dtype=np.int64), lengths)
         return ItemSets(users.size, self.in_stock.size).add(rows, positions)
 
+    def _refill_from_whole_lists(self, model_rows: np.ndarray, lists: CandidateLists, sources: list[Source],
+                                 rules: Rules, filled: tuple[np.ndarray, ...]) -> None:
+        """The for_you rows filled from the users' first, short model lists (``lists.truncated``) that walked past
+        their end (a fallback item pooled, or the pool not full) are filled again, in place in ``filled``
+        (positions, scores, reason codes, counts), from the whole lists; every other row already equals the
+        whole list's walk (`homerank.homepage.candidates`)."""
+        positions, _, codes, counts = filled
+        past_end = ((codes != 0) & (positions >= 0)).any(axis=1) | (counts < rules.pool_size)
+        need = np.flatnonzero((lists.lines(model_rows) >= 0) & past_end)
+        if not need.size or self.signals.model_candidates is None:
+            return
+        whole = self.signals.model_candidates.for_rows(model_rows[need], whole=True)
+        again = [Source(whole.positions, whole.scores, np.array(0), whole.lines(model_rows)), *sources[1:]]
+        for array, redone in zip(filled, fill_pools(again, need, rules), strict=True):
+            array[need] = redone
+
     def build(self, users: np.ndarray, candidates: CandidateLists | None = None) -> pd.DataFrame:
         """Page rows (``PAGE_COLUMNS``) of ``users`` (B,), grouped by user in the given order, sections in page
         order, slots 1..n; ``candidates``, the model's candidates of (at least) the block's users, default the
@@ -213,6 +229,8 @@ class BlockPages:
             cap = settings.max_per_category if kind.category_cap and not mmr else None
             rules = Rules(self.in_stock, self.category, blocked, cap, pool_size)
             positions, scores, codes, counts = fill_pools(sources, rows, rules)
+            if section.kind == "for_you" and lists is not None and lists.truncated:
+                self._refill_from_whole_lists(model_rows, lists, sources, rules, (positions, scores, codes, counts))
             if mmr:
                 picks = mmr_pick(positions, counts, self.vectors, room, settings.mmr_lambda)
                 chosen = picks >= 0

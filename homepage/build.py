@@ -143,7 +143,8 @@ class _BlockPager:
 
     def page(self, number: int) -> tuple[int, pd.DataFrame, BlockSums]:
         block = self.users[number * self.block_users : (number + 1) * self.block_users]
-        signals = self.signals.for_block(block)  # the model's candidates of the block's users, scored here
+        # the model's candidates of the block's users, scored here (the whole lists for the user-by-user builder)
+        signals = self.signals.for_block(block, whole=self.blocks is None)
         if self.blocks is not None:
             page = self.blocks.build(block, signals.candidates)
         else:

@@ -74,13 +74,14 @@ class PageSignals:
     last_session: LastSession | None = None  # the users' last-session items not bought (continue_shopping)
     model_candidates: ModelCandidates | None = None  # makes the candidates of any model rows (`for_block`)
 
-    def for_block(self, users: np.ndarray) -> PageSignals:
-        """These signals with the model's candidates of ``users`` (B,) (the same object when they hold every
-        user's candidates already)."""
+    def for_block(self, users: np.ndarray, whole: bool = False) -> PageSignals:
+        """These signals with the model's candidates of ``users`` (B,): their first, short lists, or the whole
+        lists when ``whole`` (`homerank.homepage.candidates.ModelCandidates.for_rows`); the same object when they
+        hold every user's candidates already."""
         if self.model_candidates is None or (self.candidates is not None and self.candidates.rows is None):
             return self
         rows = [self.model_row.get(user, -1) for user in users.tolist()]
-        return replace(self, candidates=self.model_candidates.for_rows(np.asarray(rows, dtype=np.int64)))
+        return replace(self, candidates=self.model_candidates.for_rows(np.asarray(rows, dtype=np.int64), whole))
 
     def title_values(self, users: np.ndarray) -> dict[str, np.ndarray]:
         """The profile's title fields for ``users`` (B,): ``top_category`` (the profile's, else the interactions',
@@ -165,7 +166,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     ``vector_source`` (C,) where each came from (`homerank.homepage.catalogue.item_vectors`; None: model or mean);
     ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index), or
     ``candidate_items`` is a `homerank.homepage.candidates.CandidateFn` (``candidate_scores`` None) that scores the
-    rows of one block at a time (`PageSignals.for_block`);
+    rows of one block at a time (`PageSignals.for_block`), ``settings.candidates`` per user;
     ``profiles`` (user_id, segment, segment_name, top_category_1; None without profiles) and ``edges`` (the
     k-core edges with ``split``) give the segments and their favourites; ``searches`` (user_id, timestamp, query)
     and ``sessions`` (the ETL's last-session table), None without them, the related_to_searches and
@@ -186,8 +187,9 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         model_row=dict(zip(user_index[schema.USER], user_index[schema.USER_INDEX], strict=True)),
         candidates=(None if candidate_scores is None else
                     CandidateLists(positions_of_model_items[candidate_items], np.asarray(candidate_scores))),
-        model_candidates=(ModelCandidates(candidate_items, positions_of_model_items) if candidate_scores is None
-                          else None),
+        model_candidates=(ModelCandidates(candidate_items, positions_of_model_items,
+                                          min(settings.candidates, item_embeddings.shape[0]))
+                          if candidate_scores is None else None),
         by_popularity=np.argsort(-catalogue.popularity, kind="stable"),
         last_viewed=last_viewed,
         neighbours=item_neighbours(anchors, catalogue, item_embeddings, positions_of_model_items,

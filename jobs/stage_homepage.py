@@ -68,9 +68,8 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     user_emb, item_emb = load_embeddings(run)
     etl = read_json(require(run.etl_stats, "etl"))
     ref_time = pd.Timestamp(etl.get("reference_time") or interactions[schema.LAST_TS].max())
-    candidates = _model_candidates(load_scorer(run, backend.torch_device), min(settings.candidates,
-                                                                               item_emb.shape[0]),
-                                   config.rank.batch_size, backend.torch_device)
+    candidates = _model_candidates(load_scorer(run, backend.torch_device), config.rank.batch_size,
+                                   backend.torch_device)
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
     profiles = _read_profiles(run) if config.profiles.enabled else None
@@ -166,10 +165,10 @@ def impressions_of(page: pd.DataFrame, run_id: str, served_at: pd.Timestamp) -> 
     })
 
 
-def _model_candidates(scorer: Any, k: int, batch_size: int, device: torch.device) -> CandidateFn:
-    """The run's scorer as a `homerank.homepage.candidates.CandidateFn`: the top ``k`` model items of given model
+def _model_candidates(scorer: Any, batch_size: int, device: torch.device) -> CandidateFn:
+    """The run's scorer as a `homerank.homepage.candidates.CandidateFn`: the top k model items of given model
     rows, scored ``batch_size`` users at a time on ``device`` (the homepage's blocks score their own users)."""
-    def lists_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def lists_of(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         items, scores = top_k(scorer, torch.from_numpy(np.asarray(rows, dtype=np.int64)), k, None, batch_size, device)
         return items.numpy(), scores.numpy()
     return lists_of

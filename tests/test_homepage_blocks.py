@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from homerank.homepage import blocks as blocks_module
 from homerank.homepage import build as build_module
+from homerank.homepage import candidates as candidates_module
 from homerank.homepage.block_pages import BlockPages
 from homerank.homepage.build import _pages_one_by_one, build_pages
 from homerank.homepage.catalogue import build_catalogue, inductive_item_vectors
@@ -104,23 +105,37 @@ def test_blocks_of_three_users_equal_one_block(settings):
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=["category_cap", "mmr"])
-def test_blocks_built_in_worker_processes_equal_one_process(settings):
+@pytest.mark.parametrize("first", [4, 25, 100], ids=["short_first_lists", "first_lists_of_25", "whole_lists"])
+def test_blocks_built_in_worker_processes_equal_one_process(settings, first, monkeypatch):
     """Forked block workers (blocks of 7 users in 3 processes, each block scoring its own users' candidates
-    through a function of model rows) give the rows and stats of one process with precomputed candidates."""
+    through a function of model rows: first the top ``first``, the whole top 40 for the rows that walk past them)
+    give the rows and stats of one process with the whole precomputed lists."""
+    monkeypatch.setattr(candidates_module, "FIRST_CANDIDATES", first)
     frames = _frames(3)
     candidates, scores = frames[0], frames[1]
     one = build_pages(*frames, settings.model_copy(update={"block_users": 7, "processes": 1}))
-    calls: list[int] = []
+    calls: list[tuple[int, int]] = []
 
-    def lists_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        calls.append(rows.size)  # in the parent only when the blocks run here
-        return candidates[rows], scores[rows]
+    def lists_of(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        calls.append((rows.size, k))  # in the parent only when the blocks run here
+        return candidates[rows, :k], scores[rows, :k]
 
     forked = build_pages(lists_of, None, *frames[2:], settings.model_copy(update={"block_users": 7, "processes": 3}))
     assert build_module.block_processes(3, 9) == 3 and build_module.block_processes(None, 1) == 1
     assert not calls  # every block was scored in a worker
     pd.testing.assert_frame_equal(forked.page, one.page)
     assert json.dumps(forked.stats, sort_keys=True) == json.dumps(one.stats, sort_keys=True)
+    # in one process: the short lists are taken first, and the whole lists only for the rows that need them
+    here = build_pages(lists_of, None, *frames[2:], settings.model_copy(update={"block_users": 7, "processes": 1}))
+    pd.testing.assert_frame_equal(here.page, one.page)
+    rows_scored = {k: sum(n for n, kk in calls if kk == k) for k in (first, 40)}
+    warm = len(frames[6])
+    if first == 4:  # every warm user's short list, and the whole list for all (no row fills from 4 items)
+        assert rows_scored == {4: warm, 40: warm}
+    elif first == 25:  # ... and for some of them
+        assert rows_scored[25] == warm and 0 < rows_scored[40] < warm
+    else:
+        assert calls and all(k == 40 for _, k in calls) and rows_scored[40] == len(frames[6])
 
 
 @pytest.mark.slow
