@@ -36,11 +36,14 @@ PEER_BLAS_THREADS = 1
 # --- one stage: a subprocess, its wall time and the peak RSS of its process tree ----------------------------------
 
 
-def tree_rss(root: Any) -> tuple[int, int]:
-    """(sum of the RSS of ``root`` and all its descendants at this instant, number of processes counted)."""
+def tree_rss(root: Any) -> tuple[int, int, int]:
+    """(sum of the RSS of ``root`` and all its descendants at this instant, sum of their PSS, number of processes
+    counted). The RSS sum counts a page shared by several processes (a forked worker's inherited memory) once per
+    process; the PSS (proportional set size, /proc/PID/smaps_rollup) splits it among them, so its sum is the tree's
+    real footprint (0 where the platform has no PSS)."""
     import psutil
 
-    total, counted = 0, 0
+    total, proportional, counted = 0, 0, 0
     try:
         members = [root, *root.children(recursive=True)]
     except psutil.Error:
@@ -51,27 +54,32 @@ def tree_rss(root: Any) -> tuple[int, int]:
             counted += 1
         except psutil.Error:  # it ended between the listing and the reading
             continue
-    return total, counted
+        try:
+            proportional += getattr(member.memory_full_info(), "pss", 0)
+        except (psutil.Error, OSError):
+            pass
+    return total, proportional, counted
 
 
 def measure_command(command: list[str], *, log_file: Path, env: dict[str, str] | None = None,
                     cwd: Path = ROOT, poll_seconds: float = POLL_SECONDS) -> dict[str, Any]:
     """Run ``command`` (stdout and stderr to ``log_file``), sampling the RSS of its whole process tree every
     ``poll_seconds``. Returns seconds (wall, from start to exit), peak_rss_bytes (the largest sampled sum, and
-    at least the root process's own kernel peak), samples, processes (most processes seen at once) and
-    returncode."""
+    at least the root process's own kernel peak), sampled_peak_pss_bytes (the largest sampled sum of PSS),
+    samples, processes (most processes seen at once) and returncode."""
     import psutil
 
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    peak = kernel_peak = samples = most = 0
+    peak = pss_peak = kernel_peak = samples = most = 0
     with open(log_file, "wb") as log:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             root = psutil.Process(process.pid)
             while process.poll() is None:
-                rss, counted = tree_rss(root)
+                rss, pss, counted = tree_rss(root)
                 peak, most, samples = max(peak, rss), max(most, counted), samples + 1
+                pss_peak = max(pss_peak, pss)
                 kernel_peak = max(kernel_peak, (high_water_mark(process.pid) or 0))
                 try:
                     process.wait(timeout=poll_seconds)
@@ -85,6 +93,7 @@ def measure_command(command: list[str], *, log_file: Path, env: dict[str, str] |
                 process.wait()
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_rss_bytes": max(peak, kernel_peak), "sampled_peak_rss_bytes": peak,
+            "sampled_peak_pss_bytes": pss_peak,
             "root_kernel_peak_bytes": kernel_peak, "samples": samples, "processes": most,
             "returncode": process.returncode}
 
@@ -261,6 +270,7 @@ def pipeline_point(events: int, workers: int, *, epochs: int = DEFAULT_EPOCHS,
         "events": events,
         "workers": workers,
         "stages": {stage: {"seconds": m["seconds"], "peak_rss_bytes": m["peak_rss_bytes"],
+                           "peak_pss_bytes": m["sampled_peak_pss_bytes"],
                            "own_seconds": m["own_seconds"], "overhead_seconds": m["overhead_seconds"]}
                    for stage, m in stages.items()},
         "rank_users_per_s": ours_rank,
@@ -306,11 +316,13 @@ def point_markdown(result: dict[str, Any]) -> str:
              f"train.epochs={cfg['train.epochs']}, train.steps_per_epoch={cfg['train.steps_per_epoch']}, "
              f"device {cfg['device']}. Each stage is `homerank STAGE --out RUN` in its own process; load average "
              f"at start / end {result['load_average']['start']} / {result['load_average']['end']}.", "",
-             "| stage | wall s | stage's own clock s | start-up and rest s | peak RSS (MiB) |", "|---|---|---|---|---|"]
+             "| stage | wall s | stage's own clock s | start-up and rest s | peak RSS (MiB) | peak PSS (MiB) |",
+             "|---|---|---|---|---|---|"]
     for stage, m in result["stages"].items():
         own = f"{m['own_seconds']:.2f}" if m["own_seconds"] is not None else "n/a"
         rest = f"{m['overhead_seconds']:.2f}" if m["overhead_seconds"] is not None else "n/a"
-        lines.append(f"| {stage} | {m['seconds']:.2f} | {own} | {rest} | {m['peak_rss_bytes'] / MIB:.0f} |")
+        pss = f"{m['peak_pss_bytes'] / MIB:.0f}" if m.get("peak_pss_bytes") else "n/a"
+        lines.append(f"| {stage} | {m['seconds']:.2f} | {own} | {rest} | {m['peak_rss_bytes'] / MIB:.0f} | {pss} |")
     peer, own = result["peer"], result["own_clock"]
     lines += ["", f"Total {result['total_seconds']:.1f}s; largest stage peak RSS "
                   f"{result['client_peak_rss_bytes'] / MIB:.0f} MiB.", "",
