@@ -10,6 +10,8 @@
                                [--id-dropout P] [--json FILE]
     python -m bench warm-start [--events 1e6] [--seed S] [--repeat R] [--data DIR] [--json FILE] [--set K=V ...]
                                [--reuse]
+    python -m bench defaults [--events 1e6] [--json FILE] [--als-factors 32,64,128,256] [--als-alpha 1,10,40]
+                             [--als-regularization 0.01,0.1]
 """
 
 from __future__ import annotations
@@ -241,7 +243,38 @@ def main(argv: list[str] | None = None) -> int:
                       help=f"log, served run, feedback and the runs (default {WARM_START_DATA})")
     warm.add_argument("--json", type=Path, default=WARM_START_JSON, metavar="FILE",
                       help=f"result file (default {WARM_START_JSON}); a .md table is written next to it")
+    defaults = commands.add_parser("defaults", help="homerank's default training and the minute preset's vs an ALS "
+                                   "tuned on validation, on one generated log and split (test Recall/NDCG@20, "
+                                   "seconds)", description="bench/defaults_bench.py (protocol in its docstring and "
+                                   "bench/README.md)")
+    defaults.add_argument("--events", type=_count, default=1_000_000, help="generated log size (default 1e6)")
+    defaults.add_argument("--json", type=Path, default=None, metavar="FILE",
+                          help="result file (default bench/results/defaults/events-N.json); a .md beside it")
+    defaults.add_argument("--als-factors", default="32,64,128,256", help="ALS grid: factors (comma-separated)")
+    defaults.add_argument("--als-alpha", default="1,10,40", help="ALS grid: confidence weights alpha")
+    defaults.add_argument("--als-regularization", default="0.01,0.1", help="ALS grid: regularization")
+    defaults.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                          help=f"cache of generated logs; the runs go to DIR/defaults/ (default {DEFAULT_DATA})")
     args = parser.parse_args(argv)
+    if args.command == "defaults":
+        from bench.defaults_bench import run_defaults_bench
+
+        def numbers(text: str, kind: type) -> tuple:
+            try:
+                values = tuple(kind(v) for v in text.split(",") if v.strip())
+            except ValueError:
+                parser.error(f"not a comma-separated list of {kind.__name__}: {text!r}")
+            if not values or min(values) <= 0:
+                parser.error(f"expected positive values: {text!r}")
+            return values
+
+        result = run_defaults_bench(args.events, json_path=args.json, data=args.data,
+                                    als_factors=numbers(args.als_factors, int),
+                                    als_alpha=numbers(args.als_alpha, float),
+                                    als_regularization=numbers(args.als_regularization, float))
+        say("defaults: test ndcg@20 " + ", ".join(f"{name} {values['ndcg@20']:.4f}"
+                                                   for name, values in result["test"].items()))
+        return 0
     if args.command == "warm-start":
         if args.repeat < 1:
             parser.error("--repeat must be >= 1")
