@@ -68,8 +68,10 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     user_emb, item_emb = load_embeddings(run)
     etl = read_json(require(run.etl_stats, "etl"))
     ref_time = pd.Timestamp(etl.get("reference_time") or interactions[schema.LAST_TS].max())
-    candidates = _model_candidates(load_scorer(run, backend.torch_device), config.rank.batch_size,
-                                   backend.torch_device)
+    # users scored per (B, I) product: rank.batch_size, fewer when one block of scores would pass SCORE_BYTES (every
+    # worker process holds one)
+    batch = min(config.rank.batch_size, max(256, SCORE_BYTES // (4 * item_emb.shape[0])))
+    candidates = _model_candidates(load_scorer(run, backend.torch_device), batch, backend.torch_device)
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
     profiles = _read_profiles(run) if config.profiles.enabled else None
@@ -163,6 +165,9 @@ def impressions_of(page: pd.DataFrame, run_id: str, served_at: pd.Timestamp) -> 
         "run_id": pd.array([run_id] * len(page), dtype="string"),
         "served_at": np.full(len(page), served_at.to_datetime64(), dtype="datetime64[ns]"),
     })
+
+
+SCORE_BYTES = 256 * 2**20  # the largest (B, I) float32 score block one process scores the candidates from
 
 
 def _model_candidates(scorer: Any, batch_size: int, device: torch.device) -> CandidateFn:
