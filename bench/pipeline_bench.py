@@ -279,6 +279,7 @@ def pipeline_point(events: int, workers: int, *, epochs: int = DEFAULT_EPOCHS,
         "speedup_vs_peer": {"rank": ours_rank / peer["rank_users_per_s"],
                             "homepage": ours_homepage / peer["homepage_users_per_s"]},
         "client_peak_rss_bytes": max(m["peak_rss_bytes"] for m in stages.values()),
+        "client_peak_pss_bytes": max(m["sampled_peak_pss_bytes"] for m in stages.values()),
         "machine": machine_info(("distributed", "psutil", "pyarrow", "faiss-cpu")),
         "config": {**config, "device": device},
         "total_seconds": sum(m["seconds"] for m in stages.values()),
@@ -324,8 +325,10 @@ def point_markdown(result: dict[str, Any]) -> str:
         pss = f"{m['peak_pss_bytes'] / MIB:.0f}" if m.get("peak_pss_bytes") else "n/a"
         lines.append(f"| {stage} | {m['seconds']:.2f} | {own} | {rest} | {m['peak_rss_bytes'] / MIB:.0f} | {pss} |")
     peer, own = result["peer"], result["own_clock"]
+    pss = (f" (peak PSS {result['client_peak_pss_bytes'] / MIB:.0f} MiB: shared pages counted once)"
+           if result.get("client_peak_pss_bytes") else "")
     lines += ["", f"Total {result['total_seconds']:.1f}s; largest stage peak RSS "
-                  f"{result['client_peak_rss_bytes'] / MIB:.0f} MiB.", "",
+                  f"{result['client_peak_rss_bytes'] / MIB:.0f} MiB{pss}.", "",
               "| page | users | homerank users/s (wall) | homerank users/s (own clock) | naive peer users/s | "
               "speedup (wall) | speedup (own clock) |", "|---|---|---|---|---|---|---|"]
     for page in ("rank", "homepage"):
@@ -376,11 +379,12 @@ def scaling_markdown(scaling: dict[str, Any]) -> str:
     runs = scaling["runs"]
     lines = [f"# Pipeline scaling ({scaling['workers']} worker(s))", "",
              "Wall seconds per stage (each stage its own `homerank` process) and peak RSS of its process tree:", "",
-             "| events | " + " | ".join(f"{s} s" for s in STAGES) + " | total s | largest RSS MiB | rank users/s "
-             "(peer) | homepage users/s (peer) |", "|---" * (len(STAGES) + 5) + "|"]
+             "| events | " + " | ".join(f"{s} s" for s in STAGES) + " | total s | largest RSS MiB | largest PSS MiB "
+             "| rank users/s (peer) | homepage users/s (peer) |", "|---" * (len(STAGES) + 6) + "|"]
     for r in runs:
+        pss = f"{r['client_peak_pss_bytes'] / MIB:.0f}" if r.get("client_peak_pss_bytes") else "n/a"
         lines.append(f"| {r['events']} | " + " | ".join(f"{r['stages'][s]['seconds']:.1f}" for s in STAGES)
-                     + f" | {r['total_seconds']:.1f} | {r['client_peak_rss_bytes'] / MIB:.0f} | "
+                     + f" | {r['total_seconds']:.1f} | {r['client_peak_rss_bytes'] / MIB:.0f} | {pss} | "
                        f"{r['rank_users_per_s']:.0f} ({r['peer']['rank_users_per_s']:.0f}) | "
                        f"{r['homepage_users_per_s']:.0f} ({r['peer']['homepage_users_per_s']:.0f}) |")
     lines += ["", "The stage's own clock (`RUN/logs/timings.json`, without process start-up):", "",
@@ -452,10 +456,11 @@ def run_scaling(sizes: list[int], workers: int, *, epochs: int = DEFAULT_EPOCHS,
         results.append({**result, "file": path.name})
     scaling = scaling_summary(results)
     keep = ("events", "workers", "stages", "rank_users_per_s", "homepage_users_per_s", "speedup_vs_peer",
-            "client_peak_rss_bytes", "config", "total_seconds", "users", "load_average", "file")
+            "client_peak_rss_bytes", "client_peak_pss_bytes", "config", "total_seconds", "users", "load_average",
+            "file")
     scaling.update({
         "workers": workers,
-        "runs": [{**{k: r[k] for k in keep}, "peer": {k: r["peer"][k] for k in ("rank_users_per_s",
+        "runs": [{**{k: r.get(k) for k in keep}, "peer": {k: r["peer"][k] for k in ("rank_users_per_s",
                                                                                "homepage_users_per_s")}}
                  for r in results],
         "machine": machine_info(("distributed", "psutil", "pyarrow", "faiss-cpu")),
