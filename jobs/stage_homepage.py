@@ -71,7 +71,11 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     # users scored per (B, I) product: rank.batch_size, fewer when one block of scores would pass SCORE_BYTES (every
     # worker process holds one)
     batch = min(config.rank.batch_size, max(256, SCORE_BYTES // (4 * item_emb.shape[0])))
-    candidates = _model_candidates(load_scorer(run, backend.torch_device), batch, backend.torch_device)
+    scorer = load_scorer(run, backend.torch_device)
+    if user_emb.shape[0]:
+        scorer(torch.zeros(1, dtype=torch.long))  # built once here, before the block workers fork: e.g. a linear
+        # filter's item operator (homerank.gnn.linear_filter), which the workers share instead of building their own
+    candidates = _model_candidates(scorer, batch, backend.torch_device)
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
     profiles = _read_profiles(run) if config.profiles.enabled else None

@@ -4,13 +4,18 @@ import numpy as np
 import pytest
 import torch
 
+from homerank.gnn import linear_filter as linear_filter_module
 from homerank.gnn.linear_filter import LinearFilter
 from homerank.gnn.metrics import CSRIndex, evaluate_blends, evaluate_ranking
 from homerank.gnn.scorer import blend_scorers, popularity_prior, standardise
 
 
+@pytest.mark.parametrize("dense_max_items", [0, 100], ids=["products_with_R", "item_operator"])
 @pytest.mark.parametrize("svd_solver", ["arpack", "randomized"])
-def test_gf_cf_scores_match_the_dense_formula(svd_solver):
+def test_gf_cf_scores_match_the_dense_formula(svd_solver, dense_max_items, monkeypatch):
+    # every formula below holds for both scoring paths: products with R~ per block of users, and the (I, I)
+    # operator F built once from the one-hot rows (s_u = r_u F)
+    monkeypatch.setattr(linear_filter_module, "DENSE_MAX_ITEMS", dense_max_items)
     rng = np.random.default_rng(0)
     dense = (rng.random((12, 9)) < 0.35).astype(np.float64)
     dense[:, 0] = 1  # no empty item column
@@ -49,6 +54,9 @@ def test_gf_cf_scores_match_the_dense_formula(svd_solver):
     shuffled = torch.tensor([7, 2, 11, 0, 5, 9, 1, 3, 10, 4, 8, 6])
     np.testing.assert_allclose(two_steps.scorer(chunk=5)(shuffled).numpy(),
                                two_steps.scorer()(torch.arange(12)).numpy()[shuffled.numpy()], rtol=1e-5, atol=1e-6)
+    # and the two paths agree
+    np.testing.assert_allclose(two_steps.scorer(dense_max_items=100)(shuffled).numpy(),
+                               two_steps.scorer(dense_max_items=0)(shuffled).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_ensemble_mixes_standardised_scores():
