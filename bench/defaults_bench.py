@@ -42,6 +42,7 @@ import torch
 from bench.etl_suite import ensure_log, say
 from bench.machine import machine_info
 from homerank.engine.backend import resolve_backend
+from homerank.engine.matrices import csr_from_pairs
 from homerank.engine.split import SPLIT
 from homerank.gnn.metrics import evaluate_ranking
 from homerank.gnn.scorer import embedding_scorer
@@ -99,12 +100,6 @@ def train_variant(name: str, config: JobConfig, split_run: RunDir, folder: Path)
     return out
 
 
-def _csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> Any:
-    import scipy.sparse
-
-    return scipy.sparse.csr_matrix((np.ones(users.size, dtype=np.float32), (users, items)), shape=shape)
-
-
 def _fit_als(matrix: Any, factors: int, alpha: float, regularization: float) -> tuple[torch.Tensor, torch.Tensor]:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
@@ -131,7 +126,8 @@ def tuned_als(run: RunDir, grid: list[tuple[int, float, float]]) -> dict[str, An
     tried = []
     tick = time.perf_counter()
     for factors, alpha, regularization in grid:
-        user_factors, item_factors = _fit_als(_csr(users[train], items[train], shape), factors, alpha, regularization)
+        train_matrix = csr_from_pairs(users[train], items[train], *shape, binary=True)
+        user_factors, item_factors = _fit_als(train_matrix, factors, alpha, regularization)
         found = evaluate_ranking(embedding_scorer(user_factors, item_factors), valid, known_train, [20])
         tried.append({"factors": factors, "alpha": alpha, "regularization": regularization,
                       "valid_ndcg@20": round(float(found["ndcg@20"]), 4)})
@@ -142,7 +138,8 @@ def tuned_als(run: RunDir, grid: list[tuple[int, float, float]]) -> dict[str, An
     test = split_index(edges, "test", num_users, num_items)
     seen = train | (split == "valid")
     tick = time.perf_counter()
-    user_factors, item_factors = _fit_als(_csr(users[seen], items[seen], shape), best["factors"], best["alpha"],
+    known_matrix = csr_from_pairs(users[seen], items[seen], *shape, binary=True)
+    user_factors, item_factors = _fit_als(known_matrix, best["factors"], best["alpha"],
                                           best["regularization"])
     fit_seconds = time.perf_counter() - tick
     tick = time.perf_counter()

@@ -49,8 +49,7 @@ class BlockSums:
         self.exposure += other.exposure
         for mine, theirs in ((self.violations, other.violations), (self.sections, other.sections),
                              (self.evidence, other.evidence), (self.counts, other.counts)):
-            for key, value in theirs.items():  # Counter.update drops nothing, unlike Counter.__add__ (zeros)
-                mine[key] += value
+            mine.update(theirs)  # adds, and keeps zero counts (a rule with no violation stays listed)
         self.diversity_sum += other.diversity_sum
         self.hits.extend(other.hits)
         self.for_you_length = max(self.for_you_length, other.for_you_length)
@@ -58,8 +57,8 @@ class BlockSums:
 
 
 class PageTally:
-    """Add each block's page rows with `add` (or compute a block's `sums` elsewhere, e.g. in a worker process, and
-    `merge` them); `stats` returns what ``homepage_stats.json`` holds."""
+    """Compute each block's `sums` (in whichever process built the block) and `merge` them here; `stats` returns
+    what ``homepage_stats.json`` holds."""
 
     def __init__(self, catalogue: Catalogue, signals: PageSignals, users: np.ndarray, edges: pd.DataFrame,
                  merchandising: Merchandising | None, settings: HomepageConfig) -> None:
@@ -74,10 +73,6 @@ class PageTally:
     def empty(self) -> BlockSums:
         return BlockSums(np.zeros(len(self.catalogue.item_ids), dtype=np.int64),
                          counts=Counter(dict.fromkeys(COUNT_KEYS, 0)))
-
-    def add(self, page: pd.DataFrame, users: np.ndarray, evidence: np.ndarray | None = None) -> None:
-        """Add one block's rows (see `sums`)."""
-        self.merge(self.sums(page, users, evidence))
 
     def merge(self, sums: BlockSums) -> None:
         self.totals.merge(sums)
