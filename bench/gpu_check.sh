@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU checks of one lent device session (README "GPU", bench/README.md "GPU runs"), as one prepared script:
+# the CUDA tests, Gowalla with the minute preset and with the recipe (accuracy bench, model on the GPU), and the
+# whole-pipeline bench with --device gpu. Every step has its own time limit and log; a failing step does not stop
+# the next one. Results land under bench/results/ as on any machine and are packed into $OUT/results.tgz.
+#
+# The device machine has CUDA, torch, cupy and PyG but neither RAPIDS nor network: the pure-Python and binary
+# wheels this project needs beyond its image travel in .whl/ (pip download for cp312, see bench/README.md), the
+# Gowalla split in .gpudata/gowalla. Frames stay on pandas there (no cuDF); the model runs on CUDA.
+#
+#   [EVENTS=N PIPELINE_LIMIT=S] bash bench/gpu_check.sh [STEP ...]     # steps: tests minute recipe pipeline (default: all, in that order)
+set -u
+OUT=${OUT:-/tmp/homerank-gpu-out}
+mkdir -p "$OUT/logs"
+SITE=/tmp/homerank-site
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+fi
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the source tree as an importable package without installing it: homerank.engine -> engine/, ...
+for part in engine gnn homepage jobs; do [ -e "homerank/$part" ] || ln -s "../$part" "homerank/$part"; done
+{
+  date -u; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import sys, torch, pandas, numpy, scipy, pyarrow, dask, torch_geometric as g
+print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))
+print('pandas', pandas.__version__, 'numpy', numpy.__version__, 'scipy', scipy.__version__, 'pyarrow',
+      pyarrow.__version__, 'dask', dask.__version__, 'pyg', g.__version__)"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/logs/NAME.log, record rc and seconds
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$EPOCHREALTIME
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
+  rc=$?
+  printf '%s rc=%s seconds=%.1f\n' "$name" "$rc" "$(awk "BEGIN {print $EPOCHREALTIME - $start}")" | tee -a "$OUT/steps.txt"
+  tail -n 15 "$OUT/logs/$name.log"
+  pack
+}
+
+pack() {  # everything so far into $OUT/results.tgz (again after each step: a later step may be cut off)
+  tar czf "$OUT/results.tgz" bench/results/accuracy/gowalla-minute-gpu bench/results/accuracy/gowalla-gpu \
+    bench/results/pipeline/events-*-workers-8-gpu.* -C "$OUT" logs env.txt steps.txt 2>/dev/null
+}
+
+DATA=${GOWALLA:-.gpudata/gowalla}
+EVENTS=${EVENTS:-1000000}  # the pipeline step's log size (an integer: it names the result files)
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests minute recipe pipeline)
+for name in "${steps[@]}"; do
+  case $name in
+    tests) step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -m gpu ;;
+    minute) step minute 180 python3 bench/accuracy_bench.py --config preset:minute --name gowalla-minute-gpu \
+              --data "$DATA" --run /tmp/runs/gowalla-minute-gpu --peer-budget 15 ;;
+    pipeline) step pipeline "${PIPELINE_LIMIT:-150}" python3 -m bench pipeline --events "$EVENTS" --workers 8 \
+                --device gpu --data /tmp/bench-data --json "bench/results/pipeline/events-$EVENTS-workers-8-gpu.json" ;;
+    recipe) step recipe 180 python3 bench/accuracy_bench.py --config preset:recipe --name gowalla-gpu \
+              --data "$DATA" --run /tmp/runs/gowalla-gpu --skip-peers ;;
+    *) echo "unknown step $name" ;;
+  esac
+done
+ls -la "$OUT"
