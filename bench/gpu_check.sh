@@ -8,7 +8,7 @@
 # wheels this project needs beyond its image travel in .whl/ (pip download for cp312, see bench/README.md), the
 # Gowalla split in .gpudata/gowalla. Frames stay on pandas there (no cuDF); the model runs on CUDA.
 #
-#   [EVENTS=N PIPELINE_LIMIT=S] bash bench/gpu_check.sh [STEP ...]     # steps: tests minute recipe pipeline (default: all, in that order)
+#   [EVENTS=N PIPELINE_LIMIT=S] bash bench/gpu_check.sh [STEP ...]     # steps: tests minute recipe pipeline homepage1 (default: all, in that order)
 set -u
 OUT=${OUT:-/tmp/homerank-gpu-out}
 mkdir -p "$OUT/logs"
@@ -56,6 +56,11 @@ for name in "${steps[@]}"; do
               --data "$DATA" --run /tmp/runs/gowalla-minute-gpu --peer-budget 15 ;;
     pipeline) step pipeline "${PIPELINE_LIMIT:-150}" python3 -m bench pipeline --events "$EVENTS" --workers 8 \
                 --device gpu --data /tmp/bench-data --json "bench/results/pipeline/events-$EVENTS-workers-8-gpu.json" ;;
+    homepage1)  # the pipeline step's homepage again, in the stage's process (homepage.processes=1), for comparison
+      run_dir=/tmp/bench-data/pipeline/events-$EVENTS-workers-8/run
+      step homepage1 "${PIPELINE_LIMIT:-150}" python3 -m homerank.jobs.cli homepage --out "$run_dir" \
+        --set homepage.processes=1
+      grep -h "homepage" "$run_dir"/logs/*.log > "$OUT/logs/homepage-lines.log" 2>/dev/null; pack ;;
     recipe) step recipe 180 python3 bench/accuracy_bench.py --config preset:recipe --name gowalla-gpu \
               --data "$DATA" --run /tmp/runs/gowalla-gpu --skip-peers ;;
     *) echo "unknown step $name" ;;

@@ -11,8 +11,10 @@ a ``_SUCCESS.json`` manifest), ``homepage.jsonl`` (one object per user, rows in 
 per slot shown: user_id, item_id, section, row, slot, run_id, served_at; the run id from ``run_id.txt``, written
 once per run directory) and ``homepage_stats.json`` (page-rule check and page-quality metrics next to a plain
 top-K baseline). Users come in blocks of ``homepage.block_users``, built in ``homepage.processes`` forked worker
-processes (default one per core; in the stage's process when the model is on a GPU): each block scores its own
-users' model candidates, and is written as soon as it is built, by the process that built it, as its own
+processes (default one per core): each block scores its own users' model candidates (with the model on a GPU,
+which a forked process cannot use, the GPU scores every user's candidates before the fork and the workers look
+them up; in the stage's process when those lists would not fit in a quarter of the available memory), and is
+written as soon as it is built, by the process that built it, as its own
 ``part-NNNNN.parquet`` in a staging folder (its impressions and JSON lines likewise); the datasets (manifest last)
 and the JSON Lines file (the parts joined in block order) replace the previous ones only after the last block, so
 a failure leaves the previous homepage as it was.
@@ -42,7 +44,7 @@ from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
 from homerank.gnn.metrics import top_k
-from homerank.homepage.build import build_pages
+from homerank.homepage.build import block_processes, build_pages
 from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
 from homerank.jobs.artifacts import load_embeddings, load_scorer, read_embedding_table, require
@@ -76,6 +78,11 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         scorer(torch.zeros(1, dtype=torch.long))  # built once here, before the block workers fork: e.g. a linear
         # filter's item operator (homerank.gnn.linear_filter), which the workers share instead of building their own
     candidates = _model_candidates(scorer, batch, backend.torch_device)
+    fork = backend.model_device == "cpu"
+    if not fork and user_emb.shape[0] and block_processes(settings.processes, 2) > 1:
+        held = _held_candidates(candidates, user_emb.shape[0], min(settings.candidates, item_emb.shape[0]))
+        if held is not None:  # scored on the GPU here; the forked CPU workers only look their users' lists up
+            candidates, fork = held, True
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
     rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
     profiles = _read_profiles(run) if config.profiles.enabled else None
@@ -94,7 +101,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         homepage = build_pages(candidates, None, item_emb, user_emb, interactions, edges,
                                user_index, item_index, catalogue, ref_time, settings, rankings,
                                on_block=parts.write, profiles=profiles, cold_items=cold_items,
-                               searches=searches, sessions=sessions, fork=backend.model_device == "cpu")
+                               searches=searches, sessions=sessions, fork=fork)
         with atomic_path(run.homepage_jsonl) as jsonl_tmp:
             parts.join_jsonl(jsonl_tmp)
         publish_parquet_parts(staging, run.homepage, homepage.page)
@@ -181,6 +188,40 @@ def _model_candidates(scorer: Any, batch_size: int, device: torch.device) -> Can
         items, scores = top_k(scorer, torch.from_numpy(np.asarray(rows, dtype=np.int64)), k, None, batch_size, device)
         return items.numpy(), scores.numpy()
     return lists_of
+
+
+HELD_CANDIDATES_SHARE = 0.25  # the largest share of the available memory every user's candidate lists may take
+
+
+def _held_candidates(lists_of: CandidateFn, num_users: int, k: int,
+                     memory_share: float = HELD_CANDIDATES_SHARE) -> CandidateFn | None:
+    """Every model user's top ``k`` from ``lists_of``, computed now and held in this process as (U, k) int32 items
+    and float32 scores (8 U k bytes), and a `CandidateFn` that looks rows up in them (the first k' <= k columns of
+    a row are its top k'). This is how a homepage whose model is on a GPU uses forked CPU workers: CUDA does not
+    survive a fork, so the GPU scores every user before the fork and the workers only read the lists. None when
+    the lists would take more than ``memory_share`` of the memory available now (the stage then builds the blocks
+    in its own process, scoring as it goes)."""
+    import psutil
+
+    needed = 8 * num_users * k
+    available = psutil.virtual_memory().available
+    if needed > memory_share * available:
+        log.info("homepage: every user's %d candidates would take %.1f GiB (%.1f GiB available): blocks are built "
+                 "in this process, with the model on the GPU", k, needed / 2**30, available / 2**30)
+        return None
+    items = np.empty((num_users, k), dtype=np.int32)
+    scores = np.empty((num_users, k), dtype=np.float32)
+    step = 65_536
+    for start in range(0, num_users, step):
+        rows = np.arange(start, min(start + step, num_users), dtype=np.int64)
+        items[rows], scores[rows] = lists_of(rows, k)
+    log.info("homepage: the candidates of %d users scored on the model's device (%.2f GiB held); blocks are built "
+             "in forked CPU workers", num_users, needed / 2**30)
+
+    def held(rows: np.ndarray, k_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        return items[rows, :k_rows].astype(np.int64), scores[rows, :k_rows]
+    return held
 
 
 class _PartWriter:

@@ -185,3 +185,34 @@ def test_jsonl_text_is_json_dumps_of_the_records():
         "reason": ["r", "pin:merchandising:row2", "b", "r", "x"]})
     assert jsonl_text(page) == "".join(json.dumps(record) + "\n" for record in page_records(page))
     assert jsonl_text(page.iloc[:0]) == ""
+
+
+def test_held_candidates_look_up_the_lists_a_gpu_scored_before_the_fork(monkeypatch):
+    """With the model on a GPU the stage scores every user's top k before forking and the workers look rows up
+    (jobs/stage_homepage.py `_held_candidates`): any first k' <= k columns of any rows equal the scorer's own top k',
+    the forked build on the held lists equals one process, and lists that would not fit the memory share give None
+    (the stage then builds in its own process)."""
+    from homerank.jobs.stage_homepage import _held_candidates
+
+    frames = _frames(4)
+    user_emb, item_emb = frames[3], frames[2]
+    scores = user_emb @ item_emb.T  # distinct floats: no ties, so top-k' is the prefix of top-k
+
+    def lists_of(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        values, items = torch.topk(scores[torch.from_numpy(np.asarray(rows))], k, dim=1)
+        return items.numpy(), values.numpy()
+
+    held = _held_candidates(lists_of, user_emb.shape[0], 40)
+    rows = np.array([5, 0, 17, 5, user_emb.shape[0] - 1])
+    for k in (1, 7, 40):
+        items, values = held(rows, k)
+        expected_items, expected_values = lists_of(rows, k)
+        np.testing.assert_array_equal(items, expected_items)
+        np.testing.assert_allclose(values, expected_values)
+        assert items.dtype == np.int64 and items.shape == (rows.size, k)
+    assert _held_candidates(lists_of, user_emb.shape[0], 40, memory_share=1e-12) is None
+    settings = SETTINGS[0]
+    one = build_pages(lists_of, None, *frames[2:], settings.model_copy(update={"block_users": 7, "processes": 1}))
+    forked = build_pages(held, None, *frames[2:], settings.model_copy(update={"block_users": 7, "processes": 3}))
+    pd.testing.assert_frame_equal(forked.page, one.page)
+    assert json.dumps(forked.stats, sort_keys=True) == json.dumps(one.stats, sort_keys=True)
