@@ -34,6 +34,15 @@ def require(path: Path, stage: str) -> Path:
     return path
 
 
+def read_edges(run: RunDir, columns: list[str], splits: list[str] | None = None) -> pd.DataFrame:
+    """The ETL's ``etl/edges/`` dataset with only ``columns`` (``split`` is added when ``splits`` is given) and, with
+    ``splits``, only the rows of those splits (a Parquet row filter: the other rows are never decoded). At 10^7 events
+    the stages' four or five columns of twelve are a third of the memory of the whole frame."""
+    wanted = list(dict.fromkeys([*columns, *([SPLIT] if splits else [])]))
+    filters = [(SPLIT, "in", list(splits))] if splits else None
+    return pd.read_parquet(require(run.edges, "etl"), columns=wanted, filters=filters)
+
+
 def split_index(edges: pd.DataFrame, split: str | list[str], num_users: int, num_items: int) -> CSRIndex:
     """Per-user item lists of one split, or of the union of several (e.g. ``["train", "valid"]``)."""
     part = edges[edges[SPLIT].isin([split] if isinstance(split, str) else split)]

@@ -7,12 +7,11 @@ import logging
 import time
 from typing import Any
 
-import pandas as pd
-
+from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.split import SPLIT
 from homerank.gnn.metrics import evaluate_popularity, evaluate_ranking
-from homerank.jobs.artifacts import item_popularity, load_embeddings, load_scorer, require, split_index
+from homerank.jobs.artifacts import item_popularity, load_embeddings, load_scorer, read_edges, require, split_index
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, read_json, write_json
 
@@ -22,7 +21,7 @@ log = logging.getLogger(__name__)
 def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
     started = time.perf_counter()
     user_emb, item_emb = load_embeddings(run)
-    edges = pd.read_parquet(require(run.edges, "etl"))
+    edges = read_edges(run, [schema.USER_INDEX, schema.ITEM_INDEX, SPLIT])
     num_users, num_items = user_emb.shape[0], item_emb.shape[0]
     model_scores = load_scorer(run, backend.torch_device)
     device = backend.torch_device

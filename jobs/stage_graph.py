@@ -13,7 +13,7 @@ from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.graph import build_graph, check_edges, degree_histogram, graph_statistics
 from homerank.engine.split import SPLIT
-from homerank.jobs.artifacts import require
+from homerank.jobs.artifacts import read_edges, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, atomic_path, write_json
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def run_graph(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
-    edges = pd.read_parquet(require(run.edges, "etl"))
+    edges = read_edges(run, [schema.USER_INDEX, schema.ITEM_INDEX, schema.WEIGHT], splits=["train"])
     num_users = len(pd.read_parquet(require(run.user_index, "etl")))
     num_items = len(pd.read_parquet(require(run.item_index, "etl")))
     train = edges[edges[SPLIT] == "train"]

@@ -43,11 +43,12 @@ import torch
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
+from homerank.engine.split import SPLIT
 from homerank.gnn.metrics import top_k
 from homerank.homepage.build import block_processes, build_pages
 from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
-from homerank.jobs.artifacts import load_embeddings, load_scorer, read_embedding_table, require
+from homerank.jobs.artifacts import load_embeddings, load_scorer, read_edges, read_embedding_table, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, atomic_path, ensure_run_id, publish_parquet_parts, read_json, write_json
 
@@ -58,7 +59,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     """Build every user's page from the run's artifacts and write the outputs; returns the stats written to
     ``homepage_stats.json``."""
     settings = config.homepage
-    edges = pd.read_parquet(require(run.edges, "etl"))
+    edges = read_edges(run, [schema.USER, schema.ITEM, schema.USER_INDEX, schema.ITEM_INDEX, SPLIT])
     interactions = pd.read_parquet(require(run.interactions, "etl"))
     if schema.LAST_TS not in interactions.columns:  # e.g. the lightgcn format: pairs without time or event type
         stats = {"skipped": "the input has no timestamps or event types (lightgcn format): no homepage"}

@@ -34,6 +34,7 @@ from homerank.jobs.artifacts import (
     EMBEDDING_METADATA,
     content_inputs,
     load_graph,
+    read_edges,
     require,
     training_data,
 )
@@ -50,7 +51,8 @@ def run_train(run: RunDir, config: JobConfig, backend: Backend, show_progress: b
     cold_path = run.cold_items
     cold_path.unlink(missing_ok=True)  # an earlier training's cold items belong to its model
     graph = load_graph(run)
-    edges = pd.read_parquet(require(run.edges, "etl"))
+    # no test rows: training never sees them (and they are a fifth of the edges' memory)
+    edges = read_edges(run, [schema.USER_INDEX, schema.ITEM_INDEX, schema.WEIGHT], splits=["train", "valid"])
     data = training_data(graph, edges)
     # the default schedule for this many pairs (train.large_data_pairs), fixed for the refit too, before a warm start
     # scales its lr
