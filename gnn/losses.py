@@ -45,6 +45,52 @@ def bpr_loss(user: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
     return F.softplus(-margin).mean()
 
 
+BPR_CHUNK_PAIRS = 131_072  # pairs per piece of `chunked_bpr_loss`: ~6 (pairs, d) float32 buffers, ~200 MiB at d = 64
+
+
+class _AccumulatedGradient(torch.autograd.Function):
+    """A scalar whose gradient with respect to (user, item) was computed already: backward(g) = (g G_u, g G_i)."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, user: Tensor, item: Tensor, user_grad: Tensor,  # type: ignore[override]
+                item_grad: Tensor) -> Tensor:
+        ctx.save_for_backward(user_grad, item_grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        user_grad, item_grad = ctx.saved_tensors
+        return None, grad * user_grad, grad * item_grad, None, None
+
+
+def chunked_bpr_loss(user_emb: Tensor, item_emb: Tensor, users: Tensor, positives: Tensor, negatives: Tensor,
+                     chunk: int | None = None) -> Tensor:
+    """`bpr_loss` of the B triples (users, positives, negatives) (each (B,) rows of the (U, d) ``user_emb`` and the
+    (I, d) ``item_emb``), with memory bounded by ``chunk`` triples instead of B.
+
+    The mean is a sum of pieces, L = sum_c (B_c / B) L_c, so its gradient with respect to the tables is the sum of
+    the pieces' gradients. Each piece is gathered, differentiated with respect to detached copies of the tables and
+    freed before the next; the sums G_u (U, d) and G_i (I, d) are then handed to the tables' own graph (the
+    propagation) by the returned scalar's backward, which is exact: the same value and gradients as `bpr_loss` on the
+    whole batch, up to float summation order. With B <= ``chunk`` (default `BPR_CHUNK_PAIRS`; or no gradient wanted)
+    it is `bpr_loss`."""
+    chunk = BPR_CHUNK_PAIRS if chunk is None else chunk
+    size = users.numel()
+    if size <= chunk or not torch.is_grad_enabled() or not (user_emb.requires_grad or item_emb.requires_grad):
+        return bpr_loss(user_emb.index_select(0, users), item_emb.index_select(0, positives),
+                        item_emb.index_select(0, negatives))
+    user_leaf = user_emb.detach().requires_grad_()
+    item_leaf = item_emb.detach().requires_grad_()
+    total = torch.zeros((), dtype=user_emb.dtype, device=user_emb.device)
+    for start in range(0, size, chunk):
+        piece = slice(start, start + chunk)
+        part = bpr_loss(user_leaf.index_select(0, users[piece]), item_leaf.index_select(0, positives[piece]),
+                        item_leaf.index_select(0, negatives[piece])) * (users[piece].numel() / size)
+        part.backward()
+        total += part.detach()
+    return _AccumulatedGradient.apply(total, user_emb, item_emb, user_leaf.grad, item_leaf.grad)
+
+
 def sampled_softmax_loss(user: Tensor, positive: Tensor, negatives: Tensor, temperature: float,
                          user_of_pair: Tensor | None = None) -> Tensor:
     """Mean sampled-softmax loss over B positive pairs with M shared negatives.

@@ -6,8 +6,9 @@ Estimate in bytes (float32 = 4 bytes, N = U + I nodes, d = embedding_dim, L = la
     parameters + gradient + Adam moments    4 * N * d * 4
     propagation kept for backward           (L + 2) * N * d * 4
     adjacency (CSR)                          nnz * 12 + (N + 1) * 8
-    loss                                     softmax: batch_users * negatives * 4 * 3; bpr: batch * d * 4 * 6
-    full-ranking block                       eval_batch * I * 4 * 3
+    loss                                     softmax: batch_users * negatives * 4 * 3;
+                                             bpr: min(batch, BPR_CHUNK_PAIRS) * d * 4 * 6 + N * d * 4 * 2
+    full-ranking block                       users_per_block * I * 4 * 3 (a CPU block is at most 256 MiB)
 
 times a safety factor of 1.5 for allocator slack and temporaries.
 """
@@ -20,6 +21,8 @@ import torch
 
 from homerank.engine.errors import HomerankError
 from homerank.gnn.config import EvalConfig, TrainConfig
+from homerank.gnn.losses import BPR_CHUNK_PAIRS
+from homerank.gnn.metrics import users_per_block
 
 SAFETY = 1.5
 
@@ -51,14 +54,14 @@ def estimate_training_memory(num_users: int, num_items: int, num_edges: int, tra
     if train.loss == "softmax":
         batch_users = min(num_users, max(1, int(batch / max(average_degree, 1.0))))
         loss = batch_users * train.negatives * 4 * 3 + batch * dim * 4 * 4
-    else:
-        loss = batch * train.negatives * dim * 4 * 6
+    else:  # scored in pieces of BPR_CHUNK_PAIRS triples, plus the pieces' summed (N, d) gradients
+        loss = min(batch * train.negatives, BPR_CHUNK_PAIRS) * dim * 4 * 6 + 2 * nodes * dim * 4
     return {
         "parameters_and_optimizer": 4 * nodes * dim * 4,
         "propagation": (train.num_layers + 2) * nodes * dim * 4,
         "adjacency": 2 * num_edges * 12 + (nodes + 1) * 8,
         "loss": loss,
-        "ranking_block": min(evaluate.batch_size, num_users) * num_items * 4 * 3,
+        "ranking_block": min(users_per_block(evaluate.batch_size, num_items), num_users) * num_items * 4 * 3,
     }
 
 

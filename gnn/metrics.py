@@ -175,13 +175,28 @@ def metrics_from_hits(hits: Tensor, n_truth: Tensor, ks: list[int]) -> dict[str,
     return out
 
 
+SCORE_BLOCK_BYTES = 256 * 2**20  # the largest (B, I) float32 block of scores a CPU process scores at once
+
+
+def users_per_block(batch_size: int, num_items: int, device: torch.device | str = "cpu") -> int:
+    """Users per (B, I) block of scores: ``batch_size``, fewer on the CPU when the block would pass
+    `SCORE_BLOCK_BYTES` (at least 64 users). Memory then stays flat as the catalogue grows (2,048 users x 150,000
+    items would be 1.2 GB per block, and the top-k needs a copy); the products are still large enough to run at full
+    speed. GPUs keep ``batch_size``: their memory is sized for it and larger blocks keep them busy."""
+    if torch.device(device).type == "cuda" or num_items <= 0:
+        return batch_size
+    return max(1, min(batch_size, max(64, SCORE_BLOCK_BYTES // (4 * num_items))))
+
+
 def evaluate_ranking(
     score_fn: ScoreFn, truth: CSRIndex, exclude: CSRIndex | None, ks: list[int], batch_size: int = 2048,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Full-ranking metrics over all users that have held-out items in ``truth``."""
+    """Full-ranking metrics over all users that have held-out items in ``truth``, scored in blocks of
+    `users_per_block` users."""
     n_truth = truth.counts()
     users = torch.nonzero(n_truth > 0).flatten()
+    batch_size = users_per_block(batch_size, truth.num_items, device)
     ranked, _ = top_k(score_fn, users, max(ks), exclude, batch_size, device)
     hits = hits_matrix(users, ranked, truth)
     return metrics_from_hits(hits, n_truth[users], ks)

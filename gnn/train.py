@@ -23,7 +23,7 @@ from homerank.engine.errors import HomerankError, TrainingDivergedError
 from homerank.gnn import distributed
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.keys import pair_keys
-from homerank.gnn.losses import bpr_loss, counted_l2_penalty, sampled_softmax_loss
+from homerank.gnn.losses import chunked_bpr_loss, counted_l2_penalty, sampled_softmax_loss
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
 from homerank.gnn.model import LightGCNRecommender, PreviousModel
 from homerank.gnn.sampling import sample_negatives
@@ -298,8 +298,7 @@ def train_lightgcn(
                     share = _shard(users_r.numel(), rank, world_size)  # draws, the same on every rank
                     fraction = (share.stop - share.start) / users_r.numel()
                     users_r, positives_r, negatives = users_r[share], positives_r[share], negatives[share]
-                    loss = bpr_loss(user_emb.index_select(0, users_r), item_emb.index_select(0, positives_r),
-                                    item_emb.index_select(0, negatives))
+                    loss = chunked_bpr_loss(user_emb, item_emb, users_r, positives_r, negatives)
                     reg = counted_l2_penalty(layer0, torch.cat([users_r, data.num_users + positives_r,
                                                                 data.num_users + negatives]), users_r.numel())
                 else:

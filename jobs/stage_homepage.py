@@ -44,7 +44,7 @@ from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
 from homerank.engine.split import SPLIT
-from homerank.gnn.metrics import top_k
+from homerank.gnn.metrics import top_k, users_per_block
 from homerank.homepage.build import block_processes, build_pages
 from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
@@ -71,9 +71,9 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     user_emb, item_emb = load_embeddings(run)
     etl = read_json(require(run.etl_stats, "etl"))
     ref_time = pd.Timestamp(etl.get("reference_time") or interactions[schema.LAST_TS].max())
-    # users scored per (B, I) product: rank.batch_size, fewer when one block of scores would pass SCORE_BYTES (every
-    # worker process holds one)
-    batch = min(config.rank.batch_size, max(256, SCORE_BYTES // (4 * item_emb.shape[0])))
+    # users scored per (B, I) product: rank.batch_size, fewer when one block of scores would pass 256 MiB (every
+    # worker process holds one; the scoring runs on the CPU in forked workers even when the model is on a GPU)
+    batch = users_per_block(config.rank.batch_size, item_emb.shape[0])
     scorer = load_scorer(run, backend.torch_device)
     if user_emb.shape[0]:
         scorer(torch.zeros(1, dtype=torch.long))  # built once here, before the block workers fork: e.g. a linear
@@ -177,9 +177,6 @@ def impressions_of(page: pd.DataFrame, run_id: str, served_at: pd.Timestamp) -> 
         "run_id": pd.array([run_id] * len(page), dtype="string"),
         "served_at": np.full(len(page), served_at.to_datetime64(), dtype="datetime64[ns]"),
     })
-
-
-SCORE_BYTES = 256 * 2**20  # the largest (B, I) float32 score block one process scores the candidates from
 
 
 def _model_candidates(scorer: Any, batch_size: int, device: torch.device) -> CandidateFn:

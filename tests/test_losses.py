@@ -22,3 +22,65 @@ def test_counted_l2_penalty_equals_the_gathered_penalty_and_its_gradient() -> No
     by_hand = (2 * norms[0] + norms[2] + norms[3] + 3 * norms[4] + norms[5] + norms[6]) / 6
     assert torch.allclose(counted.detach(), by_hand)
     assert torch.equal(grad[1], torch.zeros(3, dtype=torch.float64))
+
+
+def test_chunked_bpr_loss_has_the_whole_batch_value_and_gradients() -> None:
+    """Pieces of 7 triples (B = 50, not a multiple) through a propagation-like graph (the tables are a product of
+    a parameter, as LightGCN's layers are): same loss, same parameter gradient as one `bpr_loss` of the whole batch,
+    also scaled by an outer factor as the training loop does; B <= chunk is `bpr_loss` itself."""
+    from homerank.gnn.losses import bpr_loss, chunked_bpr_loss
+
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(30, 8, generator=generator, requires_grad=True)  # layer 0 of 12 users and 18 items
+    mix = torch.randn(30, 30, generator=generator) / 5
+    users = torch.randint(0, 12, (50,), generator=generator)
+    positives = torch.randint(0, 18, (50,), generator=generator)
+    negatives = torch.randint(0, 18, (50,), generator=generator)
+
+    def value_and_gradient(loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+        table.grad = None
+        final = mix @ table  # every row depends on every layer-0 row
+        loss = loss_fn(final[:12], final[12:])
+        (loss * 0.375).backward()
+        return loss.detach(), table.grad.clone()
+
+    whole = value_and_gradient(lambda u, i: bpr_loss(u[users], i[positives], i[negatives]))
+    chunked = value_and_gradient(lambda u, i: chunked_bpr_loss(u, i, users, positives, negatives, chunk=7))
+    torch.testing.assert_close(chunked[0], whole[0])
+    torch.testing.assert_close(chunked[1], whole[1])
+    assert whole[1].abs().sum() > 0
+    one_piece = value_and_gradient(lambda u, i: chunked_bpr_loss(u, i, users, positives, negatives, chunk=50))
+    torch.testing.assert_close(one_piece[1], whole[1])
+    with torch.no_grad():  # no gradient wanted: the plain loss
+        final = mix @ table
+        assert torch.allclose(chunked_bpr_loss(final[:12], final[12:], users, positives, negatives, chunk=7), whole[0])
+
+
+def test_training_with_bpr_in_pieces_equals_training_with_whole_batches(monkeypatch) -> None:
+    """The training loop's BPR steps through `chunked_bpr_loss`: pieces of 16 triples give the embeddings of
+    whole batches (two epochs of the tiny log, same seed) up to float summation order."""
+    from homerank.gnn import losses
+    from homerank.gnn.config import EvalConfig, TrainConfig
+    from homerank.gnn.train import train_lightgcn
+    from tests.test_distributed_training import _tiny_data
+
+    def trained():
+        result = train_lightgcn(_tiny_data(), TrainConfig(epochs=2, embedding_dim=8, num_layers=2), EvalConfig(ks=[20]),
+                                seed=3, device=torch.device("cpu"), show_progress=False)
+        return result.model.layer0.detach().clone(), [h["loss"] for h in result.history]
+
+    calls: list[int] = []
+    plain = losses.bpr_loss
+
+    def counted(user, positive, negative):
+        calls.append(user.shape[0])
+        return plain(user, positive, negative)
+
+    monkeypatch.setattr(losses, "bpr_loss", counted)
+    whole, whole_losses = trained()
+    whole_calls, calls[:] = list(calls), []
+    monkeypatch.setattr(losses, "BPR_CHUNK_PAIRS", 16)
+    pieces, piece_losses = trained()
+    assert max(calls) == 16 and len(calls) > len(whole_calls) and sum(calls) == sum(whole_calls)
+    torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(piece_losses, whole_losses, rtol=1e-5, atol=1e-7)
