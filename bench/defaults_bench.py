@@ -46,7 +46,7 @@ from homerank.engine.matrices import csr_from_pairs
 from homerank.engine.split import SPLIT
 from homerank.gnn.metrics import evaluate_ranking
 from homerank.gnn.scorer import embedding_scorer
-from homerank.jobs.artifacts import split_index
+from homerank.jobs.artifacts import read_edges, split_index
 from homerank.jobs.config import JobConfig, load_config
 from homerank.jobs.pipeline import run_stage
 from homerank.jobs.rundir import RunDir, read_json
@@ -114,7 +114,7 @@ def _fit_als(matrix: Any, factors: int, alpha: float, regularization: float) -> 
 def tuned_als(run: RunDir, grid: list[tuple[int, float, float]]) -> dict[str, Any]:
     """ALS chosen on validation NDCG@20 over ``grid`` (factors, alpha, regularization), refitted on train +
     validation, scored on test with train + validation masked."""
-    edges = pd.read_parquet(run.edges)
+    edges = read_edges(run, ["user_index", "item_index", SPLIT])
     num_users = len(pd.read_parquet(run.user_index))
     num_items = len(pd.read_parquet(run.item_index))
     shape = (num_users, num_items)
@@ -125,8 +125,8 @@ def tuned_als(run: RunDir, grid: list[tuple[int, float, float]]) -> dict[str, An
     valid = split_index(edges, "valid", num_users, num_items)
     tried = []
     tick = time.perf_counter()
+    train_matrix = csr_from_pairs(users[train], items[train], *shape, binary=True)  # one matrix for the whole grid
     for factors, alpha, regularization in grid:
-        train_matrix = csr_from_pairs(users[train], items[train], *shape, binary=True)
         user_factors, item_factors = _fit_als(train_matrix, factors, alpha, regularization)
         found = evaluate_ranking(embedding_scorer(user_factors, item_factors), valid, known_train, [20])
         tried.append({"factors": factors, "alpha": alpha, "regularization": regularization,

@@ -12,7 +12,6 @@ import torch
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.graph import build_graph, check_edges, degree_histogram, graph_statistics
-from homerank.engine.split import SPLIT
 from homerank.jobs.artifacts import read_edges, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, atomic_path, write_json
@@ -21,10 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def run_graph(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
-    edges = read_edges(run, [schema.USER_INDEX, schema.ITEM_INDEX, schema.WEIGHT], splits=["train"])
+    train = read_edges(run, [schema.USER_INDEX, schema.ITEM_INDEX, schema.WEIGHT], splits=["train"])
     num_users = len(pd.read_parquet(require(run.user_index, "etl")))
     num_items = len(pd.read_parquet(require(run.item_index, "etl")))
-    train = edges[edges[SPLIT] == "train"]
     graph, _ = build_graph(train[schema.USER_INDEX].to_numpy(), train[schema.ITEM_INDEX].to_numpy(),
                            train[schema.WEIGHT].to_numpy(), num_users, num_items, config.graph.edge_weight, backend)
     run.graph.unlink(missing_ok=True)  # an earlier graph must not be trained on beside these edges

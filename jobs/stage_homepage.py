@@ -71,9 +71,9 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     user_emb, item_emb = load_embeddings(run)
     etl = read_json(require(run.etl_stats, "etl"))
     ref_time = pd.Timestamp(etl.get("reference_time") or interactions[schema.LAST_TS].max())
-    # users scored per (B, I) product: rank.batch_size, fewer when one block of scores would pass 256 MiB (every
-    # worker process holds one; a GPU that scores every user's lists before the fork takes the same blocks)
-    batch = users_per_block(config.rank.batch_size, item_emb.shape[0])
+    # users scored per (B, I) product: rank.batch_size, fewer on the CPU when one block of scores would pass 256 MiB
+    # (every worker process holds one)
+    batch = users_per_block(config.rank.batch_size, item_emb.shape[0], backend.torch_device)
     scorer = load_scorer(run, backend.torch_device)
     if user_emb.shape[0]:
         scorer(torch.zeros(1, dtype=torch.long))  # built once here, before the block workers fork: e.g. a linear
