@@ -35,6 +35,34 @@ def _padded(lists: list[np.ndarray], fill: float, dtype: Any) -> np.ndarray:
 
 
 PROFILE_FIELDS = ("top_category", "segment_name")  # title fields read from the shopper profile
+NEW_ARRIVAL_WIDTH = 256  # a block's new-arrival lists are cut to at least this many entries (`new_arrival_width`)
+
+
+def new_arrival_width(section: SectionConfig, settings: HomepageConfig) -> int:
+    """How many of each user's new arrivals a block orders first: ``NEW_ARRIVAL_WIDTH``, or 8 pools when that is
+    more (a pool is the row's slots, times ``mmr_pool_factor`` under MMR). A row that cannot fill its pool from
+    them is filled again from its whole list (`BlockPages._refill_new_arrivals`), so the cut never changes a row."""
+    pool = section.slots * (settings.mmr_pool_factor if settings.diversity == "mmr" else 1)
+    return max(NEW_ARRIVAL_WIDTH, 8 * pool)
+
+
+def best_first(scores: np.ndarray, width: int | None) -> np.ndarray:
+    """Column indices (n, min(width, N)) of each row of ``scores`` (n, N) by descending score, ties by column: the
+    first ``width`` columns of ``np.argsort(-scores, axis=1, kind="stable")`` (None: all of them), found with a
+    partition, O(n N), and a sort of the ``width`` kept, instead of sorting all N.
+
+    The kept columns of a row are those scoring above its width-th largest score t, then the first columns scoring
+    exactly t until there are ``width``."""
+    n, total = scores.shape
+    if width is None or width >= total or not np.isfinite(scores).all():
+        return np.argsort(-scores, axis=1, kind="stable")
+    threshold = -np.partition(-scores, width - 1, axis=1)[:, width - 1 : width]  # (n, 1) the width-th largest
+    above = scores > threshold
+    tied = scores == threshold
+    take = above | (tied & (np.cumsum(tied, axis=1) <= width - above.sum(axis=1, keepdims=True)))
+    columns = np.nonzero(take)[1].reshape(n, width)  # row by row, in column order
+    order = np.argsort(-np.take_along_axis(scores, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, axis=1)
 
 
 class BlockPages:
@@ -89,10 +117,11 @@ class BlockPages:
         return np.where(known & (self.segment_ids[at] == segment), at, -1)
 
     def _sections(self, users: np.ndarray, section: SectionConfig, model_rows: np.ndarray,
-                  lists: CandidateLists | None) -> tuple[list[Source], list[str], dict[str, np.ndarray], np.ndarray]:
-        """A section's sources for the block, its reason table, the title template's values per row (each (B,)),
-        and which rows take the section's ``segment_title`` (B,) bool."""
-        signals, catalogue, kind, count = self.signals, self.signals.catalogue, section.kind, users.size
+                  signals: PageSignals) -> tuple[list[Source], list[str], dict[str, np.ndarray], np.ndarray]:
+        """A section's sources for the block (``signals``: the block's, `PageSignals.for_block`), its reason table,
+        the title template's values per row (each (B,)), and which rows take the section's ``segment_title`` (B,)
+        bool."""
+        catalogue, kind, count, lists = signals.catalogue, section.kind, users.size, signals.candidates
         plain = np.zeros(count, dtype=bool)
         if kind == "for_you":
             popularity = signals.by_popularity
@@ -134,20 +163,13 @@ class BlockPages:
                             codes.astype(np.int64))],
                     list(reasons), {"category": names.astype(object)}, plain)
         if kind == "new_arrivals":
-            new = signals.new_positions
-            if not new.size:
+            if not signals.new_positions.size:
                 return [], [], {}, plain
-            warm = np.flatnonzero(model_rows >= 0)
-            scores = np.asarray(signals.new_scores)[model_rows[warm]] if warm.size else np.zeros((0, new.size))
-            order = np.argsort(-scores, axis=1, kind="stable")
-            warm_group = np.full(count, -1, dtype=np.int64)
-            warm_group[warm] = np.arange(warm.size)
-            cold_group = np.where(model_rows < 0, 0, -1)
             reasons = list(self.new_reason_names) + ["new_arrival:fallback_trending"]
-            return ([Source(new[order], np.take_along_axis(scores, order, axis=1), self.new_reason_codes[order],
-                            warm_group),
+            return ([self._new_arrivals_of(np.flatnonzero(model_rows >= 0), model_rows, signals,
+                                           new_arrival_width(section, self.settings)),
                      Source(self.new_cold_positions, self.new_cold_scores,
-                            np.array(len(reasons) - 1), cold_group)],
+                            np.array(len(reasons) - 1), np.where(model_rows < 0, 0, -1))],
                     reasons, {}, plain)
         if kind == "buy_again":
             lists = [signals.buy_again.get(user) for user in users.tolist()]
@@ -173,6 +195,32 @@ class BlockPages:
                     plain)
         raise ValueError(f"unknown section kind {kind!r}")
 
+    def _new_arrivals_of(self, warm: np.ndarray, model_rows: np.ndarray, signals: PageSignals,
+                         width: int | None) -> Source:
+        """The new arrivals of the block rows ``warm`` (users with a model row) ordered by their scores, best
+        first (ties by catalogue order of the new arrivals): the first ``width`` of each list (None: all N)."""
+        new = signals.new_positions
+        scores = signals.new_scores[model_rows[warm]] if warm.size else np.zeros((0, new.size))
+        order = best_first(scores, width)
+        group = np.full(model_rows.size, -1, dtype=np.int64)
+        group[warm] = np.arange(warm.size)
+        return Source(new[order], np.take_along_axis(scores, order, axis=1), self.new_reason_codes[order], group)
+
+    def _refill_new_arrivals(self, model_rows: np.ndarray, signals: PageSignals, section: SectionConfig,
+                             sources: list[Source], rules: Rules, filled: tuple[np.ndarray, ...]) -> None:
+        """The new_arrivals rows of model users whose pool is not full from the first ``new_arrival_width``
+        entries of their lists are filled again, in place in ``filled``, from their whole lists (every other row
+        already equals the whole list's walk: its pool filled before the cut)."""
+        if new_arrival_width(section, self.settings) >= signals.new_positions.size:
+            return
+        counts = filled[3]
+        need = np.flatnonzero((model_rows >= 0) & (counts < rules.pool_size))
+        if not need.size:
+            return
+        again = [self._new_arrivals_of(need, model_rows, signals, None), *sources[1:]]
+        for array, redone in zip(filled, fill_pools(again, need, rules), strict=True):
+            array[need] = redone
+
     def _bought(self, users: np.ndarray) -> ItemSets:
         """The positions each of the block's users bought."""
         sets = [self.signals.purchased.get(user, ()) for user in users.tolist()]
@@ -197,11 +245,12 @@ class BlockPages:
         for array, redone in zip(filled, fill_pools(again, need, rules), strict=True):
             array[need] = redone
 
-    def build(self, users: np.ndarray, candidates: CandidateLists | None = None) -> pd.DataFrame:
+    def build(self, users: np.ndarray) -> pd.DataFrame:
         """Page rows (``PAGE_COLUMNS``) of ``users`` (B,), grouped by user in the given order, sections in page
-        order, slots 1..n; ``candidates``, the model's candidates of (at least) the block's users, default the
-        signals' own (`homerank.homepage.signals.PageSignals.for_block`)."""
-        lists = candidates if candidates is not None else self.signals.candidates
+        order, slots 1..n. The block's own signals (the model's candidates and new-arrival scores of these users)
+        are made here (`homerank.homepage.signals.PageSignals.for_block`)."""
+        signals = self.signals.for_block(users)
+        lists = signals.candidates
         settings, catalogue, size = self.settings, self.signals.catalogue, self.in_stock.size
         rows = np.arange(users.size, dtype=np.int64)
         model_rows = self._model_rows(users)
@@ -211,7 +260,7 @@ class BlockPages:
         profile_values: dict[str, np.ndarray] | None = None  # the profile's title fields, read once when named
         for order, section in enumerate(settings.sections):
             kind = SECTION_KINDS[section.kind]
-            sources, reasons, values, segment_rows = self._sections(users, section, model_rows, lists)
+            sources, reasons, values, segment_rows = self._sections(users, section, model_rows, signals)
             if not sources:
                 continue
             templates = np.full(users.size, section.title, dtype=object)
@@ -231,6 +280,9 @@ class BlockPages:
             positions, scores, codes, counts = fill_pools(sources, rows, rules)
             if section.kind == "for_you" and lists is not None and lists.truncated:
                 self._refill_from_whole_lists(model_rows, lists, sources, rules, (positions, scores, codes, counts))
+            if section.kind == "new_arrivals":
+                self._refill_new_arrivals(model_rows, signals, section, sources, rules,
+                                          (positions, scores, codes, counts))
             if mmr:
                 picks = mmr_pick(positions, counts, self.vectors, room, settings.mmr_lambda)
                 chosen = picks >= 0

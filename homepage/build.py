@@ -143,12 +143,11 @@ class _BlockPager:
 
     def page(self, number: int) -> tuple[int, pd.DataFrame, BlockSums]:
         block = self.users[number * self.block_users : (number + 1) * self.block_users]
-        # the model's candidates of the block's users, scored here (the whole lists for the user-by-user builder)
-        signals = self.signals.for_block(block, whole=self.blocks is None)
+        # each builder makes the block's own signals: the model's candidates and new-arrival scores of its users
         if self.blocks is not None:
-            page = self.blocks.build(block, signals.candidates)
+            page = self.blocks.build(block)
         else:
-            page = _pages_one_by_one(block, signals.catalogue, signals, self.settings, self.unit_vectors,
+            page = _pages_one_by_one(block, self.signals.catalogue, self.signals, self.settings, self.unit_vectors,
                                      self.merchandising)
         explanation, evidence = self.explainer.explain(page)
         page = page.assign(explanation=explanation)[OUTPUT_COLUMNS]
@@ -224,7 +223,10 @@ def _vector_counts(vector_source: np.ndarray, signals: PageSignals) -> dict[str,
 
 def _pages_one_by_one(users: np.ndarray, catalogue: Catalogue, signals: PageSignals, settings: HomepageConfig,
                       unit_vectors: np.ndarray, merchandising: Merchandising | None) -> pd.DataFrame:
-    """The rows of ``users`` by `PageBuilder`, one user and one row at a time (merchandising boosts and pins)."""
+    """The rows of ``users`` by `PageBuilder`, one user and one row at a time (merchandising boosts and pins), from
+    the page-wide ``signals`` made into the block's (`PageSignals.for_block`: the users' whole candidate lists and
+    their new-arrival scores)."""
+    signals = signals.for_block(users, whole=True)
     builder = PageBuilder(catalogue, settings, unit_vectors, merchandising)
     profile_values = signals.title_values(users)
     for line, user in enumerate(users.tolist()):

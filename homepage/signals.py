@@ -59,7 +59,8 @@ class PageSignals:
     top_category: pd.Series  # user id -> the user's top category
     global_category: str  # the category with the largest summed trending
     new_positions: np.ndarray  # (N,) positions created within new_arrival_days of the reference time
-    new_scores: np.ndarray  # (U, N) user embedding . item vector
+    new_scores: np.ndarray | NewArrivalScores | None  # a model row's new-arrival scores: ``new_scores[row]`` (N,),
+    # ``new_scores[rows]`` (n, N); page-wide signals hold None and make a block's in `for_block` (never a (U, N) table)
     new_reason: np.ndarray  # (N,) model score, or cold start (content or mean vector) for items the model never saw
     purchases: pd.DataFrame  # (user_id, item_id) of every interaction with a purchase
     purchased: dict[Any, set[int]]  # user id -> positions bought
@@ -73,15 +74,25 @@ class PageSignals:
     searches: SearchHistory | None = None  # the users' recent queries and the items' text vectors (related_to_searches)
     last_session: LastSession | None = None  # the users' last-session items not bought (continue_shopping)
     model_candidates: ModelCandidates | None = None  # makes the candidates of any model rows (`for_block`)
+    new_arrival_scorer: NewArrivalScorer | None = None  # makes the new-arrival scores of any model rows (`for_block`)
 
     def for_block(self, users: np.ndarray, whole: bool = False) -> PageSignals:
-        """These signals with the model's candidates of ``users`` (B,): their first, short lists, or the whole
-        lists when ``whole`` (`homerank.homepage.candidates.ModelCandidates.for_rows`); the same object when they
-        hold every user's candidates already."""
-        if self.model_candidates is None or (self.candidates is not None and self.candidates.rows is None):
+        """These signals for a block of ``users`` (B,): with the model's candidates of those users (their first,
+        short lists, or the whole lists when ``whole``: `homerank.homepage.candidates.ModelCandidates.for_rows`;
+        kept when the signals hold every user's already) and their new-arrival scores (`NewArrivalScorer`)."""
+        held = self.candidates is not None and self.candidates.rows is None  # every user's lists already
+        scored = self.model_candidates is not None and not held
+        if not scored and self.new_arrival_scorer is None:
             return self
-        rows = [self.model_row.get(user, -1) for user in users.tolist()]
-        return replace(self, candidates=self.model_candidates.for_rows(np.asarray(rows, dtype=np.int64), whole))
+        rows = np.fromiter((self.model_row.get(user, -1) for user in users.tolist()), dtype=np.int64,
+                           count=users.size)
+        changes: dict[str, Any] = {}
+        if scored:
+            assert self.model_candidates is not None
+            changes["candidates"] = self.model_candidates.for_rows(rows, whole)
+        if self.new_arrival_scorer is not None:
+            changes["new_scores"] = self.new_arrival_scorer.for_rows(rows)
+        return replace(self, **changes)
 
     def title_values(self, users: np.ndarray) -> dict[str, np.ndarray]:
         """The profile's title fields for ``users`` (B,): ``top_category`` (the profile's, else the interactions',
@@ -93,6 +104,39 @@ class PageSignals:
         segment = self.segment.reindex(users).map(names) if len(names) else pd.Series(index=users, dtype=object)
         return {"top_category": top.to_numpy(dtype=object),
                 "segment_name": segment.where(segment.notna(), "shoppers").to_numpy(dtype=object)}
+
+
+@dataclass
+class NewArrivalScores:
+    """The new-arrival scores of some model rows: ``rows`` (n,) sorted distinct model rows, ``scores`` (n, N);
+    indexed like a (U, N) table by model row (``self[row]`` (N,), ``self[rows]`` (m, N)), for the rows it holds."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+
+    def __getitem__(self, model_rows: Any) -> np.ndarray:
+        at = np.searchsorted(self.rows, model_rows)
+        inside = at < self.rows.size
+        if not (np.all(inside) and np.array_equal(self.rows[np.where(inside, at, 0)], model_rows)):
+            raise KeyError(f"new-arrival scores of model rows {model_rows} were not made for this block")
+        return self.scores[at]
+
+
+@dataclass
+class NewArrivalScorer:
+    """e_u . v_i for every new arrival i and any model user u, made block by block (`for_rows`): ``user_vectors``
+    (U, d) the user embeddings, ``new_vectors`` (N, d) the new arrivals' vectors. A block of B users costs a (B, N)
+    table, where every user's table (U, N) grows with the square of the log (users x items)."""
+
+    user_vectors: torch.Tensor
+    new_vectors: torch.Tensor
+
+    def for_rows(self, model_rows: np.ndarray) -> NewArrivalScores:
+        """The scores of the distinct non-negative ``model_rows`` (-1 allowed: users without a model row)."""
+        rows = np.unique(np.asarray(model_rows, dtype=np.int64))
+        rows = rows[rows >= 0]
+        scores = (self.user_vectors[torch.from_numpy(rows)] @ self.new_vectors.T).numpy()
+        return NewArrivalScores(rows, scores)
 
 
 def model_positions(catalogue: Catalogue, num_items: int) -> np.ndarray:
@@ -134,17 +178,17 @@ def item_neighbours(anchors: np.ndarray, catalogue: Catalogue, item_embeddings: 
 
 def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: torch.Tensor,
                  reference_time: pd.Timestamp, days: float, vector_source: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Items created within ``days`` of ``reference_time``: their positions (N,), every model user's score
-    (U, N) = user_embeddings (U, d) @ vectors[positions].T, and a reason per item (N,) from the source of its
-    vector, ``vector_source`` (C,) (`homerank.homepage.catalogue.item_vectors`; None: model or mean vector)."""
+                 ) -> tuple[np.ndarray, NewArrivalScorer, np.ndarray]:
+    """Items created within ``days`` of ``reference_time``: their positions (N,), the scorer of a model user's
+    scores user_embeddings[u] . vectors[positions].T (`NewArrivalScorer`, block by block), and a reason per item
+    (N,) from the source of its vector, ``vector_source`` (C,) (`homerank.homepage.catalogue.item_vectors`; None:
+    model or mean vector)."""
     created = pd.to_datetime(catalogue.created_at)
     positions = np.flatnonzero(np.asarray(created >= reference_time - pd.Timedelta(days=days)))
-    new_vectors = vectors[torch.from_numpy(positions)]
-    scores = (user_embeddings @ new_vectors.T).numpy() if positions.size else np.zeros((user_embeddings.shape[0], 0))
+    scorer = NewArrivalScorer(user_embeddings.detach().cpu(), vectors[torch.from_numpy(positions)].detach().cpu())
     if vector_source is None:
         vector_source = np.where(catalogue.model_index >= 0, 0, 2)
-    return positions, scores, NEW_ARRIVAL_REASONS[vector_source[positions]]
+    return positions, scorer, NEW_ARRIVAL_REASONS[vector_source[positions]]
 
 
 def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Series:
@@ -176,7 +220,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     last_viewed = last_viewed_items(interactions)
     anchors = np.unique([p for p in last_viewed.to_numpy() if catalogue.model_index[p] >= 0])
     by_trend = np.argsort(-catalogue.trending, kind="stable")
-    new_positions, new_scores, new_reason = new_arrivals(catalogue, vectors, user_embeddings, reference_time,
+    new_positions, new_arrival_scorer, new_reason = new_arrivals(catalogue, vectors, user_embeddings, reference_time,
                                                          settings.new_arrival_days, vector_source)
     purchased_column = schema.count_column("purchase")
     bought = (interactions[interactions[purchased_column] > 0] if purchased_column in interactions
@@ -197,7 +241,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         trending_by_category={c: by_trend[catalogue.category[by_trend] == c] for c in np.unique(catalogue.category)},
         top_category=top_categories(interactions, catalogue),
         global_category=pd.Series(catalogue.trending).groupby(catalogue.category).sum().idxmax(),
-        new_positions=new_positions, new_scores=new_scores, new_reason=new_reason,
+        new_positions=new_positions, new_scores=None, new_arrival_scorer=new_arrival_scorer, new_reason=new_reason,
         purchases=bought[[schema.USER, schema.ITEM]],
         purchased={user: set(positions.tolist()) for user, positions in _positions_by_user(bought).items()},
         buy_again=_positions_by_user(again.sort_values(schema.LAST_TS, ascending=False)),

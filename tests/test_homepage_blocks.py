@@ -11,11 +11,15 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from homerank.homepage import block_pages as block_pages_module
 from homerank.homepage import blocks as blocks_module
 from homerank.homepage import build as build_module
 from homerank.homepage import candidates as candidates_module
-from homerank.homepage.block_pages import BlockPages
+from homerank.homepage.block_pages import BlockPages, best_first
 from homerank.homepage.build import _pages_one_by_one, build_pages
 from homerank.homepage.catalogue import build_catalogue, inductive_item_vectors
 from homerank.homepage.config import HomepageConfig, SectionConfig
@@ -68,10 +72,12 @@ SETTINGS = [
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("narrow", [False, True], ids=["default", "narrow_windows_sorted_sets"])
 def test_block_rows_equal_the_user_by_user_builder(settings, seed, narrow, monkeypatch):
-    if narrow:  # first windows of 2 entries (most rows widen), item sets as sorted keys instead of bit sets
+    if narrow:  # first windows of 2 entries (most rows widen), item sets as sorted keys instead of bit sets, new
+        # arrivals cut to 3 per user (most rows are filled again from the whole list)
         monkeypatch.setattr(blocks_module, "FIRST_WINDOW", 0)
         monkeypatch.setattr(blocks_module, "MIN_WINDOW", 2)
         monkeypatch.setattr(blocks_module, "BITSET_BYTES", 0)
+        monkeypatch.setattr(block_pages_module, "new_arrival_width", lambda section, settings: 3)
     (candidates, scores, item_emb, user_emb, interactions, edges, user_index, item_index, items,
      now) = _frames(seed)
     catalogue = build_catalogue(items, interactions, item_index, edges, now, settings)
@@ -159,10 +165,10 @@ def test_the_stage_publishes_parts_and_the_manifest_last(homepage_run, tmp_path,
     real = build_module.BlockPages.build
     second = np.sort(page["user_id"].unique())[50]
 
-    def failing(self, users, candidates=None):
+    def failing(self, users):
         if users[0] == second:
             raise RuntimeError("block 2 failed")
-        return real(self, users, candidates)
+        return real(self, users)
 
     monkeypatch.setattr(build_module.BlockPages, "build", failing)
     for processes in (1, 2):
@@ -216,3 +222,19 @@ def test_held_candidates_look_up_the_lists_a_gpu_scored_before_the_fork(monkeypa
     forked = build_pages(held, None, *frames[2:], settings.model_copy(update={"block_users": 7, "processes": 3}))
     pd.testing.assert_frame_equal(forked.page, one.page)
     assert json.dumps(forked.stats, sort_keys=True) == json.dumps(one.stats, sort_keys=True)
+
+
+@given(st.integers(1, 6), st.integers(1, 30), st.integers(0, 35), st.integers(1, 4), st.integers(0, 2**31 - 1))
+@hypothesis_settings(max_examples=150, deadline=None)
+def test_best_first_is_the_head_of_a_stable_descending_sort(rows, columns, width, distinct, seed):
+    # few distinct values: ties everywhere, also across the cut
+    scores = np.random.default_rng(seed).integers(0, distinct, (rows, columns)).astype(np.float32) / 7
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+    np.testing.assert_array_equal(best_first(scores, width) if width else expected, expected)
+    np.testing.assert_array_equal(best_first(scores, None), np.argsort(-scores, axis=1, kind="stable"))
+
+
+def test_best_first_by_hand():
+    scores = np.array([[0.1, 0.5, 0.5, 0.9, 0.5], [3.0, 1.0, 2.0, 2.0, 0.0]])
+    np.testing.assert_array_equal(best_first(scores, 2), [[3, 1], [0, 2]])
+    np.testing.assert_array_equal(best_first(scores, 3), [[3, 1, 2], [0, 2, 3]])
