@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -151,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     etl.add_argument("--json", type=Path, metavar="FILE",
                      help="result file (default OUT/events-N-workers-W.json); a .md table is written next to it")
     _common(etl)
+    strong = commands.add_parser("etl-strong", help="strong scaling: homerank's ETL with 1, 2, 4, ... workers on one "
+                                 "log, and the installed peers once",
+                                 description="the ETL stage on one generated log with each worker count, each in "
+                                             "its own process, and pandas/polars when installed (bench/etl_strong.py)")
+    strong.add_argument("--events", type=_count, default=10_000_000, help="log size (default 1e7)")
+    strong.add_argument("--workers", type=_counts, default=[1, 2], help="comma-separated worker counts (default 1,2)")
+    strong.add_argument("--json", type=Path, metavar="FILE", help="result file (default "
+                        "OUT/strong-events-N-CPUSCPU[-processes].json); a .md table is written next to it")
+    _common(strong)
     every = commands.add_parser("all", help="every size x worker count, then scaling.json/.md and plots",
                                 description="`etl` for every size and worker count, then the scaling summary "
                                             "(exponent of time vs events, strong scaling) and PNG plots")
@@ -311,6 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be >= 1")
     if args.threads_per_worker < 0:
         parser.error("--threads-per-worker must be >= 0")
+    if args.command == "etl-strong":
+        from bench.etl_strong import strong_scaling, write_strong
+
+        if min(args.workers) < 1:
+            parser.error("--workers must be >= 1")
+        mode = "-processes" if args.processes else ""
+        path = args.json or args.out / f"strong-events-{args.events}-{os.cpu_count() or 1}cpu{mode}.json"
+        write_strong(strong_scaling(args.events, args.workers, processes=args.processes,
+                                    threads_per_worker=args.threads_per_worker, data_root=args.data), path)
+        return 0
     if args.command == "etl":
         if args.workers < 1:
             parser.error("--workers must be >= 1")

@@ -8,7 +8,10 @@
 # wheels this project needs beyond its image travel in .whl/ (pip download for cp312, see bench/README.md), the
 # Gowalla split in .gpudata/gowalla. Frames stay on pandas there (no cuDF); the model runs on CUDA.
 #
-#   [EVENTS=N PIPELINE_LIMIT=S] bash bench/gpu_check.sh [STEP ...]     # steps: tests minute recipe pipeline homepage1 (default: all, in that order)
+#   [EVENTS=N PIPELINE_LIMIT=S] bash bench/gpu_check.sh [STEP ...]
+# steps: tests minute recipe pipeline homepage1 etlscale (default: tests minute recipe pipeline). etlscale: the
+# ETL's strong scaling on the machine's CPU cores (worker processes 1, 2, 4, 8, 16; pandas once; polars is not
+# installed there), `python -m bench etl-strong`.
 set -u
 OUT=${OUT:-/tmp/homerank-gpu-out}
 mkdir -p "$OUT/logs"
@@ -42,7 +45,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/log
 
 pack() {  # everything so far into $OUT/results.tgz (again after each step: a later step may be cut off)
   tar czf "$OUT/results.tgz" bench/results/accuracy/gowalla-minute-gpu bench/results/accuracy/gowalla-gpu \
-    bench/results/pipeline/events-*-workers-8-gpu.* -C "$OUT" logs env.txt steps.txt 2>/dev/null
+    bench/results/pipeline/events-*-workers-8-gpu.* bench/results/etl/strong-events-*cpu* \
+    -C "$OUT" logs env.txt steps.txt 2>/dev/null
 }
 
 DATA=${GOWALLA:-.gpudata/gowalla}
@@ -61,6 +65,8 @@ for name in "${steps[@]}"; do
       step homepage1 "${PIPELINE_LIMIT:-150}" python3 -m homerank.jobs.cli homepage --out "$run_dir" \
         --set homepage.processes=1
       grep -h "homepage" "$run_dir"/logs/*.log > "$OUT/logs/homepage-lines.log" 2>/dev/null; pack ;;
+    etlscale) step etlscale "${ETL_LIMIT:-300}" python3 -m bench etl-strong --events "${ETL_EVENTS:-10000000}" \
+                --workers "${ETL_WORKERS:-1,2,4,8,16}" --processes --data /tmp/bench-data ;;
     recipe) step recipe 180 python3 bench/accuracy_bench.py --config preset:recipe --name gowalla-gpu \
               --data "$DATA" --run /tmp/runs/gowalla-gpu --skip-peers ;;
     *) echo "unknown step $name" ;;

@@ -100,3 +100,26 @@ def test_plots_from_hand_made_runs(tmp_path):
     assert written == ["time_vs_events-processes.png", "memory_vs_events-processes.png",
                        "strong_scaling-processes.png"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+
+
+def test_strong_scaling_maths_and_a_missing_peer(tmp_path, monkeypatch):
+    import bench.etl_strong as strong
+
+    seconds = {("homerank", 1): 12.0, ("homerank", 2): 8.0, ("homerank", 4): 5.0, ("pandas", 1): 16.0}
+
+    def fake_engine(engine, events_dir, workers, processes, threads_per_worker, repeat, scratch):
+        return {"seconds": seconds[engine, workers], "edges": 42, "own_peak_rss_bytes": 100 * workers,
+                "tree_peak_rss_bytes": 300 * workers, "threads": 1}
+
+    monkeypatch.setattr(strong, "ensure_log", lambda root, events: {"events_dir": "x", "rows": events})
+    monkeypatch.setattr(strong, "run_engine", fake_engine)
+    monkeypatch.setattr(strong, "installed_peers", lambda: ["pandas"])  # polars "not installed"
+    result = strong.strong_scaling(1000, [4, 1, 2], data_root=tmp_path)
+    assert [p["workers"] for p in result["points"]] == [1, 2, 4] and result["baseline_workers"] == 1
+    assert [p["speedup"] for p in result["points"]] == pytest.approx([1.0, 1.5, 2.4])
+    assert [p["efficiency"] for p in result["points"]] == pytest.approx([1.0, 0.75, 0.6])
+    assert result["points"][2]["vs_peers"] == {"pandas": pytest.approx(16 / 5)}
+    assert result["peers_skipped"] == ["polars"] and result["edges_agree"]
+    strong.write_strong(result, tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text())["points"][1]["seconds"] == 8.0
+    assert "| 4 | 5.00 | 2.40 | 0.60 |" in (tmp_path / "s.md").read_text()
