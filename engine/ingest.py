@@ -605,6 +605,17 @@ def plan_pieces(files: list[InputFile], partition_rows: int, csv_block_bytes: in
     return pieces
 
 
+BUNDLES_PER_WORKER = 2  # small Parquet files are packed into at least this many bundles per dask worker
+
+
+def bundle_rows(pieces: list[Piece], partition_rows: int, workers: int) -> int:
+    """The most rows a bundle of small Parquet pieces takes: ``partition_rows``, fewer when that would leave fewer
+    than ``BUNDLES_PER_WORKER`` bundles per worker (10^7 rows in 80 files: 6 bundles of 2·10^6 rows keep 6 of 16
+    workers busy while the rest wait; capped at 10^7 / 32 rows, 32 bundles)."""
+    rows = sum(piece.rows or 0 for piece in pieces)
+    return max(1, min(partition_rows, -(-rows // (BUNDLES_PER_WORKER * max(workers, 1)))))
+
+
 def pack_pieces(pieces: list[Piece], partition_rows: int, schemas: dict[str, pa.Schema], columns: list[str]
                 ) -> list[Bundle]:
     """Consecutive Parquet pieces whose files have the same types in ``columns`` share a bundle while it holds
@@ -842,7 +853,8 @@ def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Bac
         for stale in search_folder.glob("part-*.parquet"):
             stale.unlink()
     pieces = _csv_row_offsets(plan_pieces(files, config.partition_rows, config.csv_block_bytes))
-    bundles = pack_pieces(pieces, config.partition_rows, schemas, columns + ([schema.QUERY] if search_event else []))
+    bundles = pack_pieces(pieces, bundle_rows(pieces, config.partition_rows, worker_count()), schemas,
+                          columns + ([schema.QUERY] if search_event else []))
     log.info("ingest: %d file(s) in %d piece(s), %d partition(s), id dtype %s, columns %s, events after %s are "
              "future_timestamp%s", len(files), len(pieces), len(bundles), resolved_ids, columns, latest,
              f", rows of type {search_event!r} are searches (column {schema.QUERY!r})" if search_event else "")

@@ -30,8 +30,12 @@ class ClusterConfig(StrictModel):
     """Where dask runs: a scheduler address for a real cluster, else a local cluster on this machine."""
 
     address: str | None = Field(None, description="dask scheduler address, e.g. tcp://10.0.0.5:8786")
-    n_workers: int | None = Field(None, ge=1)
-    threads_per_worker: int | None = Field(None, ge=1)
+    n_workers: int | None = Field(
+        None, ge=1, description="local cluster: workers. None: one per core, at most 8 when they are threads "
+        "(`homerank.engine.backend.default_workers`)")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="local cluster: threads per worker. None: 1 when n_workers is None too, else dask's "
+        "choice (the cores / n_workers)")
     processes: bool = Field(False, description="local cluster: worker processes (True) or threads (False)")
     memory_limit: str | None = Field(
         None, description="local cluster: memory limit per worker ('4GiB', 0.5 = half the machine's memory); above "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dask
 import pytest
 
+from homerank.engine import backend as backend_module
 from homerank.engine.backend import CPU
 from homerank.jobs.cluster import dask_client, shuffle_method
 from homerank.jobs.config import ClusterConfig
@@ -50,3 +51,17 @@ def test_a_cluster_that_does_not_stop_in_time_is_a_warning_not_a_failure(monkeyp
             dask_client(ClusterConfig(n_workers=1, threads_per_worker=1), CPU) as client:
         assert client.submit(sum, [1, 2]).result() == 3
     assert "did not stop within" in caplog.text
+
+
+@pytest.mark.parametrize(("cores", "given", "expected"), [
+    (16, (None, None, False), (8, 1)),  # threads: one per core, at most MAX_THREAD_WORKERS
+    (2, (None, None, False), (2, 1)),
+    (16, (None, None, True), (16, 1)),  # processes: one per core
+    (16, (None, 4, True), (4, 4)),  # threads per worker given: cores / threads workers
+    (16, (3, None, False), (3, None)),  # workers given: dask picks the threads
+    (2, (5, 2, True), (5, 2)),
+])
+def test_default_workers(monkeypatch, cores, given, expected):
+    monkeypatch.setattr(backend_module.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert backend_module.default_workers(*given) == expected
+    assert backend_module.MAX_THREAD_WORKERS == 8

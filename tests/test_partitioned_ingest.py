@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from homerank.engine import ingest as ingest_module
 from homerank.engine import schema
 from homerank.engine.backend import CPU
 from homerank.engine.config import IngestConfig
-from homerank.engine.ingest import discover_files, ingest_events, plan_pieces
+from homerank.engine.ingest import Piece, bundle_rows, discover_files, ingest_events, plan_pieces
 
 
 def dirty_log(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -82,9 +83,10 @@ def test_csv_blocks_cut_at_line_ends_give_the_same_result(tmp_path_factory, rows
     assert whole.rows["in"] == len(frame)
 
 
-def test_small_parquet_files_are_packed_into_partitions_and_keep_their_provenance(tmp_path):
+def test_small_parquet_files_are_packed_into_partitions_and_keep_their_provenance(tmp_path, monkeypatch):
     """Many small files share partitions (one read, one validation, one quarantine part per partition), files of
     another column type are never packed with them, and every quarantined row still names its own file and row."""
+    monkeypatch.setattr(ingest_module, "worker_count", lambda: 1)  # bundles capped by partition_rows alone
     folder = tmp_path / "log"
     folder.mkdir()
     frames = {}
@@ -106,3 +108,11 @@ def test_small_parquet_files_are_packed_into_partitions_and_keep_their_provenanc
         mine = quarantine[quarantine[schema.SOURCE_FILE].str.endswith(name)]
         bad = frame["user_id"].isna() | (frame["event_type"] == "hover") | (frame["timestamp"] == "not a time")
         assert sorted(mine[schema.SOURCE_ROW]) == np.flatnonzero(bad.to_numpy()).tolist(), name
+
+
+def test_bundles_are_capped_so_that_every_worker_gets_two():
+    pieces = [Piece(number, None, 0, (0,), rows=125_000) for number in range(80)]  # type: ignore[arg-type]
+    assert bundle_rows(pieces, 2_000_000, 2) == 2_000_000  # 10^7 rows / 4 is more than partition_rows
+    assert bundle_rows(pieces, 2_000_000, 16) == 312_500  # 10^7 rows / 32
+    assert bundle_rows(pieces, 2_000_000, 10**9) == 1
+    assert bundle_rows([Piece(0, None, 0, byte_range=(0, 9))], 2_000_000, 4) == 1  # type: ignore[arg-type]
