@@ -221,7 +221,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     anchors = np.unique([p for p in last_viewed.to_numpy() if catalogue.model_index[p] >= 0])
     by_trend = np.argsort(-catalogue.trending, kind="stable")
     new_positions, new_arrival_scorer, new_reason = new_arrivals(catalogue, vectors, user_embeddings, reference_time,
-                                                         settings.new_arrival_days, vector_source)
+                                                                 settings.new_arrival_days, vector_source)
     purchased_column = schema.count_column("purchase")
     bought = (interactions[interactions[purchased_column] > 0] if purchased_column in interactions
               else interactions.iloc[:0])
