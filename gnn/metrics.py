@@ -13,7 +13,7 @@ CSR index lists turned into (row, col) pairs, so nothing loops over users in Pyt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,14 +188,22 @@ def users_per_block(batch_size: int, num_items: int, device: torch.device | str 
     return max(1, min(batch_size, max(64, SCORE_BLOCK_BYTES // (4 * num_items))))
 
 
+# (users (n,), k, exclusions) -> the users' top-k items and scores (n, k), as `top_k` gives them
+Ranker = Callable[[Tensor, int, "CSRIndex | None"], tuple[Tensor, Tensor]]
+
+
 def evaluate_ranking(
     score_fn: ScoreFn, truth: CSRIndex, exclude: CSRIndex | None, ks: list[int], batch_size: int = 2048,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", ranker: Ranker | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics over all users that have held-out items in ``truth``, scored in blocks of
-    `users_per_block` users."""
+    `users_per_block` users; ``ranker``, when given, finds the same top-k without the blocks (e.g.
+    `homerank.gnn.dot_top_k.DotTopK` for a dot-product scorer)."""
     n_truth = truth.counts()
     users = torch.nonzero(n_truth > 0).flatten()
+    if ranker is not None:
+        ranked, _ = ranker(users, max(ks), exclude)
+        return metrics_from_hits(hits_matrix(users, ranked, truth), n_truth[users], ks)
     batch_size = users_per_block(batch_size, truth.num_items, device)
     ranked, _ = top_k(score_fn, users, max(ks), exclude, batch_size, device)
     hits = hits_matrix(users, ranked, truth)

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from homerank.engine import schema
+from homerank.gnn.dot_top_k import DotTopK, dot_ranker
 from homerank.gnn.keys import is_member
 from homerank.gnn.metrics import CSRIndex, popularity_top_k, top_k
 from homerank.gnn.scorer import ScoreFn, Scorer
@@ -163,6 +164,7 @@ class Recommender:
     _exclusions: CSRIndex | None = field(default=None, repr=False)  # history position -> excluded item indices
     _item_ids: np.ndarray | None = field(default=None, repr=False)  # item id of each item index
     _score_fn: ScoreFn | None = field(default=None, repr=False)
+    _dot: DotTopK | None = field(default=None, repr=False)  # a dot-product scorer's exact search (CPU)
 
     @classmethod
     def from_run(cls, run: RunDir, exclude_event_types: list[str], device: torch.device | str = "cpu",
@@ -215,6 +217,8 @@ class Recommender:
             self._exclusions = CSRIndex.from_pairs(position[keep], pairs[schema.ITEM_INDEX].to_numpy()[keep],
                                                    len(history), self.scorer.num_items)
             self._history, self._item_ids = history, ordered[schema.ITEM].to_numpy()
+            if dot_ranker(self.scorer, self.device) is not None:  # the plain dot product on the CPU
+                self._dot = DotTopK(self.scorer.item_embeddings)
             self._model_row = pd.Index(self.user_index[schema.USER])  # last: the flag that all of it is there
 
     def recommend(self, user_ids: Iterable, k: int, exclude_seen: bool = True) -> pd.DataFrame:
@@ -295,8 +299,12 @@ class Recommender:
     def _exact(self, full: ScoreFn, rows: np.ndarray, exclude: CSRIndex | None,
                k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k of every item by ``full`` for the users whose score rows are ``rows``; ``exclude`` is indexed by
-        position in ``rows``."""
+        position in ``rows``. A dot-product scorer on the CPU goes through faiss's exact search instead of (B, I)
+        blocks (`homerank.gnn.dot_top_k`)."""
         score_rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        if self._dot is not None:
+            return self._dot(self.scorer.user_embeddings[score_rows], torch.arange(len(rows)), k, exclude,
+                             self.batch_size)
 
         def score_fn(batch: torch.Tensor) -> torch.Tensor:  # positions in rows -> those users' score rows
             return full(score_rows[batch.cpu()].to(self.device))

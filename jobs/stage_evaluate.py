@@ -10,8 +10,10 @@ from typing import Any
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.split import SPLIT
+from homerank.gnn.dot_top_k import dot_ranker
 from homerank.gnn.metrics import evaluate_popularity, evaluate_ranking
-from homerank.jobs.artifacts import item_popularity, load_embeddings, load_scorer, read_edges, require, split_index
+from homerank.gnn.scorer import Scorer
+from homerank.jobs.artifacts import item_popularity, read_edges, require, split_index
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, read_json, write_json
 
@@ -20,17 +22,18 @@ log = logging.getLogger(__name__)
 
 def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
     started = time.perf_counter()
-    user_emb, item_emb = load_embeddings(run)
+    scorer = Scorer.load(require(run.scorer, "train"))
     edges = read_edges(run, [schema.USER_INDEX, schema.ITEM_INDEX, SPLIT])
-    num_users, num_items = user_emb.shape[0], item_emb.shape[0]
-    model_scores = load_scorer(run, backend.torch_device)
+    num_users, num_items = scorer.num_users, scorer.num_items
     device = backend.torch_device
+    model_scores = scorer.score_fn(device)
     # at test time everything before the test period is known history: train and validation pairs are masked
     known = split_index(edges, ["train", "valid"], num_users, num_items)
     test = split_index(edges, "test", num_users, num_items)
     ks = config.evaluate.ks
     batch = config.evaluate.batch_size
-    test_metrics = evaluate_ranking(model_scores, test, known, ks, batch, device)
+    # a dot-product model on the CPU: faiss's exact search, no (B, I) blocks (homerank.gnn.dot_top_k)
+    test_metrics = evaluate_ranking(model_scores, test, known, ks, batch, device, dot_ranker(scorer, device))
     baseline = evaluate_popularity(item_popularity(edges, num_items), test, known, ks, batch)
     result: dict[str, Any] = {"test": test_metrics, "baselines": {"popularity": baseline}}
     summary = read_json(require(run.train_summary, "train"))

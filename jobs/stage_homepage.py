@@ -44,11 +44,13 @@ from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
 from homerank.engine.split import SPLIT
-from homerank.gnn.metrics import top_k, users_per_block
+from homerank.gnn.dot_top_k import dot_ranker
+from homerank.gnn.metrics import Ranker, top_k, users_per_block
+from homerank.gnn.scorer import Scorer
 from homerank.homepage.build import block_processes, build_pages
 from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
-from homerank.jobs.artifacts import load_embeddings, load_scorer, read_edges, read_embedding_table, require
+from homerank.jobs.artifacts import read_edges, read_embedding_table, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.rundir import RunDir, atomic_path, ensure_run_id, publish_parquet_parts, read_json, write_json
 
@@ -68,17 +70,18 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         return stats
     user_index = pd.read_parquet(require(run.user_index, "etl"))
     item_index = pd.read_parquet(require(run.item_index, "etl"))
-    user_emb, item_emb = load_embeddings(run)
+    model = Scorer.load(require(run.scorer, "train"))
+    user_emb, item_emb = model.user_embeddings, model.item_embeddings
     etl = read_json(require(run.etl_stats, "etl"))
     ref_time = pd.Timestamp(etl.get("reference_time") or interactions[schema.LAST_TS].max())
     # users scored per (B, I) product: rank.batch_size, fewer on the CPU when one block of scores would pass 256 MiB
     # (every worker process holds one)
     batch = users_per_block(config.rank.batch_size, item_emb.shape[0], backend.torch_device)
-    scorer = load_scorer(run, backend.torch_device)
+    scorer = model.score_fn(backend.torch_device)
     if user_emb.shape[0]:
         scorer(torch.zeros(1, dtype=torch.long))  # built once here, before the block workers fork: e.g. a linear
         # filter's item operator (homerank.gnn.linear_filter), which the workers share instead of building their own
-    candidates = _model_candidates(scorer, batch, backend.torch_device)
+    candidates = _model_candidates(scorer, batch, backend.torch_device, dot_ranker(model, backend.torch_device))
     fork = backend.model_device == "cpu"
     if not fork and user_emb.shape[0] and block_processes(settings.processes, 2) > 1:
         held = _held_candidates(candidates, user_emb.shape[0], min(settings.candidates, item_emb.shape[0]))
@@ -179,11 +182,16 @@ def impressions_of(page: pd.DataFrame, run_id: str, served_at: pd.Timestamp) -> 
     })
 
 
-def _model_candidates(scorer: Any, batch_size: int, device: torch.device) -> CandidateFn:
+def _model_candidates(scorer: Any, batch_size: int, device: torch.device, ranker: Ranker | None = None
+                      ) -> CandidateFn:
     """The run's scorer as a `homerank.homepage.candidates.CandidateFn`: the top k model items of given model
-    rows, scored ``batch_size`` users at a time on ``device`` (the homepage's blocks score their own users)."""
+    rows, scored ``batch_size`` users at a time on ``device`` (the homepage's blocks score their own users), or
+    found by ``ranker`` (`homerank.gnn.dot_top_k.dot_ranker`: faiss's exact search for a dot-product scorer on
+    the CPU, built before the fork and shared by the block workers)."""
     def lists_of(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        items, scores = top_k(scorer, torch.from_numpy(np.asarray(rows, dtype=np.int64)), k, None, batch_size, device)
+        users = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        items, scores = (ranker(users, k, None) if ranker is not None else
+                         top_k(scorer, users, k, None, batch_size, device))
         return items.numpy(), scores.numpy()
     return lists_of
 
