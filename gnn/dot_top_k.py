@@ -92,12 +92,24 @@ class DotTopK:
         return found.masked_fill(dropped, -1), values.masked_fill(dropped, -torch.inf)
 
 
-def dot_ranker(scorer: Scorer, device: torch.device | str) -> Ranker | None:
-    """The top-k of ``scorer`` over its own users through `DotTopK` when it is the plain dot product (kind
-    ``lightgcn``) and scoring runs on the CPU; None otherwise (a blend with the linear filter z-scores whole rows;
-    on a GPU the materialised block with ``torch.topk`` is fast)."""
-    if scorer.kind != "lightgcn" or torch.device(device).type != "cpu":
+def searches_exactly(scorer: Scorer, device: torch.device | str) -> bool:
+    """Whether ``scorer``'s top-k goes through `DotTopK`: it is the plain dot product (kind ``lightgcn``) and scoring
+    runs on the CPU (a blend with the linear filter z-scores whole rows; on a GPU the materialised block with
+    ``torch.topk`` is fast)."""
+    return scorer.kind == "lightgcn" and torch.device(device).type == "cpu"
+
+
+def embedding_ranker(user_vectors: Tensor, item_vectors: Tensor) -> Ranker | None:
+    """The top-k of e_u . e_i for rows of ``user_vectors`` (U, d) through `DotTopK` over ``item_vectors`` (I, d);
+    None when the vectors live on a GPU."""
+    if user_vectors.device.type != "cpu":
         return None
-    search = DotTopK(scorer.item_embeddings)
-    users = scorer.user_embeddings
-    return lambda rows, k, exclude: search(users, rows, k, exclude)
+    search = DotTopK(item_vectors)
+    return lambda rows, k, exclude: search(user_vectors, rows, k, exclude)
+
+
+def dot_ranker(scorer: Scorer, device: torch.device | str) -> Ranker | None:
+    """`embedding_ranker` of ``scorer``'s own embeddings when `searches_exactly`, else None."""
+    if not searches_exactly(scorer, device):
+        return None
+    return embedding_ranker(scorer.user_embeddings, scorer.item_embeddings)

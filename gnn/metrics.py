@@ -189,7 +189,7 @@ def users_per_block(batch_size: int, num_items: int, device: torch.device | str 
 
 
 # (users (n,), k, exclusions) -> the users' top-k items and scores (n, k), as `top_k` gives them
-Ranker = Callable[[Tensor, int, "CSRIndex | None"], tuple[Tensor, Tensor]]
+Ranker = Callable[[Tensor, int, CSRIndex | None], tuple[Tensor, Tensor]]
 
 
 def evaluate_ranking(

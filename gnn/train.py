@@ -22,10 +22,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from homerank.engine.errors import HomerankError, TrainingDivergedError
 from homerank.gnn import distributed
 from homerank.gnn.config import EvalConfig, TrainConfig
-from homerank.gnn.dot_top_k import DotTopK
+from homerank.gnn.dot_top_k import embedding_ranker
 from homerank.gnn.keys import pair_keys
 from homerank.gnn.losses import chunked_bpr_loss, counted_l2_penalty, sampled_softmax_loss
-from homerank.gnn.metrics import CSRIndex, Ranker, evaluate_ranking
+from homerank.gnn.metrics import CSRIndex, evaluate_ranking
 from homerank.gnn.model import LightGCNRecommender, PreviousModel
 from homerank.gnn.sampling import sample_negatives
 from homerank.gnn.scorer import embedding_scorer, save_state
@@ -339,8 +339,9 @@ def train_lightgcn(
                 user_emb, item_emb = _scoring_embeddings(model, adjacency, block, config.loss == "softmax")
             if evaluating and leader:
                 check_finite(f"at epoch {epoch}", config.lr, user_embeddings=user_emb, item_embeddings=item_emb)
-                valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), valid, train_index,
-                                                 ks, eval_config.batch_size, device, _valid_ranker(user_emb, item_emb))
+                # on the CPU through faiss's exact search over this epoch's item embeddings (no (B, I) blocks)
+                valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), valid, train_index, ks,
+                                                 eval_config.batch_size, device, embedding_ranker(user_emb, item_emb))
                 record["valid"] = valid_metrics
                 record["valid_users"] = valid_user_count
                 if on_evaluation is not None:
@@ -463,11 +464,3 @@ def train_distributed(data: TrainData, config: TrainConfig, eval_config: EvalCon
         on_epoch(record)
     return result
 
-
-def _valid_ranker(user_emb: torch.Tensor, item_emb: torch.Tensor) -> Ranker | None:
-    """Validation's top-k on the CPU through faiss's exact search over this epoch's item embeddings
-    (`homerank.gnn.dot_top_k`, no (B, I) score blocks); None on a GPU."""
-    if user_emb.device.type != "cpu":
-        return None
-    search = DotTopK(item_emb)
-    return lambda users, k, exclude: search(user_emb, users, k, exclude)

@@ -249,11 +249,11 @@ class BlockPages:
         """Page rows (``PAGE_COLUMNS``) of ``users`` (B,), grouped by user in the given order, sections in page
         order, slots 1..n. The block's own signals (the model's candidates and new-arrival scores of these users)
         are made here (`homerank.homepage.signals.PageSignals.for_block`)."""
-        signals = self.signals.for_block(users)
+        model_rows = self._model_rows(users)
+        signals = self.signals.for_block(users, model_rows=model_rows)
         lists = signals.candidates
         settings, catalogue, size = self.settings, self.signals.catalogue, self.in_stock.size
         rows = np.arange(users.size, dtype=np.int64)
-        model_rows = self._model_rows(users)
         bought = self._bought(users)
         used = ItemSets(users.size, size)
         parts: list[dict[str, np.ndarray]] = []

@@ -76,16 +76,18 @@ class PageSignals:
     model_candidates: ModelCandidates | None = None  # makes the candidates of any model rows (`for_block`)
     new_arrival_scorer: NewArrivalScorer | None = None  # makes the new-arrival scores of any model rows (`for_block`)
 
-    def for_block(self, users: np.ndarray, whole: bool = False) -> PageSignals:
+    def for_block(self, users: np.ndarray, whole: bool = False, model_rows: np.ndarray | None = None
+                  ) -> PageSignals:
         """These signals for a block of ``users`` (B,): with the model's candidates of those users (their first,
         short lists, or the whole lists when ``whole``: `homerank.homepage.candidates.ModelCandidates.for_rows`;
-        kept when the signals hold every user's already) and their new-arrival scores (`NewArrivalScorer`)."""
+        kept when the signals hold every user's already) and their new-arrival scores (`NewArrivalScorer`).
+        ``model_rows`` (B,), the users' model rows (-1: none) when the caller has them."""
         held = self.candidates is not None and self.candidates.rows is None  # every user's lists already
         scored = self.model_candidates is not None and not held
         if not scored and self.new_arrival_scorer is None:
             return self
-        rows = np.fromiter((self.model_row.get(user, -1) for user in users.tolist()), dtype=np.int64,
-                           count=users.size)
+        rows = model_rows if model_rows is not None else np.fromiter(
+            (self.model_row.get(user, -1) for user in users.tolist()), dtype=np.int64, count=users.size)
         changes: dict[str, Any] = {}
         if scored:
             assert self.model_candidates is not None

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from homerank.engine import schema
-from homerank.gnn.dot_top_k import DotTopK, dot_ranker
+from homerank.gnn.dot_top_k import DotTopK, searches_exactly
 from homerank.gnn.keys import is_member
 from homerank.gnn.metrics import CSRIndex, popularity_top_k, top_k
 from homerank.gnn.scorer import ScoreFn, Scorer
@@ -217,7 +217,7 @@ class Recommender:
             self._exclusions = CSRIndex.from_pairs(position[keep], pairs[schema.ITEM_INDEX].to_numpy()[keep],
                                                    len(history), self.scorer.num_items)
             self._history, self._item_ids = history, ordered[schema.ITEM].to_numpy()
-            if dot_ranker(self.scorer, self.device) is not None:  # the plain dot product on the CPU
+            if searches_exactly(self.scorer, self.device):  # the plain dot product on the CPU
                 self._dot = DotTopK(self.scorer.item_embeddings)
             self._model_row = pd.Index(self.user_index[schema.USER])  # last: the flag that all of it is there
 
