@@ -104,7 +104,7 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
     for ``edges``. Returns (surviving edges, persisted; rounds; their count)."""
     current = edges.persist()
     if known is None:
-        count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(),
+        count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
                                                     smallest_user_degree(current))
     else:
         (count, item_degree), user_min = known, dask.compute(smallest_user_degree(current))[0]
@@ -114,7 +114,7 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
             return current, round_, int(count)
         degrees = dask.delayed(item_degree)  # one copy per worker, not one inside every task
         current = current.map_partitions(_kcore_step, degrees, min_user, min_item, meta=current._meta).persist()
-        count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(),
+        count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
                                                     smallest_user_degree(current))
         log.debug("k-core round %d: %d edges left", round_, count)
     return current, max_rounds, int(count)
@@ -141,7 +141,7 @@ def id_tables(core: dd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[int]
     order (user order), numbered 0..U-1; items: the distinct ids sorted, numbered 0..I-1. One round trip."""
     users_per_part = core.map_partitions(lambda frame: frame[schema.USER].drop_duplicates().sort_values(),
                                          meta=core._meta[schema.USER])
-    users, per_partition, items = dask.compute(users_per_part, users_per_partition(core), core[schema.ITEM].unique())
+    users, per_partition, items = dask.compute(users_per_part, users_per_partition(core), core[schema.ITEM].unique(split_out=1))
     users = _host(users).reset_index(drop=True)
     items = _host(items).sort_values(ignore_index=True)  # keeps the ids' dtype (string ids stay strings)
     user_index = pd.DataFrame({schema.USER: users, schema.USER_INDEX: np.arange(len(users), dtype="int64")})

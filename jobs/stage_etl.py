@@ -245,7 +245,7 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
         all_edges = aggregate_by_user(weighted, event_types).persist()
         _, edges_all_time, users_all_time, item_degree = dask.compute(
             write_partitions(all_edges, run.interactions_staging, compute=False), all_edges.shape[0],
-            users_per_partition(all_edges).sum(), all_edges[schema.ITEM].value_counts())
+            users_per_partition(all_edges).sum(), all_edges[schema.ITEM].value_counts(split_out=1))
         items_all_time = len(item_degree)
         publish_parquet_parts(run.interactions_staging, run.interactions, all_edges._meta)
         log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,
@@ -276,7 +276,7 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
         if previous is not None:  # the split above used the natural indices; the edges get the extended ones
             user_index, item_index, user_remap, item_remap, warm = extend_id_maps(previous, user_index, item_index)
             edges = reindex(edges, user_remap, item_remap)
-        writes = [write_partitions(edges, run.edges_staging, compute=False), edges[SPLIT].value_counts()]
+        writes = [write_partitions(edges, run.edges_staging, compute=False), edges[SPLIT].value_counts(split_out=1)]
         if config.profiles.last_session:  # computed from the same user partitions, in the same pass as the edges
             sessions = last_sessions_by_user(by_user, event_types, config.profiles.session_gap_minutes)
             writes += [write_partitions(sessions, run.last_session_staging, compute=False), sessions.shape[0]]
