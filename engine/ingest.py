@@ -465,7 +465,8 @@ def validate_events(
         flag(value.isna() & raw[schema.VALUE].notna(), "non_numeric_value")
         clean[schema.VALUE] = value.astype("float64")
     bad = reason > 0
-    clean = clean.loc[~bad].reset_index(drop=True)
+    if bad.any():
+        clean = clean.take(np.flatnonzero(~bad)).reset_index(drop=True)
     return clean, _rejected_rows(raw, reason, REASONS, source_file, row_offset)
 
 
@@ -474,7 +475,7 @@ def _rejected_rows(raw: pd.DataFrame, reason: np.ndarray, reasons: tuple[str, ..
     """The rows of ``raw`` with a reason code (``reason`` (N,) int8: 0 clean, else 1 + index into ``reasons``), as
     text, with ``reason``, ``source_file`` and ``source_row``."""
     bad = reason > 0
-    rejected = raw.loc[bad].astype("string")
+    rejected = raw.take(np.flatnonzero(bad)).astype("string")
     rejected[schema.REASON] = pd.array(np.asarray(reasons, dtype=object)[reason[bad] - 1], dtype="string")
     if isinstance(source_file, str):
         rejected[schema.SOURCE_FILE] = source_file
@@ -688,9 +689,7 @@ def _read_piece(piece: Piece, columns: list[str]) -> pd.DataFrame:
     """The raw rows of one piece (CSV as text: typing happens in validation, so a bad cell quarantines a row)."""
     path = piece.file.path
     if piece.file.format == "parquet":
-        if piece.row_groups is not None:
-            return pq.ParquetFile(path).read_row_groups(list(piece.row_groups), columns=columns).to_pandas()
-        return pd.read_parquet(path, columns=columns)
+        return _read_parquet_piece(piece, columns).to_pandas()
     if piece.byte_range is None:
         return pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=True)
     start, end = piece.byte_range
@@ -701,6 +700,15 @@ def _read_piece(piece: Piece, columns: list[str]) -> pd.DataFrame:
     if start > 0:
         body = header + body
     return pd.read_csv(io.BytesIO(body), usecols=columns, dtype=str, keep_default_na=True)
+
+
+def _read_parquet_piece(piece: Piece, columns: list[str]) -> pa.Table:
+    """A Parquet piece's columns as an Arrow table; a text ``event_type`` column comes as a dictionary (a pandas
+    categorical: a handful of distinct types is coded once by the reader instead of hashed row by row)."""
+    handle = pq.ParquetFile(piece.file.path, read_dictionary=[schema.EVENT])  # ignored unless the column is text
+    if piece.row_groups is None:
+        return handle.read(columns=columns)
+    return handle.read_row_groups(list(piece.row_groups), columns=columns)
 
 
 def _read_bundle(bundle: Bundle, columns: list[str]) -> tuple[pd.DataFrame, Any, Any]:
@@ -722,7 +730,7 @@ def _read_bundle(bundle: Bundle, columns: list[str]) -> tuple[pd.DataFrame, Any,
 def _read_guarded(piece: Piece, columns: list[str], arrow: bool = False) -> Any:
     try:
         if arrow:
-            return pq.ParquetFile(piece.file.path).read_row_groups(list(piece.row_groups or ()), columns=columns)
+            return _read_parquet_piece(piece, columns)
         return _read_piece(piece, columns)
     except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise HomerankError(f"{piece.file.path}: could not be read ({_safe_reason(exc)})") from None

@@ -143,3 +143,25 @@ def test_temporary_quarantine_folders_do_not_outlive_the_result(tmp_path, monkey
     with pytest.raises(HomerankError, match="after the quarantine folder"):
         ingest_events(str(path), IngestConfig(), CPU)
     assert list(scratch.iterdir()) == []
+
+
+def test_parquet_event_types_read_as_a_dictionary_validate_like_plain_text(tmp_path):
+    """Parquet pieces read ``event_type`` as a dictionary (a categorical): case, blanks, nulls, empty and unknown
+    types must give the rows, types and reasons that plain text gives, in a single file and in packed files."""
+    types = [" View", "CLICK ", None, "hover", "", "purchase", "cart", "view"]
+    frame = pd.DataFrame({"user_id": range(len(types)), "item_id": [7] * len(types), "event_type": types,
+                          "timestamp": pd.date_range("2026-01-01", periods=len(types), freq="h")})
+    expected_clean, expected_rejected = validate_events(frame.astype({"event_type": object}), "x", TYPES, "int64")
+    (tmp_path / "one").mkdir()
+    frame.to_parquet(tmp_path / "one" / "a.parquet")
+    (tmp_path / "two").mkdir()
+    frame.iloc[:4].to_parquet(tmp_path / "two" / "a.parquet")
+    frame.iloc[4:].to_parquet(tmp_path / "two" / "b.parquet")
+    for folder in ("one", "two"):
+        ingested = ingest_events(str(tmp_path / folder), IngestConfig(), CPU)
+        clean = ingested.events.compute().sort_values(schema.USER)
+        assert clean[schema.USER].tolist() == expected_clean[schema.USER].tolist()
+        assert clean[schema.EVENT].astype(str).tolist() == expected_clean[schema.EVENT].astype(str).tolist()
+        assert ingested.reasons == {"unknown_event_type": len(expected_rejected)}
+        quarantined = ingested.read_quarantine().sort_values(schema.USER)
+        assert quarantined[schema.EVENT].tolist() == expected_rejected[schema.EVENT].tolist()
