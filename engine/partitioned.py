@@ -36,13 +36,12 @@ import pandas as pd
 from homerank.engine import schema
 from homerank.engine.config import SplitConfig
 from homerank.engine.sorted_events import (
-    PairRuns,
+    EVENT_ROWS,
     aggregate_sorted,
     array_module,
     frame_library,
     nanoseconds,
-    positions_in,
-    run_totals,
+    prefix_totals,
     sort_and_drop_duplicates,
     values,
 )
@@ -79,9 +78,16 @@ def _keep_order(frame: Any, **_: Any) -> Any:
 
 def aggregate_by_user(weighted: dd.DataFrame, event_types: list[str]) -> dd.DataFrame:
     """One edge per (user, item), in (user, item) order inside each partition (users are partition-local); the
-    events must be in the (user, item, time) order of `homerank.engine.sorted_events.sort_and_drop_duplicates`."""
+    events must be in the (user, item, time) order of `homerank.engine.sorted_events.sort_and_drop_duplicates`.
+    The edges carry `EVENT_ROWS` (their run's rows among the partition's events, for `encode_and_split`): drop
+    them (`interactions_of`) for the interactions dataset."""
     meta = aggregate_sorted(weighted._meta, event_types)
     return weighted.map_partitions(aggregate_sorted, event_types, meta=meta)
+
+
+def interactions_of(edges: dd.DataFrame) -> dd.DataFrame:
+    """`aggregate_by_user`'s edges without their `EVENT_ROWS`: the all-time interactions."""
+    return edges.drop(columns=list(EVENT_ROWS))
 
 
 def _kcore_step(edges: pd.DataFrame, item_degree: pd.Series, min_user: int, min_item: int) -> pd.DataFrame:
@@ -141,7 +147,8 @@ def id_tables(core: dd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[int]
     order (user order), numbered 0..U-1; items: the distinct ids sorted, numbered 0..I-1. One round trip."""
     users_per_part = core.map_partitions(lambda frame: frame[schema.USER].drop_duplicates().sort_values(),
                                          meta=core._meta[schema.USER])
-    users, per_partition, items = dask.compute(users_per_part, users_per_partition(core), core[schema.ITEM].unique(split_out=1))
+    users, per_partition, items = dask.compute(users_per_part, users_per_partition(core),
+                                               core[schema.ITEM].unique(split_out=1))
     users = _host(users).reset_index(drop=True)
     items = _host(items).sort_values(ignore_index=True)  # keeps the ids' dtype (string ids stay strings)
     user_index = pd.DataFrame({schema.USER: users, schema.USER_INDEX: np.arange(len(users), dtype="int64")})
@@ -154,14 +161,15 @@ def id_tables(core: dd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[int]
 def _encode_split(edges: Any, events: Any, offset: Any, item_index: pd.DataFrame, split: SplitConfig,
                   event_types: list[str]) -> Any:
     """On one user partition: indices, the temporal split, and training edges re-weighted from the events up to
-    each user's cutoff. ``edges``: the partition's k-core edges in (user, item) order; ``events``: its weighted
-    events in (user, item, time) order. Returns the edges in (user_index, item_index) order (the input order).
+    each user's cutoff. ``edges``: the partition's k-core edges in (user, item) order, with the `EVENT_ROWS` of
+    `aggregate_by_user`; ``events``: its weighted events in (user, item, time) order (the rows those columns
+    point at). Returns the edges in (user_index, item_index) order (the input order), without `EVENT_ROWS`.
 
     user_index = offset + rank of the user id among the partition's k-core users; item_index = position of the
     item id in the sorted item table; the split follows `homerank.engine.split.split_labels`. A training edge's
-    values come from its run of events (`homerank.engine.sorted_events.PairRuns`) restricted to the events at or
-    before the user's cutoff; the run is in time order, so those are a prefix of c events and
-    last_ts = ts(start + c - 1) (first_ts is unchanged: a training item starts before the cutoff)."""
+    values come from its run of events s..e restricted to the events at or before the user's cutoff
+    (`homerank.engine.sorted_events.prefix_totals`); the run is in time order, so those are a prefix of c events
+    and last_ts = ts(s + c - 1) (first_ts is unchanged: a training item starts before the cutoff)."""
     xp = array_module(edges)
     lib = frame_library(edges)
     offset = int(np.asarray(_host(offset)).ravel()[0]) if not isinstance(offset, int) else offset
@@ -173,26 +181,29 @@ def _encode_split(edges: Any, events: Any, offset: Any, item_index: pd.DataFrame
     labels, cutoffs = split_labels(user_codes, item_codes, nanoseconds(edges[schema.FIRST_TS]), len(users), split)
     edges[schema.USER_INDEX] = user_codes + offset
     edges[schema.ITEM_INDEX] = item_codes
-    runs_ = PairRuns.of(events)
-    # each event's limit: its user's cutoff (k-core users), or before every event (users outside the k-core)
-    core_user = xp.asarray(users.get_indexer(runs_.users)).astype(xp.int64)  # (distinct users of the events,)
-    user_limit = xp.where(core_user >= 0, cutoffs[xp.maximum(core_user, 0)], xp.iinfo(xp.int64).min)
-    times = nanoseconds(events[schema.TS])
-    count, weight, by_type = run_totals(events, runs_, event_types, mask=times <= user_limit[runs_.user_codes])
-    run = positions_in(runs_.keys, runs_.keys_of(edges))  # (E,) the run of each edge
-    train = labels == 0
-    if bool((count[run][train] == 0).any()):  # pragma: no cover - a training item starts before the cutoff
+    train = xp.flatnonzero(labels == 0)  # (E_t,) the training edges
+    starts = values(edges[EVENT_ROWS[0]])[train]
+    count, weight, by_type = prefix_totals(events, starts, values(edges[EVENT_ROWS[1]])[train],
+                                           cutoffs[user_codes[train]], event_types)
+    if bool((count == 0).any()):  # pragma: no cover - a training item starts before the cutoff
         raise AssertionError("training edge without events before its cutoff")
-    last = times[runs_.starts[run] + xp.maximum(count[run], 1) - 1]
-    edges[schema.WEIGHT] = xp.where(train, weight[run], values(edges[schema.WEIGHT]))
-    edges[schema.LAST_TS] = lib.Series(xp.where(train, last, nanoseconds(edges[schema.LAST_TS]))).astype(
+    last = nanoseconds(events[schema.TS])[starts + count - 1]
+    edges[schema.WEIGHT] = _replaced(values(edges[schema.WEIGHT]), train, weight)
+    edges[schema.LAST_TS] = lib.Series(_replaced(nanoseconds(edges[schema.LAST_TS]), train, last)).astype(
         "datetime64[ns]")
     for position, event_type in enumerate(event_types):
         column = schema.count_column(event_type)
-        edges[column] = xp.where(train, by_type[run, position], values(edges[column]))
+        edges[column] = _replaced(values(edges[column]), train, by_type[:, position])
     edges[SPLIT] = lib.Series(SPLIT_NAMES, dtype=SPLIT_DTYPE).take(labels).reset_index(drop=True)
     value_columns = [schema.WEIGHT, schema.FIRST_TS, schema.LAST_TS, *(schema.count_column(t) for t in event_types)]
     return edges[[schema.USER, schema.ITEM, schema.USER_INDEX, schema.ITEM_INDEX, SPLIT, *value_columns]]
+
+
+def _replaced(column: Any, rows: Any, new: Any) -> Any:
+    """A copy of the (E,) array ``column`` with ``column[rows] = new``."""
+    out = column.copy()
+    out[rows] = new
+    return out
 
 
 def encode_and_split(core: dd.DataFrame, weighted: dd.DataFrame, item_index: pd.DataFrame,

@@ -34,6 +34,8 @@ import pandas as pd
 
 from homerank.engine import schema
 
+EVENT_ROWS = ("event_start", "event_stop")  # an edge's first and last row among its partition's events
+
 
 def array_module(frame: Any) -> ModuleType:
     """NumPy for pandas objects and NumPy arrays, CuPy for cuDF objects and CuPy arrays."""
@@ -106,32 +108,19 @@ class PairRuns:
         ends = xp.concatenate([starts[1:], xp.asarray([len(run_of)], dtype=starts.dtype)])[:len(starts)] - 1
         return cls(users, items, user_codes, run_of, starts, ends, pairs[starts])
 
-    def keys_of(self, frame: Any) -> Any:
-        """The run key of each (user, item) row of ``frame`` (-1 where the user or the item is not here)."""
-        xp = array_module(self.keys)
-        users = xp.asarray(self.users.get_indexer(frame[schema.USER])).astype(xp.int64)
-        items = xp.asarray(self.items.get_indexer(frame[schema.ITEM])).astype(xp.int64)
-        return xp.where((users >= 0) & (items >= 0), users * max(len(self.items), 1) + items, -1)
 
-
-def run_totals(events: Any, runs_: PairRuns, event_types: list[str], mask: Any = None
-               ) -> tuple[Any, Any, Any]:
-    """Per run g, over its events e with mask(e) (all when ``mask`` is None): (count (G,) int64, weight sum
-    (G,) float64, type counts (G, T) int64). ``events`` needs ``weight`` and an ``event_type`` of ``event_types``."""
+def run_totals(events: Any, runs_: PairRuns, event_types: list[str]) -> tuple[Any, Any]:
+    """Per run g over all its events: (weight sum (G,) float64, type counts (G, T) int64). ``events`` needs
+    ``weight`` and an ``event_type`` of ``event_types``."""
     xp = array_module(runs_.keys)
     groups, width = len(runs_.starts), len(event_types)
     codes = _event_codes(events[schema.EVENT], event_types)
     if len(codes) and bool((codes < 0).any()):
         raise ValueError("run_totals: an event type outside event_types")  # ingest quarantines those
     weights = values(events[schema.WEIGHT].astype("float64"))
-    cells = runs_.run_of * width + codes
-    run_of = runs_.run_of
-    if mask is not None:
-        weights, cells, run_of = weights * mask, cells[mask], run_of[mask]
-    count = xp.bincount(run_of, minlength=groups).astype(xp.int64)
     weight = xp.bincount(runs_.run_of, weights=weights, minlength=groups).astype(xp.float64)
-    by_type = xp.bincount(cells, minlength=groups * width).reshape(groups, width).astype(xp.int64)
-    return count, weight, by_type
+    by_type = xp.bincount(runs_.run_of * width + codes, minlength=groups * width).reshape(groups, width)
+    return weight, by_type.astype(xp.int64)
 
 
 def sort_and_drop_duplicates(events: Any) -> Any:
@@ -184,25 +173,50 @@ def runs(keys: Any) -> tuple[Any, Any]:
 def aggregate_sorted(events: Any, event_types: list[str]) -> Any:
     """One edge per (user, item) from weighted events in (user, item, timestamp) order (the order of
     `sort_and_drop_duplicates`): user_id, item_id, weight (sum), first_ts, last_ts, n_<type> (counts), in
-    (user, item) order, following the module formulas. ``events`` needs the ``weight`` column and an
-    ``event_type`` whose values are ``event_types`` (categorical with those categories: no conversion)."""
+    (user, item) order, following the module formulas, then `EVENT_ROWS`: s_g and e_g, the first and last row
+    of the edge's run in ``events`` (for `prefix_totals` on the same partition; not part of the interactions).
+    ``events`` needs the ``weight`` column and an ``event_type`` whose values are ``event_types`` (categorical
+    with those categories: no conversion)."""
     xp = array_module(events)
     runs_ = PairRuns.of(events)
-    _, weight, by_type = run_totals(events, runs_, event_types)
+    weight, by_type = run_totals(events, runs_, event_types)
     edges = events[[schema.USER, schema.ITEM]].take(runs_.starts).reset_index(drop=True)
     edges[schema.WEIGHT] = weight
     edges[schema.FIRST_TS] = events[schema.TS].take(runs_.starts).reset_index(drop=True)
     edges[schema.LAST_TS] = events[schema.TS].take(runs_.ends).reset_index(drop=True)
     for position, event_type in enumerate(event_types):
         edges[schema.count_column(event_type)] = xp.ascontiguousarray(by_type[:, position])
+    edges[EVENT_ROWS[0]] = runs_.starts.astype(xp.int64)
+    edges[EVENT_ROWS[1]] = runs_.ends.astype(xp.int64)
     return edges
 
 
-def positions_in(sorted_keys: Any, wanted: Any) -> Any:
-    """Row of each ``wanted`` key in the ascending ``sorted_keys`` (every wanted key must be present)."""
-    xp = array_module(sorted_keys)
-    found = xp.searchsorted(sorted_keys, wanted)
-    clipped = xp.minimum(found, max(len(sorted_keys) - 1, 0))
-    if len(wanted) and (len(sorted_keys) == 0 or bool((sorted_keys[clipped] != wanted).any())):
-        raise AssertionError("positions_in: a wanted key is missing")  # pragma: no cover - caller's invariant
-    return clipped
+def prefix_totals(events: Any, starts: Any, ends: Any, limits: Any, event_types: list[str]
+                  ) -> tuple[Any, Any, Any]:
+    """Totals over the time-ordered prefix of G runs of events: run g is rows s_g..e_g of ``events`` (in time
+    order, as `aggregate_sorted` leaves them), and only its events e with ts(e) <= limit_g count:
+
+        count_g = #{e in s_g..e_g : ts(e) <= limit_g},  weight_g = sum of w(e),  n_t,g = #{... and t(e) = t}
+
+    ``starts``, ``ends``, ``limits`` (G,) int64 (limits in ns); returns (count (G,) int64, weight (G,) float64,
+    type counts (G, T) int64). Linear in the rows of the runs: each run's rows are laid out once (a cumulative
+    sum of run marks, no per-run loop and no search), then bincounts."""
+    xp = array_module(starts)
+    groups, width = len(starts), len(event_types)
+    lengths = ends - starts + 1
+    total = int(lengths.sum()) if groups else 0
+    marks = xp.zeros(total, dtype=xp.int64)
+    offsets = xp.cumsum(lengths) - lengths
+    marks[offsets[1:]] = 1  # every run holds at least one event
+    run_of = xp.cumsum(marks)  # (R,) the run of each laid-out row
+    rows = xp.arange(total, dtype=xp.int64) - offsets[run_of] + starts[run_of]
+    keep = nanoseconds(events[schema.TS])[rows] <= limits[run_of]
+    rows, run_of = rows[keep], run_of[keep]
+    weights = values(events[schema.WEIGHT].astype("float64"))[rows]
+    codes = _event_codes(events[schema.EVENT], event_types)[rows]
+    if len(codes) and bool((codes < 0).any()):
+        raise ValueError("prefix_totals: an event type outside event_types")  # ingest quarantines those
+    count = xp.bincount(run_of, minlength=groups).astype(xp.int64)
+    weight = xp.bincount(run_of, weights=weights, minlength=groups).astype(xp.float64)
+    by_type = xp.bincount(run_of * width + codes, minlength=groups * width).reshape(groups, width).astype(xp.int64)
+    return count, weight, by_type

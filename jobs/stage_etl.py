@@ -36,6 +36,7 @@ from homerank.engine.partitioned import (
     aggregate_by_user,
     encode_and_split,
     id_tables,
+    interactions_of,
     kcore_by_user,
     reindex,
     users_per_partition,
@@ -244,10 +245,10 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
                                  ref_time)
         all_edges = aggregate_by_user(weighted, event_types).persist()
         _, edges_all_time, users_all_time, item_degree = dask.compute(
-            write_partitions(all_edges, run.interactions_staging, compute=False), all_edges.shape[0],
+            write_partitions(interactions_of(all_edges), run.interactions_staging, compute=False), all_edges.shape[0],
             users_per_partition(all_edges).sum(), all_edges[schema.ITEM].value_counts(split_out=1))
         items_all_time = len(item_degree)
-        publish_parquet_parts(run.interactions_staging, run.interactions, all_edges._meta)
+        publish_parquet_parts(run.interactions_staging, run.interactions, interactions_of(all_edges)._meta)
         log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,
                  time.perf_counter() - started)
         core, rounds, core_edges = kcore_by_user(all_edges, config.interactions.min_user_interactions,

@@ -11,13 +11,23 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from homerank.engine import schema
 from homerank.engine.config import SplitConfig
 from homerank.engine.encode import encode_edges, fit_index
 from homerank.engine.interactions import aggregate_edges, sort_edges, weight_events
 from homerank.engine.kcore import kcore_filter
-from homerank.engine.partitioned import aggregate_by_user, encode_and_split, events_by_user, id_tables, kcore_by_user
+from homerank.engine.partitioned import (
+    aggregate_by_user,
+    encode_and_split,
+    events_by_user,
+    id_tables,
+    interactions_of,
+    kcore_by_user,
+)
+from homerank.engine.sorted_events import prefix_totals
 from homerank.engine.split import CUTOFF, SPLIT, temporal_split, train_event_filter
 
 WEIGHTS = {"view": 1.0, "click": 2.0, "purchase": 8.0}
@@ -71,7 +81,7 @@ def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, string
         core, rounds, count = kcore_by_user(all_edges, 4, 4)
         user_index, item_index, per_partition = id_tables(core)
         edges = encode_and_split(core, weighted, item_index, per_partition, split, TYPES).compute()
-        got_all = all_edges.compute().reset_index(drop=True)
+        got_all = interactions_of(all_edges).compute().reset_index(drop=True)
     assert by_user.npartitions >= min(partitions, 2)
     pd.testing.assert_frame_equal(got_all, expected_all[got_all.columns], check_dtype=False)
     assert rounds == expected_rounds and count == len(edges)
@@ -115,3 +125,29 @@ def test_a_failed_gate_publishes_nothing_and_a_rerun_still_fails(tiny_log, tmp_p
     assert not (run / ".etl.staging").exists()
     # the graph stage keeps reading the accepted ETL
     assert main(["graph", "--out", str(run), "--quiet"]) == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 20), st.sampled_from(TYPES), st.floats(0.5, 8.0)), min_size=1,
+                         max_size=6), min_size=0, max_size=8),
+       st.lists(st.integers(-1, 22), min_size=8, max_size=8), st.integers(0, 3))
+def test_prefix_totals_counts_each_runs_events_up_to_its_limit(runs, limits, gap):
+    """prefix_totals against a loop over the runs: the rows of each run (sorted by time, ``gap`` unrelated rows
+    between runs) at or before the run's limit, their count, weight sum and type counts."""
+    rows, starts, ends = [], [], []
+    for run in runs:
+        rows += [(99, "view", 1.0)] * gap  # rows of no run
+        starts.append(len(rows))
+        rows += sorted(run)
+        ends.append(len(rows) - 1)
+    events = pd.DataFrame({schema.TS: pd.to_datetime([r[0] for r in rows], unit="ns"),
+                           schema.EVENT: pd.Categorical([r[1] for r in rows], categories=TYPES),
+                           schema.WEIGHT: [r[2] for r in rows]})
+    limit = np.asarray(limits[:len(runs)], dtype=np.int64)
+    count, weight, by_type = prefix_totals(events, np.asarray(starts, dtype=np.int64),
+                                           np.asarray(ends, dtype=np.int64), limit, TYPES)
+    for g, run in enumerate(runs):
+        kept = [r for r in sorted(run) if r[0] <= limit[g]]
+        assert count[g] == len(kept)
+        assert weight[g] == pytest.approx(sum(r[2] for r in kept))
+        assert by_type[g].tolist() == [sum(r[1] == t for r in kept) for t in TYPES]
