@@ -368,11 +368,15 @@ def canonical_ids(values: pd.Series, id_dtype: IdDtype) -> tuple[pd.Series, pd.S
     if pd.api.types.is_bool_dtype(values.dtype):
         ok = pd.Series(False, index=values.index)
         ints = pd.Series(0, index=values.index, dtype="int64")
+    elif values.dtype == np.int64:  # the common case: nothing to convert, nothing missing
+        ok = pd.Series(np.ones(len(values), dtype=bool), index=values.index)
+        ints = values
     elif pd.api.types.is_integer_dtype(values.dtype):
         ok = values.notna().astype(bool)
         if pd.api.types.is_unsigned_integer_dtype(values.dtype):
             ok &= (values.fillna(0) <= np.iinfo(np.int64).max).astype(bool)
-        ints = values.where(ok, 0).astype("int64")
+        ints = pd.Series(values.to_numpy(dtype="int64", na_value=0) if pd.api.types.is_signed_integer_dtype(
+            values.dtype) else values.where(ok, 0).astype("int64"), index=values.index)
     elif pd.api.types.is_float_dtype(values.dtype):
         numbers = values.astype("float64")
         ok = numbers.notna() & np.isfinite(numbers) & (numbers == np.floor(numbers)) & (numbers.abs() < 2.0**63)
@@ -393,6 +397,8 @@ def canonical_ids(values: pd.Series, id_dtype: IdDtype) -> tuple[pd.Series, pd.S
 
 def _to_ns(parsed: pd.Series) -> pd.Series:
     """datetime64 of any unit -> datetime64[ns]; values outside the ns range (years ~1677-2262) become NaT."""
+    if parsed.dtype == "datetime64[ns]":  # every value fits; missing ones are NaT already
+        return parsed
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     in_range = parsed.notna() & (parsed >= pd.Timestamp.min) & (parsed <= pd.Timestamp.max)
@@ -456,7 +462,8 @@ def validate_events(
     flag(timestamps.isna(), "unparsable_timestamp")
     if latest is not None:
         flag((timestamps > latest).fillna(False), "future_timestamp")
-    events = pd.Categorical.from_codes(np.maximum(event_codes, 0), dtype=event_dtype(event_types))
+    events = pd.Categorical.from_codes(np.maximum(event_codes, 0), dtype=event_dtype(event_types),
+                                       validate=False)  # codes in 0..T-1 by construction
     clean = pd.DataFrame({schema.USER: users, schema.ITEM: items, schema.EVENT: events, schema.TS: timestamps})
     if schema.SESSION in raw.columns:
         clean[schema.SESSION] = raw[schema.SESSION].astype(session_dtype)
@@ -557,7 +564,10 @@ def event_dtype(event_types: list[str]) -> pd.CategoricalDtype:
 def event_type_codes(values: pd.Series, event_types: list[str]) -> np.ndarray:
     """(N,) position of each value in ``event_types`` after stripping and lower-casing, -1 when it is none of them
     (or missing). The text work is done once per distinct value, not once per row."""
-    codes, distinct = pd.factorize(values, use_na_sentinel=True)
+    if isinstance(values.dtype, pd.CategoricalDtype):  # a dictionary-read column: its codes are the factorisation
+        codes, distinct = values.cat.codes.to_numpy(), values.cat.categories
+    else:
+        codes, distinct = pd.factorize(values, use_na_sentinel=True)
     if len(distinct) == 0:
         return np.full(len(values), -1, dtype=np.int64)
     normalised = pd.Series(np.asarray(distinct, dtype=object)).astype("string").str.strip().str.lower()
