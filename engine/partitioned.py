@@ -247,15 +247,17 @@ def write_partitions(frame: dd.DataFrame, folder: Path, compute: bool = True) ->
     """Each partition as ``part-NNNNN.parquet`` in ``folder``, written by the worker that holds it; with
     ``compute=False`` the write is returned lazily, to run in one `dask.compute` with other results.
 
-    pandas partitions are written with zstd level 1 and dictionary encoding only for text and categorical columns
-    (on id, count and time columns pyarrow's dictionary attempt costs time and saves nothing): smaller and about a
-    third faster to write than pyarrow's defaults. cuDF partitions use cuDF's writer defaults."""
+    pandas partitions are written with zstd level 1, dictionary encoding only for text and categorical columns
+    (on id, count and time columns pyarrow's dictionary attempt costs time and saves nothing) and version 2 data
+    pages (~10% faster to write, as small): smaller and about a third faster to write than pyarrow's defaults.
+    cuDF partitions use cuDF's writer defaults."""
     folder.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {}
     if isinstance(frame._meta, pd.DataFrame):
         text = [str(c) for c, kind in frame._meta.dtypes.items()
                 if isinstance(kind, pd.CategoricalDtype) or pd.api.types.is_string_dtype(kind)]
-        options = {"compression": "zstd", "compression_level": 1, "use_dictionary": text or False}
+        options = {"compression": "zstd", "compression_level": 1, "use_dictionary": text or False,
+                   "data_page_version": "2.0"}
     return frame.to_parquet(str(folder), write_index=False, write_metadata_file=False, compute=compute,
                             name_function=lambda number: f"part-{number:05d}.parquet", **options)
 
