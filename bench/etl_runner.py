@@ -95,6 +95,8 @@ def homerank_etl(events_dir: Path, workers: int, processes: bool, threads_per_wo
     cluster: dict[str, Any] = {"n_workers": workers, "processes": processes}
     if threads_per_worker:
         cluster["threads_per_worker"] = threads_per_worker
+    if not processes:  # threads: W workers' worth of threads in one worker, the shape of the product's default
+        cluster.update(n_workers=1, threads_per_worker=workers * (threads_per_worker or 1))
     # the peers compute the edges only: the per-user summaries the ETL also writes (profiles, and each user's last
     # session, both under `profiles`) are left out
     config = JobConfig(device="cpu", cluster=cluster, profiles={"enabled": False, "last_session": False})

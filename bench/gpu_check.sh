@@ -9,9 +9,9 @@
 # Gowalla split in .gpudata/gowalla. Frames stay on pandas there (no cuDF); the model runs on CUDA.
 #
 #   [EVENTS=N PIPELINE_LIMIT=S] bash bench/gpu_check.sh [STEP ...]
-# steps: tests minute recipe pipeline homepage1 etlscale (default: tests minute recipe pipeline). etlscale: the
-# ETL's strong scaling on the machine's CPU cores (worker processes 1, 2, 4, 8, 16; pandas once; polars is not
-# installed there), `python -m bench etl-strong`.
+# steps: tests minute recipe pipeline homepage1 etlscale etlthreads (default: tests minute recipe pipeline).
+# etlscale: the ETL's strong scaling on the machine's CPU cores (worker processes 1, 2, 4, 8, 16; pandas once; polars
+# is not installed there), `python -m bench etl-strong`; etlthreads: the same with worker threads.
 set -u
 OUT=${OUT:-/tmp/homerank-gpu-out}
 mkdir -p "$OUT/logs"
@@ -67,6 +67,9 @@ for name in "${steps[@]}"; do
       grep -h "homepage" "$run_dir"/logs/*.log > "$OUT/logs/homepage-lines.log" 2>/dev/null; pack ;;
     etlscale) step etlscale "${ETL_LIMIT:-300}" python3 -m bench etl-strong --events "${ETL_EVENTS:-10000000}" \
                 --workers "${ETL_WORKERS:-1,2,4,8,16}" --processes --data /tmp/bench-data ;;
+    etlthreads) step etlthreads "${ETL_LIMIT:-300}" python3 -m bench etl-strong --events "${ETL_EVENTS:-10000000}" \
+                  --workers "${ETL_WORKERS:-1,2,4,8,16}" --data /tmp/bench-data \
+                  --json "bench/results/etl/strong-events-${ETL_EVENTS:-10000000}-$(nproc)cpu-threads.json" ;;
     recipe) step recipe 180 python3 bench/accuracy_bench.py --config preset:recipe --name gowalla-gpu \
               --data "$DATA" --run /tmp/runs/gowalla-gpu --skip-peers ;;
     *) echo "unknown step $name" ;;

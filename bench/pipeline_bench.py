@@ -114,9 +114,10 @@ def stage_command(stage: str, run: Path, events_dir: str, first_options: list[st
 
 
 def overrides(catalogue: Path, workers: int, epochs: int, steps_per_epoch: int) -> dict[str, Any]:
-    """The config keys the bench sets (``--set key=value`` on the first stage)."""
-    return {"ingest.catalogue": str(catalogue), "cluster.n_workers": workers, "train.epochs": epochs,
-            "train.steps_per_epoch": steps_per_epoch}
+    """The config keys the bench sets (``--set key=value`` on the first stage). ``workers`` is the ETL's
+    parallelism: one dask worker with that many threads (the local cluster's default shape)."""
+    return {"ingest.catalogue": str(catalogue), "cluster.n_workers": 1, "cluster.threads_per_worker": workers,
+            "train.epochs": epochs, "train.steps_per_epoch": steps_per_epoch}
 
 
 # --- users in the outputs, and the naive peer ----------------------------------------------------------------------

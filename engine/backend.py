@@ -176,20 +176,22 @@ def _cugraph_components(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> n
     return np.unique(out, return_inverse=True)[1]
 
 
-MAX_THREAD_WORKERS = 8  # the default local cluster of threads: at most this many single-threaded workers
+MAX_THREADS = 8  # the default local cluster of threads: one worker with at most this many threads
 
 
 def default_workers(n_workers: int | None, threads_per_worker: int | None, processes: bool) -> tuple[int, int | None]:
-    """The local CPU cluster's (workers, threads per worker) when the config leaves them out: one single-threaded
-    worker per core this process may use, at most ``MAX_THREAD_WORKERS`` when the workers are threads of one
-    process. Measured on 16 cores at 10^7 events (bench/results/etl/strong-events-10000000-16cpu.md): threads
-    took 14.8 / 8.8 / 8.3 / 13.1 s with 1 / 4 / 8 / 16 workers (past 8 they contend for the interpreter), where
-    the former default, one worker with a thread per core, is the 16-thread point. Given values are kept."""
+    """The local CPU cluster's (workers, threads per worker) when the config leaves them out: with processes, one
+    single-threaded worker process per core this process may use; with threads, ONE worker with a thread per core,
+    at most ``MAX_THREADS``. Measured on 16 cores at 10^7 events (bench/results/etl/strong-events-10000000-16cpu*.md):
+    past 8 threads they contend for the interpreter (8.3 s with 8, 13.1 s with 16). One worker, not one per thread:
+    the scheduler places the ingest's first tasks unevenly over workers (4 and 2 of 6 on 2 workers, measured) and
+    every later per-user step follows its data, so one worker idled ~30% of the 2-core ETL; the threads of one
+    worker take the next task whenever they are free. Given values are kept."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if n_workers is None:
         if threads_per_worker is not None:
-            return max(1, cores // threads_per_worker), threads_per_worker
-        return (cores if processes else min(cores, MAX_THREAD_WORKERS)), 1
+            return (max(1, cores // threads_per_worker), threads_per_worker) if processes else (1, threads_per_worker)
+        return (cores, 1) if processes else (1, min(cores, MAX_THREADS))
     return n_workers, threads_per_worker
 
 

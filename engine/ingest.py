@@ -619,33 +619,43 @@ def plan_pieces(files: list[InputFile], partition_rows: int, csv_block_bytes: in
 BUNDLES_PER_WORKER = 2  # small Parquet files are packed into at least this many bundles per dask worker
 
 
-def bundle_rows(pieces: list[Piece], partition_rows: int, workers: int) -> int:
-    """The most rows a bundle of small Parquet pieces takes: ``partition_rows``, fewer when that would leave fewer
-    than ``BUNDLES_PER_WORKER`` bundles per worker (10^7 rows in 80 files: 6 bundles of 2·10^6 rows keep 6 of 16
-    workers busy while the rest wait; capped at 10^7 / 32 rows, 32 bundles)."""
-    rows = sum(piece.rows or 0 for piece in pieces)
-    return max(1, min(partition_rows, -(-rows // (BUNDLES_PER_WORKER * max(workers, 1)))))
+def bundle_count(pieces: list[Piece], partition_rows: int, workers: int) -> int:
+    """How many bundles the Parquet pieces' rows R are packed into: B = max(ceil(R / partition_rows),
+    ``BUNDLES_PER_WORKER`` x workers), rounded up to a multiple of the workers (one task per bundle: 5 bundles on
+    2 workers take as long as 6), at most one per piece. 10^7 rows in 80 files, 2 workers: 6 bundles of ~1.67·10^6
+    rows (not 5 of 2·10^6 and one of 0.4·10^6); 16 workers: 32 bundles."""
+    parquet = [piece for piece in pieces if piece.rows is not None]
+    rows = sum(piece.rows or 0 for piece in parquet)
+    workers = max(workers, 1)
+    wanted = max(-(-rows // partition_rows), BUNDLES_PER_WORKER * workers)
+    return max(1, min(-(-wanted // workers) * workers, len(parquet)))
 
 
-def pack_pieces(pieces: list[Piece], partition_rows: int, schemas: dict[str, pa.Schema], columns: list[str]
-                ) -> list[Bundle]:
-    """Consecutive Parquet pieces whose files have the same types in ``columns`` share a bundle while it holds
-    fewer than ``partition_rows`` rows; CSV pieces and large pieces are bundles of their own."""
-    bundles: list[list[Piece]] = []
-    rows = 0
-    signature = None
+def pack_pieces(pieces: list[Piece], partition_rows: int, schemas: dict[str, pa.Schema], columns: list[str],
+                bundles: int = 1) -> list[Bundle]:
+    """Consecutive Parquet pieces whose files have the same types in ``columns`` share a bundle; CSV pieces are
+    bundles of their own. The Parquet rows R are cut into ``bundles`` (`bundle_count`) slots of R / B rows: a piece
+    belongs to the slot of its middle row, and a bundle never holds more than ``partition_rows`` rows (a large
+    piece stays alone), so the bundles come out about equal."""
+    total = sum(piece.rows or 0 for piece in pieces if piece.rows is not None)
+    packed: list[list[Piece]] = []
+    rows, before = 0, 0
+    signature = slot = None
     for piece in pieces:
-        kind = None
+        kind = piece_slot = None
         if piece.file.format == "parquet" and piece.rows is not None:
             file_schema = schemas[piece.file.path]
             kind = tuple(str(file_schema.field(c).type) for c in columns if c in file_schema.names)
-        if bundles and kind is not None and kind == signature and rows + piece.rows <= partition_rows:
-            bundles[-1].append(piece)
-            rows += piece.rows
+            piece_slot = int((before + piece.rows / 2) * bundles // max(total, 1))
+            before += piece.rows
+        if (packed and kind is not None and kind == signature and piece_slot == slot
+                and rows + (piece.rows or 0) <= partition_rows):
+            packed[-1].append(piece)
+            rows += piece.rows or 0
             continue
-        bundles.append([piece])
-        rows, signature = (piece.rows or 0), kind
-    return [Bundle(number, tuple(members)) for number, members in enumerate(bundles)]
+        packed.append([piece])
+        rows, signature, slot = (piece.rows or 0), kind, piece_slot
+    return [Bundle(number, tuple(members)) for number, members in enumerate(packed)]
 
 
 def _csv_blocks(path: str, size: int, block: int) -> list[tuple[int, int]]:
@@ -871,8 +881,9 @@ def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Bac
         for stale in search_folder.glob("part-*.parquet"):
             stale.unlink()
     pieces = _csv_row_offsets(plan_pieces(files, config.partition_rows, config.csv_block_bytes))
-    bundles = pack_pieces(pieces, bundle_rows(pieces, config.partition_rows, worker_count()), schemas,
-                          columns + ([schema.QUERY] if search_event else []))
+    workers = worker_count()
+    bundles = pack_pieces(pieces, config.partition_rows, schemas, columns + ([schema.QUERY] if search_event else []),
+                          bundle_count(pieces, config.partition_rows, workers))
     log.info("ingest: %d file(s) in %d piece(s), %d partition(s), id dtype %s, columns %s, events after %s are "
              "future_timestamp%s", len(files), len(pieces), len(bundles), resolved_ids, columns, latest,
              f", rows of type {search_event!r} are searches (column {schema.QUERY!r})" if search_event else "")
@@ -889,7 +900,7 @@ def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Bac
     counts = [json.loads(p.read_text()) for p in sorted((folder / COUNTS).glob("*.json"))]
     # one shuffle: range-partitioned by user, so exact duplicates (same user) meet in one partition, where one
     # sort puts them side by side (and the events in the (user, item, time) order of every later step)
-    deduped = events_by_user(clean, clean_rows, config.partition_rows, min_partitions=worker_count()).persist()
+    deduped = events_by_user(clean, clean_rows, config.partition_rows, workers=workers).persist()
     del clean  # the workers drop the unsorted copy once the sorted one is built
     kept = int(deduped.shape[0].compute())
     if len(counts) != len(bundles):  # pragma: no cover - a task that returned wrote its counts

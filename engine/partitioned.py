@@ -52,22 +52,30 @@ log = logging.getLogger(__name__)
 ROWS_PER_PARTITION = 2_000_000
 
 
+def user_partition_count(rows: int, rows_per_partition: int = ROWS_PER_PARTITION, workers: int = 1) -> int:
+    """About ``rows_per_partition`` rows per user partition, their number a multiple of ``workers``: every per-user
+    step runs one task per partition, so 5 partitions on 2 workers take as long as 6 (one worker does 3)."""
+    needed = max(1, -(-rows // rows_per_partition))
+    return -(-needed // max(workers, 1)) * max(workers, 1)
+
+
 def partition_by_user(events: dd.DataFrame, rows: int, rows_per_partition: int = ROWS_PER_PARTITION,
-                      min_partitions: int = 1) -> dd.DataFrame:
-    """Range-partition events by user id (a sort: one shuffle), about ``rows_per_partition`` rows each."""
-    npartitions = max(min_partitions, -(-rows // rows_per_partition))
-    return events.sort_values(schema.USER, npartitions=npartitions)
+                      workers: int = 1) -> dd.DataFrame:
+    """Range-partition events by user id (a sort: one shuffle), `user_partition_count` partitions."""
+    return events.sort_values(schema.USER, npartitions=user_partition_count(rows, rows_per_partition, workers))
 
 
 def events_by_user(events: dd.DataFrame, rows: int, rows_per_partition: int = ROWS_PER_PARTITION,
-                   min_partitions: int = 1) -> dd.DataFrame:
+                   workers: int = 1) -> dd.DataFrame:
     """`partition_by_user`, then every partition in (user, item, time) order without exact duplicates
     (`homerank.engine.sorted_events.sort_and_drop_duplicates`): the input of every later per-user step.
 
     The range shuffle's own per-partition sort is skipped (an identity ``sort_function``): the lexsort that
     follows orders by user first anyway. (The de-duplication cannot be that sort function: dask pushes column
-    projections through a sort, and duplicates must be judged on every column.)"""
-    npartitions = max(min_partitions, -(-rows // rows_per_partition))
+    projections through a sort, and duplicates must be judged on every column.) Input partitions already in
+    user order, not overlapping (a log written user by user), are kept as they are: dask's sort detects them and
+    does not shuffle."""
+    npartitions = user_partition_count(rows, rows_per_partition, workers)
     shuffled = events.sort_values(schema.USER, npartitions=npartitions, sort_function=_keep_order)
     return shuffled.map_partitions(sort_and_drop_duplicates, meta=shuffled._meta)
 
@@ -274,10 +282,12 @@ def _host(value: Any) -> Any:
 
 
 def worker_count() -> int:
-    """Workers of the active distributed client; without one, the local scheduler's threads (the cores)."""
+    """Tasks the active distributed client runs at once: the threads of all its workers (one worker with 8
+    threads and 8 single-threaded workers alike: 8); without a client, the local scheduler's threads (the cores)."""
     try:
         from distributed import default_client
 
-        return max(1, len(default_client().scheduler_info().get("workers", {})))
+        workers = default_client().scheduler_info().get("workers", {})
+        return max(1, sum(int(worker.get("nthreads", 1)) for worker in workers.values()))
     except (ImportError, ValueError):
         return os.cpu_count() or 1

@@ -31,11 +31,11 @@ class ClusterConfig(StrictModel):
 
     address: str | None = Field(None, description="dask scheduler address, e.g. tcp://10.0.0.5:8786")
     n_workers: int | None = Field(
-        None, ge=1, description="local cluster: workers. None: one per core, at most 8 when they are threads "
-        "(`homerank.engine.backend.default_workers`)")
+        None, ge=1, description="local cluster: workers. None: one process per core (processes), or one worker "
+        "with a thread per core, at most 8 (threads; `homerank.engine.backend.default_workers`)")
     threads_per_worker: int | None = Field(
-        None, ge=1, description="local cluster: threads per worker. None: 1 when n_workers is None too, else dask's "
-        "choice (the cores / n_workers)")
+        None, ge=1, description="local cluster: threads per worker. None: see n_workers when that is None too, else "
+        "dask's choice (the cores / n_workers)")
     processes: bool = Field(False, description="local cluster: worker processes (True) or threads (False)")
     memory_limit: str | None = Field(
         None, description="local cluster: memory limit per worker ('4GiB', 0.5 = half the machine's memory); above "

@@ -54,8 +54,9 @@ def test_a_cluster_that_does_not_stop_in_time_is_a_warning_not_a_failure(monkeyp
 
 
 @pytest.mark.parametrize(("cores", "given", "expected"), [
-    (16, (None, None, False), (8, 1)),  # threads: one per core, at most MAX_THREAD_WORKERS
-    (2, (None, None, False), (2, 1)),
+    (16, (None, None, False), (1, 8)),  # threads: one worker, a thread per core, at most MAX_THREADS
+    (2, (None, None, False), (1, 2)),
+    (16, (None, 4, False), (1, 4)),
     (16, (None, None, True), (16, 1)),  # processes: one per core
     (16, (None, 4, True), (4, 4)),  # threads per worker given: cores / threads workers
     (16, (3, None, False), (3, None)),  # workers given: dask picks the threads
@@ -64,4 +65,4 @@ def test_a_cluster_that_does_not_stop_in_time_is_a_warning_not_a_failure(monkeyp
 def test_default_workers(monkeypatch, cores, given, expected):
     monkeypatch.setattr(backend_module.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert backend_module.default_workers(*given) == expected
-    assert backend_module.MAX_THREAD_WORKERS == 8
+    assert backend_module.MAX_THREADS == 8

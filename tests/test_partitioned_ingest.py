@@ -15,7 +15,15 @@ from homerank.engine import ingest as ingest_module
 from homerank.engine import schema
 from homerank.engine.backend import CPU
 from homerank.engine.config import IngestConfig
-from homerank.engine.ingest import Piece, bundle_rows, discover_files, ingest_events, plan_pieces
+from homerank.engine.ingest import (
+    InputFile,
+    Piece,
+    bundle_count,
+    discover_files,
+    ingest_events,
+    pack_pieces,
+    plan_pieces,
+)
 
 
 def dirty_log(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -110,9 +118,21 @@ def test_small_parquet_files_are_packed_into_partitions_and_keep_their_provenanc
         assert sorted(mine[schema.SOURCE_ROW]) == np.flatnonzero(bad.to_numpy()).tolist(), name
 
 
-def test_bundles_are_capped_so_that_every_worker_gets_two():
+def test_bundles_are_equal_and_a_multiple_of_the_workers():
     pieces = [Piece(number, None, 0, (0,), rows=125_000) for number in range(80)]  # type: ignore[arg-type]
-    assert bundle_rows(pieces, 2_000_000, 2) == 2_000_000  # 10^7 rows / 4 is more than partition_rows
-    assert bundle_rows(pieces, 2_000_000, 16) == 312_500  # 10^7 rows / 32
-    assert bundle_rows(pieces, 2_000_000, 10**9) == 1
-    assert bundle_rows([Piece(0, None, 0, byte_range=(0, 9))], 2_000_000, 4) == 1  # type: ignore[arg-type]
+    assert bundle_count(pieces, 2_000_000, 2) == 6  # 10^7 / 2·10^6 = 5, rounded up to a multiple of 2
+    assert bundle_count(pieces, 2_000_000, 16) == 32  # two per worker
+    assert bundle_count(pieces, 2_000_000, 10**9) == 80  # at most one per piece
+    assert bundle_count([Piece(0, None, 0, byte_range=(0, 9))], 2_000_000, 4) == 1  # type: ignore[arg-type]
+    schemas = {"f": pa.schema([("user_id", pa.int64())])}
+    file = InputFile("f", "parquet")
+    sizes = [125_000] * 80
+    pieces = [Piece(number, file, 0, (0,), rows=rows) for number, rows in enumerate(sizes)]
+    bundles = pack_pieces(pieces, 2_000_000, schemas, ["user_id"], bundles=6)
+    rows = [sum(piece.rows or 0 for piece in bundle.pieces) for bundle in bundles]
+    assert len(bundles) == 6 and sum(rows) == 10**7 and max(rows) - min(rows) <= 125_000
+    assert [piece.number for bundle in bundles for piece in bundle.pieces] == list(range(80))  # order kept
+    # a piece larger than a slot stays alone; nothing exceeds partition_rows
+    pieces = [Piece(number, file, 0, (0,), rows=rows) for number, rows in enumerate([10, 10, 1_000, 10, 10])]
+    bundles = pack_pieces(pieces, 1_000, schemas, ["user_id"], bundles=4)
+    assert [[p.number for p in b.pieces] for b in bundles] == [[0, 1], [2], [3, 4]]
