@@ -196,10 +196,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def point_markdown(result: dict[str, Any]) -> str:
-    mode = "worker processes" if result["processes"] else "worker threads"
     tpw = result["threads_per_worker"] or "dask's default"
-    lines = [f"# ETL benchmark: {result['events']} events, {result['workers']} worker(s) ({mode}, {tpw} thread(s) "
-             "each)", "",
+    if result["processes"]:
+        shape = f"worker processes, {tpw} thread(s) each"
+    else:
+        shape = f"threads of one dask worker: {result['workers']} x {result['threads_per_worker'] or 1}"
+    lines = [f"# ETL benchmark: {result['events']} events, {result['workers']} worker(s) ({shape})", "",
              f"Input: {result['input_rows']} rows, {result['input_bytes'] / MIB:.1f} MiB of Parquet in "
              f"{result['input_partitions']} file(s), generated in {result['generation_seconds']:.1f}s. "
              f"Seconds: median of {result['repeat']}.", "",
@@ -291,8 +293,9 @@ def scaling_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def scaling_markdown(scaling: dict[str, Any]) -> str:
-    mode = "worker processes" if scaling["processes"] else "worker threads"
-    lines = [f"# ETL scaling ({mode}, {scaling['threads_per_worker'] or 'auto'} thread(s) per worker)", "",
+    mode = (f"worker processes, {scaling['threads_per_worker'] or 'auto'} thread(s) per worker" if scaling["processes"]
+            else f"threads of one dask worker, workers x {scaling['threads_per_worker'] or 1} of them")
+    lines = [f"# ETL scaling ({mode})", "",
              "| events | workers | homerank s | pandas s | polars s | vs pandas | vs polars | homerank client MiB | "
              "homerank workers MiB | pandas MiB | polars MiB | k-core edges |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
