@@ -43,6 +43,7 @@ from homerank.engine.sorted_events import (
     nanoseconds,
     prefix_totals,
     sort_and_drop_duplicates,
+    starts_of_runs,
     values,
 )
 from homerank.engine.split import SPLIT, SPLIT_DTYPE, SPLIT_NAMES, split_labels
@@ -98,11 +99,20 @@ def interactions_of(edges: dd.DataFrame) -> dd.DataFrame:
     return edges.drop(columns=list(EVENT_ROWS))
 
 
-def _kcore_step(edges: pd.DataFrame, item_degree: pd.Series, min_user: int, min_item: int) -> pd.DataFrame:
+def user_degrees(edges: Any) -> Any:
+    """(E,) the number of edges of each row's user, for edges in user order (users are partition-local): the
+    lengths of the runs of equal user ids, repeated over their rows."""
+    xp = array_module(edges)
+    change = starts_of_runs(edges[schema.USER])
+    starts = xp.flatnonzero(change)
+    lengths = xp.diff(xp.concatenate([starts, xp.asarray([len(edges)], dtype=starts.dtype)]))
+    return lengths[xp.cumsum(change) - 1]
+
+
+def _kcore_step(edges: Any, item_degree: Any, min_user: int, min_item: int) -> Any:
     """One simultaneous k-core round on a partition: item degrees are global, user degrees local."""
-    user_degree = edges.groupby(schema.USER)[schema.ITEM].transform("size")
     keep_items = item_degree.index[item_degree >= min_item]
-    mask = (user_degree >= min_user) & edges[schema.ITEM].isin(keep_items)
+    mask = (user_degrees(edges) >= min_user) & values(edges[schema.ITEM].isin(keep_items))
     return edges[mask]
 
 
@@ -138,7 +148,7 @@ def smallest_user_degree(edges: dd.DataFrame) -> Any:
     """The smallest number of edges of any user (lazy; a large number for no edges): per partition, then the
     minimum of those P numbers (users are partition-local)."""
     def smallest(frame: Any) -> Any:
-        degree = frame.groupby(schema.USER).size()
+        degree = user_degrees(frame)
         return frame_library(frame).Series([int(degree.min()) if len(degree) else np.iinfo(np.int64).max])
 
     return edges.map_partitions(smallest, meta=(None, "int64")).min()

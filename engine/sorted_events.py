@@ -14,9 +14,10 @@ of one (user, item) pair form a run: with g(e) the run of event e and s_g, e_g t
     first_ts_g = ts(s_g),  last_ts_g = ts(e_g)       (the run is in time order)
 
 so no hash aggregation and no multi-column sort of a data frame is needed: pandas sorts one (N,) key array, cuDF
-sorts on the GPU. Users and items are numbered inside the partition by ``factorize(sort=True)``; the pair key
-``u * I_p + i`` (I_p: distinct items of the partition) is an int64 because U_p * I_p <= N_p^2 < 2^63 for any
-partition that fits a machine.
+sorts on the GPU. The pair key of the sort is ``(u - u_min) * span_i + (i - i_min)`` for integer ids whose ranges
+allow it, else ``u * I_p + i`` over the ranks of ``factorize(sort=True)`` (I_p: distinct items of the partition; an
+int64 because U_p * I_p <= N_p^2 < 2^63 for any partition that fits a machine). Once sorted, a run starts where
+the user or the item differs from the row before (`PairRuns`): no hashing.
 
 Works on pandas and cuDF partitions alike: the frame methods used (``factorize``, ``take``, ``astype``,
 ``cat.codes``, ``Index.get_indexer``) exist in both libraries and the arrays are NumPy or CuPy
@@ -75,44 +76,65 @@ def codes_of(series: Any, sort: bool = True) -> tuple[Any, int]:
 
 
 def pair_keys(frame: Any) -> Any:
-    """(N,) int64 key of (user, item) that sorts like (user id, item id): ``u * I_p + i``."""
-    users, _ = codes_of(frame[schema.USER])
-    items, n_items = codes_of(frame[schema.ITEM])
-    return users * max(n_items, 1) + items
+    """(N,) int64 key of (user, item) that sorts like (user id, item id). Integer ids whose ranges multiply below
+    2^62: ``(u - u_min) * span_i + (i - i_min)`` (two min/max passes); otherwise ``u * I_p + i`` over the ranks of
+    ``factorize(sort=True)`` (a hash and a sort of the distinct values, e.g. for text ids)."""
+    users, items = frame[schema.USER], frame[schema.ITEM]
+    if len(users) and _is_integer(users) and _is_integer(items):
+        xp = array_module(users)
+        u, i = values(users), values(items)
+        u_min, i_min = int(u.min()), int(i.min())
+        span_u, span_i = int(u.max()) - u_min + 1, int(i.max()) - i_min + 1
+        if span_u * span_i < 2**62:
+            return (u - u_min).astype(xp.int64) * span_i + (i - i_min).astype(xp.int64)
+    user_codes, _ = codes_of(users)
+    item_codes, n_items = codes_of(items)
+    return user_codes * max(n_items, 1) + item_codes
+
+
+def _is_integer(series: Any) -> bool:
+    return str(series.dtype) in ("int64", "int32", "int16", "int8", "uint32", "uint16", "uint8")
+
+
+def starts_of_runs(series: Any) -> Any:
+    """(N,) bool: True where the value differs from the row before (and at row 0): the first rows of the runs of
+    equal values of a sorted column. Integer columns compare their arrays; others compare through the frame
+    library (text ids, pandas or cuDF)."""
+    if _is_integer(series):
+        xp = array_module(series)
+        column = values(series)
+        change = xp.ones(len(column), dtype=bool)
+        if len(column):
+            change[1:] = column[1:] != column[:-1]
+        return change
+    previous = series.shift(1)
+    return values(series.ne(previous).fillna(True).astype(bool))
 
 
 @dataclass
 class PairRuns:
-    """The (user, item) runs of events in (user, item, time) order.
+    """The (user, item) runs of events in (user, item, time) order: run_of (N,) each event's run; starts (G,),
+    ends (G,) the first and last row of each run. A run starts where the user or the item changes from the row
+    before: one comparison per row, no hashing."""
 
-    users, items: the partition's distinct ids, sorted (frame-library Index); user_codes (N,): each event's
-    position in ``users``; run_of (N,): each event's run; starts (G,), ends (G,): first and last row of each
-    run; keys (G,): each run's ``u * I_p + i`` (ascending)."""
-
-    users: Any
-    items: Any
-    user_codes: Any
     run_of: Any
     starts: Any
     ends: Any
-    keys: Any
 
     @classmethod
     def of(cls, events: Any) -> PairRuns:
         xp = array_module(events)
-        user_codes, users = events[schema.USER].factorize(sort=True)
-        item_codes, items = events[schema.ITEM].factorize(sort=True)
-        user_codes = xp.asarray(user_codes).astype(xp.int64)
-        pairs = user_codes * max(len(items), 1) + xp.asarray(item_codes).astype(xp.int64)
-        run_of, starts = runs(pairs)
+        change = starts_of_runs(events[schema.USER]) | starts_of_runs(events[schema.ITEM])
+        run_of = xp.cumsum(change) - 1
+        starts = xp.flatnonzero(change)
         ends = xp.concatenate([starts[1:], xp.asarray([len(run_of)], dtype=starts.dtype)])[:len(starts)] - 1
-        return cls(users, items, user_codes, run_of, starts, ends, pairs[starts])
+        return cls(run_of, starts, ends)
 
 
 def run_totals(events: Any, runs_: PairRuns, event_types: list[str]) -> tuple[Any, Any]:
     """Per run g over all its events: (weight sum (G,) float64, type counts (G, T) int64). ``events`` needs
     ``weight`` and an ``event_type`` of ``event_types``."""
-    xp = array_module(runs_.keys)
+    xp = array_module(runs_.run_of)
     groups, width = len(runs_.starts), len(event_types)
     codes = _event_codes(events[schema.EVENT], event_types)
     if len(codes) and bool((codes < 0).any()):
@@ -159,15 +181,6 @@ def _event_codes(series: Any, event_types: list[str] | None = None) -> Any:
         return codes_of(series)[0]
     xp = array_module(series)
     return xp.asarray(frame_library(series).Index(event_types).get_indexer(series.astype("str"))).astype(xp.int64)
-
-
-def runs(keys: Any) -> tuple[Any, Any]:
-    """(run of each row (N,), start row of each run (G,)) for the runs of equal values of a sorted (N,) array."""
-    xp = array_module(keys)
-    change = xp.ones(len(keys), dtype=bool)
-    if len(keys):
-        change[1:] = keys[1:] != keys[:-1]
-    return xp.cumsum(change) - 1, xp.flatnonzero(change)
 
 
 def aggregate_sorted(events: Any, event_types: list[str]) -> Any:

@@ -65,12 +65,15 @@ def reference(events: pd.DataFrame, split: SplitConfig, k: int) -> tuple[pd.Data
     return all_edges, edges.reset_index(drop=True), rounds
 
 
-@pytest.mark.parametrize(("seed", "partitions", "string_ids"), [(0, 1, False), (1, 3, False), (2, 7, False),
-                                                                 (3, 16, False), (4, 3, True)])
-def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, string_ids):
+@pytest.mark.parametrize(("seed", "partitions", "ids"), [(0, 1, "int"), (1, 3, "int"), (2, 7, "int"),
+                                                          (3, 16, "int"), (4, 3, "string"), (5, 3, "wide")])
+def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, ids):
     events = random_events(seed)
-    if string_ids:  # text ids sort differently from numbers: "1007" < "999"
+    if ids == "string":  # text ids sort differently from numbers: "1007" < "999"
         events = events.astype({schema.USER: "string", schema.ITEM: "string"})
+    if ids == "wide":  # integer ids whose ranges multiply past 2^62 (negative ones too): the ranked pair key
+        events = events.assign(**{schema.USER: events[schema.USER] * 2**40 - 2**62,
+                                  schema.ITEM: events[schema.ITEM] * 2**20 - 7})
     split = SplitConfig(test=0.2, valid=1)
     expected_all, expected, expected_rounds = reference(events, split, k=4)
     with dask.config.set(scheduler="sync"):
