@@ -67,3 +67,22 @@ def test_training_weights_stop_at_the_cutoff():
     train = aggregate_edges(train_event_filter(weighted, keys), ["view", "purchase"])
     assert train[schema.WEIGHT].tolist() == [1.0]
     assert train["n_purchase"].tolist() == [0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 9), st.integers(-3, 3)), min_size=1, max_size=60,
+                unique_by=lambda row: row[:2]),
+       st.sampled_from([1, 7, 10**9, 86_400 * 10**9]), st.sampled_from([0, -(2**62), 2**62]))
+def test_order_by_user_then_time_is_the_three_key_sort(rows, step, origin):
+    """Edges in (user, item) order: the order by (user, first time, item) equals np.lexsort's, whatever the times'
+    common step (ns, seconds, days) and origin (before 1970, near the int64 ends)."""
+    import numpy as np
+
+    from homerank.engine.split import _order_by_user_then_time
+
+    rows = sorted(rows)
+    users = np.asarray([r[0] for r in rows], dtype=np.int64)
+    items = np.asarray([r[1] for r in rows], dtype=np.int64)
+    times = origin + step * np.asarray([r[2] for r in rows], dtype=np.int64)
+    expected = np.lexsort(np.stack([items, times, users]))
+    assert _order_by_user_then_time(users, items, times).tolist() == expected.tolist()
