@@ -187,6 +187,7 @@ def run_engine(engine: str, events_dir: Path, workers: int, processes: bool, thr
         def work() -> tuple[int, dict[str, Any]]:
             return polars_etl(events_dir)
     else:
+        import homerank.jobs.stage_etl  # noqa: F401  (the stage's imports: dask.dataframe & co.)
         from homerank.jobs.hygiene import quiet_library_warnings
         from homerank.jobs.pipeline import run_stage  # noqa: F401
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,10 @@ def publish_parquet_parts(staging: Path, path: Path, empty: pd.DataFrame) -> dic
         if not parts:
             empty.iloc[:0].to_parquet(tmp / "part-00000.parquet", index=False)
             parts = [tmp / "part-00000.parquet"]
-        files = {part.name: {"rows": pq.read_metadata(part).num_rows, "sha256": _sha256(part)} for part in parts}
+        with ThreadPoolExecutor(max_workers=min(len(parts), os.cpu_count() or 1)) as pool:  # hashlib frees the GIL
+            digests = list(pool.map(_sha256, parts))
+        files = {part.name: {"rows": pq.read_metadata(part).num_rows, "sha256": digest}
+                 for part, digest in zip(parts, digests, strict=True)}
         columns = pq.read_schema(parts[0]).names
         manifest = {"rows": sum(f["rows"] for f in files.values()), "columns": columns, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
