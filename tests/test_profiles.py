@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from homerank.engine import schema
 from homerank.engine.profiles import fit_segments, price_terciles, session_counts, user_profiles
 from homerank.jobs.cli import main
 from homerank.jobs.rundir import RunDir, verify_dataset
@@ -98,3 +99,100 @@ def test_the_etl_writes_one_profile_per_user(tiny_log, tiny_config, tmp_path):
     assert sum(segment["users"] for segment in stats["segments"]) == len(profiles)
     assert profiles.groupby("segment")["segment_name"].nunique().eq(1).all()
     assert "Shopper segments" in run.report.read_text()
+
+
+# --- the vectorised profiles against the pandas group-by formulation they replaced ---------------------------------
+
+def _reference_sessions(events: pd.DataFrame, gap_minutes: float) -> pd.Series:
+    """Sessions per user: distinct ``session_id`` when the log has it, else runs of events separated by more
+    than ``gap_minutes``."""
+    if schema.SESSION in events.columns and events[schema.SESSION].notna().any():
+        return events.groupby(schema.USER)[schema.SESSION].nunique()
+    ordered = events[[schema.USER, schema.TS]].sort_values([schema.USER, schema.TS])
+    new_user = ordered[schema.USER].ne(ordered[schema.USER].shift())
+    gap = ordered[schema.TS].diff() > pd.Timedelta(minutes=gap_minutes)
+    return (new_user | gap).groupby(ordered[schema.USER]).sum().astype("int64")
+
+
+def _reference_top_categories(events: pd.DataFrame, items: pd.DataFrame, top: int) -> pd.DataFrame:
+    """top_category_k / top_category_share_k columns per user (k = 1..top); users without a catalogued item get
+    nulls."""
+    located = events[[schema.USER, schema.ITEM]].merge(items[[schema.ITEM, "category"]], on=schema.ITEM, how="inner")
+    located = located[located["category"].notna()]
+    counts = located.groupby([schema.USER, "category"]).size().rename("n").reset_index()
+    counts["share"] = counts["n"] / counts.groupby(schema.USER)["n"].transform("sum")
+    counts = counts.sort_values([schema.USER, "n", "category"], ascending=[True, False, True])
+    counts["k"] = counts.groupby(schema.USER).cumcount() + 1
+    counts = counts[counts["k"] <= top]
+    columns = {}
+    for k in range(1, top + 1):
+        kth = counts[counts["k"] == k].set_index(schema.USER)
+        columns[f"top_category_{k}"] = kth["category"].astype("string")
+        columns[f"top_category_share_{k}"] = kth["share"].astype("float64")
+    return pd.DataFrame(columns)
+
+
+def reference_profiles(events: pd.DataFrame, items: pd.DataFrame | None, price_edges: np.ndarray | None,
+                  event_types: list[str], reference_time: pd.Timestamp, top: int, gap_minutes: float
+                  ) -> pd.DataFrame:
+    """The profile rows (module docstring) of the users in ``events`` (one partition, or a whole small log),
+    sorted by user id; ``warm`` and the segment are added later."""
+    by_user = events.groupby(schema.USER)
+    profile = pd.DataFrame({"n_events": by_user.size().astype("int64")})
+    for event_type in event_types:
+        profile[schema.count_column(event_type)] = (events[schema.EVENT] == event_type).groupby(
+            events[schema.USER]).sum().astype("int64")
+    profile["n_items"] = by_user[schema.ITEM].nunique().astype("int64")
+    day = pd.Timedelta(days=1)
+    profile["recency_days"] = (reference_time - by_user[schema.TS].max()) / day
+    profile["tenure_days"] = (reference_time - by_user[schema.TS].min()) / day
+    profile["active_days"] = events[schema.TS].dt.floor("D").groupby(events[schema.USER]).nunique().astype("int64")
+    profile["sessions"] = _reference_sessions(events, gap_minutes)
+    if schema.VALUE in events.columns:
+        purchases = events[events[schema.EVENT] == "purchase"]
+        profile["monetary"] = purchases.groupby(schema.USER)[schema.VALUE].sum().reindex(profile.index).fillna(0.0)
+    else:
+        profile["monetary"] = 0.0
+    hours = events[schema.TS].dt.hour.rename("hour")
+    per_hour = hours.groupby([events[schema.USER], hours]).size().rename("n").reset_index()
+    per_hour = per_hour.sort_values([schema.USER, "n", "hour"], ascending=[True, False, True])
+    profile["peak_hour"] = per_hour.drop_duplicates(schema.USER).set_index(schema.USER)["hour"].astype("int64")
+    if items is not None and "category" in items.columns:
+        profile = profile.join(_reference_top_categories(events, items, top))
+    if items is not None and "price" in items.columns and price_edges is not None:
+        priced = events[[schema.USER, schema.ITEM]].merge(items[[schema.ITEM, "price"]], on=schema.ITEM)
+        median = priced.groupby(schema.USER)["price"].median()
+        profile["median_price"] = median.reindex(profile.index)
+        band = np.digitize(profile["median_price"].to_numpy(dtype="float64"), price_edges)
+        profile["price_band"] = pd.Series(np.asarray(("low", "mid", "high"), dtype=object)[np.minimum(band, 2)],
+                                          index=profile.index, dtype="string").where(profile["median_price"].notna())
+    return profile.rename_axis(schema.USER).reset_index()
+
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_profiles_equal_the_group_by_formulation(seed):
+    """Random logs (unsorted; missing values and session ids; items outside the catalogue; categories and prices
+    missing; ties in counts and hours): every column equals the pandas group-by formulation."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    events = pd.DataFrame({
+        "user_id": rng.integers(0, 25, n) * 3 + 7,
+        "item_id": rng.integers(0, 30, n),
+        "event_type": rng.choice(TYPES, n, p=[0.55, 0.2, 0.15, 0.1]),
+        "timestamp": pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 20 * 86400, n), unit="s"),
+        "value": np.where(rng.random(n) < 0.1, np.nan, rng.integers(0, 50, n).astype(float)),
+    })
+    if seed % 2:
+        events["session_id"] = pd.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 40, n)), dtype="Int64")
+    items = pd.DataFrame({"item_id": np.arange(25),  # items 25..29 are not in the catalogue
+                          "category": pd.array(np.where(rng.random(25) < 0.2, None, rng.choice(["a", "b", "c"], 25)),
+                                               dtype="string"),
+                          "price": np.where(rng.random(25) < 0.2, np.nan, rng.integers(1, 100, 25).astype(float))})
+    edges = price_terciles(items)
+    expected = reference_profiles(events, items, edges, TYPES, REFERENCE, top=2, gap_minutes=60 * 24)
+    ordered = events.sort_values(["user_id", "item_id", "timestamp"], kind="stable").reset_index(drop=True)
+    for frame in (events, ordered):  # any order, and the ETL partitions' (user, item, time) order
+        got = user_profiles(frame, items, edges, TYPES, REFERENCE, top=2, gap_minutes=60 * 24)
+        assert list(got.columns) == list(expected.columns)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_index_type=False)
