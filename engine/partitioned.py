@@ -42,6 +42,7 @@ from homerank.engine.sorted_events import (
     frame_library,
     nanoseconds,
     prefix_totals,
+    runs_of,
     sort_and_drop_duplicates,
     starts_of_runs,
     values,
@@ -103,10 +104,9 @@ def user_degrees(edges: Any) -> Any:
     """(E,) the number of edges of each row's user, for edges in user order (users are partition-local): the
     lengths of the runs of equal user ids, repeated over their rows."""
     xp = array_module(edges)
-    change = starts_of_runs(edges[schema.USER])
-    starts = xp.flatnonzero(change)
+    run_of, starts = runs_of(starts_of_runs(edges[schema.USER]))
     lengths = xp.diff(xp.concatenate([starts, xp.asarray([len(edges)], dtype=starts.dtype)]))
-    return lengths[xp.cumsum(change) - 1]
+    return lengths[run_of]
 
 
 def _kcore_step(edges: Any, item_degree: Any, min_user: int, min_item: int) -> Any:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from homerank.engine import schema
-from homerank.engine.sorted_events import starts_of_runs
+from homerank.engine.sorted_events import event_codes, starts_of_runs
 
 log = logging.getLogger(__name__)
 
@@ -156,16 +156,6 @@ def _median_per_user(codes: np.ndarray, users: int, rank: np.ndarray, values: np
     return median
 
 
-def _codes_in(series: pd.Series, names: list[str]) -> np.ndarray:
-    """(N,) the position of each value in ``names`` (-1: none of them, or missing); a categorical column looks
-    up its few categories, not its rows."""
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        lookup = pd.Index(names).get_indexer(series.cat.categories.astype("string"))
-        codes = series.cat.codes.to_numpy().astype(np.int64)
-        return np.where(codes >= 0, lookup[np.maximum(codes, 0)], -1)
-    return pd.Index(names).get_indexer(series.astype("string").fillna("")).astype(np.int64)
-
-
 def user_profiles(events: pd.DataFrame, items: pd.DataFrame | None, price_edges: np.ndarray | None,
                   event_types: list[str], reference_time: pd.Timestamp, top: int, gap_minutes: float
                   ) -> pd.DataFrame:
@@ -182,7 +172,7 @@ def user_profiles(events: pd.DataFrame, items: pd.DataFrame | None, price_edges:
     users = len(ids)
     profile = pd.DataFrame(index=pd.Index(ids, name=schema.USER))
     profile["n_events"] = np.bincount(codes, minlength=users).astype(np.int64)
-    kinds = _codes_in(events[schema.EVENT], list(event_types))
+    kinds = event_codes(events[schema.EVENT], list(event_types))
     width = len(event_types)
     by_type = np.bincount(codes[kinds >= 0] * width + kinds[kinds >= 0], minlength=users * width)
     by_type = by_type.reshape(users, width)
@@ -202,7 +192,7 @@ def user_profiles(events: pd.DataFrame, items: pd.DataFrame | None, price_edges:
     profile["active_days"] = _distinct_per_user(codes, days - days.min() if len(days) else days, users)
     profile["sessions"] = _sessions(events, codes, users, gap_minutes)
     if schema.VALUE in events.columns:
-        purchase = _codes_in(events[schema.EVENT], ["purchase"]) == 0
+        purchase = event_codes(events[schema.EVENT], ["purchase"]) == 0
         value = events[schema.VALUE].to_numpy(dtype="float64", na_value=np.nan)
         profile["monetary"] = np.bincount(codes[purchase], weights=np.nan_to_num(value[purchase]),
                                           minlength=users).astype(np.float64)

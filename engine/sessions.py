@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from homerank.engine import schema
+from homerank.engine.sorted_events import event_codes, runs_of, starts_of_runs
 
 PURCHASE = "purchase"
 SESSION_COLUMNS = (schema.USER, schema.ITEM, schema.LAST_TS, schema.EVENT, "session_start", "session_end")
@@ -43,21 +44,6 @@ def _empty(events: pd.DataFrame) -> pd.DataFrame:
                          schema.EVENT: pd.Series(dtype="string"),
                          "session_start": pd.Series(dtype="datetime64[ns]"),
                          "session_end": pd.Series(dtype="datetime64[ns]")})
-
-
-def _type_codes(series: pd.Series, event_types: list[str]) -> np.ndarray:
-    """(N,) int64 position of each event type in ``event_types`` (the ETL's categorical gives its codes for free)."""
-    if isinstance(series.dtype, pd.CategoricalDtype) and list(series.cat.categories) == list(event_types):
-        return series.cat.codes.to_numpy().astype(np.int64)
-    return pd.Index(event_types).get_indexer(series.astype(str)).astype(np.int64)
-
-
-def _user_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For user ids ``values`` (N,) whose equal values are contiguous: each row's user number (N,) and each user's
-    first row (U,)."""
-    change = np.ones(values.size, dtype=bool)
-    change[1:] = values[1:] != values[:-1]
-    return np.cumsum(change) - 1, np.flatnonzero(change)
 
 
 def _last_session_start(user_of_row: np.ndarray, users: int, times: np.ndarray, gap: int) -> np.ndarray:
@@ -113,13 +99,13 @@ def last_session_items(events: Any, event_types: list[str], gap_minutes: float) 
     if not events[schema.USER].is_monotonic_increasing:  # the ETL's partitions are in user order already
         events = events.take(np.argsort(pd.factorize(events[schema.USER], sort=True)[0], kind="stable"))
     user_values = events[schema.USER].to_numpy()
-    user_of_row, first_rows = _user_runs(user_values)
+    user_of_row, first_rows = runs_of(starts_of_runs(events[schema.USER]))
     times = events[schema.TS].to_numpy().astype("datetime64[ns]", copy=False).view(np.int64)
     rows = np.flatnonzero(_in_last_session(events, user_of_row, first_rows, times, gap_minutes))
     # the last sessions' rows in (user, item, time) order: each (user, item) pair is one run
     item_codes, items = pd.factorize(events[schema.ITEM].to_numpy()[rows], sort=True)
     user, time = user_of_row[rows], times[rows]
-    codes = _type_codes(events[schema.EVENT].take(rows), event_types)
+    codes = event_codes(events[schema.EVENT].take(rows), event_types)
     order = np.lexsort((time, item_codes, user))
     user, item_codes, time, codes = user[order], item_codes[order], time[order], codes[order]
     pair_start = np.flatnonzero(np.r_[True, (user[1:] != user[:-1]) | (item_codes[1:] != item_codes[:-1])])

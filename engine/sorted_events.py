@@ -124,9 +124,7 @@ class PairRuns:
     @classmethod
     def of(cls, events: Any) -> PairRuns:
         xp = array_module(events)
-        change = starts_of_runs(events[schema.USER]) | starts_of_runs(events[schema.ITEM])
-        run_of = xp.cumsum(change) - 1
-        starts = xp.flatnonzero(change)
+        run_of, starts = runs_of(starts_of_runs(events[schema.USER]) | starts_of_runs(events[schema.ITEM]))
         ends = xp.concatenate([starts[1:], xp.asarray([len(run_of)], dtype=starts.dtype)])[:len(starts)] - 1
         return cls(run_of, starts, ends)
 
@@ -136,7 +134,7 @@ def run_totals(events: Any, runs_: PairRuns, event_types: list[str]) -> tuple[An
     ``weight`` and an ``event_type`` of ``event_types``."""
     xp = array_module(runs_.run_of)
     groups, width = len(runs_.starts), len(event_types)
-    codes = _event_codes(events[schema.EVENT], event_types)
+    codes = event_codes(events[schema.EVENT], event_types)
     if len(codes) and bool((codes < 0).any()):
         raise ValueError("run_totals: an event type outside event_types")  # ingest quarantines those
     weights = values(events[schema.WEIGHT].astype("float64"))
@@ -171,16 +169,28 @@ def sort_and_drop_duplicates(events: Any) -> Any:
     return events.take(order[~drop]).reset_index(drop=True)
 
 
-def _event_codes(series: Any, event_types: list[str] | None = None) -> Any:
-    """Event type codes (N,) int64: positions in ``event_types`` when given (-1: not one of them), else any
-    consistent numbering. A categorical column with exactly those categories gives its codes for free."""
+def event_codes(series: Any, event_types: list[str] | None = None) -> Any:
+    """Event type codes (N,) int64: positions in ``event_types`` when given (-1: none of them, or missing), else any
+    consistent numbering. A categorical column looks up its few categories, not its rows (its codes as they are
+    when the categories are exactly ``event_types``)."""
     categorical = isinstance(series.dtype, pd.CategoricalDtype) or str(series.dtype) == "category"
     if categorical and (event_types is None or list(series.cat.categories) == list(event_types)):
         return values(series.cat.codes).astype("int64")
     if event_types is None:
         return codes_of(series)[0]
     xp = array_module(series)
-    return xp.asarray(frame_library(series).Index(event_types).get_indexer(series.astype("str"))).astype(xp.int64)
+    names = frame_library(series).Index(event_types)
+    if categorical:
+        lookup = xp.asarray(names.get_indexer(series.cat.categories.astype("str"))).astype(xp.int64)
+        codes = values(series.cat.codes).astype("int64")
+        return xp.where(codes >= 0, lookup[xp.maximum(codes, 0)], -1)
+    return xp.asarray(names.get_indexer(series.astype("str"))).astype(xp.int64)
+
+
+def runs_of(change: Any) -> tuple[Any, Any]:
+    """For the (N,) bool marks of `starts_of_runs`: (the run of each row (N,), the first row of each run (G,))."""
+    xp = array_module(change)
+    return xp.cumsum(change) - 1, xp.flatnonzero(change)
 
 
 def aggregate_sorted(events: Any, event_types: list[str]) -> Any:
@@ -226,7 +236,7 @@ def prefix_totals(events: Any, starts: Any, ends: Any, limits: Any, event_types:
     keep = nanoseconds(events[schema.TS])[rows] <= limits[run_of]
     rows, run_of = rows[keep], run_of[keep]
     weights = values(events[schema.WEIGHT].astype("float64"))[rows]
-    codes = _event_codes(events[schema.EVENT], event_types)[rows]
+    codes = event_codes(events[schema.EVENT], event_types)[rows]
     if len(codes) and bool((codes < 0).any()):
         raise ValueError("prefix_totals: an event type outside event_types")  # ingest quarantines those
     count = xp.bincount(run_of, minlength=groups).astype(xp.int64)

@@ -192,7 +192,8 @@ def test_vectorised_profiles_equal_the_group_by_formulation(seed):
     edges = price_terciles(items)
     expected = reference_profiles(events, items, edges, TYPES, REFERENCE, top=2, gap_minutes=60 * 24)
     ordered = events.sort_values(["user_id", "item_id", "timestamp"], kind="stable").reset_index(drop=True)
-    for frame in (events, ordered):  # any order, and the ETL partitions' (user, item, time) order
+    categorical = ordered.astype({"event_type": pd.CategoricalDtype(["purchase", "hover", *TYPES[:3]])})
+    for frame in (events, ordered, categorical):  # any order, the ETL's (user, item, time) order, coded types
         got = user_profiles(frame, items, edges, TYPES, REFERENCE, top=2, gap_minutes=60 * 24)
         assert list(got.columns) == list(expected.columns)
         pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_index_type=False)
