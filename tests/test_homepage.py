@@ -239,3 +239,21 @@ def test_build_pages_from_frames_without_a_run_directory():
     assert (rows["c", "for_you"]["reason"] == "for_you:fallback_popularity").all()
     assert homepage.stats["cold_users"] == 1 and homepage.stats["rule_check"]["passed"]
     assert homepage.stats["users"] == 3 and homepage.stats["rows"] == len(page)
+
+
+def test_last_viewed_item_is_the_newest_viewed_row_first_row_on_ties():
+    from homerank.homepage.signals import POSITION, last_viewed_items
+
+    day = pd.Timestamp("2024-01-01")
+    interactions = pd.DataFrame({
+        "user_id": ["a", "a", "a", "b", "b", "c", "d", "d"],
+        "item_id": [1, 2, 3, 1, 2, 3, 1, 2],
+        "n_view": [1, 1, 0, 2, 2, 0, 1, 1],  # a's newest row is not a view; c never viewed
+        "last_ts": [day, day + pd.Timedelta(hours=5), day + pd.Timedelta(days=2), day + pd.Timedelta(hours=1),
+                    day + pd.Timedelta(hours=1), day, pd.NaT, day],
+        POSITION: [10, 20, 30, 10, 20, 30, 10, 20],
+    })
+    interactions["weight"] = 1.0
+    last = last_viewed_items(interactions)
+    assert last.to_dict() == {"a": 20, "b": 10, "d": 20}  # b: a tie, the first row wins; d: NaT is never newest
+    assert last_viewed_items(interactions.iloc[:0]).empty
