@@ -22,7 +22,7 @@ from homerank.homepage.last_session import SESSION_REASON
 from homerank.homepage.rows import PAGE_COLUMNS
 from homerank.homepage.searches import SEARCH_REASON
 from homerank.homepage.sections import SECTION_KINDS, SEGMENT_REASON, format_titles
-from homerank.homepage.signals import PageSignals
+from homerank.homepage.signals import ItemNeighbours, PageSignals
 
 
 def _padded(lists: list[np.ndarray], fill: float, dtype: Any) -> np.ndarray:
@@ -77,9 +77,14 @@ class BlockPages:
         self.in_stock = np.asarray(catalogue.in_stock, dtype=bool)
         self.category_names, self.category = np.unique(catalogue.category, return_inverse=True)
         # because_you_viewed: anchors (A,) sorted, their neighbours (A, n)
-        self.anchors = np.array(sorted(signals.neighbours), dtype=np.int64)
-        self.neighbour_positions = _padded([signals.neighbours[a][0] for a in self.anchors.tolist()], -1, np.int64)
-        self.neighbour_scores = _padded([signals.neighbours[a][1] for a in self.anchors.tolist()], 0.0, np.float64)
+        neighbours = signals.neighbours
+        if isinstance(neighbours, ItemNeighbours):  # already one padded table
+            self.anchors = neighbours.anchors
+            self.neighbour_positions, self.neighbour_scores = neighbours.positions, neighbours.scores
+        else:
+            self.anchors = np.array(sorted(neighbours), dtype=np.int64)
+            self.neighbour_positions = _padded([neighbours[a][0] for a in self.anchors.tolist()], -1, np.int64)
+            self.neighbour_scores = _padded([neighbours[a][1] for a in self.anchors.tolist()], 0.0, np.float64)
         # trending_in_category: categories (K,) sorted, their lists (K, L)
         self.trend_names = np.array(sorted(signals.trending_by_category), dtype=object)
         lists = [signals.trending_by_category[c] for c in self.trend_names]

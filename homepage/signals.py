@@ -21,6 +21,7 @@ popularity, then catalogue position); users without a model embedding get them b
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,7 +55,8 @@ class PageSignals:
     # user, or of one block's users (`for_block`); None in page-wide signals scored block by block
     by_popularity: np.ndarray  # (C,) positions, most popular first
     last_viewed: pd.Series  # user id -> position of the most recently viewed item
-    neighbours: dict[int, tuple[np.ndarray, np.ndarray]]  # anchor position -> (positions, cosines), closest first
+    neighbours: Mapping[int, tuple[np.ndarray, np.ndarray]]  # anchor position -> (positions, cosines), closest
+    # first (`ItemNeighbours`, one padded table; a dict in hand-made signals)
     trending_by_category: dict[str, np.ndarray]  # category -> its positions, most trending first
     top_category: pd.Series  # user id -> the user's top category
     global_category: str  # the category with the largest summed trending
@@ -172,16 +174,53 @@ def last_viewed_items(interactions: pd.DataFrame) -> pd.Series:
 NEIGHBOUR_EXACT_ITEMS = 200_000
 
 
+@dataclass(eq=False)
+class ItemNeighbours(Mapping):
+    """The closest items of each anchor, as one padded table: ``anchors`` (A,) sorted catalogue positions,
+    ``positions`` (A, n) their neighbours' catalogue positions closest first (-1 past a shorter list) and
+    ``scores`` (A, n) the cosines (0 past the end). Read as a mapping anchor -> (positions, cosines) of that
+    anchor's list, like the dict the user-by-user builder reads; the block builder takes the table as it is."""
+
+    anchors: np.ndarray
+    positions: np.ndarray
+    scores: np.ndarray
+
+    def _line(self, anchor: Any) -> int:
+        at = int(np.searchsorted(self.anchors, anchor)) if self.anchors.size else 0
+        if at >= self.anchors.size or self.anchors[at] != anchor:
+            raise KeyError(anchor)
+        return at
+
+    def __getitem__(self, anchor: Any) -> tuple[np.ndarray, np.ndarray]:
+        line = self._line(anchor)
+        length = int((self.positions[line] >= 0).sum())
+        return self.positions[line, :length], self.scores[line, :length]
+
+    def __contains__(self, anchor: object) -> bool:
+        try:
+            self._line(anchor)
+        except (KeyError, TypeError):
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.anchors.tolist())
+
+    def __len__(self) -> int:
+        return int(self.anchors.size)
+
+
 def item_neighbours(anchors: np.ndarray, catalogue: Catalogue, item_embeddings: torch.Tensor,
-                    positions_of_model_items: np.ndarray, count: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """For each anchor position (model items only), its ``count`` closest model items by cosine, as
-    (catalogue positions, cosines), closest first; ``item_embeddings`` is (num_items, d).
+                    positions_of_model_items: np.ndarray, count: int) -> ItemNeighbours:
+    """For each anchor position (model items only; ``anchors`` distinct), its ``count`` closest model items by
+    cosine, as (catalogue positions, cosines), closest first; ``item_embeddings`` is (num_items, d).
 
     The search is `homerank.gnn.item_index.ItemIndex` (faiss), so no (anchors x items) similarity block is ever
     held: exact up to ``NEIGHBOUR_EXACT_ITEMS`` model items, HNSW above. Each anchor asks for count + 1 items and
-    drops itself."""
+    drops itself; the kept entries move to the front of their line (A x n arrays, no per-anchor objects)."""
+    anchors = np.sort(np.asarray(anchors, dtype=np.int64))
     if not anchors.size:
-        return {}
+        return ItemNeighbours(anchors, np.full((0, 1), -1, dtype=np.int64), np.zeros((0, 1)))
     vectors = item_embeddings.detach().cpu().numpy().astype(np.float32)
     index = ItemIndex(exact_threshold=NEIGHBOUR_EXACT_ITEMS).build(vectors)
     anchor_rows = catalogue.model_index[anchors]
@@ -189,10 +228,11 @@ def item_neighbours(anchors: np.ndarray, catalogue: Catalogue, item_embeddings: 
     scores, rows = index.search(vectors[anchor_rows], wanted + 1)
     keep = (rows != anchor_rows[:, None]) & (rows >= 0)
     keep &= np.cumsum(keep, axis=1) <= wanted  # the anchor found: drop it; not found: drop the last item
-    out = {}
-    for anchor, row_keep, row_scores, row_items in zip(anchors.tolist(), keep, scores, rows, strict=True):
-        out[anchor] = (positions_of_model_items[row_items[row_keep]], row_scores[row_keep])
-    return out
+    order = np.argsort(~keep, axis=1, kind="stable")[:, : max(wanted, 1)]  # kept entries first, in order
+    kept = np.take_along_axis(keep, order, axis=1)
+    positions = np.where(kept, positions_of_model_items[np.take_along_axis(rows, order, axis=1)], -1)
+    cosines = np.where(kept, np.take_along_axis(scores, order, axis=1), 0.0).astype(np.float64)
+    return ItemNeighbours(anchors, positions, cosines)
 
 
 def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: torch.Tensor,

@@ -257,3 +257,29 @@ def test_last_viewed_item_is_the_newest_viewed_row_first_row_on_ties():
     last = last_viewed_items(interactions)
     assert last.to_dict() == {"a": 20, "b": 10, "d": 20}  # b: a tie, the first row wins; d: NaT is never newest
     assert last_viewed_items(interactions.iloc[:0]).empty
+
+
+@pytest.mark.parametrize("count", [1, 5, 40])
+def test_item_neighbours_are_the_closest_items_by_cosine_in_one_padded_table(count):
+    from types import SimpleNamespace
+
+    from homerank.homepage.signals import ItemNeighbours, item_neighbours
+
+    rng = np.random.default_rng(count)
+    vectors = torch.from_numpy(rng.normal(size=(12, 4)).astype(np.float32))
+    # catalogue of 14 positions: position p holds model item p - 2 (positions 0 and 1 are outside the model)
+    model_index = np.r_[-1, -1, np.arange(12)]
+    positions_of_model_items = np.arange(12) + 2
+    anchors = np.array([9, 2, 13])
+    found = item_neighbours(anchors, SimpleNamespace(model_index=model_index), vectors, positions_of_model_items,
+                            count)
+    assert isinstance(found, ItemNeighbours) and sorted(found) == [2, 9, 13] and 5 not in found
+    unit = vectors.numpy() / np.linalg.norm(vectors.numpy(), axis=1, keepdims=True)
+    for anchor in anchors.tolist():
+        row = model_index[anchor]
+        cosines = unit @ unit[row]
+        others = [j for j in np.argsort(-cosines, kind="stable") if j != row][: min(count, 11)]
+        positions, scores = found[anchor]
+        np.testing.assert_array_equal(positions, positions_of_model_items[others])
+        np.testing.assert_allclose(scores, cosines[others], atol=1e-5)
+    assert found.positions.shape == (3, min(count, 11))
