@@ -51,18 +51,33 @@ def best_first(scores: np.ndarray, width: int | None) -> np.ndarray:
     first ``width`` columns of ``np.argsort(-scores, axis=1, kind="stable")`` (None: all of them), found with a
     partition, O(n N), and a sort of the ``width`` kept, instead of sorting all N.
 
-    The kept columns of a row are those scoring above its width-th largest score t, then the first columns scoring
-    exactly t until there are ``width``."""
+    The partition keeps each row's ``width`` largest, with an arbitrary choice among the entries equal to the
+    width-th largest score t; a row with more entries equal to t than it kept takes instead those scoring above t,
+    then the first columns scoring exactly t (`_head_with_ties`). The kept columns, in column order, are then
+    sorted stably by descending score."""
     n, total = scores.shape
     if width is None or width >= total or not np.isfinite(scores).all():
         return np.argsort(-scores, axis=1, kind="stable")
+    columns = np.argpartition(scores, total - width, axis=1)[:, total - width :]  # the width largest of each row
+    kept = np.take_along_axis(scores, columns, axis=1)
+    threshold = kept.min(axis=1, keepdims=True)
+    unsure = np.flatnonzero((scores == threshold).sum(axis=1) > (kept == threshold).sum(axis=1))
+    if unsure.size:
+        columns[unsure] = _head_with_ties(scores[unsure], width)
+    columns.sort(axis=1)
+    order = np.argsort(-np.take_along_axis(scores, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, axis=1)
+
+
+def _head_with_ties(scores: np.ndarray, width: int) -> np.ndarray:
+    """The columns (n, width), in column order, of each row's entries above its width-th largest score t, then of
+    its first entries equal to t until there are ``width``."""
+    n = scores.shape[0]
     threshold = -np.partition(-scores, width - 1, axis=1)[:, width - 1 : width]  # (n, 1) the width-th largest
     above = scores > threshold
     tied = scores == threshold
     take = above | (tied & (np.cumsum(tied, axis=1) <= width - above.sum(axis=1, keepdims=True)))
-    columns = np.nonzero(take)[1].reshape(n, width)  # row by row, in column order
-    order = np.argsort(-np.take_along_axis(scores, columns, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(columns, order, axis=1)
+    return np.nonzero(take)[1].reshape(n, width)  # row by row, in column order
 
 
 class BlockPages:

@@ -224,10 +224,11 @@ def test_held_candidates_look_up_the_lists_a_gpu_scored_before_the_fork(monkeypa
     assert json.dumps(forked.stats, sort_keys=True) == json.dumps(one.stats, sort_keys=True)
 
 
-@given(st.integers(1, 6), st.integers(1, 30), st.integers(0, 35), st.integers(1, 4), st.integers(0, 2**31 - 1))
-@hypothesis_settings(max_examples=150, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 30), st.integers(0, 35), st.sampled_from([1, 2, 3, 4, 10**6]),
+       st.integers(0, 2**31 - 1))
+@hypothesis_settings(max_examples=200, deadline=None)
 def test_best_first_is_the_head_of_a_stable_descending_sort(rows, columns, width, distinct, seed):
-    # few distinct values: ties everywhere, also across the cut
+    # few distinct values: ties everywhere, also across the cut; many: the partition's rows without ties
     scores = np.random.default_rng(seed).integers(0, distinct, (rows, columns)).astype(np.float32) / 7
     expected = np.argsort(-scores, axis=1, kind="stable")[:, :width]
     np.testing.assert_array_equal(best_first(scores, width) if width else expected, expected)
