@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from homerank.engine.errors import HomerankError
+from homerank.engine.errors import DISK_FULL, HomerankError
 from homerank.jobs.hygiene import LOG_FORMAT, quiet_library_warnings, quiet_noisy_loggers
 from homerank.jobs.lock import run_lock
 from homerank.jobs.rundir import RunDir
@@ -386,6 +386,16 @@ def _main(argv: Sequence[str] | None) -> int:
     except HomerankError as exc:
         print(f"homerank: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk anywhere in the job (e.g. a dask worker's spill) is one line, not a traceback
+        if exc.errno not in DISK_FULL:
+            raise
+        error = HomerankError(
+            f"{getattr(args, 'out', '.')}: `homerank {args.command}` stopped: {os.strerror(exc.errno)} while writing "
+            "the run directory or dask's spill directory (cluster.local_directory, default the system temp folder); free some space or "
+            "point them at a larger disk, then rerun (a stage publishes its outputs only when it completes)")
+        logging.getLogger(__name__).error("%s", error.message)
+        print(f"homerank: error: {error.message}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("homerank: interrupted", file=sys.stderr)
         return 130

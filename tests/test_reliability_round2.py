@@ -271,6 +271,23 @@ def test_full_disk_on_the_command_line(run_copy, capsys, monkeypatch):
     assert not leftovers(run.root)
 
 
+def test_full_disk_anywhere_in_a_stage_is_one_line(run_copy, capsys, monkeypatch):
+    # e.g. a dask worker that cannot spill to a full disk: the OSError comes back through dask.compute
+    import homerank.jobs.pipeline as pipeline
+
+    run = RunDir(run_copy)
+    monkeypatch.setattr(pipeline, "run_stage", _disk_full)
+    assert main(["graph", "--out", str(run.root), "--quiet"]) == 2
+    line = error_line(capsys)
+    assert str(run.root) in line and "No space left" in line and "cluster.local_directory" in line
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "I/O error")
+    monkeypatch.setattr(pipeline, "run_stage", broken)
+    with pytest.raises(OSError, match="I/O error"):  # any other OSError stays what it was
+        main(["graph", "--out", str(run.root), "--quiet"])
+
+
 # item 10 — data problems are exit 3
 
 
