@@ -4,8 +4,8 @@ arrivals with every user's score, and each user's purchases and top category.
 
 Neighbours are by cosine of the learned item embeddings, cos(e_a, e_j) = e_a . e_j / (|e_a| |e_j|), the anchor
 itself excluded, found with a faiss index (`homerank.gnn.item_index`; exact up to 200,000 model items, HNSW
-above). A new arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector; its reason names where
-v_i came from (`homerank.homepage.catalogue.VECTOR_SOURCES`): ``new_arrival:model_score``,
+above). A new arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector; its reason
+names where v_i came from (`homerank.homepage.catalogue.VECTOR_SOURCES`): ``new_arrival:model_score``,
 ``new_arrival:cold_start_content`` (the train stage's content-only embedding) or
 ``new_arrival:cold_start_category_price_band`` (the mean vector).
 A user's top category maximises the summed interaction weight, ties to the alphabetically first category.

@@ -390,9 +390,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if exc.errno not in DISK_FULL:
             raise
         error = HomerankError(
-            f"{getattr(args, 'out', '.')}: `homerank {args.command}` stopped: {os.strerror(exc.errno)} while writing "
-            "the run directory or dask's spill directory (cluster.local_directory, default the system temp folder); free some space or "
-            "point them at a larger disk, then rerun (a stage publishes its outputs only when it completes)")
+            f"{getattr(args, 'out', '.')}: `homerank {args.command}` stopped: {os.strerror(exc.errno)} while "
+            "writing the run directory or dask's spill directory (cluster.local_directory, default the system temp "
+            "folder); free some space or point them at a larger disk, then rerun (a stage publishes its outputs "
+            "only when it completes)")
         logging.getLogger(__name__).error("%s", error.message)
         print(f"homerank: error: {error.message}", file=sys.stderr)
         return error.exit_code
