@@ -255,6 +255,7 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
                                                  config.interactions.min_item_interactions,
                                                  known=(edges_all_time, item_degree))
         log.info("etl: k-core (%d rounds) done at %.1fs", rounds, time.perf_counter() - started)
+        del all_edges  # the k-core edges carry on: the workers drop the all-time edges (memory, spill) before the split
         if core_edges == 0:
             raise GateError(
                 f"interactions: the k-core filter left none of the {edges_all_time} (user, item) pairs; lower "
