@@ -92,14 +92,9 @@ class BlockPages:
         self.in_stock = np.asarray(catalogue.in_stock, dtype=bool)
         self.category_names, self.category = np.unique(catalogue.category, return_inverse=True)
         # because_you_viewed: anchors (A,) sorted, their neighbours (A, n)
-        neighbours = signals.neighbours
-        if isinstance(neighbours, ItemNeighbours):  # already one padded table
-            self.anchors = neighbours.anchors
-            self.neighbour_positions, self.neighbour_scores = neighbours.positions, neighbours.scores
-        else:
-            self.anchors = np.array(sorted(neighbours), dtype=np.int64)
-            self.neighbour_positions = _padded([neighbours[a][0] for a in self.anchors.tolist()], -1, np.int64)
-            self.neighbour_scores = _padded([neighbours[a][1] for a in self.anchors.tolist()], 0.0, np.float64)
+        neighbours = ItemNeighbours.of(signals.neighbours)
+        self.anchors, self.neighbour_positions, self.neighbour_scores = (neighbours.anchors, neighbours.positions,
+                                                                          neighbours.scores)
         # trending_in_category: categories (K,) sorted, their lists (K, L)
         self.trend_names = np.array(sorted(signals.trending_by_category), dtype=object)
         lists = [signals.trending_by_category[c] for c in self.trend_names]

@@ -185,6 +185,20 @@ class ItemNeighbours(Mapping):
     positions: np.ndarray
     scores: np.ndarray
 
+    @classmethod
+    def of(cls, neighbours: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> ItemNeighbours:
+        """``neighbours`` as a table: itself when it is one, else a mapping (e.g. hand-made signals) padded."""
+        if isinstance(neighbours, ItemNeighbours):
+            return neighbours
+        anchors = np.array(sorted(neighbours), dtype=np.int64)
+        lists = [neighbours[a] for a in anchors.tolist()]
+        width = max([len(positions) for positions, _ in lists] + [1])
+        positions = np.full((anchors.size, width), -1, dtype=np.int64)
+        scores = np.zeros((anchors.size, width))
+        for line, (found, cosines) in enumerate(lists):
+            positions[line, : len(found)], scores[line, : len(found)] = found, cosines
+        return cls(anchors, positions, scores)
+
     def _line(self, anchor: Any) -> int:
         at = int(np.searchsorted(self.anchors, anchor)) if self.anchors.size else 0
         if at >= self.anchors.size or self.anchors[at] != anchor:
