@@ -9,7 +9,7 @@
 # Gowalla split in .gpudata/gowalla. Frames stay on pandas there (no cuDF); the model runs on CUDA.
 #
 #   [EVENTS=N PIPELINE_LIMIT=S] bash bench/gpu_check.sh [STEP ...]
-# steps: tests minute recipe pipeline homepage1 etlscale etlthreads (default: tests minute recipe pipeline).
+# steps: tests minute recipe pipeline pipeline:N homepage1 etlscale etlthreads (default: tests minute recipe pipeline).
 # etlscale: the ETL's strong scaling on the machine's CPU cores (worker processes 1, 2, 4, 8, 16; pandas once; polars
 # is not installed there), `python -m bench etl-strong`; etlthreads: the same with worker threads.
 set -u
@@ -55,11 +55,13 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests minute recipe pipeline)
 for name in "${steps[@]}"; do
   case $name in
-    tests) step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -m gpu ;;
+    tests) step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -m gpu ;;
     minute) step minute 180 python3 bench/accuracy_bench.py --config preset:minute --name gowalla-minute-gpu \
               --data "$DATA" --run /tmp/runs/gowalla-minute-gpu --peer-budget 15 ;;
-    pipeline) step pipeline "${PIPELINE_LIMIT:-150}" python3 -m bench pipeline --events "$EVENTS" --workers 8 \
-                --device gpu --data /tmp/bench-data --json "bench/results/pipeline/events-$EVENTS-workers-8-gpu.json" ;;
+    pipeline|pipeline:*)  # pipeline:N runs it at N events (several sizes in one call)
+      events=${name#pipeline:}; [ "$events" = pipeline ] && events=$EVENTS
+      step "pipeline-$events" "${PIPELINE_LIMIT:-150}" python3 -m bench pipeline --events "$events" --workers 8 \
+        --device gpu --data /tmp/bench-data --json "bench/results/pipeline/events-$events-workers-8-gpu.json" ;;
     homepage1)  # the pipeline step's homepage again, in the stage's process (homepage.processes=1), for comparison
       run_dir=/tmp/bench-data/pipeline/events-$EVENTS-workers-8/run
       step homepage1 "${PIPELINE_LIMIT:-150}" python3 -m homerank.jobs.cli homepage --out "$run_dir" \

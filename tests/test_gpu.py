@@ -51,3 +51,40 @@ def test_randomized_svd_agrees_between_cpu_and_cuda():
     _, values_gpu, right_gpu = truncated_svd(matrix, 8, "randomized", iterations=8, device="cuda")
     np.testing.assert_allclose(values_gpu, values_cpu, rtol=1e-4)
     np.testing.assert_allclose(right_gpu @ right_gpu.T, right_cpu @ right_cpu.T, atol=1e-3)  # same subspace
+
+
+def test_whole_pipeline_with_the_model_on_cuda_matches_the_cpu_run(homepage_run, tmp_path):
+    """``homerank run --device gpu`` on the tiny log (frames on pandas where RAPIDS is absent, the model on CUDA):
+    the same ETL edges as the shared CPU run, every stage's outputs, metrics within a training noise of the CPU
+    run's (CUDA's scatter sums are not bit-identical), a homepage for every ranked user (the GPU-held candidate
+    lists, `jobs/stage_homepage.py`), and `Run.recommend` answering from the CUDA-trained embeddings."""
+    import json
+
+    import pandas as pd
+
+    from homerank import Run
+    from homerank.jobs.cli import main
+    from tests.conftest import homepage_config
+
+    cpu_run, log = homepage_run
+    config = homepage_config(tmp_path / "c.yaml", log)
+    config.write_text(config.read_text().replace("device: cpu", "device: gpu"))
+    run = tmp_path / "run"
+    assert main(["run", "--input", str(log / "events"), "--out", str(run), "--config", str(config), "--quiet"]) == 0
+    edges = pd.read_parquet(run / "etl" / "edges").sort_values(["user_index", "item_index"], ignore_index=True)
+    edges_cpu = pd.read_parquet(cpu_run / "etl" / "edges").sort_values(["user_index", "item_index"],
+                                                                        ignore_index=True)
+    pd.testing.assert_frame_equal(edges, edges_cpu)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics_cpu = json.loads((cpu_run / "metrics.json").read_text())
+    assert metrics_cpu["test"]
+    for key, value in metrics_cpu["test"].items():
+        assert metrics["test"][key] == pytest.approx(value, abs=0.05), key
+    logs = "\n".join(path.read_text() for path in (run / "logs").glob("*.log"))
+    assert "cuda" in logs.lower()
+    homepage_users = pd.read_parquet(run / "homepage", columns=["user_id"])["user_id"].nunique()
+    ranked_users = pd.read_parquet(run / "rankings", columns=["user_id"])["user_id"].nunique()
+    assert homepage_users == ranked_users > 0
+    some_users = pd.read_parquet(run / "rankings", columns=["user_id"])["user_id"].drop_duplicates().head(5)
+    answer = Run(run).recommend(list(some_users), k=5)
+    assert answer.groupby("user_id").size().eq(5).all()
