@@ -10,6 +10,7 @@
                                [--id-dropout P] [--json FILE]
     python -m bench warm-start [--events 1e6] [--seed S] [--repeat R] [--data DIR] [--json FILE] [--set K=V ...]
                                [--reuse]
+    python -m bench out-of-core [--events 1e8] [--workers 2] [--memory-limit 2GiB] [--json FILE] [--set K=V ...]
     python -m bench defaults [--events 1e6] [--json FILE] [--als-factors 32,64,128,256] [--als-alpha 1,10,40]
                              [--als-regularization 0.01,0.1]
 """
@@ -265,7 +266,37 @@ def main(argv: list[str] | None = None) -> int:
     defaults.add_argument("--als-regularization", default="0.01,0.1", help="ALS grid: regularization")
     defaults.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
                           help=f"cache of generated logs; the runs go to DIR/defaults/ (default {DEFAULT_DATA})")
+    ooc = commands.add_parser("out-of-core", help="homerank's ETL on a log larger than its workers' total memory "
+                              "limit: worker processes capped at --memory-limit, spilling to disk; per-worker memory "
+                              "sampled", description="bench/out_of_core.py (what it samples in its docstring)")
+    ooc.add_argument("--events", type=_count, default=100_000_000, help="log size (default 1e8)")
+    ooc.add_argument("--workers", type=int, default=2, help="worker processes, one thread each (default 2)")
+    ooc.add_argument("--memory-limit", default="2GiB", help="memory limit per worker (default 2GiB)")
+    ooc.add_argument("--partition-rows", type=int, default=500_000, help="ingest.partition_rows (default 500000)")
+    ooc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                     help="more `homerank etl --set` overrides (repeatable)")
+    ooc.add_argument("--json", type=Path, metavar="FILE",
+                     help="result file (default bench/results/etl/out-of-core-events-N.json)")
+    ooc.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                     help=f"cache of generated logs; the run and its spill go to DIR/out-of-core/ "
+                          f"(default {DEFAULT_DATA})")
     args = parser.parse_args(argv)
+    if args.command == "out-of-core":
+        from dask.utils import parse_bytes
+
+        from bench.out_of_core import DEFAULT_OUT as OOC_OUT
+        from bench.out_of_core import run_out_of_core
+
+        try:
+            parse_bytes(args.memory_limit)
+        except ValueError:
+            parser.error(f"--memory-limit: not a size: {args.memory_limit!r}")
+        if args.workers < 1 or args.partition_rows < 1:
+            parser.error("--workers and --partition-rows must be >= 1")
+        path = args.json or OOC_OUT / f"out-of-core-events-{args.events}.json"
+        result = run_out_of_core(args.events, args.workers, args.memory_limit, args.data, args.data / "out-of-core",
+                                 path, args.partition_rows, tuple(args.settings))
+        return 0 if result["exit_status"] == 0 else 1
     if args.command == "defaults":
         from bench.defaults_bench import run_defaults_bench
 

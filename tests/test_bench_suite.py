@@ -123,3 +123,37 @@ def test_strong_scaling_maths_and_a_missing_peer(tmp_path, monkeypatch):
     strong.write_strong(result, tmp_path / "s.json")
     assert json.loads((tmp_path / "s.json").read_text())["points"][1]["seconds"] == 8.0
     assert "| 4 | 5.00 | 2.40 | 0.60 |" in (tmp_path / "s.md").read_text()
+
+
+def test_out_of_core_phase_seconds_from_the_stage_log():
+    """The phase times come from the ETL's cumulative progress lines, rich-wrapped as in a real log; a run that
+    stopped early has only the phases it finished."""
+    from bench.out_of_core import phase_seconds
+
+    log = ("INFO     etl: ingest done at 84.6s\n[19:08:48] INFO     etl: 202 user partitions, events weighted and\n"
+           "                             aggregated at 139.7s\nINFO     etl: k-core (3 rounds) done at 263.4s\n"
+           "INFO     etl: encoded, split and\n      written at 388.7s\n")
+    assert phase_seconds(log) == {"ingest": 84.6, "weight_aggregate_write_interactions": 55.1, "kcore": 123.7,
+                                  "encode_split_write": 125.3}
+    assert phase_seconds("etl: ingest done at 10.0s\n") == {"ingest": 10.0}
+    assert phase_seconds("") == {}
+
+
+@pytest.mark.slow
+def test_bench_out_of_core_on_a_tiny_log(tmp_path):
+    """`python -m bench out-of-core` end to end on a tiny log: exit 0, the ETL's stats, its phases, samples with
+    one entry per worker, and a client peak."""
+    out = tmp_path / "ooc.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "out-of-core", "--events", "20000", "--workers", "1", "--memory-limit", "1GiB",
+         "--json", str(out), "--data", str(tmp_path / "data")],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["exit_status"] == 0 and result["worker_restarts"] == 0
+    assert result["etl_stats"]["rows"]["in"] == result["events"] > 10_000
+    assert list(result["phases_seconds"]) == ["ingest", "weight_aggregate_write_interactions", "kcore",
+                                              "encode_split_write"]
+    assert result["workers_total_memory_limit_bytes"] == 2**30
+    assert result["client_peak_rss_bytes"] > 0 and result["samples"]
+    assert all(len(row[2]) == 4 for row in result["samples"])  # [process, managed, spilled, on disk] of the worker
