@@ -80,6 +80,7 @@ from homerank.engine import schema
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
 from homerank.engine.partitioned import events_by_user, worker_count
+from homerank.engine.persisted import persist
 from homerank.engine.privacy import pseudonym_key, pseudonymise
 
 if TYPE_CHECKING:
@@ -895,12 +896,12 @@ def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Bac
                         unit=config.timestamp_unit, pseudonym_key=key, quarantine_dir=str(folder), latest=latest,
                         session_dtype=session_dtype, **searching, meta=meta,
                         enforce_metadata=False, label="ingest-piece")
-    clean = backend.on_backend(clean).persist()
+    clean = persist(backend.on_backend(clean))
     clean_rows = int(clean.shape[0].compute())  # every piece has run: its counts are on disk
     counts = [json.loads(p.read_text()) for p in sorted((folder / COUNTS).glob("*.json"))]
     # one shuffle: range-partitioned by user, so exact duplicates (same user) meet in one partition, where one
     # sort puts them side by side (and the events in the (user, item, time) order of every later step)
-    deduped = events_by_user(clean, clean_rows, config.partition_rows, workers=workers).persist()
+    deduped = persist(events_by_user(clean, clean_rows, config.partition_rows, workers=workers))
     del clean  # the workers drop the unsorted copy once the sorted one is built
     kept = int(deduped.shape[0].compute())
     if len(counts) != len(bundles):  # pragma: no cover - a task that returned wrote its counts

@@ -35,6 +35,7 @@ import pandas as pd
 
 from homerank.engine import schema
 from homerank.engine.config import SplitConfig
+from homerank.engine.persisted import persist
 from homerank.engine.sorted_events import (
     EVENT_ROWS,
     aggregate_sorted,
@@ -126,7 +127,7 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
     the edges of users or items below threshold (`_kcore_step`), the survivors are persisted on the workers and
     their degrees come back (one round trip per round). ``known``: (edge count, item degrees) already computed
     for ``edges``. Returns (surviving edges, persisted; rounds; their count)."""
-    current = edges.persist()
+    current = persist(edges)
     if known is None:
         count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
                                                     smallest_user_degree(current))
@@ -137,7 +138,7 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
         if int(user_min) >= min_user and (len(item_degree) == 0 or int(item_degree.min()) >= min_item):
             return current, round_, int(count)
         degrees = dask.delayed(item_degree)  # one copy per worker, not one inside every task
-        current = current.map_partitions(_kcore_step, degrees, min_user, min_item, meta=current._meta).persist()
+        current = persist(current.map_partitions(_kcore_step, degrees, min_user, min_item, meta=current._meta))
         count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
                                                     smallest_user_degree(current))
         log.debug("k-core round %d: %d edges left", round_, count)

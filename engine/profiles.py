@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from homerank.engine import schema
+from homerank.engine.persisted import persist
 from homerank.engine.sorted_events import event_codes, starts_of_runs
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ def profiles_by_user(events: dd.DataFrame, core: dd.DataFrame, items: pd.DataFra
     profiles = events.map_partitions(user_profiles, items, edges, event_types, reference_time, top, gap_minutes,
                                      meta=meta)
     meta = meta.assign(warm=pd.Series(dtype=bool))
-    profiles = dd.map_partitions(_with_warm, profiles, core, meta=meta, align_dataframes=False).persist()
+    profiles = persist(dd.map_partitions(_with_warm, profiles, core, meta=meta, align_dataframes=False))
     users = int(dask.compute(profiles.shape[0])[0])
     fraction = min(1.0, sample_users / max(users, 1))
     sample = _host(profiles.sample(frac=fraction, random_state=seed).compute()) if fraction < 1 else _host(

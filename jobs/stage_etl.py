@@ -42,6 +42,7 @@ from homerank.engine.partitioned import (
     users_per_partition,
     write_partitions,
 )
+from homerank.engine.persisted import persist
 from homerank.engine.profiles import profiles_by_user, segment_summary
 from homerank.engine.searches import read_searches, searches_by_user, summaries_by_user, with_search_figures
 from homerank.engine.sessions import last_sessions_by_user
@@ -186,7 +187,7 @@ def _write_searches(ingested: Ingested, run: RunDir, config: JobConfig) -> tuple
         run.searches_by_user_staging.mkdir(parents=True)
         publish_parquet_parts(run.searches_by_user_staging, run.searches, empty)
         return stats, None
-    by_user = searches_by_user(found, rows, config.ingest.partition_rows).persist()
+    by_user = persist(searches_by_user(found, rows, config.ingest.partition_rows))
     _, kept, users = dask.compute(write_partitions(by_user, run.searches_by_user_staging, compute=False),
                                   by_user.shape[0], users_per_partition(by_user).sum())
     publish_parquet_parts(run.searches_by_user_staging, run.searches, by_user._meta)
@@ -210,7 +211,7 @@ def _write_profiles(events: dd.DataFrame, core: dd.DataFrame, catalogue: pd.Data
                                           gap_minutes=settings.session_gap_minutes, segments=settings.segments,
                                           seed=config.seed, sample_users=settings.sample_users)
     figures = summaries_by_user(searches, settings.top_query_terms) if searches is not None else None
-    profiles = with_search_figures(profiles, figures).persist()
+    profiles = persist(with_search_figures(profiles, figures))
     _, warm, users = dask.compute(write_partitions(profiles, run.profiles_staging, compute=False),
                                   profiles["warm"].sum(), profiles.shape[0])
     publish_parquet_parts(run.profiles_staging, run.profiles, profiles._meta)
@@ -243,7 +244,7 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
         # not persisted: a cheap column recomputed by each step that reads it, never a second copy of the events
         weighted = weight_events(by_user, config.interactions.event_weights, config.interactions.half_life_days,
                                  ref_time)
-        all_edges = aggregate_by_user(weighted, event_types).persist()
+        all_edges = persist(aggregate_by_user(weighted, event_types))
         _, edges_all_time, users_all_time, item_degree = dask.compute(
             write_partitions(interactions_of(all_edges), run.interactions_staging, compute=False), all_edges.shape[0],
             users_per_partition(all_edges).sum(), all_edges[schema.ITEM].value_counts(split_out=1))
