@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(*args: str, result: Path, timeout: int = 240) -> dict:
+    """``python -m bench ARGS --json RESULT`` from the repository root; asserts exit 0 (showing the output's tail
+    otherwise) and returns the JSON it wrote."""
+    completed = subprocess.run([sys.executable, "-m", "bench", *args, "--json", str(result)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=timeout, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return json.loads(result.read_text())
 
 
 def make_events(rows: list[tuple]) -> pd.DataFrame:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from bench.etl_suite import fit_exponent, parse_counts, scaling_summary
+from tests.conftest import run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ("events", "workers", "seconds", "speedup_vs_pandas", "speedup_vs_polars", "client_peak_rss_bytes",
             "workers_peak_rss_bytes", "machine")
 ENGINES = ("homerank", "pandas", "polars")
@@ -20,13 +17,8 @@ ENGINES = ("homerank", "pandas", "polars")
 @pytest.mark.slow
 def test_bench_etl_writes_the_contract(tmp_path):
     pytest.importorskip("polars")
-    out = tmp_path / "x.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "etl", "--events", "20000", "--workers", "1", "--json", str(out),
-         "--data", str(tmp_path / "data"), "--repeat", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_bench("etl", "--events", "20000", "--workers", "1", "--data", str(tmp_path / "data"), "--repeat",
+                       "1", result=tmp_path / "x.json")
     for key in CONTRACT:
         assert key in result, key
     assert result["events"] == 20000 and result["workers"] == 1
@@ -41,7 +33,7 @@ def test_bench_etl_writes_the_contract(tmp_path):
     assert result["machine"]["cpu_count"] >= 1
     assert result["input_rows"] > 0 and result["generation_seconds"] > 0
     assert (tmp_path / "data" / "events-20000" / "events").is_dir()  # cached for the next run
-    table = out.with_suffix(".md").read_text()
+    table = (tmp_path / "x.json").with_suffix(".md").read_text()
     assert "| homerank |" in table and "| polars |" in table
 
 
@@ -143,13 +135,8 @@ def test_out_of_core_phase_seconds_from_the_stage_log():
 def test_bench_out_of_core_on_a_tiny_log(tmp_path):
     """`python -m bench out-of-core` end to end on a tiny log: exit 0, the ETL's stats, its phases, samples with
     one entry per worker, and a client peak."""
-    out = tmp_path / "ooc.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "out-of-core", "--events", "20000", "--workers", "1", "--memory-limit", "1GiB",
-         "--json", str(out), "--data", str(tmp_path / "data")],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_bench("out-of-core", "--events", "20000", "--workers", "1", "--memory-limit", "1GiB", "--data",
+                       str(tmp_path / "data"), result=tmp_path / "ooc.json")
     assert result["exit_status"] == 0 and result["worker_restarts"] == 0
     assert result["etl_stats"]["rows"]["in"] == result["events"] > 10_000
     assert list(result["phases_seconds"]) == ["ingest", "weight_aggregate_write_interactions", "kcore",

@@ -4,15 +4,13 @@ the networkx skip rule and the loud failure when the engines disagree."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.graph_bench import NX_BYTES_PER_EDGE, check_agreement, ensure_etl_run, networkx_plan
+from tests.conftest import run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ("events", "workers", "edges", "seconds", "speedup_vs_scipy", "speedup_vs_networkx", "components",
             "peak_rss_bytes", "machine")
 ENGINES = ("homerank", "scipy", "networkx")
@@ -22,13 +20,8 @@ ENGINES = ("homerank", "scipy", "networkx")
 @pytest.mark.timeout(300)
 def test_bench_graph_writes_the_contract_and_reuses_the_etl(tmp_path):
     # about 40 s idle (an ETL and three runner processes, each paying its imports), 60+ s on a loaded 2-core machine
-    out = tmp_path / "g.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "graph", "--events", "10000", "--workers", "1", "--repeat", "1",
-         "--json", str(out), "--data", str(tmp_path / "data")],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_bench("graph", "--events", "10000", "--workers", "1", "--repeat", "1", "--data",
+                       str(tmp_path / "data"), result=tmp_path / "g.json", timeout=280)
     for key in CONTRACT:
         assert key in result, key
     assert result["events"] == 10000 and result["workers"] == 1
@@ -47,7 +40,7 @@ def test_bench_graph_writes_the_contract_and_reuses_the_etl(tmp_path):
     assert result["networkx"]["ran"] is True and result["networkx"]["skip_reason"] is None
     assert result["machine"]["cpu_count"] >= 1
     assert result["etl"]["reused"] is False
-    table = out.with_suffix(".md").read_text()
+    table = (tmp_path / "g.json").with_suffix(".md").read_text()
     assert "| homerank |" in table and "| networkx |" in table
 
     # a second point on the same log (any worker count) reuses the ETL run directory instead of running it again

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,22 +18,16 @@ from bench.pipeline_bench import (
     point_markdown,
     scaling_summary,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import run_bench
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_bench_pipeline_writes_the_contract(tmp_path):
     # six `homerank` processes: each pays the CLI's start-up (about 5 s idle, 20+ s on a loaded 2-core machine)
-    out = tmp_path / "p.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "pipeline", "--events", "20000", "--workers", "1", "--epochs", "1",
-         "--steps-per-epoch", "2", "--peer-users", "100", "--device", "cpu", "--json", str(out),
-         "--data", str(tmp_path / "data")],
-        cwd=ROOT, capture_output=True, text=True, timeout=580, check=False)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_bench("pipeline", "--events", "20000", "--workers", "1", "--epochs", "1", "--steps-per-epoch", "2",
+                       "--peer-users", "100", "--device", "cpu", "--data", str(tmp_path / "data"),
+                       result=tmp_path / "p.json", timeout=580)
     for key in CONTRACT:
         assert key in result, key
     assert result["events"] == 20000 and result["workers"] == 1
@@ -56,7 +47,7 @@ def test_bench_pipeline_writes_the_contract(tmp_path):
     assert result["config"]["cluster.n_workers"] == 1 and result["config"]["ingest.catalogue"].endswith("items.parquet")
     assert result["train"]["epochs"] == 1  # train/summary.json of the run: the bound was applied
     assert result["machine"]["cpu_count"] >= 1
-    assert "| homepage |" in out.with_suffix(".md").read_text()
+    assert "| homepage |" in (tmp_path / "p.json").with_suffix(".md").read_text()
 
 
 def test_measure_command_sums_the_process_tree(tmp_path):
