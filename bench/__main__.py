@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ooc.add_argument("--workers", type=int, default=2, help="worker processes, one thread each (default 2)")
     ooc.add_argument("--memory-limit", default="2GiB", help="memory limit per worker (default 2GiB)")
     ooc.add_argument("--partition-rows", type=int, default=500_000, help="ingest.partition_rows (default 500000)")
+    ooc.add_argument("--memory-target", type=float, default=None, help="share of the limit a worker fills with data "
+                     "before spilling (distributed.worker.memory.target; dask's default 0.6)")
     ooc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                      help="more `homerank etl --set` overrides (repeatable)")
     ooc.add_argument("--json", type=Path, metavar="FILE",
@@ -293,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--memory-limit: not a size: {args.memory_limit!r}")
         if args.workers < 1 or args.partition_rows < 1:
             parser.error("--workers and --partition-rows must be >= 1")
+        if args.memory_target is not None and not 0 < args.memory_target < 0.8:
+            parser.error("--memory-target must be in (0, 0.8)")
         path = args.json or OOC_OUT / f"out-of-core-events-{args.events}.json"
         result = run_out_of_core(args.events, args.workers, args.memory_limit, args.data, args.data / "out-of-core",
-                                 path, args.partition_rows, tuple(args.settings))
+                                 path, args.partition_rows, tuple(args.settings), args.memory_target)
         return 0 if result["exit_status"] == 0 else 1
     if args.command == "defaults":
         from bench.defaults_bench import run_defaults_bench

@@ -5,7 +5,7 @@ homerank starts itself with ``cluster.processes: true`` (W worker processes, one
 a spill directory on local disk, lz4-compressed spill when lz4 is installed), runs the ETL stage as its own process
 joined to that cluster through ``cluster.address``, and samples every 5 s:
 
-    client      the RSS of the `homerank etl` process (must stay flat: only small tables reach it)
+    client      the RSS of the `homerank etl` process, polled every 0.5 s (flat: only small tables reach it)
     per worker  process memory, managed bytes (dask's ``sizeof`` of the data it holds), of which spilled (sizeof)
                 and their compressed bytes on disk
     spill dir   the spill directory's size on disk (every ~30 s)
@@ -32,6 +32,7 @@ from bench.etl_suite import ROOT, ensure_log, runner_env, say
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "etl"
 SAMPLE_SECONDS = 5.0
+CLIENT_POLL_SECONDS = 0.5
 SPILL_EVERY_SECONDS = 30.0
 PHASES = (("ingest", r"etl: ingest done at ([\d.]+)s"),
           ("weight_aggregate_write_interactions", r"aggregated at ([\d.]+)s"),
@@ -75,8 +76,14 @@ def worker_sample(metrics: dict[str, Any]) -> list[int]:
 
 
 def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Path, work: Path, json_path: Path,
-                    partition_rows: int = 500_000, extra_settings: tuple[str, ...] = ()) -> dict[str, Any]:
-    """One out-of-core run (module docstring); writes ``json_path`` and returns its content."""
+                    partition_rows: int = 500_000, extra_settings: tuple[str, ...] = (),
+                    memory_target: float | None = None) -> dict[str, Any]:
+    """One out-of-core run (module docstring); writes ``json_path`` and returns its content.
+
+    ``memory_target``: the share of its limit up to which a worker keeps data in memory before spilling it
+    (``distributed.worker.memory.target``, dask's default 0.6; the process-memory spill threshold goes to
+    target + 0.1): lower leaves more of the limit to task temporaries and unmanaged memory."""
+    import dask
     import psutil
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
@@ -88,8 +95,12 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
     spill, run = work / "spill", work / "run"
     spill.mkdir(parents=True)
     log_path = work / "etl.log"
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                           local_directory=str(spill), host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    thresholds = ({} if memory_target is None else
+                  {"distributed.worker.memory.target": memory_target,
+                   "distributed.worker.memory.spill": min(memory_target + 0.1, 0.79)})
+    with dask.config.set(thresholds):  # the nannies hand the config to their worker processes
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
+                               local_directory=str(spill), host="127.0.0.1", dashboard_address="127.0.0.1:0")
     client = Client(cluster)
     command = [sys.executable, "-m", "homerank.jobs.cli", "etl", "--input", info["events_dir"], "--out", str(run),
                "--device", "cpu", "--set", "profiles.enabled=false",
@@ -106,13 +117,18 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
         with log_path.open("w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=runner_env())
             watched = psutil.Process(process.pid)
+            last_sample = -SAMPLE_SECONDS
             while process.poll() is None:
                 now = time.perf_counter()
-                try:
+                try:  # the client's RSS every CLIENT_POLL_SECONDS, the workers' metrics every SAMPLE_SECONDS
                     client_rss = watched.memory_info().rss
                 except psutil.Error:
                     client_rss = 0
                 client_peak = max(client_peak, client_rss)
+                if now - started - last_sample < SAMPLE_SECONDS:
+                    time.sleep(CLIENT_POLL_SECONDS)
+                    continue
+                last_sample = now - started
                 current = sorted(client.scheduler_info(n_workers=-1)["workers"].items())
                 seen.update(address for address, _ in current)
                 paused_samples += sum(w.get("status") == "paused" for _, w in current)
@@ -127,7 +143,6 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
                     say(f"out-of-core: {row[0]} s, client {row[1]} MiB, workers {[w[0] for w in row[2:2 + workers]]} "
                         f"MiB, spill {spill_now >> 20} MiB")
                 samples.append(row)
-                time.sleep(SAMPLE_SECONDS)
         seconds = time.perf_counter() - started
     finally:
         client.close()
@@ -139,6 +154,8 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
     result = {
         "events": info["rows"], "workers": workers, "processes": True, "threads_per_worker": 1,
         "memory_limit_per_worker_bytes": limit, "workers_total_memory_limit_bytes": limit * workers,
+        "memory_target": memory_target if memory_target is not None else dask.config.get(
+            "distributed.worker.memory.target"),
         "input_parquet_bytes": info["input_bytes"], "command": " ".join(["python", *command[1:]]),
         "exit_status": process.returncode, "process_seconds": round(seconds, 1),
         "phases_seconds": phase_seconds(log_text),
