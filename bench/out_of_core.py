@@ -129,19 +129,24 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
                     time.sleep(CLIENT_POLL_SECONDS)
                     continue
                 last_sample = now - started
-                current = sorted(client.scheduler_info(n_workers=-1)["workers"].items())
+                try:  # a worker being restarted is missing from the metrics for a while: sample what is there
+                    current = sorted(client.scheduler_info(n_workers=-1)["workers"].items())
+                except Exception as exc:  # noqa: BLE001 - the sampling must never stop the run it watches
+                    say(f"out-of-core: no scheduler metrics at {now - started:.0f} s ({type(exc).__name__})")
+                    continue
                 seen.update(address for address, _ in current)
                 paused_samples += sum(w.get("status") == "paused" for _, w in current)
                 metrics = [w.get("metrics", {}) for _, w in current]
-                row: list[Any] = [round(now - started), client_rss >> 20, *map(worker_sample, metrics)]
+                per_worker = [worker_sample(m) for m in metrics]
+                row: list[Any] = [round(now - started), client_rss >> 20, *per_worker]
                 for position, worker in enumerate(metrics[:workers]):
                     worker_peaks[position] = max(worker_peaks[position], int(worker.get("memory", 0)))
                 if now - last_spill >= SPILL_EVERY_SECONDS:
                     spill_now = folder_size(spill)
                     spill_peak, last_spill = max(spill_peak, spill_now), now
                     row.append(spill_now >> 20)
-                    say(f"out-of-core: {row[0]} s, client {row[1]} MiB, workers {[w[0] for w in row[2:2 + workers]]} "
-                        f"MiB, spill {spill_now >> 20} MiB")
+                    say(f"out-of-core: {row[0]} s, client {row[1]} MiB, workers {[w[0] for w in per_worker]} MiB "
+                        f"({len(per_worker)} of {workers} reporting), spill {spill_now >> 20} MiB")
                 samples.append(row)
         seconds = time.perf_counter() - started
     finally:
