@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import dask.dataframe as dd
@@ -117,8 +117,18 @@ def _kcore_step(edges: Any, item_degree: Any, min_user: int, min_item: int) -> A
     return edges[mask]
 
 
+class KCore(NamedTuple):
+    """`kcore_by_user`'s result: the surviving edges (persisted), the rounds, their count, and the (I,) degree of
+    every surviving item (a host series indexed by item id: its index is the k-core's distinct items)."""
+
+    edges: dd.DataFrame
+    rounds: int
+    count: int
+    item_degree: Any
+
+
 def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds: int = 1000,
-                  known: tuple[int, Any] | None = None) -> tuple[dd.DataFrame, int, int]:
+                  known: tuple[int, Any] | None = None) -> KCore:
     """The iterated k-core of `homerank.engine.kcore.kcore_filter` (same rounds, same result) on user partitions.
 
     Round r looks at the degrees of the edges left: item degrees d_i (a small (I,) series to the client) and the
@@ -126,7 +136,8 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
     least their threshold: the graph is its own k-core and round r is the last. Otherwise every partition drops
     the edges of users or items below threshold (`_kcore_step`), the survivors are persisted on the workers and
     their degrees come back (one round trip per round). ``known``: (edge count, item degrees) already computed
-    for ``edges``. Returns (surviving edges, persisted; rounds; their count)."""
+    for ``edges``. Returns a `KCore`: the surviving edges (persisted), the rounds, their count and the last round's
+    item degrees (which `id_tables` takes as the distinct items instead of a pass of its own)."""
     current = persist(edges)
     if known is None:
         count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
@@ -136,13 +147,13 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
     for round_ in range(1, max_rounds + 1):
         item_degree = _host(item_degree)  # (I,) on the client
         if int(user_min) >= min_user and (len(item_degree) == 0 or int(item_degree.min()) >= min_item):
-            return current, round_, int(count)
+            return KCore(current, round_, int(count), item_degree)
         degrees = dask.delayed(item_degree)  # one copy per worker, not one inside every task
         current = persist(current.map_partitions(_kcore_step, degrees, min_user, min_item, meta=current._meta))
         count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
                                                     smallest_user_degree(current))
         log.debug("k-core round %d: %d edges left", round_, count)
-    return current, max_rounds, int(count)
+    return KCore(current, max_rounds, int(count), _host(item_degree))
 
 
 def smallest_user_degree(edges: dd.DataFrame) -> Any:
@@ -161,15 +172,19 @@ def users_per_partition(edges: dd.DataFrame) -> dd.Series:
                                 meta=(None, "int64"))
 
 
-def id_tables(core: dd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
+def id_tables(core: dd.DataFrame, items: Any = None) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
     """(user_index, item_index, users per partition). Users: the partitions' sorted distinct ids, in partition
-    order (user order), numbered 0..U-1; items: the distinct ids sorted, numbered 0..I-1. One round trip."""
+    order (user order), numbered 0..U-1; items: the distinct ids sorted, numbered 0..I-1. One round trip.
+    ``items``: the distinct item ids when already known (the index of `KCore.item_degree`), else found here."""
     users_per_part = core.map_partitions(lambda frame: frame[schema.USER].drop_duplicates().sort_values(),
                                          meta=core._meta[schema.USER])
-    users, per_partition, items = dask.compute(users_per_part, users_per_partition(core),
-                                               core[schema.ITEM].unique(split_out=1))
+    if items is None:
+        users, per_partition, items = dask.compute(users_per_part, users_per_partition(core),
+                                                   core[schema.ITEM].unique(split_out=1))
+    else:
+        users, per_partition = dask.compute(users_per_part, users_per_partition(core))
     users = _host(users).reset_index(drop=True)
-    items = _host(items).sort_values(ignore_index=True)  # keeps the ids' dtype (string ids stay strings)
+    items = pd.Series(_host(items)).sort_values(ignore_index=True)  # keeps the ids' dtype (string ids stay strings)
     user_index = pd.DataFrame({schema.USER: users, schema.USER_INDEX: np.arange(len(users), dtype="int64")})
     item_index = pd.DataFrame({schema.ITEM: items, schema.ITEM_INDEX: np.arange(len(items), dtype="int64")})
     if not user_index[schema.USER].is_monotonic_increasing or user_index[schema.USER].duplicated().any():

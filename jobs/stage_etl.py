@@ -252,9 +252,9 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
         publish_parquet_parts(run.interactions_staging, run.interactions, interactions_of(all_edges)._meta)
         log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,
                  time.perf_counter() - started)
-        core, rounds, core_edges = kcore_by_user(all_edges, config.interactions.min_user_interactions,
-                                                 config.interactions.min_item_interactions,
-                                                 known=(edges_all_time, item_degree))
+        kcore = kcore_by_user(all_edges, config.interactions.min_user_interactions,
+                              config.interactions.min_item_interactions, known=(edges_all_time, item_degree))
+        core, rounds, core_edges = kcore.edges, kcore.rounds, kcore.count
         log.info("etl: k-core (%d rounds) done at %.1fs", rounds, time.perf_counter() - started)
         del all_edges  # the k-core edges carry on: the workers drop the all-time edges (memory, spill) before the split
         if core_edges == 0:
@@ -272,7 +272,7 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
             profile_stats = _write_profiles(by_user, core, catalogue, ingested.id_dtype, event_types, ref_time, run,
                                             config, searches)
             log.info("etl: shopper profiles written at %.1fs", time.perf_counter() - started)
-        user_index, item_index, partition_users = id_tables(core)
+        user_index, item_index, partition_users = id_tables(core, items=kcore.item_degree.index)
         edges = encode_and_split(core, weighted, item_index, partition_users, config.split, event_types)
         warm = None
         previous = previous_run(config, run)
