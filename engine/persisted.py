@@ -10,8 +10,10 @@ one alias task per partition and each worker then holds every partition under tw
                      one key's copy is on disk the other still holds the object (memory dask believes freed)
     unspilling       each key is read back as its own copy (twice the memory)
 
-Measured on the ETL's k-core edges at 3·10^8 events (2 workers x 2 GiB): the workers held 302 ``_kcore_step``
-partitions and 302 ``kcore_step`` aliases of them each, and one passed 95% of its limit in the encode/split phase.
+Seen on the ETL's k-core edges at 3·10^8 events (2 workers x 2 GiB): the worker that passed 95% of its limit in
+the encode/split phase held 303 ``_kcore_step`` partitions and 302 ``kcore_step`` aliases of them. (Removing the
+aliases was not enough for that size: the same phase still failed without them, README "Out of core"; at 10^8 the
+spill peak fell from 7.1 to 5.2 GiB.)
 (The same key-by-key accounting of shared objects is what dask-cuda's JIT spilling works around for device
 memory: rapidsai/dask-cuda#451.)
 
