@@ -55,7 +55,15 @@ def synthetic_spec(events: int):  # -> SyntheticSpec
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    """Bytes of the files under ``folder`` now; files that vanish while it is walked (a spill directory) count 0."""
+    total = 0
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(directory, name))
+            except OSError:
+                pass
+    return total
 
 
 def ensure_log(data_root: Path, events: int) -> dict[str, Any]:

@@ -19,7 +19,6 @@ machine. The log is generated once per size (`bench.etl_suite.ensure_log`) and r
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.etl_suite import ROOT, ensure_log, runner_env, say
+from bench.etl_suite import ROOT, ensure_log, folder_bytes, runner_env, say
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "etl"
 SAMPLE_SECONDS = 5.0
@@ -56,18 +55,6 @@ def phase_seconds(log_text: str) -> dict[str, float]:
     return seconds
 
 
-def folder_size(folder: Path) -> int:
-    """Bytes of the files under ``folder`` now (files that vanish while it is walked count 0)."""
-    total = 0
-    for directory, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(directory, name))
-            except OSError:
-                pass
-    return total
-
-
 def worker_sample(metrics: dict[str, Any]) -> list[int]:
     """[process MiB, managed MiB, spilled MiB (sizeof), spilled MiB on disk] of one worker's scheduler metrics."""
     spilled = metrics.get("spilled_bytes", {})
@@ -86,9 +73,10 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
     import dask
     import psutil
     from dask.utils import parse_bytes
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from bench.machine import machine_info
+    from homerank.engine.backend import resolve_backend
 
     info = ensure_log(data_root, events)
     shutil.rmtree(work, ignore_errors=True)
@@ -99,8 +87,9 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
                   {"distributed.worker.memory.target": memory_target,
                    "distributed.worker.memory.spill": min(memory_target + 0.1, 0.79)})
     with dask.config.set(thresholds):  # the nannies hand the config to their worker processes
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                               local_directory=str(spill), host="127.0.0.1", dashboard_address="127.0.0.1:0")
+        # the local cluster homerank itself starts with cluster.processes: true (engine.backend.Backend.local_cluster)
+        cluster = resolve_backend("cpu").local_cluster(workers, 1, True, memory_limit=memory_limit,
+                                                       local_directory=str(spill))
     client = Client(cluster)
     command = [sys.executable, "-m", "homerank.jobs.cli", "etl", "--input", info["events_dir"], "--out", str(run),
                "--device", "cpu", "--set", "profiles.enabled=false",
@@ -109,8 +98,8 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
                *(part for setting in extra_settings for part in ("--set", setting))]
     say(f"out-of-core: {info['rows']} events, {workers} workers x {memory_limit}: {' '.join(command[1:])}")
     samples: list[list[Any]] = []
-    client_peak, worker_peaks, spill_peak = 0, [0] * workers, 0
-    seen: set[str] = set()  # worker addresses: a restarted worker comes back under a new one
+    client_peak, spill_peak = 0, 0
+    worker_peaks: dict[str, int] = {}  # by address: a restarted worker comes back under a new one
     paused_samples = 0
     started = last_spill = time.perf_counter()
     try:
@@ -134,15 +123,15 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
                 except Exception as exc:  # noqa: BLE001 - the sampling must never stop the run it watches
                     say(f"out-of-core: no scheduler metrics at {now - started:.0f} s ({type(exc).__name__})")
                     continue
-                seen.update(address for address, _ in current)
                 paused_samples += sum(w.get("status") == "paused" for _, w in current)
                 metrics = [w.get("metrics", {}) for _, w in current]
                 per_worker = [worker_sample(m) for m in metrics]
                 row: list[Any] = [round(now - started), client_rss >> 20, *per_worker]
-                for position, worker in enumerate(metrics[:workers]):
-                    worker_peaks[position] = max(worker_peaks[position], int(worker.get("memory", 0)))
+                for address, worker in current:
+                    memory = int(worker.get("metrics", {}).get("memory", 0))
+                    worker_peaks[address] = max(worker_peaks.get(address, 0), memory)
                 if now - last_spill >= SPILL_EVERY_SECONDS:
-                    spill_now = folder_size(spill)
+                    spill_now = folder_bytes(spill)
                     spill_peak, last_spill = max(spill_peak, spill_now), now
                     row.append(spill_now >> 20)
                     say(f"out-of-core: {row[0]} s, client {row[1]} MiB, workers {[w[0] for w in per_worker]} MiB "
@@ -164,9 +153,9 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
         "input_parquet_bytes": info["input_bytes"], "command": " ".join(["python", *command[1:]]),
         "exit_status": process.returncode, "process_seconds": round(seconds, 1),
         "phases_seconds": phase_seconds(log_text),
-        "client_peak_rss_bytes": client_peak, "workers_peak_process_bytes": worker_peaks,
+        "client_peak_rss_bytes": client_peak, "workers_peak_process_bytes": list(worker_peaks.values()),
         "spill_directory_peak_bytes_sampled": spill_peak,
-        "worker_paused_samples": paused_samples, "worker_restarts": max(0, len(seen) - workers),
+        "worker_paused_samples": paused_samples, "worker_restarts": max(0, len(worker_peaks) - workers),
         "etl_stats": stats,
         "samples_note": "[seconds, client MiB, per worker [process MiB, managed MiB (sizeof), of which spilled MiB "
                         "(sizeof), spilled MiB on disk (compressed)], spill directory MiB (every ~30 s)]",
@@ -175,5 +164,5 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     say(f"out-of-core: exit {process.returncode} after {seconds:.0f} s, client peak {client_peak >> 20} MiB, workers "
-        f"{[p >> 20 for p in worker_peaks]} MiB, spill peak {spill_peak >> 20} MiB -> {json_path}")
+        f"{[p >> 20 for p in worker_peaks.values()]} MiB, spill peak {spill_peak >> 20} MiB -> {json_path}")
     return result
