@@ -79,8 +79,9 @@ import pyarrow.parquet as pq
 from homerank.engine import schema
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
+from homerank.engine.intermediates import Intermediates, Mode
+from homerank.engine.intermediates import choose as choose_intermediates
 from homerank.engine.partitioned import events_by_user, worker_count
-from homerank.engine.persisted import persist
 from homerank.engine.privacy import pseudonym_key, pseudonymise
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ class Ingested:
     searches: the folder of the clean search rows (one ``part-NNNNN.parquet`` per piece that had any), None when
         the log has no ``query`` column or ``ingest.search_event`` is null; search_quarantined: the search rows
         among the quarantined ones.
+    intermediates: where ``events`` is kept (persisted on the workers, or Parquet files read back), for the ETL's
+        later frames to be kept the same way (`homerank.engine.intermediates`).
     """
 
     events: dd.DataFrame
@@ -128,6 +131,7 @@ class Ingested:
     newest: pd.Timestamp | None = None
     searches: Path | None = None
     search_quarantined: int = 0
+    intermediates: Intermediates = field(default_factory=lambda: Intermediates(None))
 
     def read_quarantine(self) -> pd.DataFrame:
         """The rejected rows as one pandas frame (for small logs and tests; the stage never gathers them)."""
@@ -810,7 +814,8 @@ def _write_atomically(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_pa
 
 def ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Backend, id_dtype: str = "auto",
                   quarantine_dir: str | os.PathLike[str] | None = None,
-                  searches_dir: str | os.PathLike[str] | None = None) -> Ingested:
+                  searches_dir: str | os.PathLike[str] | None = None, intermediates: Mode = "memory",
+                  intermediates_dir: str | os.PathLike[str] | None = None) -> Ingested:
     """Read, validate and de-duplicate a behaviour log. See the module docstring for the guarantees.
 
     ``id_dtype`` ("auto", "int64", "string") overrides ``config.id_dtype`` unless it is "auto".
@@ -820,10 +825,15 @@ def ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Back
     ``searches_dir`` likewise receives the clean search rows when the log has them (`Ingested.searches`).
     A temporary folder made here lives as long as the returned `Ingested` (removed when it is garbage-collected,
     or at once when ingestion raises): pass a folder to keep the rows.
+
+    ``intermediates`` ("memory", "disk", "auto": `homerank.engine.intermediates`) says where the clean events and
+    the events by user are kept between passes; on disk, under ``intermediates_dir`` (by default a temporary
+    folder, owned like the others). `Ingested.intermediates` carries the choice to the ETL's later steps.
     """
     owned: list[Path] = []
     try:
-        result = _ingest_events(path, config, backend, id_dtype, quarantine_dir, searches_dir, owned)
+        result = _ingest_events(path, config, backend, id_dtype, quarantine_dir, searches_dir, owned, intermediates,
+                                intermediates_dir)
     except BaseException:
         for folder in owned:
             shutil.rmtree(folder, ignore_errors=True)
@@ -835,7 +845,8 @@ def ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Back
 
 def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Backend, id_dtype: str,
                    quarantine_dir: str | os.PathLike[str] | None, searches_dir: str | os.PathLike[str] | None,
-                   owned: list[Path]) -> Ingested:
+                   owned: list[Path], intermediates: Mode = "memory",
+                   intermediates_dir: str | os.PathLike[str] | None = None) -> Ingested:
     """`ingest_events`; the temporary folders it makes are appended to ``owned``."""
     files = discover_files(path, config.format)
     column_sets = []
@@ -896,14 +907,19 @@ def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Bac
                         unit=config.timestamp_unit, pseudonym_key=key, quarantine_dir=str(folder), latest=latest,
                         session_dtype=session_dtype, **searching, meta=meta,
                         enforce_metadata=False, label="ingest-piece")
-    clean = persist(backend.on_backend(clean))
-    clean_rows = int(clean.shape[0].compute())  # every piece has run: its counts are on disk
+    if intermediates != "memory" and intermediates_dir is None:
+        owned.append(Path(tempfile.mkdtemp(prefix="intermediates-")))
+        intermediates_dir = owned[-1]
+    kept_frames = choose_intermediates(intermediates, _estimated_rows(pieces), meta,
+                                       Path(intermediates_dir) if intermediates_dir is not None else Path("."))
+    clean, clean_rows = kept_frames.keep(backend.on_backend(clean), "clean")  # every piece has run: counts on disk
     counts = [json.loads(p.read_text()) for p in sorted((folder / COUNTS).glob("*.json"))]
     # one shuffle: range-partitioned by user, so exact duplicates (same user) meet in one partition, where one
     # sort puts them side by side (and the events in the (user, item, time) order of every later step)
-    deduped = persist(events_by_user(clean, clean_rows, config.partition_rows, workers=workers))
+    deduped, kept = kept_frames.keep(events_by_user(clean, clean_rows, config.partition_rows, workers=workers),
+                                     "events")
     del clean  # the workers drop the unsorted copy once the sorted one is built
-    kept = int(deduped.shape[0].compute())
+    kept_frames.drop("clean")
     if len(counts) != len(bundles):  # pragma: no cover - a task that returned wrote its counts
         raise AssertionError(f"ingest: counts of {len(counts)} of {len(bundles)} partitions")
     reasons: dict[str, int] = {}
@@ -923,7 +939,23 @@ def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Bac
     return Ingested(events=deduped, quarantine=folder, rows=rows, files=[f.path for f in files],
                     id_dtype=resolved_ids, reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
                     partitions=len(bundles), newest=newest, searches=search_folder,
-                    search_quarantined=sum(c.get("search_quarantined", 0) for c in counts))
+                    search_quarantined=sum(c.get("search_quarantined", 0) for c in counts),
+                    intermediates=kept_frames)
+
+
+CSV_BYTES_PER_ROW = 40  # a CSV piece's rows, estimated from its bytes (for `choose_intermediates`)
+
+
+def _estimated_rows(pieces: list[Piece]) -> int:
+    """The input's rows: Parquet pieces' from the metadata, CSV pieces' from their bytes."""
+    total = 0
+    for piece in pieces:
+        if piece.rows is not None:
+            total += piece.rows
+        else:
+            start, end = piece.byte_range or (0, os.path.getsize(piece.file.path))
+            total += (end - start) // CSV_BYTES_PER_ROW
+    return total
 
 
 def read_catalogue(path: str) -> pd.DataFrame:

@@ -111,15 +111,17 @@ def user_degrees(edges: Any) -> Any:
 
 
 def _kcore_step(edges: Any, item_degree: Any, min_user: int, min_item: int) -> Any:
-    """One simultaneous k-core round on a partition: item degrees are global, user degrees local."""
+    """One k-core round on a partition of the all-time edges G_0: the edges to items i with d_i >= min_item
+    (``item_degree``: the degrees in the previous round's graph, global), then of those only the users with at
+    least ``min_user`` of them (user degrees are local)."""
     keep_items = item_degree.index[item_degree >= min_item]
-    mask = (user_degrees(edges) >= min_user) & values(edges[schema.ITEM].isin(keep_items))
-    return edges[mask]
+    edges = edges[values(edges[schema.ITEM].isin(keep_items))]
+    return edges[user_degrees(edges) >= min_user]
 
 
 class KCore(NamedTuple):
-    """`kcore_by_user`'s result: the surviving edges (persisted), the rounds, their count, and the (I,) degree of
-    every surviving item (a host series indexed by item id: its index is the k-core's distinct items)."""
+    """`kcore_by_user`'s result: the surviving edges, the rounds, their count, and the (I,) degree of every
+    surviving item (a host series indexed by item id: its index is the k-core's distinct items)."""
 
     edges: dd.DataFrame
     rounds: int
@@ -128,32 +130,45 @@ class KCore(NamedTuple):
 
 
 def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds: int = 1000,
-                  known: tuple[int, Any] | None = None) -> KCore:
+                  known: tuple[int, Any] | None = None, persist_result: bool = True) -> KCore:
     """The iterated k-core of `homerank.engine.kcore.kcore_filter` (same rounds, same result) on user partitions.
 
-    Round r looks at the degrees of the edges left: item degrees d_i (a small (I,) series to the client) and the
-    smallest user degree of each partition (users are partition-local, one number per partition). All of them at
-    least their threshold: the graph is its own k-core and round r is the last. Otherwise every partition drops
-    the edges of users or items below threshold (`_kcore_step`), the survivors are persisted on the workers and
-    their degrees come back (one round trip per round). ``known``: (edge count, item degrees) already computed
-    for ``edges``. Returns a `KCore`: the surviving edges (persisted), the rounds, their count and the last round's
-    item degrees (which `id_tables` takes as the distinct items instead of a pass of its own)."""
-    current = persist(edges)
+    ``edges`` (G_0: the all-time edges, kept by the caller: persisted or on disk, `homerank.engine.intermediates`)
+    is read once per round and never copied. Round r checks G_{r-1} (G_0 first): item degrees d_i (a small (I,)
+    series to the client) and the smallest user degree (one number per partition; users are partition-local). All
+    at least their threshold: G_{r-1} is the k-core and r the last round. Otherwise G_r is made from G_0 in one
+    step (`_kcore_step`): the edges to the items with d_i >= min_item, of the users keeping at least min_user of
+    them. This equals peeling G_{r-1}: G_r is a subgraph of G_{r-1} (by induction: the item sets shrink, so the
+    user degrees do), a user's edges in G_{r-1} are its edges to the items still in it, and an edge the step drops
+    is in no subgraph meeting both thresholds, so the fixed point is the k-core. Only the user and item columns
+    are read for the rounds. ``known``: (edge count, item degrees) already computed for ``edges``.
+
+    Returns a `KCore`: the k-core edges (persisted on the workers with ``persist_result``, else the lazy step from
+    ``edges``, for edges kept on disk), the rounds, their count and the last round's item degrees (which
+    `id_tables` takes as the distinct items instead of a pass of its own)."""
+    slim = edges[[schema.USER, schema.ITEM]]
     if known is None:
-        count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
-                                                    smallest_user_degree(current))
+        count, item_degree, user_min = dask.compute(slim.shape[0], slim[schema.ITEM].value_counts(split_out=1),
+                                                    smallest_user_degree(slim))
     else:
-        (count, item_degree), user_min = known, dask.compute(smallest_user_degree(current))[0]
+        (count, item_degree), user_min = known, dask.compute(smallest_user_degree(slim))[0]
+    previous = None  # the item degrees G_{r-1} was made with (None: G_{r-1} is G_0)
     for round_ in range(1, max_rounds + 1):
         item_degree = _host(item_degree)  # (I,) on the client
         if int(user_min) >= min_user and (len(item_degree) == 0 or int(item_degree.min()) >= min_item):
-            return KCore(current, round_, int(count), item_degree)
-        degrees = dask.delayed(item_degree)  # one copy per worker, not one inside every task
-        current = persist(current.map_partitions(_kcore_step, degrees, min_user, min_item, meta=current._meta))
+            break
+        previous = dask.delayed(item_degree)  # one copy per worker, not one inside every task
+        current = slim.map_partitions(_kcore_step, previous, min_user, min_item, meta=slim._meta)
         count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
                                                     smallest_user_degree(current))
         log.debug("k-core round %d: %d edges left", round_, count)
-    return KCore(current, max_rounds, int(count), _host(item_degree))
+    else:
+        round_ = max_rounds
+    core = edges if previous is None else edges.map_partitions(_kcore_step, previous, min_user, min_item,
+                                                               meta=edges._meta)
+    if persist_result and previous is not None:
+        core = persist(core)
+    return KCore(core, round_, int(count), _host(item_degree))
 
 
 def smallest_user_degree(edges: dd.DataFrame) -> Any:

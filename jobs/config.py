@@ -60,6 +60,13 @@ class ClusterConfig(StrictModel):
         "between worker processes with bounded memory and spilling to disk (for logs larger than memory), 'disk' "
         "through local files; 'auto': tasks for a local threaded cluster, p2p otherwise"
     )
+    intermediates: Literal["auto", "memory", "disk"] = Field(
+        "auto", description="where the ETL keeps the frames it reads again (clean events, events by user, all-time "
+        "edges): 'memory' persists them on the workers (spilling above dask's thresholds), 'disk' writes them once as "
+        "Parquet in the run's staging folder and streams every later pass from the files (logs larger than the "
+        "workers' memory: nothing is held between passes, a restarted worker re-reads files); 'auto': disk when the "
+        "events' estimated size passes a fifth of the workers' total memory limit (homerank.engine.intermediates)"
+    )
     dashboard_address: str = Field(
         "127.0.0.1:0", description="local cluster: where the dask dashboard listens (localhost, a free port by "
         "default; the link is logged)"

@@ -232,7 +232,17 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
         raise HomerankError(f"rank.exclude_event_types: {unknown_exclusions[0]!r} is not in ingest.event_types")
     with backend.dask_config():
         ingested = ingest_events(input_path, config.ingest, backend, config.ingest.id_dtype, run.quarantine_staging,
-                                 run.searches_staging)
+                                 run.searches_staging, config.cluster.intermediates, run.root / "intermediates")
+        try:
+            return _etl_after_ingest(ingested, input_path, run, config, backend, event_types, started)
+        finally:
+            ingested.intermediates.close()
+
+
+def _etl_after_ingest(ingested: Ingested, input_path: str | list[str], run: RunDir, config: JobConfig,
+                      backend: Backend, event_types: list[str], started: float) -> dict[str, Any]:
+    """`_partitioned_etl` from the ingested events on: aggregation, k-core, profiles, encode and split, outputs."""
+    with backend.dask_config():
         publish_parquet_parts(run.quarantine_staging, run.quarantine, pd.DataFrame(
             columns=[schema.REASON, schema.SOURCE_FILE, schema.SOURCE_ROW]))
         if ingested.rows["kept"] == 0:
@@ -244,16 +254,18 @@ def _partitioned_etl(input_path: str | list[str], run: RunDir, config: JobConfig
         # not persisted: a cheap column recomputed by each step that reads it, never a second copy of the events
         weighted = weight_events(by_user, config.interactions.event_weights, config.interactions.half_life_days,
                                  ref_time)
-        all_edges = persist(aggregate_by_user(weighted, event_types))
-        _, edges_all_time, users_all_time, item_degree = dask.compute(
-            write_partitions(interactions_of(all_edges), run.interactions_staging, compute=False), all_edges.shape[0],
+        intermediates = ingested.intermediates  # the all-time edges are kept where the events are
+        all_edges, edges_all_time = intermediates.keep(aggregate_by_user(weighted, event_types), "edges-all-time")
+        _, users_all_time, item_degree = dask.compute(
+            write_partitions(interactions_of(all_edges), run.interactions_staging, compute=False),
             users_per_partition(all_edges).sum(), all_edges[schema.ITEM].value_counts(split_out=1))
         items_all_time = len(item_degree)
         publish_parquet_parts(run.interactions_staging, run.interactions, interactions_of(all_edges)._meta)
         log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,
                  time.perf_counter() - started)
         kcore = kcore_by_user(all_edges, config.interactions.min_user_interactions,
-                              config.interactions.min_item_interactions, known=(edges_all_time, item_degree))
+                              config.interactions.min_item_interactions, known=(edges_all_time, item_degree),
+                              persist_result=not intermediates.on_disk)
         core, rounds, core_edges = kcore.edges, kcore.rounds, kcore.count
         log.info("etl: k-core (%d rounds) done at %.1fs", rounds, time.perf_counter() - started)
         del all_edges  # the k-core edges carry on: the workers drop the all-time edges (memory, spill) before the split

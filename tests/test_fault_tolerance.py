@@ -20,9 +20,9 @@ ARGS = ["--device", "cpu", "--quiet", "--set", "cluster.processes=true", "--set"
         "--set", "interactions.min_user_interactions=3", "--set", "interactions.min_item_interactions=3"]
 
 
-def etl(events: Path, out: Path) -> subprocess.Popen:
+def etl(events: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "homerank", "etl", "--input", str(events), "--out", str(out),
-                             *ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *ARGS, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def dask_workers(parent: int) -> list[psutil.Process]:
@@ -42,14 +42,17 @@ def dask_workers(parent: int) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_does_not_change_the_etl(tiny_log, tmp_path):
+@pytest.mark.parametrize("intermediates", ["memory", "disk"])
+def test_a_killed_worker_does_not_change_the_etl(tiny_log, tmp_path, intermediates):
+    """With the intermediates on disk (homerank.engine.intermediates) a worker killed while it writes them leaves a
+    partial file that the retried task writes again whole."""
     from homerank.jobs.cli import main
 
     # the undisturbed reference runs in this process on worker threads (no process to start, no worker to kill):
     # the tasks are pure functions of their inputs, so threads and processes write the same outputs
     threads = [arg.replace("cluster.processes=true", "cluster.processes=false") for arg in ARGS]
     assert main(["etl", "--input", str(tiny_log / "events"), "--out", str(tmp_path / "calm"), *threads]) == 0
-    job = etl(tiny_log / "events", tmp_path / "killed")
+    job = etl(tiny_log / "events", tmp_path / "killed", "--set", f"cluster.intermediates={intermediates}")
     staging = tmp_path / "killed" / ".etl.staging" / ".quarantine.staging" / "_counts"
     killed = None
     deadline = time.monotonic() + 240

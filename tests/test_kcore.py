@@ -14,11 +14,12 @@ def test_iterated_kcore_needs_a_second_round():
     pairs = [("a", "x"), ("a", "y"), ("a", "w"), ("b", "x"), ("b", "y"), ("c", "w"), ("c", "z"), ("d", "w"),
              ("d", "q")]
     kept, rounds = kcore_filter(edges(pairs), 2, 2)
-    # round 1: item degrees x2 y2 w3 z1 q1 -> drop z, q; users: c->{w}, d->{w}
-    # round 2: users c, d have 1 item -> dropped; w now has only a -> round 3 drops w; a keeps x, y
+    # round 1 checks the input: item degrees x2 y2 w3 z1 q1 -> not a k-core; the next graph keeps the edges to
+    # x, y, w: c->{w}, d->{w} have 1 item left -> dropped, leaving a{x,y,w}, b{x,y}
+    # round 2 checks it: w has only a -> the next graph keeps the edges to x, y: a{x,y}, b{x,y}
     pairs = set(map(tuple, kept[[schema.USER, schema.ITEM]].to_numpy()))
     assert pairs == {("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")}
-    assert rounds == 4  # three rounds that remove, one that confirms the fixed point
+    assert rounds == 3  # two rounds that remove, one that confirms the fixed point
 
 
 def test_kcore_can_empty_the_graph():
