@@ -282,7 +282,40 @@ def main(argv: list[str] | None = None) -> int:
     ooc.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
                      help=f"cache of generated logs; the run and its spill go to DIR/out-of-core/ "
                           f"(default {DEFAULT_DATA})")
+    oocs = commands.add_parser("out-of-core-scaling", help="`out-of-core` at several sizes with the same workers and "
+                               "limit, and the fitted exponent of time vs events (whole stage and per phase)",
+                               description="bench/out_of_core_scaling.py")
+    oocs.add_argument("--events", type=_counts, default=[1_000_000, 10_000_000, 100_000_000, 300_000_000],
+                      help="log sizes, comma-separated (default 1e6,1e7,1e8,3e8)")
+    oocs.add_argument("--workers", type=int, default=2, help="worker processes, one thread each (default 2)")
+    oocs.add_argument("--memory-limit", default="2GiB", help="memory limit per worker (default 2GiB)")
+    oocs.add_argument("--partition-rows", type=int, default=500_000, help="ingest.partition_rows (default 500000)")
+    oocs.add_argument("--reuse", action="store_true", help="take a size's out-of-core-events-N.json when it ran with "
+                      "the same workers and limit and exited 0, instead of running it again")
+    oocs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                      help="more `homerank etl --set` overrides (repeatable)")
+    oocs.add_argument("--out", type=Path, default=None, metavar="DIR",
+                      help="folder of the per-size JSON and the summary (default bench/results/etl)")
+    oocs.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                      help=f"cache of generated logs (default {DEFAULT_DATA})")
     args = parser.parse_args(argv)
+    if args.command == "out-of-core-scaling":
+        from dask.utils import parse_bytes
+
+        from bench.out_of_core import DEFAULT_OUT as OOC_OUT
+        from bench.out_of_core_scaling import run_scaling
+
+        try:
+            parse_bytes(args.memory_limit)
+        except ValueError:
+            parser.error(f"--memory-limit: not a size: {args.memory_limit!r}")
+        if args.workers < 1 or args.partition_rows < 1:
+            parser.error("--workers and --partition-rows must be >= 1")
+        summary = run_scaling(sorted(set(args.events)), args.workers, args.memory_limit, args.data,
+                              args.out or OOC_OUT, args.reuse, args.partition_rows, tuple(args.settings))
+        fit = summary["time_exponent"]
+        say(f"out-of-core-scaling: exponent {fit['exponent']} over {fit['sizes']}")
+        return 0 if all(r["exit_status"] == 0 for r in summary["runs"]) else 1
     if args.command == "out-of-core":
         from dask.utils import parse_bytes
 

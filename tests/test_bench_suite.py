@@ -144,3 +144,30 @@ def test_bench_out_of_core_on_a_tiny_log(tmp_path):
     assert result["workers_total_memory_limit_bytes"] == 2**30
     assert result["client_peak_rss_bytes"] > 0 and result["samples"]
     assert all(len(row[2]) == 4 for row in result["samples"])  # [process, managed, spilled, on disk] of the worker
+
+
+def test_out_of_core_scaling_fits_the_runs_that_exited_zero(tmp_path):
+    from bench.out_of_core_scaling import markdown, plot, reusable, summarise
+
+    def run(events, seconds, status=0):
+        return {"events": events, "exit_status": status, "process_seconds": seconds, "workers": 2,
+                "memory_limit_per_worker_bytes": 2**31, "client_peak_rss_bytes": events // 1000,
+                "workers_peak_process_bytes": [1, 2], "spill_directory_peak_bytes_sampled": 0, "worker_restarts": 0,
+                "phases_seconds": {"ingest": seconds / 2, "kcore": seconds / 4 * (events / 10**6) ** 0.5}}
+
+    runs = [run(10**6, 10.0), run(10**7, 100.0), run(10**8, 1000.0), run(3 * 10**8, 50.0, status=1)]
+    summary = summarise(runs, 2, 2**31)
+    assert summary["time_exponent"]["sizes"] == [10**6, 10**7, 10**8]  # the failed size is listed, not fitted
+    assert summary["time_exponent"]["exponent"] == pytest.approx(1.0)
+    assert summary["phase_exponents"]["ingest"] == pytest.approx(1.0)
+    assert summary["phase_exponents"]["kcore"] == pytest.approx(1.5)
+    assert [r["events"] for r in summary["runs"]] == [10**6, 10**7, 10**8, 3 * 10**8]
+    assert summary["client_peak_rss_bytes_max"] == 3 * 10**5 and summary["workers_peak_process_bytes_max"] == 2
+    assert "**1.00**" in markdown(summary)
+    plot(summary, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(runs[0]))
+    assert reusable(path, 2, 2**31) is not None and reusable(path, 4, 2**31) is None
+    path.write_text(json.dumps(runs[3]))
+    assert reusable(path, 2, 2**31) is None  # a failed run is run again
