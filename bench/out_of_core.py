@@ -55,6 +55,14 @@ def phase_seconds(log_text: str) -> dict[str, float]:
     return seconds
 
 
+def intermediates_mode(log_text: str) -> str | None:
+    """Where the stage kept its intermediates, from its log: "disk", "memory", or None (no such line)."""
+    found = re.search(r"intermediates: (Parquet files in|persisted on the workers)", re.sub(r"\s+", " ", log_text))
+    if found is None:
+        return None
+    return "disk" if found.group(1).startswith("Parquet") else "memory"
+
+
 def worker_sample(metrics: dict[str, Any]) -> list[int]:
     """[process MiB, managed MiB, spilled MiB (sizeof), spilled MiB on disk] of one worker's scheduler metrics."""
     spilled = metrics.get("spilled_bytes", {})
@@ -152,7 +160,7 @@ def run_out_of_core(events: int, workers: int, memory_limit: str, data_root: Pat
             "distributed.worker.memory.target"),
         "input_parquet_bytes": info["input_bytes"], "command": " ".join(["python", *command[1:]]),
         "exit_status": process.returncode, "process_seconds": round(seconds, 1),
-        "phases_seconds": phase_seconds(log_text),
+        "phases_seconds": phase_seconds(log_text), "intermediates": intermediates_mode(log_text),
         "client_peak_rss_bytes": client_peak, "workers_peak_process_bytes": list(worker_peaks.values()),
         "spill_directory_peak_bytes_sampled": spill_peak,
         "worker_paused_samples": paused_samples, "worker_restarts": max(0, len(worker_peaks) - workers),

@@ -39,7 +39,8 @@ def summarise(runs: list[dict[str, Any]], workers: int, limit_bytes: int) -> dic
     """The scaling summary of ``runs`` (`run_out_of_core` results): exponents over the runs that exited 0."""
     done = sorted((r for r in runs if r.get("exit_status") == 0), key=lambda r: r["events"])
     rows = [{"events": r["events"], "exit_status": r.get("exit_status"), "seconds": r.get("process_seconds"),
-             "phases_seconds": r.get("phases_seconds", {}), "client_peak_rss_bytes": r.get("client_peak_rss_bytes"),
+             "phases_seconds": r.get("phases_seconds", {}), "intermediates": r.get("intermediates"),
+             "client_peak_rss_bytes": r.get("client_peak_rss_bytes"),
              "workers_peak_process_bytes": max(r.get("workers_peak_process_bytes") or [0]),
              "spill_directory_peak_bytes_sampled": r.get("spill_directory_peak_bytes_sampled"),
              "worker_restarts": r.get("worker_restarts"), "input_parquet_bytes": r.get("input_parquet_bytes"),
@@ -69,14 +70,15 @@ def markdown(summary: dict[str, Any]) -> str:
              f"{summary['memory_limit_per_worker_bytes'] / gib:.1f} GiB",
              "",
              "Each size: `python -m bench out-of-core --events N` (bench/out_of_core.py); time is the `homerank etl` "
-             "process's wall time, joined to a cluster started beforehand.",
+             "process's wall time, joined to a cluster started beforehand; intermediates: where the ETL kept its "
+             "frames between passes (`cluster.intermediates: auto` decides by size; homerank.engine.intermediates).",
              "",
-             "| events | exit | seconds | ingest | aggregate | k-core | encode/split/write | client peak MiB | "
-             "worker peak MiB | spill peak GiB | restarts | when |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| events | exit | intermediates | seconds | ingest | aggregate | k-core | encode/split/write | "
+             "client peak MiB | worker peak MiB | spill peak GiB | restarts | when |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["runs"]:
         p = r["phases_seconds"]
-        cells = [f"{r['events']:,}", str(r["exit_status"]), f"{r['seconds']}",
+        cells = [f"{r['events']:,}", str(r["exit_status"]), str(r["intermediates"]), f"{r['seconds']}",
                  *(str(p.get(name, "")) for name, _ in PHASES),
                  str((r["client_peak_rss_bytes"] or 0) >> 20), str((r["workers_peak_process_bytes"] or 0) >> 20),
                  f"{(r['spill_directory_peak_bytes_sampled'] or 0) / gib:.1f}", str(r["worker_restarts"]),

@@ -131,6 +131,16 @@ def test_out_of_core_phase_seconds_from_the_stage_log():
     assert phase_seconds("") == {}
 
 
+def test_out_of_core_reads_where_the_intermediates_were_kept():
+    from bench.out_of_core import intermediates_mode
+
+    disk = ("INFO homerank.engine.intermediates: intermediates: Parquet files in\n   /runs/x/intermediates "
+            "(setting auto; events ~4.11 GiB in memory, workers' limit 4.0 GiB)\n")
+    assert intermediates_mode(disk) == "disk"
+    assert intermediates_mode("intermediates: persisted on the workers (setting auto; ...)") == "memory"
+    assert intermediates_mode("etl: ingest done at 10.0s") is None
+
+
 @pytest.mark.slow
 def test_bench_out_of_core_on_a_tiny_log(tmp_path):
     """`python -m bench out-of-core` end to end on a tiny log: exit 0, the ETL's stats, its phases, samples with
