@@ -114,9 +114,11 @@ def _kcore_step(edges: Any, item_degree: Any, min_user: int, min_item: int) -> A
     """One k-core round on a partition of the all-time edges G_0: the edges to items i with d_i >= min_item
     (``item_degree``: the degrees in the previous round's graph, global), then of those only the users with at
     least ``min_user`` of them (user degrees are local)."""
-    keep_items = item_degree.index[item_degree >= min_item]
-    edges = edges[values(edges[schema.ITEM].isin(keep_items))]
-    return edges[user_degrees(edges) >= min_user]
+    xp = array_module(edges)
+    to_items = values(edges[schema.ITEM].isin(item_degree.index[item_degree >= min_item]))  # (E,) bool
+    run_of, _ = runs_of(starts_of_runs(edges[schema.USER]))  # (E,) the user run of each edge
+    kept_per_user = xp.bincount(run_of, weights=to_items) if len(to_items) else xp.zeros(0)  # edges to such items
+    return edges[to_items & (kept_per_user[run_of] >= min_user)]  # one selection, not two
 
 
 class KCore(NamedTuple):
