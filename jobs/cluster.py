@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import dask
@@ -17,12 +18,53 @@ from homerank.jobs.hygiene import quiet_noisy_loggers
 log = logging.getLogger(__name__)
 
 
+THREADS_PER_PARQUET_BYTE = 15  # one process running the ETL on threads peaks at ~15x the log's Parquet bytes
+THREADS_PER_CSV_BYTE = 3  # (10^7 events: 2.8 GB for 188 MB of Parquet), and at ~3x a CSV log's bytes
+PROCESSES_ABOVE_SHARE = 0.5  # auto: worker processes once that passes this share of the machine's memory
+
+
+def choose_processes(setting: bool | str, input_path: str | list[str] | None, input_format: str = "auto",
+                     memory_bytes: int | None = None) -> bool:
+    """``cluster.processes`` resolved: ``auto`` is threads (one process: no transfers between workers, the fastest
+    when it fits) unless the log at ``input_path`` would make that process pass ``PROCESSES_ABOVE_SHARE`` of the
+    machine's memory (``memory_bytes``, by default psutil's total), estimated from its files' bytes; then worker
+    processes, each with a memory limit, the p2p shuffle and spilling (the out-of-core shape). Without an input
+    (stages other than the ETL), threads."""
+    if setting != "auto":
+        return bool(setting)
+    if input_path is None or input_format == "lightgcn":
+        return False
+    from homerank.engine.ingest import discover_files
+
+    files = discover_files(input_path, input_format)
+    estimate = sum(os.path.getsize(f.path) * (THREADS_PER_PARQUET_BYTE if f.format == "parquet"
+                                              else THREADS_PER_CSV_BYTE) for f in files)
+    memory = memory_bytes if memory_bytes is not None else _machine_memory()
+    chosen = estimate > PROCESSES_ABOVE_SHARE * memory
+    log.info("dask: cluster.processes auto: %s (the log would take ~%.1f GiB in one process, the machine has "
+             "%.1f GiB)", "worker processes" if chosen else "threads of one process", estimate / 2**30,
+             memory / 2**30)
+    return chosen
+
+
+def _machine_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
 @contextlib.contextmanager
-def dask_client(config: ClusterConfig, backend: Backend) -> Iterator[object]:
+def dask_client(config: ClusterConfig, backend: Backend, input_path: str | list[str] | None = None,
+                input_format: str = "auto") -> Iterator[object]:
+    """A client on ``cluster.address``, or on a local cluster shaped by ``config`` (``processes: auto`` decided
+    from the log at ``input_path``, `choose_processes`)."""
     from distributed import Client
 
     quiet_noisy_loggers()
 
+    if not config.address:
+        config = config.model_copy(update={"processes": choose_processes(config.processes, input_path,
+                                                                          input_format)})
     method = shuffle_method(config, backend)
     if config.address:
         try:
@@ -66,5 +108,5 @@ def shuffle_method(config: ClusterConfig, backend: Backend) -> str:
     (bounded memory, spills to disk: the out-of-core case)."""
     if config.shuffle != "auto":
         return config.shuffle
-    in_process = not config.address and not config.processes
+    in_process = not config.address and config.processes in (False, "auto")  # auto without a log: threads
     return "tasks" if in_process or backend.frames_on_gpu else "p2p"

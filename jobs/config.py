@@ -36,7 +36,12 @@ class ClusterConfig(StrictModel):
     threads_per_worker: int | None = Field(
         None, ge=1, description="local cluster: threads per worker. None: see n_workers when that is None too, else "
         "dask's choice (the cores / n_workers)")
-    processes: bool = Field(False, description="local cluster: worker processes (True) or threads (False)")
+    processes: bool | Literal["auto"] = Field(
+        "auto", description="local cluster: worker processes (true) or threads of one process (false; the fastest "
+        "while the job fits in one process's memory). 'auto': threads, unless the input log would take more than half "
+        "the machine's memory in one process (about 15x its Parquet bytes, 3x its CSV bytes, measured at 10^7 events): "
+        "then worker processes with p2p shuffle, bounded memory and spilling (homerank.jobs.cluster.choose_processes)"
+    )
     memory_limit: str | None = Field(
         None, description="local cluster: memory limit per worker ('4GiB', 0.5 = half the machine's memory); above "
         "dask's thresholds (60%/70% of it) a worker spills its held partitions to local_directory and pauses at 80%. "

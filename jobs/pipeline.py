@@ -105,7 +105,7 @@ def _dispatch(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
         from homerank.jobs.stage_etl import run_etl
 
         assert input_path is not None
-        with dask_client(config.cluster, backend):
+        with dask_client(config.cluster, backend, input_path, config.ingest.format):
             result = run_etl(input_path, run, config, backend)
     elif stage == "graph":
         from homerank.jobs.stage_graph import run_graph

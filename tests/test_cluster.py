@@ -32,6 +32,32 @@ def test_shuffle_method(settings, expected):
     assert shuffle_method(ClusterConfig(**settings), CPU) == expected
 
 
+def test_processes_auto_picks_worker_processes_for_a_log_too_large_for_one_process(tmp_path):
+    import pandas as pd
+
+    from homerank.jobs.cluster import (
+        PROCESSES_ABOVE_SHARE,
+        THREADS_PER_CSV_BYTE,
+        THREADS_PER_PARQUET_BYTE,
+        choose_processes,
+    )
+
+    folder = tmp_path / "log"
+    folder.mkdir()
+    pd.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "event_type": ["view", "view"],
+                  "timestamp": [1, 2]}).to_parquet(folder / "a.parquet")
+    (folder / "b.csv").write_text("user_id,item_id,event_type,timestamp\n1,3,view,1\n")
+    size = (folder / "a.parquet").stat().st_size * THREADS_PER_PARQUET_BYTE + \
+        (folder / "b.csv").stat().st_size * THREADS_PER_CSV_BYTE
+    threshold = int(size / PROCESSES_ABOVE_SHARE)
+    assert choose_processes("auto", str(folder), memory_bytes=threshold - 1) is True
+    assert choose_processes("auto", str(folder), memory_bytes=threshold + 1) is False
+    assert choose_processes(False, str(folder), memory_bytes=1) is False  # an explicit setting stands
+    assert choose_processes(True, None) is True
+    assert choose_processes("auto", None) is False  # no log (the rank stage's cluster): threads
+    assert choose_processes("auto", str(folder), "lightgcn", memory_bytes=1) is False
+
+
 def test_a_bad_shuffle_name_is_a_config_error():
     with pytest.raises(ValueError, match="shuffle"):
         ClusterConfig(shuffle="hash")
