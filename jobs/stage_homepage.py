@@ -44,7 +44,7 @@ from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
 from homerank.engine.split import SPLIT
-from homerank.gnn.dot_top_k import dot_ranker
+from homerank.gnn.dot_top_k import dot_ranker, searches_exactly
 from homerank.gnn.metrics import Ranker, top_k, users_per_block
 from homerank.gnn.scorer import Scorer
 from homerank.homepage.build import block_processes, build_pages
@@ -52,6 +52,7 @@ from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
 from homerank.jobs.artifacts import read_edges, read_embedding_table, require
 from homerank.jobs.config import JobConfig
+from homerank.jobs.recommend import ItemSearch
 from homerank.jobs.rundir import RunDir, atomic_path, ensure_run_id, publish_parquet_parts, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,13 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         scorer(torch.zeros(1, dtype=torch.long))  # built once here, before the block workers fork: e.g. a linear
         # filter's item operator (homerank.gnn.linear_filter), which the workers share instead of building their own
     candidates = _model_candidates(scorer, batch, backend.torch_device, dot_ranker(model, backend.torch_device))
+    candidate_source = "exact scores of every item"
+    if searches_exactly(model, backend.torch_device) and model.num_items >= config.rank.index_min_items:
+        search = ItemSearch.for_run(run, model, config.rank.index_exact_items)  # the rank stage's saved index
+        if not search.exact:
+            candidates = _index_candidates(search, user_emb.numpy(), item_emb.numpy(), candidates)
+            candidate_source = "faiss HNSW item index (embeddings/items.faiss), exact scores"
+    log.info("homepage: model candidates from %s", candidate_source)
     fork = backend.model_device == "cpu"
     if not fork and user_emb.shape[0] and block_processes(settings.processes, 2) > 1:
         held = _held_candidates(candidates, user_emb.shape[0], min(settings.candidates, item_emb.shape[0]))
@@ -113,8 +121,8 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     finally:
         for folder in (staging, impressions, jsonl_parts):
             shutil.rmtree(folder, ignore_errors=True)
-    write_json(run.homepage_stats, homepage.stats)
-    stats = homepage.stats
+    stats = {**homepage.stats, "candidates": candidate_source}
+    write_json(run.homepage_stats, stats)
     log.info("homepage: %d users, %d slots, sections %s", stats["users"], stats["rows"], stats["sections"])
     return stats
 
@@ -193,6 +201,35 @@ def _model_candidates(scorer: Any, batch_size: int, device: torch.device, ranker
         items, scores = (ranker(users, k, None) if ranker is not None else
                          top_k(scorer, users, k, None, batch_size, device))
         return items.numpy(), scores.numpy()
+    return lists_of
+
+
+INDEX_GATHER_USERS = 512  # users whose candidates' vectors are gathered at once: (512, k, d) floats
+
+
+def _index_candidates(search: ItemSearch, user_vectors: np.ndarray, item_vectors: np.ndarray,
+                      exact: CandidateFn) -> CandidateFn:
+    """The model candidates of a large catalogue from the item index the rank stage saved (an HNSW graph over the
+    lifted item vectors, `homerank.jobs.recommend.ItemSearch`): each user's k nearest by u . x_i found by the index
+    in O(log I) instead of scoring all I items, then scored exactly (e_u . e_i, (n, k)) and put best first. A user
+    for whom the index found fewer than k items is scored by ``exact``. The lists are approximate where HNSW misses
+    an item of the exact top k (the rank stage's recall check: `python -m bench.rank_index_recall`)."""
+    def lists_of(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        k = min(k, item_vectors.shape[0])
+        queries = user_vectors[rows]
+        found = search.candidates(queries, k)  # (n, k) best first by the index, -1 where it found fewer
+        scores = np.empty(found.shape, dtype=np.float32)
+        for start in range(0, rows.size, INDEX_GATHER_USERS):
+            part = slice(start, start + INDEX_GATHER_USERS)
+            vectors = item_vectors[np.maximum(found[part], 0)]  # (m, k, d)
+            scores[part] = np.einsum("md,mkd->mk", queries[part], vectors)
+        short = (found < 0).any(axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        items, scores = np.take_along_axis(found, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        if short.any():
+            items[short], scores[short] = exact(rows[short], k)
+        return items, scores
     return lists_of
 
 

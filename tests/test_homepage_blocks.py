@@ -251,3 +251,39 @@ def test_rank_within_rows_counts_the_earlier_equal_keys_of_the_row(rows, width, 
     expected = np.array([[int((keys[r, :j] == keys[r, j]).sum()) for j in range(width)] for r in range(rows)],
                         dtype=np.int64).reshape(rows, width)
     np.testing.assert_array_equal(_rank_within_rows(keys), expected)
+
+
+def test_index_candidates_are_the_hnsw_lists_scored_exactly_best_first():
+    """A large catalogue's homepage candidates come from the rank stage's HNSW item index (jobs/stage_homepage.py
+    `_index_candidates`): exact scores e_u . e_i, best first, nearly the exact top k; a user the index finds too few
+    items for is scored the exact way."""
+    from homerank.jobs.recommend import ItemSearch
+    from homerank.jobs.stage_homepage import _index_candidates
+
+    rng = np.random.default_rng(0)
+    users, items = rng.standard_normal((300, 16)).astype(np.float32), rng.standard_normal((3000, 16)).astype(np.float32)
+    search = ItemSearch.build(items, exact_items=0)  # HNSW however small
+    assert not search.exact
+    exact_calls = []
+
+    def exact(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        exact_calls.append(np.asarray(rows).copy())
+        scores = users[rows] @ items.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return top, np.take_along_axis(scores, top, axis=1)
+
+    lists_of = _index_candidates(search, users, items, exact)
+    rows = np.arange(0, 300, 3)
+    found, scores = lists_of(rows, 50)
+    assert found.shape == scores.shape == (rows.size, 50) and found.dtype == np.int64
+    np.testing.assert_allclose(scores, np.einsum("nd,nkd->nk", users[rows], items[found]), rtol=1e-5, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    truth, _ = exact(rows, 50)
+    recall = np.mean([len(set(a) & set(b)) / 50 for a, b in zip(truth, found, strict=True)])
+    assert recall > 0.9
+    exact_calls.clear()
+    original = search.candidates
+    search.candidates = lambda queries, k: np.where(np.arange(k) < k - 1, original(queries, k), -1)  # one short
+    found, scores = lists_of(rows[:4], 10)
+    assert [list(c) for c in exact_calls] == [list(rows[:4])]  # the short rows went the exact way
+    np.testing.assert_array_equal(found, exact(rows[:4], 10)[0])
