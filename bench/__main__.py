@@ -77,6 +77,18 @@ def _counts(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _check_cluster_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--memory-limit`` a size, ``--workers`` and ``--partition-rows`` positive (out-of-core commands)."""
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(args.memory_limit)
+    except ValueError:
+        parser.error(f"--memory-limit: not a size: {args.memory_limit!r}")
+    if args.workers < 1 or args.partition_rows < 1:
+        parser.error("--workers and --partition-rows must be >= 1")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--threads", dest="processes", action="store_false",
@@ -299,35 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     oocs.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
                       help=f"cache of generated logs (default {DEFAULT_DATA})")
     args = parser.parse_args(argv)
+    if args.command in ("out-of-core", "out-of-core-scaling"):
+        _check_cluster_args(parser, args)
     if args.command == "out-of-core-scaling":
-        from dask.utils import parse_bytes
-
         from bench.out_of_core import DEFAULT_OUT as OOC_OUT
         from bench.out_of_core_scaling import run_scaling
 
-        try:
-            parse_bytes(args.memory_limit)
-        except ValueError:
-            parser.error(f"--memory-limit: not a size: {args.memory_limit!r}")
-        if args.workers < 1 or args.partition_rows < 1:
-            parser.error("--workers and --partition-rows must be >= 1")
         summary = run_scaling(sorted(set(args.events)), args.workers, args.memory_limit, args.data,
                               args.out or OOC_OUT, args.reuse, args.partition_rows, tuple(args.settings))
         fit = summary["time_exponent"]
         say(f"out-of-core-scaling: exponent {fit['exponent']} over {fit['sizes']}")
         return 0 if all(r["exit_status"] == 0 for r in summary["runs"]) else 1
     if args.command == "out-of-core":
-        from dask.utils import parse_bytes
-
         from bench.out_of_core import DEFAULT_OUT as OOC_OUT
         from bench.out_of_core import run_out_of_core
 
-        try:
-            parse_bytes(args.memory_limit)
-        except ValueError:
-            parser.error(f"--memory-limit: not a size: {args.memory_limit!r}")
-        if args.workers < 1 or args.partition_rows < 1:
-            parser.error("--workers and --partition-rows must be >= 1")
         if args.memory_target is not None and not 0 < args.memory_target < 0.8:
             parser.error("--memory-target must be in (0, 0.8)")
         path = args.json or OOC_OUT / f"out-of-core-events-{args.events}.json"
