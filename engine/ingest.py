@@ -106,7 +106,8 @@ class InputFile:
 class Ingested:
     """Result of `ingest_events`.
 
-    events: clean, de-duplicated events (dask, persisted on the workers) with columns user_id, item_id,
+    events: clean, de-duplicated events (dask; persisted on the workers, or read back from Parquet files: see
+        ``intermediates``) with columns user_id, item_id,
         event_type, timestamp (datetime64[ns], UTC-naive) and the optional session_id, value; range-partitioned
         by user (`homerank.engine.partitioned.partition_by_user`: each user's events in one partition, the
         partitions in user order).

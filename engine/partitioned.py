@@ -6,7 +6,8 @@ partition:
 
     aggregate   one edge per (user, item): weight sum, first/last time, per-type counts    (map_partitions)
     k-core      round r: item degrees d_i over all partitions (a small series, I rows, to the client); each
-                partition keeps its edges with d_i >= min_item and d_u >= min_user, d_u counted locally
+                partition of the all-time edges keeps its edges to items with d_i >= min_item, of the users with
+                at least min_user of them (counted locally)
     encode      user_index = the user's rank in sorted id order = the partition's offset + the local rank
                 (offsets from per-partition user counts); item_index from the sorted item table (I rows)
     split       the per-user temporal split (`homerank.engine.split.temporal_split`) on each partition
@@ -14,8 +15,10 @@ partition:
                 partition (events and edges share the partitioning)
 
 Only small tables reach the client: the item degrees of each k-core round, per-partition counts, the item
-table and the id maps. Outputs are written partition by partition (`write_partitions`); because partitions
-are in user order and sorted inside by (user, item), the datasets read back in (user_index, item_index) order.
+table and the id maps. The frames read more than once (events, all-time edges) are kept by the caller, persisted on
+the workers or as Parquet files (`homerank.engine.intermediates`). Outputs are written partition by partition
+(`write_partitions`); because partitions are in user order and sorted inside by (user, item), the datasets read back
+in (user_index, item_index) order.
 
 Works on pandas and cuDF partitions alike (`Backend.dask_config` sets ``dataframe.backend``): the local steps use
 the shared pandas/cuDF API and every frame merged into the graph is of the graph's own backend.
