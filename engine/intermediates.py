@@ -80,7 +80,9 @@ class Intermediates:
         divisions = frame.divisions if frame.known_divisions else None
         lengths = frame.map_partitions(len, meta=(None, "int64"), enforce_metadata=False)
         _, lengths = dask.compute(write_partitions(frame, folder, compute=False), lengths)
-        lengths = list(lengths)  # one per partition actually computed (a sort's count is known only then)
+        if hasattr(lengths, "to_pandas"):  # a cuDF series (the GPU backend) cannot be iterated on the host
+            lengths = lengths.to_pandas()
+        lengths = [int(n) for n in lengths]  # one per partition actually computed (a sort's count is known only then)
         written = len(list(folder.glob("part-*.parquet")))
         if written != len(lengths):  # pragma: no cover - dask writes every partition, empty ones included
             raise AssertionError(f"{folder}: {written} files for {len(lengths)} partitions")
