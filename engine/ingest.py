@@ -912,7 +912,7 @@ def _ingest_events(path: str | Sequence[str], config: IngestConfig, backend: Bac
         owned.append(Path(tempfile.mkdtemp(prefix="intermediates-")))
         intermediates_dir = owned[-1]
     kept_frames = choose_intermediates(intermediates, _estimated_rows(pieces), meta,
-                                       Path(intermediates_dir) if intermediates_dir is not None else Path("."))
+                                       Path(intermediates_dir) if intermediates_dir is not None else None)
     clean, clean_rows = kept_frames.keep(backend.on_backend(clean), "clean")  # every piece has run: counts on disk
     counts = [json.loads(p.read_text()) for p in sorted((folder / COUNTS).glob("*.json"))]
     # one shuffle: range-partitioned by user, so exact duplicates (same user) meet in one partition, where one

@@ -31,7 +31,7 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 
-from homerank.engine.partitioned import write_partitions
+from homerank.engine.partitioned import scheduler_workers, write_partitions
 from homerank.engine.persisted import persist
 from homerank.engine.sorted_events import frame_library
 
@@ -104,13 +104,8 @@ class Intermediates:
 def workers_memory_limit() -> int | None:
     """The sum of the active distributed client's workers' memory limits in bytes; None without a client, or when
     a worker has no limit."""
-    try:
-        from distributed import default_client
-
-        workers = default_client().scheduler_info().get("workers", {})
-    except (ImportError, ValueError):
-        return None
-    limits = [int(worker.get("memory_limit") or 0) for worker in workers.values()]
+    workers = scheduler_workers()
+    limits = [int(worker.get("memory_limit") or 0) for worker in (workers or {}).values()]
     if not limits or min(limits) <= 0:
         return None
     return sum(limits)
@@ -130,9 +125,12 @@ def row_bytes(meta: pd.DataFrame) -> int:
     return total
 
 
-def choose(mode: Mode, rows: int, meta: pd.DataFrame, folder: Path) -> Intermediates:
+def choose(mode: Mode, rows: int, meta: pd.DataFrame, folder: Path | None) -> Intermediates:
     """`Intermediates` for ``mode``; ``auto`` decides from ``rows`` (the input's row count, or an estimate) times
-    `row_bytes` against ``DISK_SHARE`` of `workers_memory_limit` (memory without a known limit)."""
+    `row_bytes` against ``DISK_SHARE`` of `workers_memory_limit` (memory without a known limit). ``folder``: where
+    frames kept on disk go (needed unless ``mode`` is memory)."""
+    if mode != "memory" and folder is None:
+        raise ValueError(f"intermediates {mode!r}: a folder for the files is needed")
     estimate = rows * row_bytes(meta)
     limit = workers_memory_limit()
     on_disk = mode == "disk" or (mode == "auto" and limit is not None and estimate > DISK_SHARE * limit)

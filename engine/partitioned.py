@@ -327,13 +327,21 @@ def _host(value: Any) -> Any:
     return value.to_pandas() if hasattr(value, "to_pandas") else value
 
 
-def worker_count() -> int:
-    """Tasks the active distributed client runs at once: the threads of all its workers (one worker with 8
-    threads and 8 single-threaded workers alike: 8); without a client, the local scheduler's threads (the cores)."""
+def scheduler_workers() -> dict[str, dict[str, Any]] | None:
+    """The active distributed client's workers as the scheduler describes them (``nthreads``, ``memory_limit``, ...),
+    None without a client."""
     try:
         from distributed import default_client
 
-        workers = default_client().scheduler_info().get("workers", {})
-        return max(1, sum(int(worker.get("nthreads", 1)) for worker in workers.values()))
+        return default_client().scheduler_info().get("workers", {})
     except (ImportError, ValueError):
+        return None
+
+
+def worker_count() -> int:
+    """Tasks the active distributed client runs at once: the threads of all its workers (one worker with 8
+    threads and 8 single-threaded workers alike: 8); without a client, the local scheduler's threads (the cores)."""
+    workers = scheduler_workers()
+    if workers is None:
         return os.cpu_count() or 1
+    return max(1, sum(int(worker.get("nthreads", 1)) for worker in workers.values()))
