@@ -146,13 +146,15 @@ class Backend:
                                     host="127.0.0.1", dashboard_address=dashboard_address,
                                     worker_dashboard_address="127.0.0.1:0", rmm_pool_size=pool,
                                     enable_cudf_spill=cudf_spill, **memory)
+        import dask
         from distributed import LocalCluster
 
         n_workers, threads_per_worker = default_workers(n_workers, threads_per_worker, processes)
         network = {"host": "127.0.0.1"} if processes else {}  # threads talk in-process, not over TCP
-        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-                            dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0",
-                            **network, **memory)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
+            return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                                dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0",
+                                **network, **memory)
 
     def connected_components(self, rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
         """Component label per node (num_nodes,) of the undirected graph with edges (rows[k], cols[k]); labels
@@ -174,6 +176,23 @@ def _cugraph_components(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> n
     out = np.arange(num_nodes)  # isolated nodes (absent from the edge list): a component of their own
     out[labels["vertex"].to_numpy()] = num_nodes + labels["labels"].to_numpy()
     return np.unique(out, return_inverse=True)[1]
+
+
+# glibc's malloc in worker processes: arrays up to 32 MiB come from the heap, and up to 64 MiB of free heap stay
+# resident (dask's own MALLOC_TRIM_THRESHOLD_ of 64 KiB also switches off glibc's adaptive mmap threshold, so
+# every array above 128 KiB was a fresh mmap: at 10^7 events, 1.43M page faults and 6-9 s of system time)
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
+
+
+def worker_environment() -> dict[str, Any]:
+    """The environment the local cluster's nannies set before a worker process starts: dask's own
+    ``distributed.nanny.pre-spawn-environ`` (one BLAS/OpenMP thread per worker) with `WORKER_MALLOC` in place of
+    its MALLOC_TRIM_THRESHOLD_. Measured on 10^7 events, 2 worker processes: minor page faults 1.43M -> 0.26M,
+    system time 6.3 -> 3.5-5.5 s (`homerank etl`, 2 cores)."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    return {**environ, **WORKER_MALLOC}
 
 
 MAX_THREADS = 8  # the default local cluster of threads: one worker with at most this many threads

@@ -92,3 +92,18 @@ def test_default_workers(monkeypatch, cores, given, expected):
     monkeypatch.setattr(backend_module.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert backend_module.default_workers(*given) == expected
     assert backend_module.MAX_THREADS == 8
+
+
+def _malloc_environment() -> tuple[str | None, str | None]:
+    import os
+
+    return os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_worker_processes_start_with_the_malloc_settings():
+    config = ClusterConfig(n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GiB")
+    with dask_client(config, CPU) as client:
+        (environment,) = client.run(_malloc_environment).values()
+    assert environment == (str(32 << 20), str(64 << 20))
+    assert backend_module.worker_environment()["OMP_NUM_THREADS"] == 1  # dask's own settings are kept
+    assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536  # untouched
