@@ -100,10 +100,16 @@ def _malloc_environment() -> tuple[str | None, str | None]:
     return os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
-def test_worker_processes_start_with_the_malloc_settings():
+def _saturation(dask_scheduler) -> float:  # noqa: ANN001 - the scheduler, passed by name by run_on_scheduler
+    return dask_scheduler.WORKER_SATURATION
+
+
+def test_worker_processes_start_with_the_malloc_settings_and_take_one_task_per_thread():
     config = ClusterConfig(n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GiB")
     with dask_client(config, CPU) as client:
         (environment,) = client.run(_malloc_environment).values()
+        assert client.run_on_scheduler(_saturation) == 1.0
+    assert dask.config.get("distributed.scheduler.worker-saturation") == 1.1  # dask's default, outside the cluster
     assert environment == (str(32 << 20), str(64 << 20))
     assert backend_module.worker_environment()["OMP_NUM_THREADS"] == 1  # dask's own settings are kept
     assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536  # untouched
