@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from homerank.homepage.blocks import ItemSets, Rules, Source, fill_pools, mmr_pick
+from homerank.homepage.blocks import ItemSets, Rules, Source, fill_pools, mmr_pick, rank_within_rows
 from homerank.homepage.candidates import CandidateLists
 from homerank.homepage.config import HomepageConfig, SectionConfig
 from homerank.homepage.last_session import SESSION_REASON
@@ -44,6 +44,32 @@ def new_arrival_width(section: SectionConfig, settings: HomepageConfig) -> int:
     them is filled again from its whole list (`BlockPages._refill_new_arrivals`), so the cut never changes a row."""
     pool = section.slots * (settings.mmr_pool_factor if settings.diversity == "mmr" else 1)
     return max(NEW_ARRIVAL_WIDTH, 8 * pool)
+
+
+CAP_SLACK = 32  # a capped row reads the cut lists (`capped_lists`) when it blocks at most this many items
+
+
+def capped_lists(positions: np.ndarray, scores: np.ndarray, in_stock: np.ndarray, category: np.ndarray,
+                 keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lists shared by many rows of a category-capped section (the item neighbours (A, n)) cut, once per page, to
+    the in-stock entries among the first ``keep`` in-stock entries of their category, in order; (A, n') padded with
+    -1 / 0, n' the longest cut list.
+
+    Exact for a row with at most ``keep - cap`` blocked items (on the page, bought): an entry is pooled only if fewer
+    than ``cap`` earlier entries of its category are allowed, and an entry behind ``keep`` in-stock entries of its
+    category has at least keep - blocked >= cap allowed ones before it; out-of-stock entries are never pooled. So the
+    row pools the same entries, in the same order, from the cut list as from the whole one. At 3 * 10^6 events the
+    neighbour lists (500 entries, most of the anchor's category) are cut to a few dozen, and the rows that walked all
+    500 of them to find items of other categories no longer do."""
+    valid = positions >= 0
+    safe = np.where(valid, positions, 0)
+    ok = valid & in_stock[safe]
+    kept = ok & (rank_within_rows(np.where(ok, category[safe], -1)) < keep)
+    width = max(int(kept.sum(axis=1).max(initial=0)), 1)
+    order = np.argsort(~kept, axis=1, kind="stable")[:, :width]
+    taken = np.take_along_axis(kept, order, axis=1)
+    return (np.where(taken, np.take_along_axis(positions, order, axis=1), -1),
+            np.where(taken, np.take_along_axis(scores, order, axis=1), 0.0))
 
 
 def best_first(scores: np.ndarray, width: int | None) -> np.ndarray:
@@ -95,6 +121,10 @@ class BlockPages:
         neighbours = ItemNeighbours.of(signals.neighbours)
         self.anchors, self.neighbour_positions, self.neighbour_scores = (neighbours.anchors, neighbours.positions,
                                                                           neighbours.scores)
+        self.short_neighbours = None  # (positions, scores): the lists cut for rows with few blocked items
+        if settings.diversity != "mmr" and SECTION_KINDS["because_you_viewed"].category_cap:
+            self.short_neighbours = capped_lists(self.neighbour_positions, self.neighbour_scores, self.in_stock,
+                                                 self.category, settings.max_per_category + CAP_SLACK)
         # trending_in_category: categories (K,) sorted, their lists (K, L)
         self.trend_names = np.array(sorted(signals.trending_by_category), dtype=object)
         lists = [signals.trending_by_category[c] for c in self.trend_names]
@@ -107,18 +137,11 @@ class BlockPages:
         new = signals.new_positions
         by_trend = np.argsort(-catalogue.trending[new], kind="stable")
         self.new_cold_positions, self.new_cold_scores = new[by_trend][None, :], catalogue.trending[new][by_trend][None]
-        self.model_row = pd.Series(signals.model_row, dtype=np.int64) if signals.model_row else None
         # for_you of users without a model row: their segment's favourites (S,) sorted, lists (S, L)
         favourites = signals.segment_favourites
         self.segment_ids = np.array(sorted(favourites), dtype=np.int64)
         self.segment_positions = _padded([favourites[s][0] for s in self.segment_ids.tolist()], -1, np.int64)
         self.segment_scores = _padded([favourites[s][1] for s in self.segment_ids.tolist()], 0.0, np.float64)
-
-    def _model_rows(self, users: np.ndarray) -> np.ndarray:
-        """Model embedding row of each user (B,), -1 for cold users."""
-        if self.model_row is None:
-            return np.full(users.size, -1, dtype=np.int64)
-        return self.model_row.reindex(users).fillna(-1).to_numpy(dtype=np.int64)
 
     def _segment_groups(self, users: np.ndarray, model_rows: np.ndarray) -> np.ndarray:
         """Row of ``segment_positions`` for each user without a model row whose segment has favourites, else -1."""
@@ -187,12 +210,7 @@ class BlockPages:
                             np.array(len(reasons) - 1), np.where(model_rows < 0, 0, -1))],
                     reasons, {}, plain)
         if kind == "buy_again":
-            lists = [signals.buy_again.get(user) for user in users.tolist()]
-            has = np.array([values is not None for values in lists], dtype=bool)
-            group = np.full(count, -1, dtype=np.int64)
-            group[has] = np.arange(int(has.sum()))
-            rows = [values for values in lists if values is not None]
-            positions = _padded(rows, -1, np.int64)
+            positions, group = signals.buy_again.padded(users)
             return ([Source(positions, np.zeros(positions.shape), np.array(0), group)],
                     ["buy_again:purchased_before"], {}, plain)
         if kind == "related_to_searches":
@@ -236,13 +254,11 @@ class BlockPages:
         for array, redone in zip(filled, fill_pools(again, need, rules), strict=True):
             array[need] = redone
 
-    def _bought(self, users: np.ndarray) -> ItemSets:
-        """The positions each of the block's users bought."""
-        sets = [self.signals.purchased.get(user, ()) for user in users.tolist()]
-        lengths = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
-        positions = np.fromiter((p for s in sets for p in s), dtype=np.int64, count=int(lengths.sum()))
-        rows = np.repeat(np.arange(users.size, dtype=np.int64), lengths)
-        return ItemSets(users.size, self.in_stock.size).add(rows, positions)
+    def _bought(self, users: np.ndarray) -> tuple[ItemSets, np.ndarray]:
+        """The positions each of the block's users bought, and how many (B,)."""
+        rows, positions = self.signals.purchased.flat(users)
+        return (ItemSets(users.size, self.in_stock.size).add(rows, positions),
+                np.bincount(rows, minlength=users.size))
 
     def _refill_from_whole_lists(self, model_rows: np.ndarray, lists: CandidateLists, sources: list[Source],
                                  rules: Rules, filled: tuple[np.ndarray, ...]) -> None:
@@ -264,13 +280,14 @@ class BlockPages:
         """Page rows (``PAGE_COLUMNS``) of ``users`` (B,), grouped by user in the given order, sections in page
         order, slots 1..n. The block's own signals (the model's candidates and new-arrival scores of these users)
         are made here (`homerank.homepage.signals.PageSignals.for_block`)."""
-        model_rows = self._model_rows(users)
+        model_rows = self.signals.model_rows(users)
         signals = self.signals.for_block(users, model_rows=model_rows)
         lists = signals.candidates
         settings, catalogue, size = self.settings, self.signals.catalogue, self.in_stock.size
         rows = np.arange(users.size, dtype=np.int64)
-        bought = self._bought(users)
+        bought, bought_count = self._bought(users)
         used = ItemSets(users.size, size)
+        on_page = np.zeros(users.size, dtype=np.int64)  # items each row's page shows so far
         parts: list[dict[str, np.ndarray]] = []
         profile_values: dict[str, np.ndarray] | None = None  # the profile's title fields, read once when named
         for order, section in enumerate(settings.sections):
@@ -292,7 +309,13 @@ class BlockPages:
             blocked = (used,) if kind.shows_purchased else (used, bought)
             cap = settings.max_per_category if kind.category_cap and not mmr else None
             rules = Rules(self.in_stock, self.category, blocked, cap, pool_size)
-            positions, scores, codes, counts = fill_pools(sources, rows, rules)
+            if section.kind == "because_you_viewed" and cap is not None and self.short_neighbours is not None:
+                few = on_page + (0 if kind.shows_purchased else bought_count) <= CAP_SLACK
+                short = Source(*self.short_neighbours, sources[0].reasons, sources[0].group)
+                positions, scores, codes, counts = _fill_in_parts(([short], rows[few]), (sources, rows[~few]),
+                                                                  rules=rules)
+            else:
+                positions, scores, codes, counts = fill_pools(sources, rows, rules)
             if section.kind == "for_you" and lists is not None and lists.truncated:
                 self._refill_from_whole_lists(model_rows, lists, sources, rules, (positions, scores, codes, counts))
             if section.kind == "new_arrivals":
@@ -308,6 +331,7 @@ class BlockPages:
                 slot = column
             picked = positions[line, column]
             used.add(line, picked)
+            on_page += np.bincount(line, minlength=users.size)
             reason_table = np.array(list(reasons) + [""], dtype=object)
             parts.append({"line": line, "order": np.full(line.size, order), "slot": slot + 1, "position": picked,
                           "score": scores[line, column], "reason": reason_table[codes[line, column]],
@@ -323,3 +347,17 @@ class BlockPages:
             "score": merged["score"][order].astype(np.float64), "reason": merged["reason"][order],
         }, columns=PAGE_COLUMNS)
 
+
+def _fill_in_parts(*parts: tuple[list[Source], np.ndarray], rules: Rules
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`fill_pools` of disjoint sets of block rows, each from its own sources: ``parts`` (sources, rows (n_j,));
+    the results (positions, scores, reason codes, counts) as one, in block row order (rows 0..B-1, every row in
+    one part)."""
+    total = sum(rows.size for _, rows in parts)
+    out = (np.full((total, rules.pool_size), -1, dtype=np.int64), np.zeros((total, rules.pool_size)),
+           np.zeros((total, rules.pool_size), dtype=np.int64), np.zeros(total, dtype=np.int64))
+    for sources, rows in parts:
+        if rows.size:
+            for array, filled in zip(out, fill_pools(sources, rows, rules), strict=True):
+                array[rows] = filled
+    return out

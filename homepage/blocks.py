@@ -82,7 +82,7 @@ def window(sources: list[Source], rows: np.ndarray, width: int) -> tuple[np.ndar
     return positions[:, :width], scores[:, :width], reasons[:, :width]
 
 
-def _rank_within_rows(keys: np.ndarray) -> np.ndarray:
+def rank_within_rows(keys: np.ndarray) -> np.ndarray:
     """For keys (n, w), each entry's count of earlier entries in its row with the same key (a stable sort per
     row, then the distance to the start of the entry's run of equal keys). Keys spanning fewer than 2^15 values
     (category codes) are sorted as int16, which NumPy's stable sort orders by radix: 4x faster than int64 rows of
@@ -159,9 +159,9 @@ def pool(positions: np.ndarray, rows: np.ndarray, rules: Rules, dedupe: np.ndarr
         ok &= ~blocked.contains(lines, safe)
     if dedupe.any():  # only an item's first occurrence in the list (invalid entries are not ok anyway)
         lines = np.flatnonzero(dedupe)
-        ok[lines] &= _rank_within_rows(np.where(valid[lines], safe[lines], -1)) == 0
+        ok[lines] &= rank_within_rows(np.where(valid[lines], safe[lines], -1)) == 0
     if rules.cap is not None:  # the first ``cap`` ok entries of each category (entries not ok get key -1)
-        ok &= _rank_within_rows(np.where(ok, rules.category[safe], -1)) < rules.cap
+        ok &= rank_within_rows(np.where(ok, rules.category[safe], -1)) < rules.cap
     return ok & (np.cumsum(ok, axis=1) <= rules.pool_size)
 
 

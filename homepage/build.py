@@ -231,7 +231,7 @@ def _pages_one_by_one(users: np.ndarray, catalogue: Catalogue, signals: PageSign
     profile_values = signals.title_values(users)
     for line, user in enumerate(users.tolist()):
         used: set[int] = set()
-        bought = signals.purchased.get(user, set())
+        bought = set(signals.purchased.get(user, np.zeros(0, dtype=np.int64)).tolist())
         profile = {name: values[line] for name, values in profile_values.items()}
         for section in settings.sections:
             row = SECTION_KINDS[section.kind].candidates(user, signals)

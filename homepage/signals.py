@@ -37,6 +37,7 @@ from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
 from homerank.homepage.last_session import LastSession, last_session
 from homerank.homepage.searches import SearchHistory, search_history
+from homerank.homepage.user_lists import UserLists
 
 POSITION = "pos"  # catalogue position of an interaction's item
 # a new arrival's reason by the source code of its vector (homerank.homepage.catalogue.VECTOR_SOURCES)
@@ -50,7 +51,7 @@ class PageSignals:
     k = model candidates per user, N = new arrivals."""
 
     catalogue: Catalogue
-    model_row: dict[Any, int]  # user id -> row of the user embeddings; absent for cold users
+    model_row: pd.Series  # user id -> row of the user embeddings (int64); absent for cold users (a dict is taken)
     candidates: CandidateLists | None  # the model's candidates (catalogue positions, best first) of every model
     # user, or of one block's users (`for_block`); None in page-wide signals scored block by block
     by_popularity: np.ndarray  # (C,) positions, most popular first
@@ -65,8 +66,8 @@ class PageSignals:
     # ``new_scores[rows]`` (n, N); page-wide signals hold None and make a block's in `for_block` (never a (U, N) table)
     new_reason: np.ndarray  # (N,) model score, or cold start (content or mean vector) for items the model never saw
     purchases: pd.DataFrame  # (user_id, item_id) of every interaction with a purchase
-    purchased: dict[Any, set[int]]  # user id -> positions bought
-    buy_again: dict[Any, np.ndarray]  # user id -> positions bought in repeat-purchase categories, newest first
+    purchased: UserLists  # user id -> positions bought (a dict of lists is taken)
+    buy_again: UserLists  # user id -> positions bought in repeat-purchase categories, newest first (or a dict)
     # from the shopper profiles (empty without them)
     segment: pd.Series = field(default_factory=lambda: pd.Series(dtype=np.int64))  # user id -> segment
     segment_names: dict[int, str] = field(default_factory=dict)  # segment -> its name
@@ -78,6 +79,13 @@ class PageSignals:
     model_candidates: ModelCandidates | None = None  # makes the candidates of any model rows (`for_block`)
     new_arrival_scorer: NewArrivalScorer | None = None  # makes the new-arrival scores of any model rows (`for_block`)
 
+    def __post_init__(self) -> None:  # hand-made signals (tests) give plain dicts
+        if not isinstance(self.model_row, pd.Series):
+            self.model_row = pd.Series(self.model_row, dtype=np.int64)
+        for name in ("purchased", "buy_again"):
+            if not isinstance(getattr(self, name), UserLists):
+                setattr(self, name, UserLists.from_mapping(getattr(self, name)))
+
     def for_block(self, users: np.ndarray, whole: bool = False, model_rows: np.ndarray | None = None
                   ) -> PageSignals:
         """These signals for a block of ``users`` (B,): with the model's candidates of those users (their first,
@@ -88,8 +96,7 @@ class PageSignals:
         scored = self.model_candidates is not None and not held
         if not scored and self.new_arrival_scorer is None:
             return self
-        rows = model_rows if model_rows is not None else np.fromiter(
-            (self.model_row.get(user, -1) for user in users.tolist()), dtype=np.int64, count=users.size)
+        rows = model_rows if model_rows is not None else self.model_rows(users)
         changes: dict[str, Any] = {}
         if scored:
             assert self.model_candidates is not None
@@ -97,6 +104,12 @@ class PageSignals:
         if self.new_arrival_scorer is not None:
             changes["new_scores"] = self.new_arrival_scorer.for_rows(rows)
         return replace(self, **changes)
+
+    def model_rows(self, users: np.ndarray) -> np.ndarray:
+        """(B,) the model embedding row of each of ``users``, -1 for a cold user."""
+        if not len(self.model_row):
+            return np.full(len(users), -1, dtype=np.int64)
+        return self.model_row.reindex(users).fillna(-1).to_numpy(dtype=np.int64)
 
     def title_values(self, users: np.ndarray) -> dict[str, np.ndarray]:
         """The profile's title fields for ``users`` (B,): ``top_category`` (the profile's, else the interactions',
@@ -302,7 +315,8 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     again = bought[np.isin(catalogue.category[bought[POSITION].to_numpy()], settings.repeat_purchase_categories)]
     return PageSignals(
         catalogue=catalogue,
-        model_row=dict(zip(user_index[schema.USER], user_index[schema.USER_INDEX], strict=True)),
+        model_row=pd.Series(user_index[schema.USER_INDEX].to_numpy(dtype=np.int64),
+                            index=pd.Index(user_index[schema.USER].to_numpy())),
         candidates=(None if candidate_scores is None else
                     CandidateLists(positions_of_model_items[candidate_items], np.asarray(candidate_scores))),
         model_candidates=(ModelCandidates(candidate_items, positions_of_model_items,
@@ -317,8 +331,8 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         global_category=pd.Series(catalogue.trending).groupby(catalogue.category).sum().idxmax(),
         new_positions=new_positions, new_scores=None, new_arrival_scorer=new_arrival_scorer, new_reason=new_reason,
         purchases=bought[[schema.USER, schema.ITEM]],
-        purchased={user: set(positions.tolist()) for user, positions in _positions_by_user(bought).items()},
-        buy_again=_positions_by_user(again.sort_values(schema.LAST_TS, ascending=False)),
+        purchased=UserLists.of(bought[schema.USER], bought[POSITION]),
+        buy_again=_lists_by_user(again.sort_values(schema.LAST_TS, ascending=False, kind="stable")),
         **_profile_signals(profiles, edges, catalogue),
         searches=(search_history(searches, catalogue, reference_time, settings.search)
                   if _shows(settings, "related_to_searches") else None),
@@ -368,13 +382,6 @@ def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, 
     return out
 
 
-def _positions_by_user(frame: pd.DataFrame) -> dict[Any, np.ndarray]:
-    """User id -> the ``pos`` column of the user's rows, in the frame's order (a stable sort by user, then one
-    split per user: what ``groupby(user)[pos].apply(np.array)`` gives, without a Python call per group)."""
-    users = frame[schema.USER].to_numpy()
-    order = np.argsort(users, kind="stable")
-    users, positions = users[order], frame[POSITION].to_numpy()[order]
-    if not users.size:
-        return {}
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    return dict(zip(users[starts].tolist(), np.split(positions, starts[1:]), strict=True))
+def _lists_by_user(frame: pd.DataFrame) -> UserLists:
+    """User id -> the ``pos`` column of the user's rows, in the frame's order (`UserLists`)."""
+    return UserLists.of(frame[schema.USER], frame[POSITION])

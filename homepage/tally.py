@@ -134,7 +134,7 @@ class PageTally:
         model_row = self.signals.model_row
         return {"users": num_users, "rows": counts["rows"],
                 "sections": {kind: int(n) for kind, n in sorted(totals.sections.items())},
-                "cold_users": int(sum(model_row.get(user) is None for user in self.users.tolist())),
+                "cold_users": int((~pd.Index(self.users).isin(model_row.index)).sum()),
                 "segment_fallback_users": counts["segment_users"],
                 "explanations": {kind: int(n) for kind, n in sorted(totals.evidence.items())},
                 "rule_check": rule_check,

@@ -110,6 +110,63 @@ def test_blocks_of_three_users_equal_one_block(settings):
         assert blocks.stats["quality"][side] == pytest.approx(metrics)
 
 
+@pytest.mark.parametrize("slack", [1, 3, 5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cut_neighbour_lists_give_the_rows_of_the_whole_lists(slack, seed, monkeypatch):
+    """because_you_viewed first (the rows' blocked items are their purchases only: 0 to ~10), lists cut to
+    cap + slack entries per category: the rows with at most ``slack`` blocked items read the cut lists, the others
+    the whole ones, and every row equals the user-by-user builder's walk of the whole list."""
+    monkeypatch.setattr(block_pages_module, "CAP_SLACK", slack)
+    settings = HomepageConfig(max_per_category=1, new_arrival_days=7, candidates=40,
+                              sections=[SectionConfig(kind="because_you_viewed", title="Like {item_title}", slots=6),
+                                        SectionConfig(kind="for_you", title="For you", slots=5)])
+    (candidates, scores, item_emb, user_emb, interactions, edges, user_index, item_index, items,
+     now) = _frames(seed)
+    catalogue = build_catalogue(items, interactions, item_index, edges, now, settings)
+    vectors = inductive_item_vectors(catalogue, item_emb)
+    signals = collect_signals(catalogue, vectors, interactions, candidates, scores, user_emb, item_emb, user_index,
+                              now, settings)
+    unit = F.normalize(vectors, dim=1).numpy()
+    users = np.sort(interactions["user_id"].unique())
+    pages = BlockPages(signals, settings, unit)
+    cut, whole = pages.short_neighbours[0], pages.neighbour_positions
+    assert (cut >= 0).sum() < (whole >= 0).sum()  # the cut drops entries
+    bought = pages._bought(users)[1]
+    assert (bought <= slack).any() and (bought > slack).any()  # both kinds of rows are in the block
+    expected = _pages_one_by_one(users, catalogue, signals, settings, unit, None)
+    pd.testing.assert_frame_equal(pages.build(users).reset_index(drop=True), expected, check_dtype=False, rtol=1e-6)
+
+
+@hypothesis_settings(max_examples=80, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 3), st.integers(0, 4), st.integers(1, 8))
+def test_a_row_with_at_most_slack_blocked_items_pools_the_same_from_the_cut_list(seed, cap, slack, pool_size):
+    from homerank.homepage.block_pages import capped_lists
+    from homerank.homepage.blocks import ItemSets, Rules, Source, fill_pools
+
+    rng = np.random.default_rng(seed)
+    items, groups, length, rows = 30, 4, 20, 12
+    category = rng.integers(0, 3, items)  # few categories: long runs of one category, as neighbour lists have
+    in_stock = rng.random(items) > 0.2
+    positions = np.stack([rng.permutation(items)[:length] for _ in range(groups)])
+    positions[0, 15:] = -1  # a shorter list
+    scores = rng.random((groups, length))
+    group = rng.integers(-1, groups, rows)
+    blocked_rows, blocked_items = [], []
+    for row in range(rows):  # up to `slack` blocked items, drawn from the row's own list (where they matter)
+        pool = positions[max(group[row], 0)]
+        chosen = rng.choice(pool[pool >= 0], size=rng.integers(0, slack + 1), replace=False)
+        blocked_rows += [row] * chosen.size
+        blocked_items += chosen.tolist()
+    blocked = ItemSets(rows, items).add(np.array(blocked_rows, dtype=np.int64), np.array(blocked_items, np.int64))
+    rules = Rules(in_stock, category, (blocked,), cap, pool_size)
+    block = np.arange(rows)
+    whole = fill_pools([Source(positions, scores, np.array(0), group)], block, rules)
+    cut = fill_pools([Source(*capped_lists(positions, scores, in_stock, category, cap + slack), np.array(0), group)],
+                     block, rules)
+    for a, b in zip(whole, cut, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("settings", SETTINGS, ids=["category_cap", "mmr"])
 @pytest.mark.parametrize("first", [4, 25, 100], ids=["short_first_lists", "first_lists_of_25", "whole_lists"])
 def test_blocks_built_in_worker_processes_equal_one_process(settings, first, monkeypatch):
@@ -244,13 +301,13 @@ def test_best_first_by_hand():
 @given(st.integers(0, 5), st.integers(0, 40), st.sampled_from([1, 3, 30, 2**15 - 1, 2**15, 10**9]),
        st.integers(0, 2**31 - 1))
 @hypothesis_settings(max_examples=150, deadline=None)
-def test_rank_within_rows_counts_the_earlier_equal_keys_of_the_row(rows, width, span, seed):
-    from homerank.homepage.blocks import _rank_within_rows
+def testrank_within_rows_counts_the_earlier_equal_keys_of_the_row(rows, width, span, seed):
+    from homerank.homepage.blocks import rank_within_rows
 
     keys = np.random.default_rng(seed).integers(-1, span, (rows, width))  # spans below 2^15: the int16 sort
     expected = np.array([[int((keys[r, :j] == keys[r, j]).sum()) for j in range(width)] for r in range(rows)],
                         dtype=np.int64).reshape(rows, width)
-    np.testing.assert_array_equal(_rank_within_rows(keys), expected)
+    np.testing.assert_array_equal(rank_within_rows(keys), expected)
 
 
 def test_index_candidates_are_the_hnsw_lists_scored_exactly_best_first():
