@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +48,7 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
                 user_embeddings: torch.Tensor, interactions: pd.DataFrame, edges: pd.DataFrame,
                 user_index: pd.DataFrame, item_index: pd.DataFrame, catalogue_items: pd.DataFrame | None,
                 reference_time: pd.Timestamp, settings: HomepageConfig,
-                rankings: pd.DataFrame | None = None,
+                rankings: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
                 on_block: Callable[[int, pd.DataFrame], None] | None = None,
                 profiles: pd.DataFrame | None = None,
                 cold_items: tuple[pd.Series, np.ndarray] | None = None,
@@ -60,7 +60,8 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     index), best first; ``user_embeddings`` (U, d) and ``item_embeddings`` (num_items, d) the learned vectors;
     ``user_index``/``item_index`` map ids to those rows; ``catalogue_items`` is the catalogue frame (None
     without one); ``reference_time`` is the newest event of the log; ``rankings`` (user_id, item_id), the plain
-    top-K lists, is the baseline of the quality metrics when given; ``profiles``, the shopper profiles (user_id,
+    top-K lists (a frame, or frames read one at a time, each holding whole lists), is the baseline of the quality
+    metrics when given; ``profiles``, the shopper profiles (user_id,
     segment, segment_name, top_category_k, top_category_share_k; None without them), give users without a model
     embedding their segment's favourites, the titles their profile fields and the explanations category shares;
     ``cold_items`` (item ids (n,), vectors (n, d)), the train stage's content-only embeddings of catalogue items
@@ -154,7 +155,7 @@ class _BlockPager:
         sums = self.tally.sums(page, block, evidence)
         if self.on_block is not None:
             self.on_block(number, page)
-            page = page.iloc[:0]
+            page = page.iloc[:0].copy()  # a fresh empty frame: a slice would keep the whole block's rows alive
         log.debug("homepage: block %d of %d users, %d rows", number, len(block), sums.counts["rows"])
         return number, page, sums
 

@@ -13,6 +13,7 @@ and the offline accuracy of the ``for_you`` row: Recall/NDCG at its length again
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -65,20 +66,37 @@ def exposure_metrics(exposure: np.ndarray, diversity_sum: float, diversity_pages
     }
 
 
-def list_metrics(pages: pd.DataFrame, item_ids: np.ndarray, category: np.ndarray, popularity: np.ndarray,
-                 model_index: np.ndarray, num_users: int) -> dict[str, float]:
+def list_metrics(pages: pd.DataFrame | Iterable[pd.DataFrame], item_ids: np.ndarray, category: np.ndarray,
+                 popularity: np.ndarray, model_index: np.ndarray, num_users: int) -> dict[str, float]:
+    """The list metrics (module docstring) of ``pages`` (user_id, item_id): one frame, or frames read one at a
+    time, each holding whole lists (e.g. the rank stage's parts, users in blocks), so that no more than one part is
+    ever held. Items outside ``item_ids`` count as slots (novelty of an item nobody trained on, cold) but not in the
+    exposure. Sums per part: exposure (C,), per-page diversity, novelty, cold slots."""
+    frames = [pages] if isinstance(pages, pd.DataFrame) else pages
+    index = pd.Index(item_ids)
     category_of = pd.Series(category, index=item_ids)
-    popularity_of = pd.Series(popularity, index=item_ids)
-    cold_of = pd.Series(model_index < 0, index=item_ids)
-    exposure = pages["item_id"].value_counts().reindex(item_ids, fill_value=0).to_numpy()
-    shown_popularity = pages["item_id"].map(popularity_of).fillna(0).to_numpy()
+    popularity = np.asarray(popularity, dtype=np.float64)
+    exposure = np.zeros(len(item_ids), dtype=np.int64)
+    slots = cold = diversity_pages = 0
+    novelty = diversity_sum = 0.0
+    for frame in frames:
+        positions = index.get_indexer(frame["item_id"])
+        known = positions >= 0
+        exposure += np.bincount(positions[known], minlength=len(item_ids))
+        slots += len(frame)
+        shown_popularity = np.where(known, popularity[np.maximum(positions, 0)], 0.0)
+        novelty += float(-np.log2((shown_popularity + 1) / (num_users + 1)).sum())
+        cold += int((~known | (np.asarray(model_index)[np.maximum(positions, 0)] < 0)).sum())
+        per_user = diversity_per_user(frame[["user_id", "item_id"]], category_of)
+        diversity_sum += float(per_user.sum())
+        diversity_pages += len(per_user)
     return {
-        "slots": len(pages),
+        "slots": slots,
         "coverage": float((exposure > 0).sum() / max(len(item_ids), 1)),
-        "diversity": intra_list_diversity(pages, category_of),
-        "novelty_bits": float(np.mean(-np.log2((shown_popularity + 1) / (num_users + 1)))) if len(pages) else 0.0,
+        "diversity": diversity_sum / diversity_pages if diversity_pages else 0.0,
+        "novelty_bits": novelty / slots if slots else 0.0,
         "gini": gini(exposure),
-        "cold_share": float(pages["item_id"].map(cold_of).fillna(True).mean()) if len(pages) else 0.0,
+        "cold_share": cold / slots if slots else 0.0,
     }
 
 

@@ -257,8 +257,10 @@ def item_neighbours(anchors: np.ndarray, catalogue: Catalogue, item_embeddings: 
     keep &= np.cumsum(keep, axis=1) <= wanted  # the anchor found: drop it; not found: drop the last item
     order = np.argsort(~keep, axis=1, kind="stable")[:, : max(wanted, 1)]  # kept entries first, in order
     kept = np.take_along_axis(keep, order, axis=1)
-    positions = np.where(kept, positions_of_model_items[np.take_along_axis(rows, order, axis=1)], -1)
-    cosines = np.where(kept, np.take_along_axis(scores, order, axis=1), 0.0).astype(np.float64)
+    # int32 positions and float32 cosines (faiss's own precision): at 3 * 10^7 events, ~10^5 anchors x 500
+    # neighbours take 400 MB instead of 800 MB
+    positions = np.where(kept, positions_of_model_items[np.take_along_axis(rows, order, axis=1)], -1).astype(np.int32)
+    cosines = np.where(kept, np.take_along_axis(scores, order, axis=1), 0.0).astype(np.float32)
     return ItemNeighbours(anchors, positions, cosines)
 
 

@@ -6,6 +6,7 @@ row's accuracy (its length, the largest for_you slot, is known only after the la
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +109,7 @@ class PageTally:
             out.hits.append(for_you_hits(page, self.test[self.test[schema.USER].isin(users)]))
         return out
 
-    def stats(self, rankings: pd.DataFrame | None) -> dict[str, Any]:
+    def stats(self, rankings: pd.DataFrame | Iterable[pd.DataFrame] | None) -> dict[str, Any]:
         """Counts per section, cold users (no model embedding), the page-rule check, the diversity setting, the
         merchandising rules and slots they touched, and the page-quality metrics (``rankings``, the plain top-K
         lists, as the baseline when given)."""

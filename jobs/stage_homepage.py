@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         if held is not None:  # scored on the GPU here; the forked CPU workers only look their users' lists up
             candidates, fork = held, True
     catalogue = pd.read_parquet(run.catalogue) if run.catalogue.exists() else None
-    rankings = pd.read_parquet(run.rankings) if run.rankings.exists() else None
+    rankings = ParquetParts(run.rankings, ["user_id", "item_id"]) if run.rankings.exists() else None
     profiles = _read_profiles(run) if config.profiles.enabled else None
     cold_items = _read_cold_items(run)
     kinds = {section.kind for section in settings.sections}
@@ -125,6 +127,20 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     write_json(run.homepage_stats, stats)
     log.info("homepage: %d users, %d slots, sections %s", stats["users"], stats["rows"], stats["sections"])
     return stats
+
+
+@dataclass(frozen=True)
+class ParquetParts:
+    """The part files of a dataset (``folder/part-*.parquet``), read one at a time (``columns`` only) each time it is
+    iterated: the rank stage's rankings, written in blocks of users, as the homepage's quality baseline."""
+
+    folder: Path
+    columns: list[str]
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        parts = sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else [self.folder]
+        for part in parts:
+            yield pd.read_parquet(part, columns=self.columns)
 
 
 PROFILE_COLUMNS = ("segment", "segment_name")  # plus top_category_k / top_category_share_k

@@ -283,3 +283,24 @@ def test_item_neighbours_are_the_closest_items_by_cosine_in_one_padded_table(cou
         np.testing.assert_array_equal(positions, positions_of_model_items[others])
         np.testing.assert_allclose(scores, cosines[others], atol=1e-5)
     assert found.positions.shape == (3, min(count, 11))
+
+
+def test_list_metrics_read_part_by_part_equal_the_whole_frame():
+    from homerank.homepage.quality import list_metrics
+
+    rng = np.random.default_rng(3)
+    item_ids = np.arange(100, 130)
+    category = rng.choice(["A", "B", "C"], item_ids.size)
+    popularity = rng.integers(0, 50, item_ids.size).astype(float)
+    model_index = np.where(rng.random(item_ids.size) < 0.2, -1, np.arange(item_ids.size))
+    pages = pd.DataFrame({"user_id": np.repeat(np.arange(40), 6),
+                          "item_id": rng.choice(np.append(item_ids, [999]), 240)})  # 999: not in the catalogue
+    whole = list_metrics(pages, item_ids, category, popularity, model_index, 40)
+    parts = [pages[pages["user_id"] < 13], pages[(pages["user_id"] >= 13) & (pages["user_id"] < 31)],
+             pages[pages["user_id"] >= 31]]
+    assert list_metrics(iter(parts), item_ids, category, popularity, model_index, 40) == pytest.approx(whole)
+    by_hand_novelty = np.mean([-np.log2(((popularity[item_ids == i][0] if i in item_ids else 0) + 1) / 41)
+                               for i in pages["item_id"]])
+    assert whole["novelty_bits"] == pytest.approx(by_hand_novelty)
+    assert whole["cold_share"] == pytest.approx(np.mean([i not in item_ids or model_index[item_ids == i][0] < 0
+                                                         for i in pages["item_id"]]))
