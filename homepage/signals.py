@@ -168,14 +168,16 @@ def last_viewed_items(interactions: pd.DataFrame) -> pd.Series:
     """User id -> catalogue position of the newest item with a view (any interaction when the log has no
     view counts); ``interactions`` carries the ``pos`` column. Ties in ``last_ts`` go to the row that comes first in
     ``interactions`` (the ETL writes them by user, then item). One hashed group-by (the row of each user's largest
-    ``last_ts``), O(rows), instead of sorting every row by time."""
-    viewed = interactions[interactions.get(schema.count_column("view"), interactions[schema.WEIGHT]) > 0]
-    viewed = viewed[viewed[schema.LAST_TS].notna()]
-    if not len(viewed):
+    ``last_ts``), O(rows), instead of sorting every row by time; only the three columns it reads are selected (at
+    3 * 10^7 events a row selection of the whole frame copied 1.3 GB)."""
+    views = interactions.get(schema.count_column("view"), interactions[schema.WEIGHT]).to_numpy()
+    last = interactions[schema.LAST_TS]
+    rows = np.flatnonzero((views > 0) & last.notna().to_numpy())
+    if not rows.size:
         return pd.Series(dtype=np.int64, index=pd.Index([], name=schema.USER), name=POSITION)
-    codes, users = pd.factorize(viewed[schema.USER], sort=False)
-    newest = pd.Series(viewed[schema.LAST_TS].to_numpy()).groupby(codes, sort=False).idxmax()
-    return pd.Series(viewed[POSITION].to_numpy()[newest.to_numpy()],
+    codes, users = pd.factorize(interactions[schema.USER].to_numpy()[rows], sort=False)
+    newest = pd.Series(last.to_numpy()[rows]).groupby(codes, sort=False).idxmax()
+    return pd.Series(interactions[POSITION].to_numpy()[rows[newest.to_numpy()]],
                      index=pd.Index(users.take(newest.index.to_numpy()), name=schema.USER), name=POSITION)
 
 
@@ -280,11 +282,22 @@ def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: t
 
 
 def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Series:
-    """User id -> the category with the largest summed interaction weight (ties: alphabetically first)."""
-    weights = interactions.assign(category=catalogue.category[interactions[POSITION].to_numpy()])
-    return (weights.groupby([schema.USER, "category"])[schema.WEIGHT].sum().reset_index()
-            .sort_values([schema.USER, schema.WEIGHT, "category"], ascending=[True, False, True])
-            .groupby(schema.USER).head(1).set_index(schema.USER)["category"])
+    """User id -> the category with the largest summed interaction weight (ties: alphabetically first). Grouped on
+    integer codes (user code * K + category code, K categories numbered in alphabetical order), not on the category
+    text of every row."""
+    names, category_codes = np.unique(catalogue.category, return_inverse=True)
+    if not len(interactions):
+        return pd.Series(dtype=object, index=pd.Index([], name=schema.USER), name="category")
+    user_codes, users = pd.factorize(interactions[schema.USER].to_numpy(), sort=False)
+    keys = user_codes.astype(np.int64) * names.size + category_codes[interactions[POSITION].to_numpy()]
+    sums = pd.Series(interactions[schema.WEIGHT].to_numpy(dtype=np.float64)).groupby(keys).sum()
+    key, total = sums.index.to_numpy(), sums.to_numpy()
+    user, category = key // names.size, key % names.size
+    order = np.lexsort((category, -total, user))  # per user: largest sum first, ties by category name
+    user, category = user[order], category[order]
+    first = np.r_[True, user[1:] != user[:-1]]
+    return pd.Series(names[category[first]].astype(object), index=pd.Index(users.take(user[first]),
+                                                                           name=schema.USER), name="category")
 
 
 def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: pd.DataFrame,
@@ -312,8 +325,9 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     new_positions, new_arrival_scorer, new_reason = new_arrivals(catalogue, vectors, user_embeddings, reference_time,
                                                                  settings.new_arrival_days, vector_source)
     purchased_column = schema.count_column("purchase")
-    bought = (interactions[interactions[purchased_column] > 0] if purchased_column in interactions
-              else interactions.iloc[:0])
+    bought = interactions.loc[interactions[purchased_column].to_numpy() > 0 if purchased_column in interactions
+                              else np.zeros(len(interactions), dtype=bool), [schema.USER, schema.ITEM, schema.LAST_TS,
+                                                                             POSITION]]
     again = bought[np.isin(catalogue.category[bought[POSITION].to_numpy()], settings.repeat_purchase_categories)]
     return PageSignals(
         catalogue=catalogue,

@@ -64,7 +64,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     """Build every user's page from the run's artifacts and write the outputs; returns the stats written to
     ``homepage_stats.json``."""
     settings = config.homepage
-    edges = read_edges(run, [schema.USER, schema.ITEM, schema.USER_INDEX, schema.ITEM_INDEX, SPLIT])
+    edges = read_edges(run, [schema.USER, schema.ITEM, schema.ITEM_INDEX, SPLIT])  # the columns the pages read
     interactions = pd.read_parquet(require(run.interactions, "etl"))
     if schema.LAST_TS not in interactions.columns:  # e.g. the lightgcn format: pairs without time or event type
         stats = {"skipped": "the input has no timestamps or event types (lightgcn format): no homepage"}

@@ -8,6 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from homerank.homepage.build import build_pages
 from homerank.homepage.candidates import CandidateLists
@@ -174,6 +177,19 @@ def test_top_category_breaks_ties_alphabetically():
     assert top_categories(interactions, _catalogue()).to_dict() == {"u": "C", "v": "A"}
     interactions.loc[0, "weight"] = 1.0  # u: A, B and C tie at 1.0
     assert top_categories(interactions, _catalogue()).to_dict() == {"u": "A", "v": "A"}
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["u", "v", "w", "x"]), st.integers(0, 4), st.sampled_from([0.5, 1.0, 2.0])),
+                min_size=1, max_size=30))
+def test_top_category_equals_the_group_by_definition(rows):
+    interactions = pd.DataFrame(rows, columns=["user_id", "pos", "weight"])
+    catalogue = _catalogue()
+    expected = (interactions.assign(category=catalogue.category[interactions["pos"].to_numpy()])
+                .groupby(["user_id", "category"])["weight"].sum().reset_index()
+                .sort_values(["user_id", "weight", "category"], ascending=[True, False, True])
+                .groupby("user_id").head(1).set_index("user_id")["category"])
+    assert top_categories(interactions, catalogue).sort_index().to_dict() == expected.to_dict()
 
 
 def test_the_builder_reads_the_cap_and_purchase_exemptions_from_the_registry():
