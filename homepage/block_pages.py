@@ -46,6 +46,7 @@ def new_arrival_width(section: SectionConfig, settings: HomepageConfig) -> int:
     return max(NEW_ARRIVAL_WIDTH, 8 * pool)
 
 
+CUT_CHUNK = 4096  # neighbour lines cut at once (`capped_lists`)
 CAP_SLACK = 32  # a capped row reads the cut lists (`capped_lists`) when it blocks at most this many items
 
 
@@ -61,15 +62,22 @@ def capped_lists(positions: np.ndarray, scores: np.ndarray, in_stock: np.ndarray
     row pools the same entries, in the same order, from the cut list as from the whole one. At 3 * 10^6 events the
     neighbour lists (500 entries, most of the anchor's category) are cut to a few dozen, and the rows that walked all
     500 of them to find items of other categories no longer do."""
-    valid = positions >= 0
-    safe = np.where(valid, positions, 0)
-    ok = valid & in_stock[safe]
-    kept = ok & (rank_within_rows(np.where(ok, category[safe], -1)) < keep)
+    kept = np.zeros(positions.shape, dtype=bool)
+    for start in range(0, positions.shape[0], CUT_CHUNK):  # chunks of lines: a few (chunk, n) temporaries at a time
+        lines = positions[start : start + CUT_CHUNK]
+        valid = lines >= 0
+        safe = np.where(valid, lines, 0)
+        ok = valid & in_stock[safe]
+        kept[start : start + CUT_CHUNK] = ok & (rank_within_rows(np.where(ok, category[safe], -1)) < keep)
     width = max(int(kept.sum(axis=1).max(initial=0)), 1)
-    order = np.argsort(~kept, axis=1, kind="stable")[:, :width]
-    taken = np.take_along_axis(kept, order, axis=1)
-    return (np.where(taken, np.take_along_axis(positions, order, axis=1), -1),
-            np.where(taken, np.take_along_axis(scores, order, axis=1), 0.0))
+    out_positions = np.full((positions.shape[0], width), -1, dtype=positions.dtype)
+    out_scores = np.zeros((positions.shape[0], width), dtype=scores.dtype)
+    line, column = np.nonzero(kept)  # row-major: each line's kept entries in order
+    counts = kept.sum(axis=1)
+    slot = np.arange(line.size) - np.repeat(np.cumsum(counts) - counts, counts)  # rank of the entry in its line
+    out_positions[line, slot] = positions[line, column]
+    out_scores[line, slot] = scores[line, column]
+    return out_positions, out_scores
 
 
 def best_first(scores: np.ndarray, width: int | None) -> np.ndarray:

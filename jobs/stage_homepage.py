@@ -52,7 +52,7 @@ from homerank.gnn.scorer import Scorer
 from homerank.homepage.build import block_processes, build_pages
 from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
-from homerank.jobs.artifacts import read_edges, read_embedding_table, require
+from homerank.jobs.artifacts import LEAN_READ, read_edges, read_embedding_table, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.recommend import ItemSearch
 from homerank.jobs.rundir import RunDir, atomic_path, ensure_run_id, publish_parquet_parts, read_json, write_json
@@ -65,7 +65,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     ``homepage_stats.json``."""
     settings = config.homepage
     edges = read_edges(run, [schema.USER, schema.ITEM, schema.ITEM_INDEX, SPLIT])  # the columns the pages read
-    interactions = pd.read_parquet(require(run.interactions, "etl"))
+    interactions = pd.read_parquet(require(run.interactions, "etl"), to_pandas_kwargs=LEAN_READ)
     if schema.LAST_TS not in interactions.columns:  # e.g. the lightgcn format: pairs without time or event type
         stats = {"skipped": "the input has no timestamps or event types (lightgcn format): no homepage"}
         log.info("homepage: %s", stats["skipped"])

@@ -344,3 +344,26 @@ def test_index_candidates_are_the_hnsw_lists_scored_exactly_best_first():
     found, scores = lists_of(rows[:4], 10)
     assert [list(c) for c in exact_calls] == [list(rows[:4])]  # the short rows went the exact way
     np.testing.assert_array_equal(found, exact(rows[:4], 10)[0])
+
+
+def test_cut_lists_are_the_same_whatever_the_chunk_of_lines(monkeypatch):
+    from homerank.homepage.block_pages import capped_lists
+
+    rng = np.random.default_rng(7)
+    positions = np.stack([rng.permutation(40)[:25] for _ in range(9)]).astype(np.int32)
+    positions[3, 10:] = -1
+    scores = rng.random(positions.shape).astype(np.float32)
+    category, in_stock = rng.integers(0, 3, 40), rng.random(40) > 0.2
+    whole = capped_lists(positions, scores, in_stock, category, 3)
+    monkeypatch.setattr(block_pages_module, "CUT_CHUNK", 2)
+    chunked = capped_lists(positions, scores, in_stock, category, 3)
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert whole[0].dtype == np.int32 and whole[1].dtype == np.float32
+    kept = whole[0][0][whole[0][0] >= 0]  # by hand: in-stock entries, at most 3 per category, in list order
+    expected, seen = [], {}
+    for p in positions[0].tolist():
+        if in_stock[p] and seen.get(category[p], 0) < 3:
+            expected.append(p)
+            seen[category[p]] = seen.get(category[p], 0) + 1
+    assert kept.tolist() == expected
