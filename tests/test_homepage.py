@@ -275,11 +275,15 @@ def test_last_viewed_item_is_the_newest_viewed_row_first_row_on_ties():
     assert last_viewed_items(interactions.iloc[:0]).empty
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 8192])
 @pytest.mark.parametrize("count", [1, 5, 40])
-def test_item_neighbours_are_the_closest_items_by_cosine_in_one_padded_table(count):
+def test_item_neighbours_are_the_closest_items_by_cosine_in_one_padded_table(count, chunk, monkeypatch):
     from types import SimpleNamespace
 
+    from homerank.homepage import signals as signals_module
     from homerank.homepage.signals import ItemNeighbours, item_neighbours
+
+    monkeypatch.setattr(signals_module, "NEIGHBOUR_CHUNK", chunk)  # anchors searched in chunks of this many
 
     rng = np.random.default_rng(count)
     vectors = torch.from_numpy(rng.normal(size=(12, 4)).astype(np.float32))
