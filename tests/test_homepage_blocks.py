@@ -57,6 +57,17 @@ def _frames(seed: int = 0, users: int = 60, items: int = 120):
             catalogue, now)
 
 
+def _page_signals(seed: int, settings: HomepageConfig):
+    """`_frames` made into the page-wide signals: (catalogue, signals, unit item vectors, the users, sorted)."""
+    (candidates, scores, item_emb, user_emb, interactions, edges, user_index, item_index, items,
+     now) = _frames(seed)
+    catalogue = build_catalogue(items, interactions, item_index, edges, now, settings)
+    vectors = inductive_item_vectors(catalogue, item_emb)
+    signals = collect_signals(catalogue, vectors, interactions, candidates, scores, user_emb, item_emb, user_index,
+                              now, settings)
+    return catalogue, signals, F.normalize(vectors, dim=1).numpy(), np.sort(interactions["user_id"].unique())
+
+
 SETTINGS = [
     HomepageConfig(max_per_category=2, new_arrival_days=7, repeat_purchase_categories=["Coffee", "A"], candidates=40),
     HomepageConfig(diversity="mmr", mmr_pool_factor=3, new_arrival_days=7, candidates=40,
@@ -78,14 +89,7 @@ def test_block_rows_equal_the_user_by_user_builder(settings, seed, narrow, monke
         monkeypatch.setattr(blocks_module, "MIN_WINDOW", 2)
         monkeypatch.setattr(blocks_module, "BITSET_BYTES", 0)
         monkeypatch.setattr(block_pages_module, "new_arrival_width", lambda section, settings: 3)
-    (candidates, scores, item_emb, user_emb, interactions, edges, user_index, item_index, items,
-     now) = _frames(seed)
-    catalogue = build_catalogue(items, interactions, item_index, edges, now, settings)
-    vectors = inductive_item_vectors(catalogue, item_emb)
-    signals = collect_signals(catalogue, vectors, interactions, candidates, scores, user_emb, item_emb, user_index,
-                              now, settings)
-    unit = F.normalize(vectors, dim=1).numpy()
-    users = np.sort(interactions["user_id"].unique())
+    catalogue, signals, unit, users = _page_signals(seed, settings)
     expected = _pages_one_by_one(users, catalogue, signals, settings, unit, None)
     got = BlockPages(signals, settings, unit).build(users)
     assert len(expected) > 5 * len(users)
@@ -120,14 +124,7 @@ def test_cut_neighbour_lists_give_the_rows_of_the_whole_lists(slack, seed, monke
     settings = HomepageConfig(max_per_category=1, new_arrival_days=7, candidates=40,
                               sections=[SectionConfig(kind="because_you_viewed", title="Like {item_title}", slots=6),
                                         SectionConfig(kind="for_you", title="For you", slots=5)])
-    (candidates, scores, item_emb, user_emb, interactions, edges, user_index, item_index, items,
-     now) = _frames(seed)
-    catalogue = build_catalogue(items, interactions, item_index, edges, now, settings)
-    vectors = inductive_item_vectors(catalogue, item_emb)
-    signals = collect_signals(catalogue, vectors, interactions, candidates, scores, user_emb, item_emb, user_index,
-                              now, settings)
-    unit = F.normalize(vectors, dim=1).numpy()
-    users = np.sort(interactions["user_id"].unique())
+    catalogue, signals, unit, users = _page_signals(seed, settings)
     pages = BlockPages(signals, settings, unit)
     cut, whole = pages.short_neighbours[0], pages.neighbour_positions
     assert (cut >= 0).sum() < (whole >= 0).sum()  # the cut drops entries
