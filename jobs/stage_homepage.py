@@ -112,7 +112,9 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         folder.mkdir(parents=True)
     try:
         parts = _PartWriter(staging, jsonl_parts, impressions, ensure_run_id(run), ref_time)
-        homepage = build_pages(candidates, None, item_emb, user_emb, interactions, edges,
+        frames = [interactions, edges]
+        del interactions, edges  # build_pages holds the only references and drops them before the blocks
+        homepage = build_pages(candidates, None, item_emb, user_emb, frames.pop(0), frames.pop(0),
                                user_index, item_index, catalogue, ref_time, settings, rankings,
                                on_block=parts.write, profiles=profiles, cold_items=cold_items,
                                searches=searches, sessions=sessions, fork=fork)
