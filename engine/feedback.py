@@ -105,7 +105,7 @@ def read_feedback(path: str, file_format: str, id_dtype: str, pseudonym_key: byt
     """One feedback file's events (KEYS + event_type): ids in the run's canonical form (`canonical_ids`; user ids
     pseudonymised as the ingest does them), event types stripped and lower-case, rows with a bad id or no run id
     dropped."""
-    from homerank.engine.ingest import canonical_ids
+    from homerank.engine.ids import canonical_ids
     from homerank.engine.privacy import pseudonymise
 
     columns = [*KEYS, schema.EVENT]
@@ -126,7 +126,7 @@ def read_feedback(path: str, file_format: str, id_dtype: str, pseudonym_key: byt
 
 def read_impressions(path: str, id_dtype: str) -> pd.DataFrame:
     """One part of ``impressions/`` with its ids in the run's canonical form."""
-    from homerank.engine.ingest import canonical_ids
+    from homerank.engine.ids import canonical_ids
 
     frame = pd.read_parquet(path, columns=[*KEYS, *GROUPS])
     frame[schema.USER] = canonical_ids(frame[schema.USER], id_dtype)[0]  # type: ignore[arg-type]

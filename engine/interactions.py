@@ -10,15 +10,22 @@ For an event e of type t(e) at time ts(e), with reference time T (the newest eve
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-import dask.dataframe as dd
 import pandas as pd
 
 from homerank.engine import schema
 from homerank.engine.errors import HomerankError
 
 SECONDS_PER_DAY = 86_400.0
+
+
+def _is_dask_frame(frame: Any) -> bool:
+    """Whether ``frame`` is a dask DataFrame; dask is not imported for the question (a process that never imported
+    dask.dataframe, e.g. the homepage stage, holds no dask frame)."""
+    module = sys.modules.get("dask.dataframe")
+    return module is not None and isinstance(frame, module.DataFrame)
 
 
 def check_weights(weights: dict[str, float], event_types: list[str]) -> None:
@@ -35,7 +42,7 @@ def half_life_decay(ref_time: Any, timestamps: Any, half_life_days: float) -> An
 
 def weight_events(frame: Any, weights: dict[str, float], half_life_days: float | None, ref_time: Any) -> Any:
     """Add a ``weight`` column to an event frame (pandas, cudf or dask) following the module formula."""
-    base = frame[schema.EVENT].map(weights, meta=(schema.EVENT, "float64")) if isinstance(frame, dd.DataFrame) else (
+    base = frame[schema.EVENT].map(weights, meta=(schema.EVENT, "float64")) if _is_dask_frame(frame) else (
         frame[schema.EVENT].map(weights)
     )
     base = base.astype("float64")
@@ -64,7 +71,7 @@ def aggregate_edges(events: Any, event_types: list[str]) -> Any:
     }
     spec.update({schema.count_column(t): (schema.count_column(t), "sum") for t in event_types})
     grouped = counted.groupby([schema.USER, schema.ITEM], sort=False)
-    if isinstance(counted, dd.DataFrame):
+    if _is_dask_frame(counted):
         aggregated = grouped.agg(**spec, split_out=1 if counted.npartitions <= 16 else counted.npartitions // 8)
     else:
         aggregated = grouped.agg(**spec)

@@ -27,7 +27,7 @@ import torch
 
 from homerank.engine import schema
 from homerank.engine.errors import HomerankError
-from homerank.engine.ingest import canonical_ids
+from homerank.engine.ids import canonical_ids
 from homerank.engine.interactions import half_life_decay
 from homerank.engine.split import SPLIT
 from homerank.homepage.config import HomepageConfig

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from homerank.engine.errors import HomerankError
-from homerank.engine.ingest import canonical_ids
+from homerank.engine.ids import canonical_ids
 
 RULES = ("boost", "pin")
 COLUMNS = ("rule", "item_id", "category", "weight", "section", "slot", "start", "end")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 FOREIGN = 'raise ImportError("the user\'s own {name} package was imported instead of homerank\'s")\n'
 
 
@@ -53,3 +55,13 @@ def test_the_etl_stage_does_not_import_torch(tiny_log, tmp_path):
             "print(rc, 'torch' in sys.modules, flush=True)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split()[-2:] == ["0", "False"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("stage", ["graph", "evaluate", "rank", "homepage"])
+def test_the_stages_after_the_etl_do_not_import_dask(stage):
+    """Only the ETL runs on dask: a later stage's module (and the homepage's forked block workers) loads neither
+    dask.dataframe (~0.6 s) nor distributed; ids are canonicalised by `homerank.engine.ids`, free of dask."""
+    code = (f"import sys, homerank.jobs.stage_{stage};"
+            "print([m for m in ('dask.dataframe', 'distributed') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
