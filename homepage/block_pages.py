@@ -218,7 +218,9 @@ class BlockPages:
                             np.array(len(reasons) - 1), np.where(model_rows < 0, 0, -1))],
                     reasons, {}, plain)
         if kind == "buy_again":
-            positions, group = signals.buy_again.padded(users)
+            rows = signals.buy_again.rows(users)
+            group = np.where(rows >= 0, np.cumsum(rows >= 0) - 1, -1)
+            positions = signals.buy_again.padded(rows[rows >= 0])
             return ([Source(positions, np.zeros(positions.shape), np.array(0), group)],
                     ["buy_again:purchased_before"], {}, plain)
         if kind == "related_to_searches":
@@ -264,9 +266,9 @@ class BlockPages:
 
     def _bought(self, users: np.ndarray) -> tuple[ItemSets, np.ndarray]:
         """The positions each of the block's users bought, and how many (B,)."""
-        rows, positions = self.signals.purchased.flat(users)
-        return (ItemSets(users.size, self.in_stock.size).add(rows, positions),
-                np.bincount(rows, minlength=users.size))
+        lines, positions = self.signals.purchased.flat(self.signals.purchased.rows(users))
+        return (ItemSets(users.size, self.in_stock.size).add(lines, positions),
+                np.bincount(lines, minlength=users.size))
 
     def _refill_from_whole_lists(self, model_rows: np.ndarray, lists: CandidateLists, sources: list[Source],
                                  rules: Rules, filled: tuple[np.ndarray, ...]) -> None:

@@ -36,8 +36,8 @@ from homerank.homepage.candidates import CandidateFn, CandidateLists, ModelCandi
 from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
 from homerank.homepage.last_session import LastSession, last_session
+from homerank.homepage.ragged import Ragged
 from homerank.homepage.searches import SearchHistory, search_history
-from homerank.homepage.user_lists import UserLists
 
 POSITION = "pos"  # catalogue position of an interaction's item
 # a new arrival's reason by the source code of its vector (homerank.homepage.catalogue.VECTOR_SOURCES)
@@ -66,8 +66,8 @@ class PageSignals:
     # ``new_scores[rows]`` (n, N); page-wide signals hold None and make a block's in `for_block` (never a (U, N) table)
     new_reason: np.ndarray  # (N,) model score, or cold start (content or mean vector) for items the model never saw
     purchases: pd.DataFrame  # (user_id, item_id) of every interaction with a purchase
-    purchased: UserLists  # user id -> positions bought (a dict of lists is taken)
-    buy_again: UserLists  # user id -> positions bought in repeat-purchase categories, newest first (or a dict)
+    purchased: Ragged  # user id -> positions bought (a dict of lists is taken)
+    buy_again: Ragged  # user id -> positions bought in repeat-purchase categories, newest first (or a dict)
     # from the shopper profiles (empty without them)
     segment: pd.Series = field(default_factory=lambda: pd.Series(dtype=np.int64))  # user id -> segment
     segment_names: dict[int, str] = field(default_factory=dict)  # segment -> its name
@@ -83,8 +83,8 @@ class PageSignals:
         if not isinstance(self.model_row, pd.Series):
             self.model_row = pd.Series(self.model_row, dtype=np.int64)
         for name in ("purchased", "buy_again"):
-            if not isinstance(getattr(self, name), UserLists):
-                setattr(self, name, UserLists.from_mapping(getattr(self, name)))
+            if not isinstance(getattr(self, name), Ragged):
+                setattr(self, name, Ragged.from_mapping(getattr(self, name)))
 
     def for_block(self, users: np.ndarray, whole: bool = False, model_rows: np.ndarray | None = None
                   ) -> PageSignals:
@@ -354,7 +354,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         global_category=pd.Series(catalogue.trending).groupby(catalogue.category).sum().idxmax(),
         new_positions=new_positions, new_scores=None, new_arrival_scorer=new_arrival_scorer, new_reason=new_reason,
         purchases=bought[[schema.USER, schema.ITEM]],
-        purchased=UserLists.of(bought[schema.USER], bought[POSITION]),
+        purchased=Ragged.by_owner(bought[schema.USER], bought[POSITION].to_numpy(dtype=np.int64)),
         buy_again=_lists_by_user(again.sort_values(schema.LAST_TS, ascending=False, kind="stable")),
         **_profile_signals(profiles, edges, catalogue),
         searches=(search_history(searches, catalogue, reference_time, settings.search)
@@ -405,6 +405,6 @@ def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, 
     return out
 
 
-def _lists_by_user(frame: pd.DataFrame) -> UserLists:
-    """User id -> the ``pos`` column of the user's rows, in the frame's order (`UserLists`)."""
-    return UserLists.of(frame[schema.USER], frame[POSITION])
+def _lists_by_user(frame: pd.DataFrame) -> Ragged:
+    """User id -> the ``pos`` column of the user's rows, in the frame's order."""
+    return Ragged.by_owner(frame[schema.USER], frame[POSITION].to_numpy(dtype=np.int64))
