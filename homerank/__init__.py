@@ -16,8 +16,15 @@ directory, command line).
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 from typing import Any
+
+# Arrow buffers from the system allocator (unless the caller chose): Arrow's default mimalloc pool keeps the pages of
+# freed buffers, and Arrow's I/O context takes the default pool once, when Arrow first reads a file, so this must be
+# set before pyarrow is imported. Reading the train and valid edges at 3 * 10^7 events (0.34 GiB of columns) left
+# the process 0.78 GiB above its start with mimalloc, 0.38 GiB with the system allocator (`release_free_memory`).
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from homerank.engine.errors import GateError, HomerankError, TrainingDivergedError
 

@@ -94,10 +94,13 @@ def test_default_workers(monkeypatch, cores, given, expected):
     assert backend_module.MAX_THREADS == 8
 
 
-def _malloc_environment() -> tuple[str | None, str | None]:
+def _malloc_environment() -> tuple[str | None, str | None, str]:
     import os
 
-    return os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    import pyarrow
+
+    return (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            pyarrow.default_memory_pool().backend_name)
 
 
 def _saturation(dask_scheduler) -> float:  # noqa: ANN001 - the scheduler, passed by name by run_on_scheduler
@@ -110,6 +113,6 @@ def test_worker_processes_start_with_the_malloc_settings_and_take_one_task_per_t
         (environment,) = client.run(_malloc_environment).values()
         assert client.run_on_scheduler(_saturation) == 1.0
     assert dask.config.get("distributed.scheduler.worker-saturation") == 1.1  # dask's default, outside the cluster
-    assert environment == (str(32 << 20), str(64 << 20))
+    assert environment == (str(32 << 20), str(64 << 20), "system")  # Arrow's buffers too, as in the client
     assert backend_module.worker_environment()["OMP_NUM_THREADS"] == 1  # dask's own settings are kept
     assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536  # untouched
