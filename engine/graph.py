@@ -96,12 +96,16 @@ def build_graph(
     values = edge_values(np.asarray(weights), edge_weight)
     interactions = csr_from_pairs(xp.asarray(users), xp.asarray(items), num_users, num_items,
                                   values=xp.asarray(values), sparse=sparse)
-    normalised = normalised_adjacency(interactions, sparse, xp).tocoo()
-    row, col, data = (backend.asnumpy(a) for a in (normalised.row, normalised.col, normalised.data))
-    order = np.lexsort((col, row))
-    edge_index = torch.from_numpy(np.vstack([row[order], col[order]]).astype(np.int64))
-    edge_weight_t = torch.from_numpy(data[order].astype(np.float32))
-    return BipartiteGraph(num_users, num_items, edge_index, edge_weight_t), interactions
+    normalised = normalised_adjacency(interactions, sparse, xp)
+    normalised.sort_indices()  # CSR order with sorted columns: (row, col) ascending, the order PyG's CSR wants
+    indptr, indices, data = (backend.asnumpy(a) for a in (normalised.indptr, normalised.indices, normalised.data))
+    del normalised
+    # written into one (2, 2E) int64 array: no COO copy, no sort (at 3 * 10^7 events, 2E = 23M non-zeros)
+    edge_index = np.empty((2, indices.size), dtype=np.int64)
+    edge_index[0] = np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
+    edge_index[1] = indices
+    edge_weight_t = torch.from_numpy(data.astype(np.float32))
+    return BipartiteGraph(num_users, num_items, torch.from_numpy(edge_index), edge_weight_t), interactions
 
 
 def check_edges(graph: BipartiteGraph, training_edges: int, edge_weight: str) -> None:
