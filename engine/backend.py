@@ -158,12 +158,18 @@ class Backend:
                                 **network, **memory)
 
     def connected_components(self, rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:
-        """Component label per node (num_nodes,) of the undirected graph with edges (rows[k], cols[k]); labels
-        are 0..C-1. cuGraph's weakly connected components on the GPU backend, scipy's csgraph otherwise."""
+        """Component label per node (num_nodes,) of the undirected graph with edges (rows[k], cols[k]) (each edge
+        given once is enough: a symmetric graph may pass one direction, half the memory); labels are 0..C-1.
+        cuGraph's weakly connected components on the GPU backend, scipy's csgraph otherwise (weak components of the
+        directed edges, built as CSR without a COO copy when ``rows`` is sorted, as a CSR graph's rows are)."""
         if self.graph_library == "cugraph":
             return _cugraph_components(rows, cols, num_nodes)
-        adjacency = scipy.sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(num_nodes, num_nodes))
-        return scipy.sparse.csgraph.connected_components(adjacency, directed=False)[1]
+        if rows.size > 1 and bool((rows[1:] < rows[:-1]).any()):
+            order = np.argsort(rows, kind="stable")
+            rows, cols = rows[order], cols[order]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=num_nodes))])
+        adjacency = scipy.sparse.csr_matrix((np.ones(rows.size), cols, indptr), shape=(num_nodes, num_nodes))
+        return scipy.sparse.csgraph.connected_components(adjacency, directed=True, connection="weak")[1]
 
 
 def _cugraph_components(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> np.ndarray:

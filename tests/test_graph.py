@@ -44,3 +44,20 @@ def test_edge_weight_modes_and_stats():
     assert stats["isolated_users"] == 1 and stats["isolated_items"] == 1
     assert stats["components"] == 3  # the connected block + one isolated user + one isolated item
     assert stats["density"] == pytest.approx(3 / 9)
+
+
+def test_connected_components_from_one_direction_and_unsorted_edges():
+    # nodes 0..6: {0, 4, 5} joined by 0-4 and 5-0 (given as 5 -> 0), {1, 6} by 6 -> 1, 2 and 3 alone
+    rows, cols = np.array([5, 0, 6]), np.array([0, 4, 1])
+    labels = CPU.connected_components(rows, cols, 7)
+    assert labels[0] == labels[4] == labels[5] and labels[1] == labels[6]
+    assert len({labels[0], labels[1], labels[2], labels[3]}) == 4 and sorted(set(labels)) == [0, 1, 2, 3]
+
+
+def test_statistics_count_components_of_a_graph_given_in_any_order():
+    graph, _ = build_graph(np.array([0, 0, 2, 3]), np.array([0, 1, 2, 2]), np.ones(4), 4, 3, "binary", CPU)
+    sorted_stats = graph_statistics(graph, CPU)
+    order = torch.randperm(graph.edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    shuffled = type(graph)(graph.num_users, graph.num_items, graph.edge_index[:, order], graph.edge_weight[order])
+    # {u0, i0, i1}, {u2, u3, i2}, u1 alone
+    assert sorted_stats["components"] == graph_statistics(shuffled, CPU)["components"] == 3
