@@ -101,17 +101,22 @@ def run_stage(stage: str, run: RunDir, config: JobConfig, backend: Backend, inpu
 
 @contextlib.contextmanager
 def _arrow_memory_pool(stage: str) -> Iterator[None]:
-    """Arrow's buffers come from the system allocator while a stage after the ETL runs (restored after it): Arrow's
-    default mimalloc pool keeps freed pages, so a stage's RSS kept the transient buffers of its Parquet reads
-    (reading the 1.2 GiB of `etl/interactions/` at 3 * 10^7 events: peak 2.47 GiB and 2.35 GiB held after the read,
-    against 1.78 and 1.57 GiB). The ETL keeps Arrow's default (its reads and writes run on dask workers)."""
-    if stage == "etl":
-        yield
-        return
+    """Arrow's buffers while a stage runs (the previous pool restored after it). The stages after the ETL: the system
+    allocator (also the process default, `homerank` sets ``ARROW_DEFAULT_MEMORY_POOL``), whose freed pages
+    `release_free_memory` returns; mimalloc kept them (reading the 1.2 GiB of `etl/interactions/` at 3 * 10^7 events:
+    2.35 GiB held after the read against 1.57 GiB). The ETL: mimalloc, when this Arrow build has it: its dask
+    workers run as threads of this process when ``cluster.processes`` is false, and there glibc's per-thread arenas
+    peaked higher (10^7 events, 2 threads: 2.14 GB against 1.78 GB). Worker processes keep the system default."""
     import pyarrow as pa
 
     previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
+    pool = pa.system_memory_pool()
+    if stage == "etl":
+        try:
+            pool = pa.mimalloc_memory_pool()
+        except NotImplementedError:  # an Arrow build without mimalloc
+            pass
+    pa.set_memory_pool(pool)
     try:
         yield
     finally:
