@@ -127,9 +127,10 @@ def _pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "pipeline-scaling":
         run_scaling(args.sizes, args.workers, out=args.out, keep_run=args.keep_runs, reuse=args.reuse, **options)
         return 0
-    path = args.json or PIPELINE_OUT / f"{pipeline_name(args.events, args.workers)}.json"
+    path = args.json or PIPELINE_OUT / f"{pipeline_name(args.events, args.workers, args.processes)}.json"
     say(f"pipeline: {args.events} events, {args.workers} worker(s) -> {path}")
-    result = pipeline_point(args.events, args.workers, keep_run=not args.remove_run, **options)
+    result = pipeline_point(args.events, args.workers, keep_run=not args.remove_run, processes=args.processes,
+                            **options)
     write_pipeline_point(result, path)
     say("pipeline: " + ", ".join(f"{stage} {m['seconds']:.1f}s" for stage, m in result["stages"].items())
         + f"; rank {result['rank_users_per_s']:.0f} users/s (peer {result['peer']['rank_users_per_s']:.0f}), "
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_argument("--json", type=Path, metavar="FILE", help="result file (default "
                           "bench/results/pipeline/events-N-workers-W.json); a .md table is written next to it")
     pipeline.add_argument("--remove-run", action="store_true", help="remove the run directory afterwards")
+    pipeline.add_argument("--processes", action="store_true", help="the ETL on --workers single-threaded worker "
+                          "processes (default: one worker process-less, --workers threads); the result file gets "
+                          "a -processes suffix")
     _pipeline_common(pipeline)
     scaling = commands.add_parser("pipeline-scaling", help="`pipeline` for several sizes, then per-stage exponents "
                                   "and a plot", description="`pipeline` for every size, then scaling.json/.md and "

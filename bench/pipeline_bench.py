@@ -47,7 +47,7 @@ def tree_rss(root: Any) -> tuple[int, int, int]:
     try:
         members = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0, 0
+        return 0, 0, 0
     for member in members:
         try:
             total += member.memory_info().rss
@@ -113,11 +113,15 @@ def stage_command(stage: str, run: Path, events_dir: str, first_options: list[st
     return command
 
 
-def overrides(catalogue: Path, workers: int, epochs: int, steps_per_epoch: int) -> dict[str, Any]:
+def overrides(catalogue: Path, workers: int, epochs: int, steps_per_epoch: int,
+              processes: bool = False) -> dict[str, Any]:
     """The config keys the bench sets (``--set key=value`` on the first stage). ``workers`` is the ETL's
-    parallelism: one dask worker with that many threads (the local cluster's default shape)."""
-    return {"ingest.catalogue": str(catalogue), "cluster.n_workers": 1, "cluster.threads_per_worker": workers,
-            "train.epochs": epochs, "train.steps_per_epoch": steps_per_epoch}
+    parallelism: one dask worker with that many threads (the local cluster's default shape), or with
+    ``processes`` that many single-threaded worker processes (the client then holds only small tables)."""
+    cluster = ({"cluster.processes": "true", "cluster.n_workers": workers, "cluster.threads_per_worker": 1}
+               if processes else {"cluster.n_workers": 1, "cluster.threads_per_worker": workers})
+    return {"ingest.catalogue": str(catalogue), **cluster, "train.epochs": epochs,
+            "train.steps_per_epoch": steps_per_epoch}
 
 
 # --- users in the outputs, and the naive peer ----------------------------------------------------------------------
@@ -207,8 +211,8 @@ def run_peer(run: Path, sample: int, k: int) -> dict[str, Any]:
 # --- one point -----------------------------------------------------------------------------------------------------
 
 
-def result_name(events: int, workers: int) -> str:
-    return f"events-{events}-workers-{workers}"
+def result_name(events: int, workers: int, processes: bool = False) -> str:
+    return f"events-{events}-workers-{workers}" + ("-processes" if processes else "")
 
 
 def _load() -> list[float] | None:
@@ -220,7 +224,8 @@ def _load() -> list[float] | None:
 
 def pipeline_point(events: int, workers: int, *, epochs: int = DEFAULT_EPOCHS,
                    steps_per_epoch: int = DEFAULT_STEPS_PER_EPOCH, peer_users: int = DEFAULT_PEER_USERS,
-                   device: str = "auto", data_root: Path = DEFAULT_DATA, keep_run: bool = True) -> dict[str, Any]:
+                   device: str = "auto", data_root: Path = DEFAULT_DATA, keep_run: bool = True,
+                   processes: bool = False) -> dict[str, Any]:
     """One benchmark point: the JSON contract of ``python -m bench pipeline`` (see bench/README.md). The run
     directory is ``DATA/pipeline/events-N-workers-W/run`` (made afresh; kept for inspection unless ``keep_run`` is
     false), each stage's output in ``.../logs/STAGE.log``."""
@@ -228,10 +233,10 @@ def pipeline_point(events: int, workers: int, *, epochs: int = DEFAULT_EPOCHS,
 
     data_root = Path(data_root)
     log_info = ensure_log(data_root, events)
-    folder = data_root / "pipeline" / result_name(events, workers)
+    folder = data_root / "pipeline" / result_name(events, workers, processes)
     run = folder / "run"
     shutil.rmtree(folder, ignore_errors=True)
-    config = overrides(data_root / f"events-{events}" / "items.parquet", workers, epochs, steps_per_epoch)
+    config = overrides(data_root / f"events-{events}" / "items.parquet", workers, epochs, steps_per_epoch, processes)
     first_options = ["--device", device]
     for key, value in config.items():
         first_options += ["--set", f"{key}={value}"]
@@ -270,8 +275,10 @@ def pipeline_point(events: int, workers: int, *, epochs: int = DEFAULT_EPOCHS,
     result: dict[str, Any] = {
         "events": events,
         "workers": workers,
+        "etl_processes": processes,
         "stages": {stage: {"seconds": m["seconds"], "peak_rss_bytes": m["peak_rss_bytes"],
                            "peak_pss_bytes": m["sampled_peak_pss_bytes"],
+                           "process_peak_rss_bytes": m["root_kernel_peak_bytes"],
                            "own_seconds": m["own_seconds"], "overhead_seconds": m["overhead_seconds"]}
                    for stage, m in stages.items()},
         "rank_users_per_s": ours_rank,
@@ -281,6 +288,7 @@ def pipeline_point(events: int, workers: int, *, epochs: int = DEFAULT_EPOCHS,
                             "homepage": ours_homepage / peer["homepage_users_per_s"]},
         "client_peak_rss_bytes": max(m["peak_rss_bytes"] for m in stages.values()),
         "client_peak_pss_bytes": max(m["sampled_peak_pss_bytes"] for m in stages.values()),
+        "process_peak_rss_bytes": max(m["root_kernel_peak_bytes"] for m in stages.values()),
         "machine": machine_info(("distributed", "psutil", "pyarrow", "faiss-cpu")),
         "config": {**config, "device": device},
         "total_seconds": sum(m["seconds"] for m in stages.values()),

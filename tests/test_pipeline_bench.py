@@ -14,8 +14,10 @@ from bench.pipeline_bench import (
     STAGES,
     count_users,
     measure_command,
+    overrides,
     peer_loop,
     point_markdown,
+    result_name,
     scaling_summary,
 )
 from tests.conftest import run_bench
@@ -35,6 +37,9 @@ def test_bench_pipeline_writes_the_contract(tmp_path):
     for stage, measured in result["stages"].items():
         assert measured["seconds"] > 0 and measured["peak_rss_bytes"] > 0, stage
         assert 0 <= measured["own_seconds"] <= measured["seconds"], stage
+        assert 0 < measured["process_peak_rss_bytes"] <= measured["peak_rss_bytes"], stage
+    assert result["etl_processes"] is False
+    assert result["process_peak_rss_bytes"] == max(m["process_peak_rss_bytes"] for m in result["stages"].values())
     assert result["client_peak_rss_bytes"] == max(m["peak_rss_bytes"] for m in result["stages"].values())
     assert result["users"]["rank"] > 0 and result["users"]["homepage"] > 0
     assert result["rank_users_per_s"] == pytest.approx(result["users"]["rank"] / result["stages"]["rank"]["seconds"])
@@ -131,3 +136,15 @@ def test_scaling_plot_and_table(tmp_path):
     assert (tmp_path / "time_vs_events.png").stat().st_size > 1000
     text = scaling_markdown(scaling)
     assert "| train | " in text and "| all stages | " in text and "time_vs_events.png" in text
+
+
+def test_the_etl_runs_on_worker_processes_when_asked(tmp_path):
+    from homerank.jobs.config import JobConfig, apply_dotted, parse_set_option
+
+    threads = overrides(tmp_path / "items.parquet", 2, 1, 2)
+    assert threads["cluster.n_workers"] == 1 and threads["cluster.threads_per_worker"] == 2
+    assert "cluster.processes" not in threads and result_name(3, 2) == "events-3-workers-2"
+    processes = overrides(tmp_path / "items.parquet", 2, 1, 2, processes=True)
+    config = apply_dotted(JobConfig(), dict(parse_set_option(f"{key}={value}") for key, value in processes.items()))
+    assert config.cluster.processes is True and config.cluster.n_workers == 2 and config.cluster.threads_per_worker == 1
+    assert result_name(3, 2, processes=True) == "events-3-workers-2-processes"
