@@ -86,25 +86,31 @@ class Explainer:
         self.item_text: pd.Index | None = None  # the ids as text (reason codes name items), made when first needed
         self.titles = catalogue.title.astype(object)
         self.category_names, self.category = np.unique(catalogue.category, return_inverse=True)
-        positions = self.items.get_indexer(interactions[schema.ITEM])
+        # one entry per interaction (18.2M at 3 * 10^7 events): int32 codes and an int8 verb, each temporary
+        # dropped once used (the setup runs before the block workers fork, at the stage's peak memory)
+        positions = self.items.get_indexer(interactions[schema.ITEM]).astype(np.int32)
         self.users = pd.Index(np.sort(interactions[schema.USER].unique()))
-        user_codes = self.users.get_indexer(interactions[schema.USER])
-        verb = np.zeros(len(interactions), dtype=np.int64)
-        for code, event in ((1, "cart"), (2, "purchase")):
+        user_codes = self.users.get_indexer(interactions[schema.USER]).astype(np.int32)
+        verb = np.zeros(len(interactions), dtype=np.int8)
+        for code, event in ((1, "cart"), (2, "purchase")):  # a purchase outranks a cart
             column = schema.count_column(event)
             if column in interactions:
-                verb = np.where(interactions[column].to_numpy() > 0, code, verb)
+                verb[interactions[column].to_numpy() > 0] = code
         # the history: each user's newest `explain_history` items, newest first (ties by position)
-        last = interactions[schema.LAST_TS].to_numpy().astype("datetime64[ns]").astype(np.int64)
-        order = np.lexsort((positions, -last, user_codes))
+        newest_first = -interactions[schema.LAST_TS].to_numpy().astype("datetime64[ns]", copy=False).view(np.int64)
+        order = np.lexsort((positions, newest_first, user_codes))
+        del newest_first
         users_sorted = user_codes[order]
         starts = np.searchsorted(users_sorted, np.arange(len(self.users)))
-        rank = np.arange(order.size) - starts[users_sorted]
-        keep = rank < settings.explain_history
-        self.history_start = np.searchsorted(users_sorted[keep], np.arange(len(self.users)))
-        self.history_length = np.bincount(users_sorted[keep], minlength=len(self.users))
-        self.history_positions = positions[order][keep]
-        self.history_verbs = verb[order][keep]
+        keep = np.arange(order.size) - starts[users_sorted] < settings.explain_history  # rank within the user
+        del starts
+        users_kept, order = users_sorted[keep], order[keep]
+        del users_sorted, keep
+        self.history_start = np.searchsorted(users_kept, np.arange(len(self.users)))
+        self.history_length = np.bincount(users_kept, minlength=len(self.users))
+        self.history_positions = positions[order].astype(np.int64)
+        self.history_verbs = verb[order].astype(np.int64)
+        del users_kept, order, verb
         self.history_size = settings.explain_history
         # purchases per (user, item), for buy_again
         purchases = interactions.get(schema.count_column("purchase"))

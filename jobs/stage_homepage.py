@@ -65,7 +65,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     ``homepage_stats.json``."""
     settings = config.homepage
     edges = read_edges(run, [schema.USER, schema.ITEM, schema.ITEM_INDEX, SPLIT])  # the columns the pages read
-    interactions = pd.read_parquet(require(run.interactions, "etl"), to_pandas_kwargs=LEAN_READ)
+    interactions = read_interactions(run)
     if schema.LAST_TS not in interactions.columns:  # e.g. the lightgcn format: pairs without time or event type
         stats = {"skipped": "the input has no timestamps or event types (lightgcn format): no homepage"}
         log.info("homepage: %s", stats["skipped"])
@@ -158,6 +158,19 @@ def _read_profiles(run: RunDir) -> pd.DataFrame | None:
     names = pq.ParquetDataset(run.profiles).schema.names
     wanted = [schema.USER, *(c for c in names if c in PROFILE_COLUMNS or c.startswith("top_category_"))]
     return pd.read_parquet(run.profiles, columns=wanted)
+
+
+def read_interactions(run: RunDir) -> pd.DataFrame:
+    """The ETL's ``etl/interactions/`` with its per-event counts (``n_<event>``) as int32: a (user, item) pair's count
+    of one event type stays far below 2^31 (a cast that would overflow raises), and at 3 * 10^7 events the four
+    count columns of 18.2M pairs take 0.29 GB instead of 0.58 GB in the process that forks the block workers."""
+    import pyarrow as pa
+
+    table = pq.read_table(require(run.interactions, "etl"))
+    for position, name in enumerate(table.column_names):
+        if name.startswith(schema.count_column("")) and pa.types.is_integer(table.schema.field(name).type):
+            table = table.set_column(position, name, table[name].cast(pa.int32()))
+    return table.to_pandas(**LEAN_READ)
 
 
 SEARCH_COLUMNS = [schema.USER, schema.TS, schema.QUERY]
