@@ -25,17 +25,21 @@ from homerank.gnn.metrics import CSRIndex, Ranker, top_k
 from homerank.gnn.scorer import Scorer, embedding_scorer
 
 MAX_FETCH = 4096  # a user with more than this many excluded items (minus k) is scored the plain way
+# (users x fetched items) per faiss search: a batch of users asking for many items is cut to this many cells, so its
+# buffers (ids, scores, exclusion keys and tests: ~40 bytes a cell) stay under ~170 MB whatever the exclusions
+SEARCH_CELLS = 1 << 22
 
 
 class DotTopK:
     """Exact top-k of e_u . e_i over all items ``item_vectors`` (I, d), indexed once (faiss ``IndexFlatIP``, a
     float32 copy of I x d), for any user vectors (`__call__`)."""
 
-    def __init__(self, item_vectors: Tensor, max_fetch: int = MAX_FETCH) -> None:
+    def __init__(self, item_vectors: Tensor, max_fetch: int = MAX_FETCH, search_cells: int = SEARCH_CELLS) -> None:
         import faiss
 
         self.item_vectors = item_vectors.detach().cpu().float()
         self.max_fetch = max_fetch
+        self.search_cells = search_cells
         self.index = faiss.IndexFlatIP(self.item_vectors.shape[1])
         if self.item_vectors.shape[0]:
             self.index.add(np.ascontiguousarray(self.item_vectors.numpy()))
@@ -58,10 +62,16 @@ class DotTopK:
             return items, scores
         excluded = exclude.counts()[users] if exclude is not None else torch.zeros(users.numel(), dtype=torch.long)
         order = torch.argsort(excluded, stable=True)  # users with few exclusions share a batch
+        ascending = excluded[order]
         plain = []
-        for start in range(0, users.numel(), batch_size):
-            lines = order[start : start + batch_size]
-            fetch = k + int(excluded[lines].max())
+        start = 0
+        while start < users.numel():
+            stop = min(start + batch_size, users.numel())
+            fetch = k + int(ascending[stop - 1])  # the batch's most excluded user is its last
+            if (stop - start) * fetch > self.search_cells:  # fewer users when each asks for many items
+                stop = start + max(1, self.search_cells // fetch)
+                fetch = k + int(ascending[stop - 1])
+            lines, start = order[start:stop], stop
             if fetch > max(self.max_fetch, k) or fetch > self.num_items:  # many exclusions: the plain way
                 plain.append(lines)
                 continue

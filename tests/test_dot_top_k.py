@@ -24,14 +24,16 @@ def _case(seed: int, users: int, items: int, pairs: int, heavy: int):
 
 
 @given(st.integers(0, 10_000), st.integers(1, 60), st.integers(1, 80), st.integers(0, 400), st.integers(0, 80),
-       st.integers(1, 30), st.integers(1, 40), st.booleans())
+       st.integers(1, 30), st.integers(1, 40), st.booleans(), st.integers(1, 400))
 @settings(max_examples=60, deadline=None)
-def test_equals_the_materialised_top_k(seed, users, items, pairs, heavy, k, max_fetch, excluding):
+def test_equals_the_materialised_top_k(seed, users, items, pairs, heavy, k, max_fetch, excluding, cells):
+    # ``cells`` (users x fetched items per search) from 1 to beyond every batch: cut batches find the same items
     heavy = min(heavy, items)
     user_vectors, item_vectors, exclude = _case(seed, users, items, pairs, heavy)
     exclude = exclude if excluding else None
     wanted = torch.randperm(users, generator=torch.Generator().manual_seed(seed))[: max(1, users // 2)]
-    got_items, got_scores = DotTopK(item_vectors, max_fetch=max_fetch)(user_vectors, wanted, k, exclude, 7)
+    got_items, got_scores = DotTopK(item_vectors, max_fetch=max_fetch, search_cells=cells)(user_vectors, wanted, k,
+                                                                                             exclude, 7)
     items_, scores = top_k(embedding_scorer(user_vectors, item_vectors), wanted, k, exclude, 7)
     torch.testing.assert_close(got_scores, scores, rtol=1e-5, atol=1e-5)
     finite = torch.isfinite(scores)  # random normal scores have no ties: the same items where a score is finite
