@@ -192,22 +192,31 @@ def users_per_block(batch_size: int, num_items: int, device: torch.device | str 
 Ranker = Callable[[Tensor, int, CSRIndex | None], tuple[Tensor, Tensor]]
 
 
+RANK_CHUNK_USERS = 1 << 16  # users ranked and hit-tested at a time by `evaluate_ranking`
+
+
 def evaluate_ranking(
     score_fn: ScoreFn, truth: CSRIndex, exclude: CSRIndex | None, ks: list[int], batch_size: int = 2048,
-    device: torch.device | str = "cpu", ranker: Ranker | None = None,
+    device: torch.device | str = "cpu", ranker: Ranker | None = None, chunk_users: int = RANK_CHUNK_USERS,
 ) -> dict[str, float]:
     """Full-ranking metrics over all users that have held-out items in ``truth``, scored in blocks of
     `users_per_block` users; ``ranker``, when given, finds the same top-k without the blocks (e.g.
-    `homerank.gnn.dot_top_k.DotTopK` for a dot-product scorer)."""
+    `homerank.gnn.dot_top_k.DotTopK` for a dot-product scorer). Users are ranked ``chunk_users`` at a time and only
+    their (n, K) hits (bool) are kept: the ranked ids, scores and membership keys of every user at once were ~1.1 GB
+    at 578,218 test users and K = 50."""
     n_truth = truth.counts()
     users = torch.nonzero(n_truth > 0).flatten()
-    if ranker is not None:
-        ranked, _ = ranker(users, max(ks), exclude)
-        return metrics_from_hits(hits_matrix(users, ranked, truth), n_truth[users], ks)
-    batch_size = users_per_block(batch_size, truth.num_items, device)
-    ranked, _ = top_k(score_fn, users, max(ks), exclude, batch_size, device)
-    hits = hits_matrix(users, ranked, truth)
-    return metrics_from_hits(hits, n_truth[users], ks)
+    if ranker is None:
+        batch_size = users_per_block(batch_size, truth.num_items, device)
+    hits = []
+    for start in range(0, max(users.numel(), 1), chunk_users):
+        chunk = users[start : start + chunk_users]
+        if ranker is not None:
+            ranked, _ = ranker(chunk, max(ks), exclude)
+        else:
+            ranked, _ = top_k(score_fn, chunk, max(ks), exclude, batch_size, device)
+        hits.append(hits_matrix(chunk, ranked, truth))
+    return metrics_from_hits(torch.cat(hits), n_truth[users], ks)
 
 
 def evaluate_popularity(popularity: Tensor, truth: CSRIndex, exclude: CSRIndex | None, ks: list[int],

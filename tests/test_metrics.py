@@ -75,3 +75,23 @@ def test_restrict_keeps_only_the_chosen_users():
     kept = index.restrict(torch.tensor([0, 2]))
     assert kept.counts().tolist() == [2, 0, 3, 0]
     assert kept.indices.tolist() == [1, 3, 0, 1, 2]
+
+
+@pytest.mark.parametrize("with_ranker", [False, True])
+def test_ranking_in_chunks_of_users_gives_the_same_metrics(with_ranker):
+    from homerank.gnn.dot_top_k import embedding_ranker
+    from homerank.gnn.scorer import embedding_scorer
+
+    generator = torch.Generator().manual_seed(0)
+    users, items = torch.randn(23, 5, generator=generator), torch.randn(17, 5, generator=generator)
+    rng = np.random.default_rng(1)
+    train = CSRIndex.from_pairs(rng.integers(0, 23, 60), rng.integers(0, 17, 60), 23, 17)
+    truth = CSRIndex.from_pairs(rng.integers(0, 20, 30), rng.integers(0, 17, 30), 23, 17)  # users 20-22: none
+    ranker = embedding_ranker(users, items) if with_ranker else None
+    whole = evaluate_ranking(embedding_scorer(users, items), truth, train, [1, 3, 5], 4, ranker=ranker)
+    for chunk in (1, 2, 7):
+        assert evaluate_ranking(embedding_scorer(users, items), truth, train, [1, 3, 5], 4, ranker=ranker,
+                                chunk_users=chunk) == whole
+    empty = CSRIndex.from_pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), 23, 17)
+    assert evaluate_ranking(embedding_scorer(users, items), empty, train, [1], 4, ranker=ranker,
+                            chunk_users=2)["recall@1"] == 0.0
