@@ -206,28 +206,34 @@ def evaluate_ranking(
     at 578,218 test users and K = 50."""
     n_truth = truth.counts()
     users = torch.nonzero(n_truth > 0).flatten()
-    if ranker is None:
+    if ranker is not None:
+        hits = chunked_hits(users, truth, lambda chunk: ranker(chunk, max(ks), exclude)[0], chunk_users)
+    else:
         batch_size = users_per_block(batch_size, truth.num_items, device)
-    hits = []
-    for start in range(0, max(users.numel(), 1), chunk_users):
-        chunk = users[start : start + chunk_users]
-        if ranker is not None:
-            ranked, _ = ranker(chunk, max(ks), exclude)
-        else:
-            ranked, _ = top_k(score_fn, chunk, max(ks), exclude, batch_size, device)
-        hits.append(hits_matrix(chunk, ranked, truth))
-    return metrics_from_hits(torch.cat(hits), n_truth[users], ks)
+        hits = chunked_hits(users, truth, lambda chunk: top_k(score_fn, chunk, max(ks), exclude, batch_size,
+                                                              device)[0], chunk_users)
+    return metrics_from_hits(hits, n_truth[users], ks)
+
+
+def chunked_hits(users: Tensor, truth: CSRIndex, rank: Callable[[Tensor], Tensor],
+                 chunk_users: int = RANK_CHUNK_USERS) -> Tensor:
+    """`hits_matrix` (n, K) bool of ``users`` (n,), ranked ``chunk_users`` at a time by ``rank(chunk)`` -> (len(chunk),
+    K) item indices: only the bools outlive a chunk, not its ids, scores and membership keys (int64, ~40 bytes a cell
+    together)."""
+    chunks = [users[start : start + chunk_users] for start in range(0, max(users.numel(), 1), chunk_users)]
+    return torch.cat([hits_matrix(chunk, rank(chunk), truth) for chunk in chunks])
 
 
 def evaluate_popularity(popularity: Tensor, truth: CSRIndex, exclude: CSRIndex | None, ks: list[int],
-                        batch_size: int = 2048) -> dict[str, float]:
+                        batch_size: int = 2048, chunk_users: int = RANK_CHUNK_USERS) -> dict[str, float]:
     """`evaluate_ranking` of the popularity scorer (every user the same scores ``popularity`` (I,)) through
     `popularity_top_k`: the same metrics (ties in popularity go to the lower item index), without the (U, I)
-    scores."""
+    scores; users ranked ``chunk_users`` at a time (`chunked_hits`)."""
     n_truth = truth.counts()
     users = torch.nonzero(n_truth > 0).flatten()
-    ranked, _ = popularity_top_k(popularity, users, max(ks), exclude, batch_size)
-    return metrics_from_hits(hits_matrix(users, ranked, truth), n_truth[users], ks)
+    hits = chunked_hits(users, truth, lambda chunk: popularity_top_k(popularity, chunk, max(ks), exclude,
+                                                                      batch_size)[0], chunk_users)
+    return metrics_from_hits(hits, n_truth[users], ks)
 
 
 Blend = float | tuple[float, float]  # a share w of the second scorer, or (w, p) with a prior's weight p

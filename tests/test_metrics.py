@@ -95,3 +95,16 @@ def test_ranking_in_chunks_of_users_gives_the_same_metrics(with_ranker):
     empty = CSRIndex.from_pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), 23, 17)
     assert evaluate_ranking(embedding_scorer(users, items), empty, train, [1], 4, ranker=ranker,
                             chunk_users=2)["recall@1"] == 0.0
+
+
+def test_popularity_evaluated_in_chunks_of_users_gives_the_same_metrics():
+    from homerank.gnn.metrics import evaluate_popularity
+
+    rng = np.random.default_rng(2)
+    popularity = torch.from_numpy(rng.permutation(17).astype(np.float32))  # no ties: torch.topk orders them its way
+    train = CSRIndex.from_pairs(rng.integers(0, 23, 60), rng.integers(0, 17, 60), 23, 17)
+    truth = CSRIndex.from_pairs(rng.integers(0, 20, 30), rng.integers(0, 17, 30), 23, 17)
+    whole = evaluate_popularity(popularity, truth, train, [1, 3, 5], 4)
+    assert whole == evaluate_ranking(popularity_scorer(popularity), truth, train, [1, 3, 5], 4)
+    for chunk in (1, 3, 8):
+        assert evaluate_popularity(popularity, truth, train, [1, 3, 5], 4, chunk_users=chunk) == whole
