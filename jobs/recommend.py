@@ -56,33 +56,34 @@ MODEL, NO_TRAINING_HISTORY, UNKNOWN_USER = "model", "popularity:no_training_hist
 def excluded_pairs(interactions: pd.DataFrame, exclude_types: list[str]) -> pd.DataFrame:
     """(user_id, item_id) pairs never to rank. Logs without event types (the lightgcn format) carry only
     ``n_interaction``: then every known pair is excluded."""
-    if not exclude_types:
-        return interactions.iloc[:0][[schema.USER, schema.ITEM]]
-    columns = [schema.count_column(t) for t in exclude_types if schema.count_column(t) in interactions.columns]
-    if not columns and schema.count_column("interaction") in interactions.columns:
-        columns = [schema.count_column("interaction")]
     mask = np.zeros(len(interactions), dtype=bool)
-    for column in columns:
+    for column in exclusion_columns(exclude_types, interactions.columns):
         mask |= interactions[column].to_numpy() > 0
     return interactions.loc[mask, [schema.USER, schema.ITEM]]
 
 
+def exclusion_columns(exclude_types: list[str], present: Iterable[str]) -> list[str]:
+    """The count columns among ``present`` that mark a pair as excluded (`excluded_pairs`): those of
+    ``exclude_types``, else ``n_interaction`` (the lightgcn format) when there are types to exclude."""
+    present = set(present)
+    columns = [schema.count_column(t) for t in exclude_types if schema.count_column(t) in present]
+    if exclude_types and not columns and schema.count_column("interaction") in present:
+        columns = [schema.count_column("interaction")]
+    return columns
+
+
 def read_history(run: RunDir, exclude_types: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
     """(every user with history, distinct ids in first-seen order; the `excluded_pairs`) from the ETL's
-    ``etl/interactions/``, reading the user column and the (user, item) pairs with an excluded event only: at
-    3 * 10^7 events 18M interactions of nine columns took ~1.3 GiB whole."""
+    ``etl/interactions/``, reading the user, item and excluding count columns only: at 3 * 10^7 events 18M
+    interactions of nine columns took ~1.3 GiB whole."""
     path = require(run.interactions, "etl")
-    users = pd.read_parquet(path, columns=[schema.USER], to_pandas_kwargs=LEAN_READ)[schema.USER]
-    history_users = users.drop_duplicates().to_numpy()
-    del users
-    present = set(pq.ParquetDataset(path).schema.names)
-    columns = [schema.USER, schema.ITEM] + [c for c in (schema.count_column(t) for t in exclude_types)
-                                            if c in present]
-    if exclude_types and len(columns) == 2 and schema.count_column("interaction") in present:
-        columns.append(schema.count_column("interaction"))
-    excluded = excluded_pairs(pd.read_parquet(path, columns=columns, to_pandas_kwargs=LEAN_READ), exclude_types)
+    counts = exclusion_columns(exclude_types, pq.ParquetDataset(path).schema.names)
+    interactions = pd.read_parquet(path, columns=[schema.USER, schema.ITEM, *counts], to_pandas_kwargs=LEAN_READ)
+    history_users = interactions[schema.USER].drop_duplicates().to_numpy()
+    excluded = excluded_pairs(interactions, exclude_types).reset_index(drop=True)
+    del interactions
     release_free_memory()
-    return history_users, excluded.reset_index(drop=True)
+    return history_users, excluded
 
 
 def lift_items(item_vectors: np.ndarray) -> np.ndarray:
