@@ -63,12 +63,13 @@ def temporal_split(edges: pd.DataFrame, config: SplitConfig) -> tuple[pd.DataFra
     return ordered, cutoffs
 
 
-def _order_by_user_then_time(user_codes: Any, item_codes: Any, first_ns: Any) -> Any:
+def order_by_user_then_time(user_codes: Any, item_codes: Any, first_ns: Any) -> Any:
     """Permutation sorting by (user, first time, item). When the input is already in (user, item) order (the
     partitions' order), a stable sort keeps the items' order among equal times, so only (user, time) is sorted:
     on the CPU, times as steps of their greatest common step g from the earliest t_0 make one int64 key
     ``u * R + (t - t_0) / g`` (R: the number of steps; logs stamped in seconds give g >= 10^9) when U * R < 2^63,
-    one stable argsort; else two stable argsorts of (E,) int64 keys. Input in another order: a three-key lexsort."""
+    one stable argsort; else two stable argsorts of (E,) int64 keys. Input in another order: a three-key lexsort.
+    Any integer dtypes (codes are widened to int64 before they are combined)."""
     xp = array_module(user_codes)
     if len(user_codes) < 2 or bool(((user_codes[1:] > user_codes[:-1])
                                     | ((user_codes[1:] == user_codes[:-1]) & (item_codes[1:] > item_codes[:-1]))
@@ -79,7 +80,7 @@ def _order_by_user_then_time(user_codes: Any, item_codes: Any, first_ns: Any) ->
             steps = offsets // step
             span = int(steps.max()) + 1
             if (int(user_codes.max()) + 1) * span < 2**63:
-                return np.argsort(user_codes * span + steps, kind="stable")
+                return np.argsort(user_codes.astype(np.int64) * span + steps, kind="stable")
         by_time = xp.argsort(first_ns, kind="stable")
         users = user_codes[by_time]
         if xp is np and len(users) and int(users.max()) < 2**16:  # NumPy's stable sort is a radix sort on 16 bits
@@ -101,7 +102,7 @@ def split_labels(user_codes: Any, item_codes: Any, first_ns: Any, num_users: int
     """
     xp = array_module(user_codes)
     edges = len(user_codes)
-    order = _order_by_user_then_time(user_codes, item_codes, first_ns)
+    order = order_by_user_then_time(user_codes, item_codes, first_ns)
     per_user = xp.bincount(user_codes, minlength=num_users).astype(xp.int64)
     starts = xp.cumsum(per_user) - per_user
     n_test = xp.minimum(holdout_size(config.test, per_user), xp.maximum(per_user - config.min_train, 0))

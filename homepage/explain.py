@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from homerank.engine import schema
+from homerank.engine.split import order_by_user_then_time
 from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
 from homerank.homepage.last_session import SESSION_REASON
@@ -98,7 +99,8 @@ class Explainer:
                 verb[interactions[column].to_numpy() > 0] = code
         # the history: each user's newest `explain_history` items, newest first (ties by position)
         newest_first = -interactions[schema.LAST_TS].to_numpy().astype("datetime64[ns]", copy=False).view(np.int64)
-        order = np.lexsort((positions, newest_first, user_codes))
+        # = np.lexsort((positions, newest_first, user_codes)); one int64 key when the ETL's (user, item) order holds
+        order = order_by_user_then_time(user_codes, positions, newest_first)
         del newest_first
         users_sorted = user_codes[order]
         starts = np.searchsorted(users_sorted, np.arange(len(self.users)))

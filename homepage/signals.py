@@ -288,6 +288,9 @@ def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: t
     return positions, scorer, NEW_ARRIVAL_REASONS[vector_source[positions]]
 
 
+CATEGORY_BINS = 1 << 24  # users x categories summed with one bincount (8 bytes each) up to this many bins
+
+
 def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Series:
     """User id -> the category with the largest summed interaction weight (ties: alphabetically first). Grouped on
     integer codes (user code * K + category code, K categories numbered in alphabetical order), not on the category
@@ -297,7 +300,13 @@ def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Serie
         return pd.Series(dtype=object, index=pd.Index([], name=schema.USER), name="category")
     user_codes, users = pd.factorize(interactions[schema.USER].to_numpy(), sort=False)
     keys = user_codes.astype(np.int64) * names.size + category_codes[interactions[POSITION].to_numpy()]
-    sums = pd.Series(interactions[schema.WEIGHT].to_numpy(dtype=np.float64)).groupby(keys).sum()
+    weights = interactions[schema.WEIGHT].to_numpy(dtype=np.float64)
+    if users.size * names.size <= CATEGORY_BINS and bool((weights > 0).all()):
+        # (U, K) sums by one bincount: with positive weights a category the user never touched (sum 0) never wins
+        sums = np.bincount(keys, weights, minlength=users.size * names.size).reshape(users.size, names.size)
+        best = np.argmax(sums, axis=1)  # the first maximum: the alphabetically first of tied categories
+        return pd.Series(names[best].astype(object), index=pd.Index(users, name=schema.USER), name="category")
+    sums = pd.Series(weights).groupby(keys).sum()
     key, total = sums.index.to_numpy(), sums.to_numpy()
     user, category = key // names.size, key % names.size
     order = np.lexsort((category, -total, user))  # per user: largest sum first, ties by category name
@@ -367,6 +376,9 @@ def _shows(settings: HomepageConfig, kind: str) -> bool:
     return any(section.kind == kind for section in settings.sections)
 
 
+FAVOURITE_BINS = 1 << 24  # segments x catalogue items counted with one bincount up to this many bins
+
+
 def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, catalogue: Catalogue
                      ) -> dict[str, Any]:
     """The PageSignals fields read from the shopper profiles: segments, their names and favourites, top category."""
@@ -387,15 +399,24 @@ def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, 
                                         strict=True))
     if edges is None or SPLIT not in edges:
         return out
-    train = edges.loc[edges[SPLIT] == "train", [schema.USER, schema.ITEM]].drop_duplicates()
-    train_segment = train[schema.USER].map(segment)
+    train = _distinct_pairs(edges, np.flatnonzero((edges[SPLIT] == "train").to_numpy()))
+    users_segment = segment.reindex(train[schema.USER]).to_numpy(dtype=np.float64)
     positions = pd.Index(catalogue.item_ids).get_indexer(train[schema.ITEM])
-    known = train_segment.notna().to_numpy() & (positions >= 0)
+    known = ~np.isnan(users_segment) & (positions >= 0)
     if not known.any():
         return out
-    keys = pd.DataFrame({"segment": train_segment.to_numpy()[known].astype(np.int64), "pos": positions[known]})
-    counts = keys.groupby(["segment", "pos"]).size().reset_index(name="users")
-    seg, pos, users_of = (counts[c].to_numpy() for c in ("segment", "pos", "users"))
+    # training users per (segment, position), counted on the key segment code * C + position (a bincount while
+    # segments x C stays small, else the distinct keys)
+    segments, segment_codes = np.unique(users_segment[known].astype(np.int64), return_inverse=True)
+    size = max(len(catalogue.item_ids), 1)
+    keys = segment_codes.astype(np.int64) * size + positions[known]
+    if segments.size * size <= FAVOURITE_BINS:
+        tally = np.bincount(keys, minlength=segments.size * size)
+        key = np.flatnonzero(tally)
+        users_of = tally[key]
+    else:
+        key, users_of = np.unique(keys, return_counts=True)
+    seg, pos = segments[key // size], key % size
     order = np.lexsort((pos, -catalogue.popularity[pos], -users_of, seg))
     seg, pos, users_of = seg[order], pos[order], users_of[order]
     starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
@@ -403,6 +424,19 @@ def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, 
         int(s): (p, c.astype(np.float64)) for s, p, c in zip(
             seg[starts].tolist(), np.split(pos, starts[1:]), np.split(users_of, starts[1:]), strict=True)}
     return out
+
+
+def _distinct_pairs(edges: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    """The distinct (user_id, item_id) pairs of ``edges``' ``rows``: twins are neighbours when the edges come in
+    (user, item) order, as the ETL writes them (one O(E) comparison); any other order goes through
+    ``drop_duplicates``."""
+    users, items = edges[schema.USER].to_numpy()[rows], edges[schema.ITEM].to_numpy()[rows]
+    if users.size > 1 and users.dtype.kind in "iu" and items.dtype.kind in "iu":
+        later = (users[1:] > users[:-1]) | ((users[1:] == users[:-1]) & (items[1:] >= items[:-1]))
+        if later.all():
+            first = np.r_[True, (users[1:] != users[:-1]) | (items[1:] != items[:-1])]
+            return pd.DataFrame({schema.USER: users[first], schema.ITEM: items[first]})
+    return pd.DataFrame({schema.USER: users, schema.ITEM: items}).drop_duplicates()
 
 
 def _lists_by_user(frame: pd.DataFrame) -> Ragged:

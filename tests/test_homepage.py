@@ -183,13 +183,34 @@ def test_top_category_breaks_ties_alphabetically():
 @given(st.lists(st.tuples(st.sampled_from(["u", "v", "w", "x"]), st.integers(0, 4), st.sampled_from([0.5, 1.0, 2.0])),
                 min_size=1, max_size=30))
 def test_top_category_equals_the_group_by_definition(rows):
+    """Positive weights: one (U, K) bincount; with the bins limited, the grouped sums; both equal the definition."""
+    from unittest import mock
+
+    from homerank.homepage import signals as signals_module
+
     interactions = pd.DataFrame(rows, columns=["user_id", "pos", "weight"])
     catalogue = _catalogue()
-    expected = (interactions.assign(category=catalogue.category[interactions["pos"].to_numpy()])
-                .groupby(["user_id", "category"])["weight"].sum().reset_index()
-                .sort_values(["user_id", "weight", "category"], ascending=[True, False, True])
-                .groupby("user_id").head(1).set_index("user_id")["category"])
-    assert top_categories(interactions, catalogue).sort_index().to_dict() == expected.to_dict()
+    expected = _top_category_by_definition(interactions, catalogue)
+    assert top_categories(interactions, catalogue).sort_index().to_dict() == expected
+    with mock.patch.object(signals_module, "CATEGORY_BINS", 1):
+        assert top_categories(interactions, catalogue).sort_index().to_dict() == expected
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["u", "v", "w"]), st.integers(0, 4), st.sampled_from([-1.0, 0.0, 1.0])),
+                min_size=1, max_size=20))
+def test_top_category_with_zero_or_negative_weights_only_counts_touched_categories(rows):
+    interactions = pd.DataFrame(rows, columns=["user_id", "pos", "weight"])
+    catalogue = _catalogue()
+    assert top_categories(interactions, catalogue).sort_index().to_dict() == \
+        _top_category_by_definition(interactions, catalogue)
+
+
+def _top_category_by_definition(interactions: pd.DataFrame, catalogue) -> dict:
+    return (interactions.assign(category=catalogue.category[interactions["pos"].to_numpy()])
+            .groupby(["user_id", "category"])["weight"].sum().reset_index()
+            .sort_values(["user_id", "weight", "category"], ascending=[True, False, True])
+            .groupby("user_id").head(1).set_index("user_id")["category"]).to_dict()
 
 
 def test_the_builder_reads_the_cap_and_purchase_exemptions_from_the_registry():

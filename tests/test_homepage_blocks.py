@@ -364,3 +364,30 @@ def test_cut_lists_are_the_same_whatever_the_chunk_of_lines(monkeypatch):
             expected.append(p)
             seen[category[p]] = seen.get(category[p], 0) + 1
     assert kept.tolist() == expected
+
+
+@pytest.mark.parametrize("bins", [1 << 24, 1])
+def test_segment_favourites_count_distinct_training_users(bins, monkeypatch):
+    """Favourites by hand: segment 0 (users a, b), segment 1 (user c); a twin edge counts once, valid edges and
+    users without a segment not at all; ties go to overall popularity, then catalogue position. The same from
+    edges in (user, item) order and shuffled, with the bincount and with the distinct keys."""
+    from homerank.homepage import signals as signals_module
+    from homerank.homepage.catalogue import Catalogue
+
+    monkeypatch.setattr(signals_module, "FAVOURITE_BINS", bins)
+    catalogue = Catalogue(item_ids=np.array([10, 11, 12]), category=np.array(["x", "x", "y"]),
+                          title=np.array(["p", "q", "r"]), in_stock=np.ones(3, bool),
+                          created_at=np.full(3, np.datetime64("NaT"), dtype="datetime64[ns]"),
+                          price_band=np.zeros(3, int), model_index=np.arange(3),
+                          trending=np.zeros(3), popularity=np.array([1.0, 5.0, 2.0]))
+    profiles = pd.DataFrame({"user_id": [1, 2, 3], "segment": [0, 0, 1], "segment_name": ["s0", "s0", "s1"]})
+    edges = pd.DataFrame({"user_id": [1, 1, 1, 2, 2, 3, 3, 4],
+                          "item_id": [10, 10, 12, 11, 12, 10, 11, 11],
+                          "split": ["train", "train", "train", "train", "train", "valid", "train", "train"]})
+    for frame in (edges, edges.sample(frac=1.0, random_state=3)):
+        favourites = signals_module._profile_signals(profiles, frame, catalogue)["segment_favourites"]
+        assert sorted(favourites) == [0, 1]
+        positions, counts = favourites[0]
+        assert positions.tolist() == [2, 1, 0] and counts.tolist() == [2.0, 1.0, 1.0]  # 12 by a and b; 11 ahead of 10
+        positions, counts = favourites[1]
+        assert positions.tolist() == [1] and counts.tolist() == [1.0]

@@ -73,16 +73,19 @@ def test_training_weights_stop_at_the_cutoff():
 @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 9), st.integers(-3, 3)), min_size=1, max_size=60,
                 unique_by=lambda row: row[:2]),
        st.sampled_from([1, 7, 10**9, 86_400 * 10**9]), st.sampled_from([0, -(2**62), 2**62]))
-def test_order_by_user_then_time_is_the_three_key_sort(rows, step, origin):
+def testorder_by_user_then_time_is_the_three_key_sort(rows, step, origin):
     """Edges in (user, item) order: the order by (user, first time, item) equals np.lexsort's, whatever the times'
     common step (ns, seconds, days) and origin (before 1970, near the int64 ends)."""
     import numpy as np
 
-    from homerank.engine.split import _order_by_user_then_time
+    from homerank.engine.split import order_by_user_then_time
 
     rows = sorted(rows)
     users = np.asarray([r[0] for r in rows], dtype=np.int64)
     items = np.asarray([r[1] for r in rows], dtype=np.int64)
     times = origin + step * np.asarray([r[2] for r in rows], dtype=np.int64)
     expected = np.lexsort(np.stack([items, times, users]))
-    assert _order_by_user_then_time(users, items, times).tolist() == expected.tolist()
+    assert order_by_user_then_time(users, items, times).tolist() == expected.tolist()
+    # int32 codes (the homepage's explainer) combine without wrapping
+    assert order_by_user_then_time(users.astype(np.int32), items.astype(np.int32), times).tolist() == \
+        expected.tolist()
