@@ -22,7 +22,7 @@ from homerank.homepage.last_session import SESSION_REASON
 from homerank.homepage.rows import PAGE_COLUMNS
 from homerank.homepage.searches import SEARCH_REASON
 from homerank.homepage.sections import SECTION_KINDS, SEGMENT_REASON, format_titles
-from homerank.homepage.signals import ItemNeighbours, PageSignals
+from homerank.homepage.signals import ItemNeighbours, NewArrivalScores, PageSignals
 
 
 def _padded(lists: list[np.ndarray], fill: float, dtype: Any) -> np.ndarray:
@@ -91,7 +91,7 @@ def best_first(scores: np.ndarray, width: int | None) -> np.ndarray:
     sorted stably by descending score."""
     n, total = scores.shape
     if width is None or width >= total or not np.isfinite(scores).all():
-        return np.argsort(-scores, axis=1, kind="stable")
+        return np.argsort(-scores, axis=1, kind="stable")[:, : total if width is None else width]
     columns = np.argpartition(scores, total - width, axis=1)[:, total - width :]  # the width largest of each row
     kept = np.take_along_axis(scores, columns, axis=1)
     threshold = kept.min(axis=1, keepdims=True)
@@ -112,6 +112,45 @@ def _head_with_ties(scores: np.ndarray, width: int) -> np.ndarray:
     tied = scores == threshold
     take = above | (tied & (np.cumsum(tied, axis=1) <= width - above.sum(axis=1, keepdims=True)))
     return np.nonzero(take)[1].reshape(n, width)  # row by row, in column order
+
+
+def grouped_best_first(vector_scores: np.ndarray, vector_of: np.ndarray, width: int | None) -> np.ndarray:
+    """`best_first` of the scores (n, N) ``vector_scores[:, vector_of]``, without making them: entries share G
+    distinct values per row (``vector_of`` (N,): each column's group, e.g. new arrivals sharing one mean vector).
+
+    Within a group every column has the same score, so its columns come in column order; a row whose groups have
+    distinct scores lists its groups by descending score, each group's columns in turn, and the first ``width``
+    entries are those of the groups that start before ``width``: O(n (G log G + width)) instead of partitioning N
+    columns per row. Rows where two groups tie (or a score is not finite) go through `best_first` of their whole
+    (N,) rows, where ties between groups interleave by column."""
+    n, groups = vector_scores.shape
+    total = vector_of.size
+    width = total if width is None else min(width, total)
+    out = np.empty((n, width), dtype=np.int64)
+    if not n or not width:
+        return out
+    sizes = np.bincount(vector_of, minlength=groups)
+    used = np.flatnonzero(sizes)
+    if used.size < groups:  # only groups with columns: an empty one must not hide a tie between its neighbours
+        renumber = np.zeros(groups, dtype=np.int64)
+        renumber[used] = np.arange(used.size)
+        return grouped_best_first(vector_scores[:, used], renumber[vector_of], width)
+    members = np.argsort(vector_of, kind="stable")  # each group's columns, in column order, group after group
+    starts = np.cumsum(sizes) - sizes
+    ranked = np.argsort(-vector_scores, axis=1, kind="stable")  # (n, G) groups best first
+    ranked_scores = np.take_along_axis(vector_scores, ranked, axis=1)
+    ranked_sizes = sizes[ranked]
+    tied = (ranked_scores[:, 1:] == ranked_scores[:, :-1]).any(axis=1) | ~np.isfinite(vector_scores).all(axis=1)
+    begin = np.cumsum(ranked_sizes, axis=1) - ranked_sizes  # (n, G) slot of each ranked group's first column
+    line, rank = np.nonzero(begin < width)
+    group, first = ranked[line, rank], begin[line, rank]
+    count = np.minimum(sizes[group], width - first)
+    offset = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    out[np.repeat(line, count), np.repeat(first, count) + offset] = members[np.repeat(starts[group], count) + offset]
+    if tied.any():
+        rows = np.flatnonzero(tied)
+        out[rows] = best_first(vector_scores[rows][:, vector_of], width)
+    return out
 
 
 class BlockPages:
@@ -242,12 +281,18 @@ class BlockPages:
                          width: int | None) -> Source:
         """The new arrivals of the block rows ``warm`` (users with a model row) ordered by their scores, best
         first (ties by catalogue order of the new arrivals): the first ``width`` of each list (None: all N)."""
-        new = signals.new_positions
-        scores = signals.new_scores[model_rows[warm]] if warm.size else np.zeros((0, new.size))
-        order = best_first(scores, width)
+        new, table = signals.new_positions, signals.new_scores
+        if warm.size and isinstance(table, NewArrivalScores) and table.vector_of is not None:
+            vector_scores = table.scores[table.lines(model_rows[warm])]  # (n, G): one score per distinct vector
+            order = grouped_best_first(vector_scores, table.vector_of, width)
+            scores = np.take_along_axis(vector_scores, table.vector_of[order], axis=1)
+        else:
+            full = table[model_rows[warm]] if warm.size else np.zeros((0, new.size))
+            order = best_first(full, width)
+            scores = np.take_along_axis(full, order, axis=1)
         group = np.full(model_rows.size, -1, dtype=np.int64)
         group[warm] = np.arange(warm.size)
-        return Source(new[order], np.take_along_axis(scores, order, axis=1), self.new_reason_codes[order], group)
+        return Source(new[order], scores, self.new_reason_codes[order], group)
 
     def _refill_new_arrivals(self, model_rows: np.ndarray, signals: PageSignals, section: SectionConfig,
                              sources: list[Source], rules: Rules, filled: tuple[np.ndarray, ...]) -> None:

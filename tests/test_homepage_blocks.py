@@ -391,3 +391,39 @@ def test_segment_favourites_count_distinct_training_users(bins, monkeypatch):
         assert positions.tolist() == [2, 1, 0] and counts.tolist() == [2.0, 1.0, 1.0]  # 12 by a and b; 11 ahead of 10
         positions, counts = favourites[1]
         assert positions.tolist() == [1] and counts.tolist() == [1.0]
+
+
+@hypothesis_settings(max_examples=120, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 30), st.integers(0, 12), st.one_of(st.none(), st.integers(1, 35)),
+       st.integers(0, 10**6))
+def test_grouped_best_first_is_the_head_of_a_stable_descending_sort(rows, columns, groups, width, seed):
+    """Columns sharing a group share its score: the grouped order equals the stable sort of the expanded (n, N)
+    scores, with scores drawn from a few values (ties between groups go through the fallback), and with -inf."""
+    from homerank.homepage.block_pages import grouped_best_first
+
+    rng = np.random.default_rng(seed)
+    groups = max(1, min(groups, columns))
+    vector_of = rng.integers(0, groups, columns)
+    scores = rng.choice([-np.inf, -1.0, 0.0, 0.5, 2.0, 3.25], size=(rows, groups)).astype(np.float32)
+    if seed % 3:  # most rows without ties between groups
+        scores = rng.standard_normal((rows, groups)).astype(np.float32)
+    full = scores[:, vector_of]
+    expected = np.argsort(-full, axis=1, kind="stable")[:, : columns if width is None else min(width, columns)]
+    assert np.array_equal(grouped_best_first(scores, vector_of, width), expected)
+
+
+def test_new_arrival_scores_are_scored_once_per_distinct_vector():
+    """Three new arrivals, two sharing one vector: two columns scored, read back as three; the block source orders
+    them by score, the shared vector's items in catalogue order."""
+    from homerank.homepage.signals import NewArrivalScorer
+
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    new = torch.tensor([[0.5, 0.5], [2.0, 0.0], [0.5, 0.5]])
+    scorer = NewArrivalScorer(users, new)
+    assert scorer.new_vectors.shape == (2, 2) and scorer.vector_of.tolist() == [0, 1, 0]
+    table = scorer.for_rows(np.array([1, 0, -1]))
+    assert table.scores.shape == (2, 2)
+    assert table[np.array([0, 1])].tolist() == [[0.5, 2.0, 0.5], [0.5, 0.0, 0.5]]
+    assert table[1].tolist() == [0.5, 0.0, 0.5]
+    with pytest.raises(KeyError):
+        table[np.array([2])]
