@@ -79,11 +79,11 @@ def _encoded_scores(scores: pd.Series) -> np.ndarray:
     """Each score's JSON text as `_json_score` and ``json.dumps`` write it (``repr`` of the float rounded to 6
     decimals, ``null`` for NaN), formatted once per distinct score."""
     codes, uniques = pd.factorize(scores, sort=False, use_na_sentinel=True)
-    rounded = map(round, uniques.tolist(), itertools.repeat(6))
+    rounded = map(round, (value + 0.0 for value in uniques.tolist()), itertools.repeat(6))  # -0.0 as 0.0
     table = np.array(list(map(float.__repr__, rounded)) + ["null"], dtype=object)
     out = table[codes]  # code -1 (NaN: a pinned slot) takes the last entry
     values = scores.to_numpy(dtype=np.float64)
-    out[(values == 0) & np.signbit(values)] = "-0.0"  # factorize takes -0.0 for 0.0
+    out[(values == 0) & np.signbit(values)] = "-0.0"  # factorize takes -0.0 and 0.0 as one value
     return out
 
 

@@ -247,6 +247,25 @@ def test_jsonl_text_is_json_dumps_of_the_records():
     assert jsonl_text(page.iloc[:0]) == ""
 
 
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["u1", 'u"2', "ü3"]), st.sampled_from(["a", "b", "c"]),
+                          st.sampled_from(["T", "T\x00x", "Für \"dich\"", ""]), st.integers(1, 40),
+                          st.one_of(st.integers(0, 5), st.just(10**12)),
+                          st.one_of(st.floats(allow_infinity=False), st.just(-0.0), st.just(1e-7)),
+                          st.sampled_from(["r", "pin:x", "\u2028"])), min_size=1, max_size=40),
+       st.booleans())
+def test_jsonl_text_equals_json_dumps_for_any_page(rows, explained):
+    """Sections sharing a title, titles that differ within a section, NUL, quotes and non-ASCII text, NaN and
+    -0.0 scores, large ids: the Arrow-assembled text equals json.dumps of the records, byte for byte."""
+    from homerank.homepage.export import jsonl_text, page_records
+
+    page = pd.DataFrame(rows, columns=["user_id", "section", "section_title", "slot", "item_id", "score", "reason"])
+    page = page.sort_values("user_id", kind="stable").reset_index(drop=True)
+    if explained:
+        page["explanation"] = "Because of " + page["reason"]
+    assert jsonl_text(page) == "".join(json.dumps(record) + "\n" for record in page_records(page))
+
+
 def test_held_candidates_look_up_the_lists_a_gpu_scored_before_the_fork(monkeypatch):
     """With the model on a GPU the stage scores every user's top k before forking and the workers look rows up
     (jobs/stage_homepage.py `_held_candidates`): any first k' <= k columns of any rows equal the scorer's own top k',
