@@ -5,8 +5,11 @@ vectors,
 
 Exact search (``IndexFlatIP``, O(q n d)) below ``exact_threshold`` vectors; above it an HNSW graph
 (``IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``, Malkov & Yashunin 2018), sub-linear per query, with recall
-set by ``ef_search``. Used by the homepage ("because you viewed": the items closest to the last viewed one) and
-reusable for serving retrieval. A zero vector stays zero (score 0 against everything).
+set by ``ef_search``, or an inverted file (``approximate="ivf"``: ``IndexIVFFlat``, L = round(4 sqrt(n)) k-means
+lists trained on at most 64 L vectors drawn with a fixed seed; a query scans its ``ivf_probes`` closest lists, about
+n * probes / L vectors, so a batch of n queries over n vectors costs O(n^1.5 d) instead of O(n^2 d)). Used by the
+homepage ("because you viewed": the items closest to the last viewed one) and reusable for serving retrieval. A zero
+vector stays zero (score 0 against everything).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ EXACT_THRESHOLD = 50_000  # vectors; exact search below, HNSW above
 HNSW_M = 32  # graph neighbours per node
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
+IVF_PROBES = 32  # lists an IVF query scans (`python -m bench.neighbour_index_recall` measures the recall)
+IVF_TRAINING_PER_LIST = 64
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -33,19 +38,31 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return out
 
 
+def ivf_lists(n: int) -> int:
+    """The inverted file's list count for n vectors: round(4 sqrt(n)), at most n and at least 1 (146,806 items: 1,533
+    lists)."""
+    return max(1, min(n, int(round(4 * n ** 0.5))))
+
+
 class ItemIndex:
     """Cosine top-k search over ``n`` item vectors of dimension ``d``; row j of the index is row j of the
     vectors given to `build`.
 
-    ``exact_threshold``: up to this many vectors the search is exact (``IndexFlatIP``), above it approximate
-    (``IndexHNSWFlat``, ``hnsw_m`` links per node, ``ef_construction`` / ``ef_search`` beam widths)."""
+    ``exact_threshold``: up to this many vectors the search is exact (``IndexFlatIP``), above it approximate:
+    ``approximate="hnsw"`` (``IndexHNSWFlat``, ``hnsw_m`` links per node, ``ef_construction`` / ``ef_search`` beam
+    widths) or ``"ivf"`` (``IndexIVFFlat``, `ivf_lists` lists, ``ivf_probes`` scanned per query)."""
 
     def __init__(self, exact_threshold: int = EXACT_THRESHOLD, hnsw_m: int = HNSW_M,
-                 ef_construction: int = HNSW_EF_CONSTRUCTION, ef_search: int = HNSW_EF_SEARCH) -> None:
+                 ef_construction: int = HNSW_EF_CONSTRUCTION, ef_search: int = HNSW_EF_SEARCH,
+                 approximate: str = "hnsw", ivf_probes: int = IVF_PROBES) -> None:
+        if approximate not in ("hnsw", "ivf"):
+            raise ValueError(f"approximate must be 'hnsw' or 'ivf', got {approximate!r}")
         self.exact_threshold = exact_threshold
         self.hnsw_m = hnsw_m
         self.ef_construction = ef_construction
         self.ef_search = ef_search
+        self.approximate = approximate
+        self.ivf_probes = ivf_probes
         self.index: faiss.Index | None = None
 
     @property
@@ -64,6 +81,12 @@ class ItemIndex:
         n, d = normed.shape
         if n <= self.exact_threshold:
             index = faiss.IndexFlatIP(d)
+        elif self.approximate == "ivf":
+            lists = ivf_lists(n)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+            sample = np.random.default_rng(0).choice(n, min(n, IVF_TRAINING_PER_LIST * lists), replace=False)
+            index.train(normed[np.sort(sample)])
+            index.nprobe = min(self.ivf_probes, lists)
         else:
             index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = self.ef_construction

@@ -3,9 +3,9 @@ catalogue positions, the item neighbours of each user's last viewed item, trendi
 arrivals with every user's score, and each user's purchases and top category.
 
 Neighbours are by cosine of the learned item embeddings, cos(e_a, e_j) = e_a . e_j / (|e_a| |e_j|), the anchor
-itself excluded, found with a faiss index (`homerank.gnn.item_index`; exact up to 200,000 model items, HNSW
-above). A new arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector; its reason
-names where v_i came from (`homerank.homepage.catalogue.VECTOR_SOURCES`): ``new_arrival:model_score``,
+itself excluded, found with a faiss index (`homerank.gnn.item_index`; exact up to 100,000 model items, an
+inverted file above). A new arrival's score for user u is e_u . v_i with v_i the item's (possibly inductive) vector;
+its reason names where v_i came from (`homerank.homepage.catalogue.VECTOR_SOURCES`): ``new_arrival:model_score``,
 ``new_arrival:cold_start_content`` (the train stage's content-only embedding) or
 ``new_arrival:cold_start_category_price_band`` (the mean vector).
 A user's top category maximises the summed interaction weight, ties to the alphabetically first category.
@@ -202,11 +202,14 @@ def last_viewed_items(interactions: pd.DataFrame) -> pd.Series:
 
 
 # The anchors are every user's last viewed item, so nearly every item is one when the catalogue is large: the search
-# is a batch of A ~ I queries, where exact search costs O(I^2 d) and HNSW O(I log I) plus its build. Measured on the
-# 2-core machine with 146,806 items (d = 64), 501 neighbours each, 2 threads: exact 0.273 ms per query and no build;
-# HNSW (M 32, efConstruction 200) 27.7 s to build, then 0.240 ms per query with recall@100 0.58 against the exact
-# lists. Exact wins below about 230,000 items (per query it grows with I: 0.273 ms x I / 146,806).
-NEIGHBOUR_EXACT_ITEMS = 200_000
+# is a batch of A ~ I queries, where exact search costs O(I^2 d). Above NEIGHBOUR_EXACT_ITEMS an inverted file
+# (`homerank.gnn.item_index`, approximate="ivf": 4 sqrt(I) lists, 32 probed) costs O(I^1.5 d). Measured on the
+# 2-core machine (`python -m bench.neighbour_index_recall`, 4,096 sampled anchors, 501 neighbours, 2 threads) with
+# the 3 * 10^7-event run's 146,806 item embeddings (d = 64): exact ~41.6 s for all anchors, IVF 16.6 s including its
+# 2.6 s build, recall against the exact lists @10 0.998, @50 0.997, @500 0.988; HNSW (M 32, efConstruction 200) took
+# 27.7 s only to build. On the 10^7-event run's items the gain is smaller (8.6 s against 4.4 s) and the recall
+# lower (@50 0.988): exact search is kept up to 100,000 items.
+NEIGHBOUR_EXACT_ITEMS = 100_000
 NEIGHBOUR_CHUNK = 8192  # anchors searched at once
 
 
@@ -266,13 +269,14 @@ def item_neighbours(anchors: np.ndarray, catalogue: Catalogue, item_embeddings: 
     cosine, as (catalogue positions, cosines), closest first; ``item_embeddings`` is (num_items, d).
 
     The search is `homerank.gnn.item_index.ItemIndex` (faiss), so no (anchors x items) similarity block is ever
-    held: exact up to ``NEIGHBOUR_EXACT_ITEMS`` model items, HNSW above. Each anchor asks for count + 1 items and
-    drops itself; the kept entries move to the front of their line (A x n arrays, no per-anchor objects)."""
+    held: exact up to ``NEIGHBOUR_EXACT_ITEMS`` model items, an inverted file above. Each anchor asks for count + 1
+    items and drops itself; the kept entries move to the front of their line (A x n arrays, no per-anchor
+    objects)."""
     anchors = np.sort(np.asarray(anchors, dtype=np.int64))
     if not anchors.size:
         return ItemNeighbours(anchors, np.full((0, 1), -1, dtype=np.int64), np.zeros((0, 1)))
     vectors = item_embeddings.detach().cpu().numpy().astype(np.float32)
-    index = ItemIndex(exact_threshold=NEIGHBOUR_EXACT_ITEMS).build(vectors)
+    index = ItemIndex(exact_threshold=NEIGHBOUR_EXACT_ITEMS, approximate="ivf").build(vectors)
     anchor_rows = catalogue.model_index[anchors]
     wanted = min(count, vectors.shape[0] - 1)
     # int32 positions and float32 cosines (faiss's own precision): at 3 * 10^7 events, ~10^5 anchors x 500

@@ -66,3 +66,44 @@ def test_save_load_roundtrip(tmp_path, threshold):
 def test_search_before_build_fails():
     with pytest.raises(RuntimeError):
         ItemIndex().search(np.zeros((1, 4), np.float32), 3)
+
+
+def test_ivf_recall_against_exact_and_determinism(tmp_path):
+    """Clustered vectors (as learned embeddings are): the inverted file finds >= 95% of the exact top 10; two builds
+    return the same lists, as does the saved and loaded index; fewer vectors than the threshold: exact."""
+    from homerank.gnn.item_index import ivf_lists
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 6000)] + 0.3 * rng.normal(size=(6000, 32)).astype(np.float32)
+    queries = vectors[rng.choice(6000, 300, replace=False)]
+    _, want = ItemIndex().build(vectors).search(queries, 10)
+    index = ItemIndex(exact_threshold=1000, approximate="ivf").build(vectors)
+    assert not index.exact and index.index.nlist == ivf_lists(6000) == 310
+    _, got = index.search(queries, 10)
+    recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist(), strict=True)])
+    assert recall >= 0.95, recall
+    _, again = ItemIndex(exact_threshold=1000, approximate="ivf").build(vectors).search(queries, 10)
+    np.testing.assert_array_equal(got, again)
+    index.save(tmp_path / "ivf.faiss")
+    np.testing.assert_array_equal(ItemIndex.load(tmp_path / "ivf.faiss").search(queries, 10)[1], got)
+    assert ItemIndex(exact_threshold=10_000, approximate="ivf").build(vectors).exact
+    with pytest.raises(ValueError, match="approximate"):
+        ItemIndex(approximate="lsh")
+
+
+def test_neighbour_recall_bench_on_a_trained_run(homepage_run, tmp_path):
+    """`python -m bench.neighbour_index_recall` on the tiny run: its keys, recall in [0, 1] (1 at k = 10 when the
+    run has fewer items than the probed lists hold), timings, and recall_at by hand."""
+    import json
+
+    from bench.neighbour_index_recall import main, recall_at
+
+    assert recall_at(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [7, 8, 9]]), 2) == 0.25
+    out = tmp_path / "n.json"
+    assert main(["--run", str(homepage_run[0]), "--anchors", "50", "--count", "20", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["anchors_sampled"] == min(50, result["items"]) and result["neighbours"] == 21
+    assert set(result["recall"]) == {"10", "21"} and all(0.0 <= v <= 1.0 for v in result["recall"].values())
+    assert result["seconds_all_anchors"]["exact"] > 0 and result["seconds_all_anchors"]["ivf"] > 0
+    assert "cpu_count" in result["machine"]
