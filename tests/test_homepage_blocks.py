@@ -134,6 +134,29 @@ def test_cut_neighbour_lists_give_the_rows_of_the_whole_lists(slack, seed, monke
     pd.testing.assert_frame_equal(pages.build(users).reset_index(drop=True), expected, check_dtype=False, rtol=1e-6)
 
 
+@pytest.mark.parametrize("slack", [1, 3, 5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cut_new_arrival_lists_give_the_rows_of_the_whole_lists(slack, seed, monkeypatch):
+    """new_arrivals first (blocked: the purchases, 0 to ~10), lists cut per category to cap + slack in-stock items:
+    the rows with at most ``slack`` blocked items read the cut lists, the others the whole ones, and every row
+    equals the user-by-user builder's walk of the whole list; some cut lists are shorter than the whole ones."""
+    monkeypatch.setattr(block_pages_module, "CAP_SLACK", slack)
+    settings = HomepageConfig(max_per_category=1, new_arrival_days=500, candidates=40,
+                              sections=[SectionConfig(kind="new_arrivals", title="New", slots=5),
+                                        SectionConfig(kind="for_you", title="For you", slots=2)])
+    catalogue, signals, unit, users = _page_signals(seed, settings)
+    assert signals.new_arrival_scorer.vector_of is not None  # cold new arrivals share mean vectors
+    pages = BlockPages(signals, settings, unit)
+    calls = []
+    real = block_pages_module.capped_grouped_order
+    monkeypatch.setattr(block_pages_module, "capped_grouped_order",
+                        lambda *args: calls.append(real(*args)) or calls[-1])
+    expected = _pages_one_by_one(users, catalogue, signals, settings, unit, None)
+    pd.testing.assert_frame_equal(pages.build(users).reset_index(drop=True), expected, check_dtype=False, rtol=1e-6)
+    lists, held = calls[0]
+    assert held.any() and ((lists >= 0).sum(axis=1) < signals.new_positions.size).any()  # some lists were cut
+
+
 @hypothesis_settings(max_examples=80, deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 3), st.integers(0, 4), st.integers(1, 8))
 def test_a_row_with_at_most_slack_blocked_items_pools_the_same_from_the_cut_list(seed, cap, slack, pool_size):
@@ -457,3 +480,37 @@ def test_even_block_sizes_by_hand():
     assert even_block_size(60_000, 8192, 1) == 7500  # one process: as few blocks as the limit allows, equal
     assert even_block_size(100, 8192, 2) == 100 and even_block_size(0, 8192, 2) == 1
     assert even_block_size(10, 3, 2) == 3
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 40), st.integers(1, 12), st.integers(1, 4), st.integers(1, 5),
+       st.integers(1, 30), st.booleans(), st.integers(0, 10**6))
+def test_capped_grouped_order_is_the_whole_list_cut_per_category(rows, columns, groups, categories, keep, width,
+                                                                 distinct, seed):
+    """Each row's in-stock columns in the stable descending order of the expanded scores, at most ``keep`` per
+    category, the first ``width``: by a plain walk over the whole list, for every row not marked as tied; a group
+    whose items span two categories gives None."""
+    from homerank.homepage.block_pages import capped_grouped_order
+
+    rng = np.random.default_rng(seed)
+    vector_of = rng.integers(0, groups, columns)
+    category = rng.integers(0, categories, groups)[vector_of]  # one category per group
+    in_stock = rng.random(columns) > 0.2
+    scores = (rng.standard_normal((rows, groups)) if distinct else
+              rng.choice([-np.inf, 0.0, 1.0, 2.0], size=(rows, groups))).astype(np.float32)
+    lists, held = capped_grouped_order(scores, vector_of, in_stock, category, keep, width)
+    assert lists.shape == (rows, width) and held.shape == (rows,)
+    order = np.argsort(-scores[:, vector_of], axis=1, kind="stable")
+    for line in np.flatnonzero(held):
+        taken: dict[int, int] = {}
+        expected = []
+        for column in order[line].tolist():
+            if in_stock[column] and taken.get(category[column], 0) < keep:
+                taken[category[column]] = taken.get(category[column], 0) + 1
+                expected.append(column)
+        expected = expected[:width]
+        assert lists[line, : len(expected)].tolist() == expected and (lists[line, len(expected):] == -1).all()
+    if distinct:
+        assert held.all()
+    mixed = np.array([0, 0])
+    assert capped_grouped_order(np.zeros((1, 1), np.float32), mixed, np.ones(2, bool), np.array([0, 1]), 2, 4) is None
