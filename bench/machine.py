@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import socket
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,3 +37,20 @@ def machine_info(packages: tuple[str, ...] = ()) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     return info
+
+
+def write_result(result: dict[str, Any], path: Path | None) -> None:
+    """``result`` as indented JSON at ``path`` (its folder made), nothing when ``path`` is None."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def run_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of a bench over one trained run directory: ``python -m MODULE --run RUN [--json FILE]``;
+    the caller adds its own options."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a run directory with train done (train/scorer.pt)")
+    parser.add_argument("--json", type=Path, help="result file")
+    return parser

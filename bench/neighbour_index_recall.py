@@ -12,7 +12,6 @@ the inverted file's lists against the exact ones at 10, 50 and ``count + 1`` (|f
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from bench.machine import machine_info
+from bench.machine import machine_info, run_parser, write_result
 from homerank.gnn.item_index import IVF_PROBES, ItemIndex, ivf_lists, normalise
 from homerank.gnn.scorer import Scorer
 from homerank.jobs.rundir import RunDir
@@ -60,19 +59,14 @@ def neighbour_recall(run: Path, anchors: int = 4096, count: int = 500) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.neighbour_index_recall",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a run directory with train/scorer.pt")
+    parser = run_parser("bench.neighbour_index_recall", __doc__)
     parser.add_argument("--anchors", type=int, default=4096, help="anchors sampled")
     parser.add_argument("--count", type=int, default=500, help="neighbours per anchor (homepage.candidates)")
-    parser.add_argument("--json", type=Path, help="result file")
     args = parser.parse_args(argv)
     result = neighbour_recall(args.run, args.anchors, args.count)
     result["machine"] = machine_info(("faiss-cpu",))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, args.json)
     return 0
 
 

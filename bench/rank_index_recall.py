@@ -13,8 +13,6 @@ ranking seconds.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from bench.machine import machine_info
+from bench.machine import machine_info, run_parser, write_result
 from homerank.jobs.recommend import ItemSearch, Recommender
 from homerank.jobs.rundir import RunDir
 
@@ -101,16 +99,12 @@ def index_recall(run: Path, users: int, k: int, seed: int = 0) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.rank_index_recall", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a run directory with train done")
+    parser = run_parser("bench.rank_index_recall", __doc__)
     parser.add_argument("--users", type=int, default=10_000, help="model users sampled (default 10000)")
     parser.add_argument("--k", type=int, default=20, help="ranking length (default 20)")
-    parser.add_argument("--json", type=Path, help="result file")
     args = parser.parse_args(argv)
     result = index_recall(args.run, args.users, args.k)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, args.json)
     return 0
 
 
