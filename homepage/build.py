@@ -107,7 +107,7 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     # 3 * 10^7 events 1.6 GB; freed when the caller handed them over, as the homepage stage does)
     del interactions, edges
     processes = block_processes(settings.processes, max(1, -(-len(users) // settings.block_users)), fork)
-    pager = _BlockPager(users, even_block_size(len(users), settings.block_users, processes), signals, blocks,
+    pager = _BlockPager(users, even_block_size(len(users), settings.block_users), signals, blocks,
                         explainer, tally, unit_vectors, merchandising, settings, on_block)
     done = {number: (page, sums) for number, page, sums in _run_blocks(pager, processes)}
     for number in sorted(done):  # in block order, so the float sums do not depend on which block finished first
@@ -128,14 +128,12 @@ def block_processes(setting: int | None, blocks: int, fork: bool = True) -> int:
     return max(1, min(wanted, blocks))
 
 
-def even_block_size(users: int, most: int, processes: int) -> int:
-    """Users per block: at most ``most``, in a number of blocks that is a multiple of ``processes`` (when there are
-    more blocks than processes) and as equal as possible, so no worker is left with a last, longer round (60,000
-    users, 8,192 at most, 2 processes: 8 blocks of 7,500 instead of 7 of 8,192 and one of 2,656)."""
-    blocks = max(1, -(-users // most))
-    if processes > 1 and blocks > processes:
-        blocks = -(-blocks // processes) * processes
-    return max(1, -(-users // blocks))
+def even_block_size(users: int, most: int) -> int:
+    """Users per block: as few blocks as ``most`` users per block allows, of equal size (60,000 users, 8,192 at most:
+    8 blocks of 7,500 instead of 7 of 8,192 and one of 2,656, so no worker process ends on a full block while the
+    other has only the short one). It does not depend on the number of processes: any ``homepage.processes`` builds
+    the same blocks, so the same model candidate batches and the same output bytes."""
+    return max(1, -(-users // max(1, -(-users // most))))
 
 
 @dataclass

@@ -474,12 +474,10 @@ def test_new_arrival_scores_are_scored_once_per_distinct_vector():
 def test_even_block_sizes_by_hand():
     from homerank.homepage.build import even_block_size
 
-    assert even_block_size(60_000, 8192, 2) == 7500  # 8 equal blocks, not 7 x 8192 + 2656
-    assert even_block_size(600_000, 8192, 2) == 8109  # 74 blocks either way: ceil(600,000 / 74)
-    assert even_block_size(50_000, 8192, 4) == 6250  # 7 blocks -> 8
-    assert even_block_size(60_000, 8192, 1) == 7500  # one process: as few blocks as the limit allows, equal
-    assert even_block_size(100, 8192, 2) == 100 and even_block_size(0, 8192, 2) == 1
-    assert even_block_size(10, 3, 2) == 3
+    assert even_block_size(60_000, 8192) == 7500  # 8 equal blocks, not 7 x 8192 + 2656
+    assert even_block_size(600_000, 8192) == 8109  # 74 blocks either way: ceil(600,000 / 74)
+    assert even_block_size(50_000, 8192) == 7143  # 7 blocks
+    assert even_block_size(100, 8192) == 100 and even_block_size(0, 8192) == 1 and even_block_size(10, 3) == 3
 
 
 @hypothesis_settings(max_examples=150, deadline=None)
