@@ -204,11 +204,11 @@ def last_viewed_items(interactions: pd.DataFrame) -> pd.Series:
 # The anchors are every user's last viewed item, so nearly every item is one when the catalogue is large: the search
 # is a batch of A ~ I queries, where exact search costs O(I^2 d). Above NEIGHBOUR_EXACT_ITEMS an inverted file
 # (`homerank.gnn.item_index`, approximate="ivf": 4 sqrt(I) lists, 32 probed) costs O(I^1.5 d). Measured on the
-# 2-core machine (`python -m bench.neighbour_index_recall`, 4,096 sampled anchors, 501 neighbours, 2 threads) with
-# the 3 * 10^7-event run's 146,806 item embeddings (d = 64): exact ~41.6 s for all anchors, IVF 16.6 s including its
-# 2.6 s build, recall against the exact lists @10 0.998, @50 0.997, @500 0.988; HNSW (M 32, efConstruction 200) took
-# 27.7 s only to build. On the 10^7-event run's items the gain is smaller (8.6 s against 4.4 s) and the recall
-# lower (@50 0.988): exact search is kept up to 100,000 items.
+# 2-core machine (`python -m bench.neighbour_index_recall`, 4,096 sampled anchors, 501 neighbours, 2 threads;
+# bench/results/neighbours/) with the 3 * 10^7-event run's 146,806 item embeddings (d = 64): exact 34.6 s for all
+# anchors, IVF 14.4 s including its 2.0 s build, recall against the exact lists @10 0.998, @50 0.997, @501 0.988; HNSW
+# (M 32, efConstruction 200) took 27.7 s only to build. On the 10^7-event run's 48,976 items the gain is smaller
+# (6.2 s against 4.2 s) and the recall lower (@50 0.987): exact search is kept up to 100,000 items.
 NEIGHBOUR_EXACT_ITEMS = 100_000
 NEIGHBOUR_CHUNK = 8192  # anchors searched at once
 
