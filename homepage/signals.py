@@ -431,7 +431,7 @@ def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, 
         return out
     # training users per (segment, position), counted on the key segment code * C + position (a bincount while
     # segments x C stays small, else the distinct keys)
-    segments, segment_codes = np.unique(users_segment[known].astype(np.int64), return_inverse=True)
+    segments, segment_codes = _small_codes(users_segment[known].astype(np.int64))
     size = max(len(catalogue.item_ids), 1)
     keys = segment_codes.astype(np.int64) * size + positions[known]
     if segments.size * size <= FAVOURITE_BINS:
@@ -448,6 +448,18 @@ def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, 
         int(s): (p, c.astype(np.float64)) for s, p, c in zip(
             seg[starts].tolist(), np.split(pos, starts[1:]), np.split(users_of, starts[1:]), strict=True)}
     return out
+
+
+def _small_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for (n,) int64 values: by a bincount and a lookup table when they
+    are small non-negative numbers (segment ids; O(n) instead of sorting n values), else by sorting."""
+    if values.size and values.min() >= 0 and values.max() < 1 << 20:
+        segments = np.flatnonzero(np.bincount(values))
+        lookup = np.zeros(int(values.max()) + 1, dtype=np.int64)
+        lookup[segments] = np.arange(segments.size)
+        return segments, lookup[values]
+    segments, codes = np.unique(values, return_inverse=True)
+    return segments, codes.reshape(-1)
 
 
 def _distinct_pairs(edges: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:

@@ -512,3 +512,12 @@ def test_capped_grouped_order_is_the_whole_list_cut_per_category(rows, columns, 
         assert held.all()
     mixed = np.array([0, 0])
     assert capped_grouped_order(np.zeros((1, 1), np.float32), mixed, np.ones(2, bool), np.array([0, 1]), 2, 4) is None
+
+
+def test_small_codes_equal_numpy_unique():
+    from homerank.homepage.signals import _small_codes
+
+    for values in (np.array([5, 0, 5, 3, 3, 9]), np.array([-2, 7, -2]), np.array([2**40, 1, 2**40]),
+                   np.zeros(0, dtype=np.int64)):
+        got, want = _small_codes(values), np.unique(values, return_inverse=True)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].reshape(-1).tolist()
