@@ -136,17 +136,8 @@ def grouped_best_first(vector_scores: np.ndarray, vector_of: np.ndarray, width: 
         renumber[used] = np.arange(used.size)
         return grouped_best_first(vector_scores[:, used], renumber[vector_of], width)
     members = np.argsort(vector_of, kind="stable")  # each group's columns, in column order, group after group
-    starts = np.cumsum(sizes) - sizes
-    ranked = np.argsort(-vector_scores, axis=1, kind="stable")  # (n, G) groups best first
-    ranked_scores = np.take_along_axis(vector_scores, ranked, axis=1)
-    ranked_sizes = sizes[ranked]
-    tied = (ranked_scores[:, 1:] == ranked_scores[:, :-1]).any(axis=1) | ~np.isfinite(vector_scores).all(axis=1)
-    begin = np.cumsum(ranked_sizes, axis=1) - ranked_sizes  # (n, G) slot of each ranked group's first column
-    line, rank = np.nonzero(begin < width)
-    group, first = ranked[line, rank], begin[line, rank]
-    count = np.minimum(sizes[group], width - first)
-    offset = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    out[np.repeat(line, count), np.repeat(first, count) + offset] = members[np.repeat(starts[group], count) + offset]
+    ranked, tied = _ranked_groups(vector_scores)
+    _lay_out(out, ranked, sizes[ranked], members, sizes)
     if tied.any():
         rows = np.flatnonzero(tied)
         out[rows] = best_first(vector_scores[rows][:, vector_of], width)
@@ -187,10 +178,7 @@ def capped_grouped_order(vector_scores: np.ndarray, vector_of: np.ndarray, in_st
     renumber[used] = np.arange(used.size)
     group_of = renumber[group_of]
     members = columns[np.argsort(group_of, kind="stable")]  # each group's in-stock columns, in column order
-    starts = np.cumsum(sizes) - sizes
-    ranked = np.argsort(-scores, axis=1, kind="stable")
-    ranked_scores = np.take_along_axis(scores, ranked, axis=1)
-    held = ~((ranked_scores[:, 1:] == ranked_scores[:, :-1]).any(axis=1) | ~np.isfinite(scores).all(axis=1))
+    ranked, tied = _ranked_groups(scores)
     ranked_sizes, ranked_category = sizes[ranked], group_category[ranked]
     # in-stock entries of the same category in earlier groups of the row: an exclusive cumsum within each category
     by_category = np.argsort(ranked_category, axis=1, kind="stable")
@@ -202,14 +190,29 @@ def capped_grouped_order(vector_scores: np.ndarray, vector_of: np.ndarray, in_st
     base = np.maximum.accumulate(np.where(run_start, running, 0), axis=1)
     before = np.empty_like(running)
     np.put_along_axis(before, by_category, running - base, axis=1)
-    take = np.clip(keep - before, 0, ranked_sizes)
-    first = np.cumsum(take, axis=1) - take
+    _lay_out(out, ranked, np.clip(keep - before, 0, ranked_sizes), members, sizes)
+    return out, ~tied
+
+
+def _ranked_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's groups by descending score, ties by group number, (n, G); and the rows (n,) where two groups tie or
+    a score is not finite (their columns would interleave: the callers take the whole sort there)."""
+    ranked = np.argsort(-scores, axis=1, kind="stable")
+    ranked_scores = np.take_along_axis(scores, ranked, axis=1)
+    return ranked, (ranked_scores[:, 1:] == ranked_scores[:, :-1]).any(axis=1) | ~np.isfinite(scores).all(axis=1)
+
+
+def _lay_out(out: np.ndarray, ranked: np.ndarray, take: np.ndarray, members: np.ndarray, sizes: np.ndarray) -> None:
+    """Fill each row of ``out`` (n, width) with the first ``take`` (n, G) columns of each of its ranked groups in turn,
+    up to ``width``: ``members`` lists every group's columns group after group, ``sizes`` (G,) how many each has."""
+    width = out.shape[1]
+    starts = np.cumsum(sizes) - sizes
+    first = np.cumsum(take, axis=1) - take  # (n, G) slot of each ranked group's first column
     line, rank = np.nonzero((first < width) & (take > 0))
     group, begin = ranked[line, rank], first[line, rank]
     count = np.minimum(take[line, rank], width - begin)
     offset = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
     out[np.repeat(line, count), np.repeat(begin, count) + offset] = members[np.repeat(starts[group], count) + offset]
-    return out, held
 
 
 class BlockPages:
