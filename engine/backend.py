@@ -36,6 +36,8 @@ from homerank.engine.errors import HomerankError
 if TYPE_CHECKING:
     import torch
 
+    from homerank.engine.worker_processes import StartMethod
+
 log = logging.getLogger(__name__)
 
 DeviceChoice = Literal["auto", "cpu", "gpu"]
@@ -124,12 +126,14 @@ class Backend:
     def local_cluster(self, n_workers: int | None, threads_per_worker: int | None, processes: bool,
                       dashboard_address: str = "127.0.0.1:0", memory_limit: str | None = None,
                       local_directory: str | None = None, rmm_pool_size: str | None = "auto",
-                      cudf_spill: bool = True) -> Any:
+                      cudf_spill: bool = True, start_method: StartMethod = "auto") -> Any:
         """A local dask cluster for this backend: ``LocalCUDACluster`` (one worker process per GPU, dask-cuda, an
         RMM pool of ``rmm_pool_size`` per GPU and cuDF's device-to-host spilling) when frames live on the GPU, else
         ``LocalCluster``. ``memory_limit`` (per worker) and ``local_directory`` set where workers spill to disk.
         Everything listens on localhost only: the scheduler, the workers and the HTTP/dashboard endpoint (a free
-        port unless ``dashboard_address`` names one)."""
+        port unless ``dashboard_address`` names one). CPU worker processes start by ``start_method``
+        (`homerank.engine.worker_processes`: 'auto' is a forkserver that imports the worker modules once) and get the
+        worker malloc settings."""
         memory: dict[str, Any] = {}
         if memory_limit is not None:
             memory["memory_limit"] = float(memory_limit) if _is_number(memory_limit) else memory_limit
@@ -149,10 +153,21 @@ class Backend:
         import dask
         from distributed import LocalCluster
 
+        from homerank.engine.worker_processes import resolve_start_method, start_forkserver
+
         n_workers, threads_per_worker = default_workers(n_workers, threads_per_worker, processes)
         network = {"host": "127.0.0.1"} if processes else {}  # threads talk in-process, not over TCP
+        workers: dict[str, Any] = {}
+        if processes:
+            method = resolve_start_method(start_method)
+            log.info("dask: worker processes started by %s (cluster.start_method %s)", method, start_method)
+            if method == "forkserver":
+                start_forkserver(worker_environment())
+            workers = {"distributed.worker.multiprocessing-method": method,
+                       "distributed.worker.preload": [*dask.config.get("distributed.worker.preload", default=[]),
+                                                      "homerank.engine.worker_processes"]}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment(),
-                              "distributed.scheduler.worker-saturation": WORKER_SATURATION}):
+                              "distributed.scheduler.worker-saturation": WORKER_SATURATION, **workers}):
             return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
                                 dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0",
                                 **network, **memory)
@@ -185,12 +200,6 @@ def _cugraph_components(rows: np.ndarray, cols: np.ndarray, num_nodes: int) -> n
     return np.unique(out, return_inverse=True)[1]
 
 
-# glibc's malloc in worker processes: arrays up to 32 MiB come from the heap, and up to 64 MiB of free heap stay
-# resident (dask's own MALLOC_TRIM_THRESHOLD_ of 64 KiB also switches off glibc's adaptive mmap threshold, so
-# every array above 128 KiB was a fresh mmap: at 10^7 events, 1.43M page faults and 6-9 s of system time)
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
-
-
 # tasks the scheduler hands a worker at once per thread: dask's 1.1 gives a single-threaded worker 2 (one running, one
 # waiting), so the first worker to start takes the log's pieces faster than the other and, every later pass following
 # the data, keeps 4 of 6 partitions (measured at 10^7 events, 2 workers: 8.3 s of tasks against 5.2 s); 1.0 hands one
@@ -204,6 +213,8 @@ def worker_environment() -> dict[str, Any]:
     its MALLOC_TRIM_THRESHOLD_. Measured on 10^7 events, 2 worker processes: minor page faults 1.43M -> 0.26M,
     system time 6.3 -> 3.5-5.5 s (`homerank etl`, 2 cores)."""
     import dask
+
+    from homerank.engine.worker_processes import WORKER_MALLOC
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     return {**environ, **WORKER_MALLOC}

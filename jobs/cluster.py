@@ -77,7 +77,7 @@ def dask_client(config: ClusterConfig, backend: Backend, input_path: str | list[
         return
     cluster = backend.local_cluster(config.n_workers, config.threads_per_worker, config.processes,
                                     config.dashboard_address, config.memory_limit, config.local_directory,
-                                    config.rmm_pool_size, config.cudf_spill)
+                                    config.rmm_pool_size, config.cudf_spill, config.start_method)
     try:
         with Client(cluster) as client, dask.config.set({"dataframe.shuffle.method": method}):
             log.info("dask: local cluster with %d worker(s), shuffle %s, dashboard %s", len(cluster.workers),

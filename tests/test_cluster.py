@@ -3,8 +3,11 @@ where the rows live (tasks inside one process, p2p between processes) unless the
 
 from __future__ import annotations
 
+import sys
+
 import dask
 import pytest
+from pydantic import ValidationError
 
 from homerank.engine import backend as backend_module
 from homerank.engine.backend import CPU
@@ -116,3 +119,31 @@ def test_worker_processes_start_with_the_malloc_settings_and_take_one_task_per_t
     assert environment == (str(32 << 20), str(64 << 20), "system")  # Arrow's buffers too, as in the client
     assert backend_module.worker_environment()["OMP_NUM_THREADS"] == 1  # dask's own settings are kept
     assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536  # untouched
+
+
+LOADED = ("sorted(m for m in ('homerank.jobs.stage_etl', 'homerank.engine.worker_processes') "
+          "if m in __import__('sys').modules)")
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_worker_processes_start_by_the_configured_method(method):
+    """forkserver: the worker comes with the ETL's modules imported (forked from the server that preloaded them);
+    spawn: a fresh interpreter that has imported only dask's worker and the preload (`eval` of a string, so that
+    nothing of this test module is imported on the worker to ask)."""
+    config = ClusterConfig(n_workers=1, threads_per_worker=1, processes=True, start_method=method)
+    with dask_client(config, CPU) as client:
+        (loaded,) = client.run(eval, LOADED).values()
+        (trim,) = client.run(eval, "__import__('os').environ.get('MALLOC_TRIM_THRESHOLD_')").values()
+    preloaded = ["homerank.engine.worker_processes", "homerank.jobs.stage_etl"]
+    assert loaded == (preloaded if method == "forkserver" else preloaded[:1])
+    assert trim == str(64 << 20)
+
+
+def test_start_method_auto_and_mallopt():
+    from homerank.engine.worker_processes import apply_worker_malloc, resolve_start_method
+
+    assert resolve_start_method("spawn") == "spawn"
+    assert resolve_start_method("auto") == ("forkserver" if sys.platform.startswith("linux") else "spawn")
+    assert apply_worker_malloc() is sys.platform.startswith("linux")  # glibc here; the settings are the workers'
+    with pytest.raises(ValidationError):
+        ClusterConfig(start_method="fork")  # forking the job's process hung the ETL: not offered

@@ -36,7 +36,11 @@ def dask_workers(parent: int) -> list[psutil.Process]:
             command = " ".join(child.cmdline())
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
-        if "spawn_main" in command and "resource_tracker" not in command:
+        if "resource_tracker" in command:
+            continue
+        # spawned workers run multiprocessing's spawn_main; with a forkserver (cluster.start_method auto on Linux)
+        # the workers are forks of the server, its children, and carry its command line
+        if "spawn_main" in command or ("forkserver" in command and child.ppid() != parent):
             workers.append(child)
     return workers
 

@@ -1,0 +1,83 @@
+"""How a local CPU cluster starts its worker processes, and the malloc settings every worker gets.
+
+dask's nannies start worker processes with ``multiprocessing``; dask's default method is ``spawn``: a fresh
+interpreter per worker that imports pandas, pyarrow, dask and homerank again on its first task (~0.9 s per worker
+on this project's 2-core machine, both at once), and the cluster takes ~0.4 s to stop.
+
+``cluster.start_method: auto`` uses ``forkserver`` on Linux instead: one server process, started once per job
+process, imports the worker-side modules (`WORKER_MODULES`) once; every worker is then a fork of that
+single-threaded server, ready at once, and stops in ~0.03 s. A second local cluster in the same process (a test
+suite, the bench's repeats) forks from the same server without importing anything.
+
+Plain ``fork`` of the job's process is not offered: measured here, it hung the ETL. A forked worker inherits
+copies of the parent's thread pools without their threads (dask's own offload executor, which (de)serialises large
+messages, had run in the parent), so the first large transfer between two workers waited forever (the scheduler
+had a k-core task "processing" on an idle worker whose input stayed "in flight"), and the parent's listening
+sockets stayed open in every worker.
+
+The forkserver keeps the environment it was started with, so `start_forkserver` sets the workers' variables (dask's
+``distributed.nanny.pre-spawn-environ``: one BLAS thread, and `WORKER_MALLOC`) first, as dask's nanny itself does
+in the job's process before it starts a worker. `dask_setup` (a worker preload) applies `WORKER_MALLOC` with glibc's
+``mallopt`` as well, for a server that someone else started before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+StartMethod = Literal["auto", "forkserver", "spawn"]
+
+# glibc's malloc in worker processes: arrays up to 32 MiB come from the heap, and up to 64 MiB of free heap stay
+# resident (dask's own MALLOC_TRIM_THRESHOLD_ of 64 KiB also switches off glibc's adaptive mmap threshold, so
+# every array above 128 KiB was a fresh mmap: at 10^7 events, 1.43M page faults and 6-9 s of system time)
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
+_MALLOPT_PARAMETERS = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}  # glibc's M_TRIM_/M_MMAP_THRESHOLD
+
+# what the forkserver imports once: dask's worker and every module an ETL task runs (the stage module imports them)
+WORKER_MODULES = ("distributed", "homerank.jobs.stage_etl")
+
+
+def resolve_start_method(setting: StartMethod) -> str:
+    """``cluster.start_method`` resolved: 'auto' is 'forkserver' on Linux, else 'spawn'."""
+    if setting != "auto":
+        return setting
+    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+def start_forkserver(environment: Mapping[str, Any]) -> None:
+    """Start this process's forkserver, if it is not running yet, with ``environment`` (the workers' variables) set
+    and `WORKER_MODULES` preloaded. Returns at once: the server imports while the scheduler starts."""
+    os.environ.update({key: str(value) for key, value in environment.items()})
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_MODULES))  # no effect once the server runs
+    multiprocessing.forkserver.ensure_running()
+
+
+def apply_worker_malloc() -> bool:
+    """`WORKER_MALLOC` through glibc's ``mallopt`` in this process; False (nothing changed) without glibc."""
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # a libc without mallopt (musl)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(_MALLOPT_PARAMETERS[key], value) == 1 for key, value in WORKER_MALLOC.items())
+
+
+def dask_setup(worker: Any) -> None:
+    """dask's preload hook: runs in every worker process of a local cluster as it starts (``distributed.worker
+    .preload`` names this module)."""
+    if not apply_worker_malloc():
+        log.debug("dask: worker %s keeps its malloc settings (no glibc mallopt)", getattr(worker, "name", "?"))
