@@ -125,17 +125,38 @@ def _kcore_step(edges: Any, item_degree: Any, min_user: int, min_item: int) -> A
 
 
 class KCore(NamedTuple):
-    """`kcore_by_user`'s result: the surviving edges, the rounds, their count, and the (I,) degree of every
-    surviving item (a host series indexed by item id: its index is the k-core's distinct items)."""
+    """`kcore_by_user`'s result: the surviving edges, the rounds, their count, the (I,) degree of every
+    surviving item (a host series indexed by item id: its index is the k-core's distinct items) and the k-core's
+    `PartitionUsers` (for `id_tables`, without a pass of its own)."""
 
     edges: dd.DataFrame
     rounds: int
     count: int
     item_degree: Any
+    users: PartitionUsers
+
+
+class PartitionUsers(NamedTuple):
+    """The distinct users of a user-partitioned frame: ``ids`` every partition's sorted distinct ids, partition after
+    partition (a host series, U rows), and ``per_partition`` how many of them each partition has (P ints)."""
+
+    ids: Any
+    per_partition: list[int]
+
+
+def partition_users(edges: dd.DataFrame) -> tuple[dd.Series, dd.Series]:
+    """The lazy parts of `PartitionUsers` (compute them with other results, then `partition_users_of`)."""
+    ids = edges.map_partitions(lambda frame: frame[schema.USER].drop_duplicates().sort_values(),
+                               meta=edges._meta[schema.USER])
+    return ids, users_per_partition(edges)
+
+
+def partition_users_of(ids: Any, per_partition: Any) -> PartitionUsers:
+    return PartitionUsers(_host(ids).reset_index(drop=True), [int(c) for c in _host(per_partition)])
 
 
 def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds: int = 1000,
-                  known: tuple[int, Any] | None = None, persist_result: bool = True) -> KCore:
+                  known: KnownDegrees | None = None, persist_result: bool = True) -> KCore:
     """The iterated k-core of `homerank.engine.kcore.kcore_filter` (same rounds, same result) on user partitions.
 
     ``edges`` (G_0: the all-time edges, kept by the caller: persisted or on disk, `homerank.engine.intermediates`)
@@ -146,17 +167,17 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
     them. This equals peeling G_{r-1}: G_r is a subgraph of G_{r-1} (by induction: the item sets shrink, so the
     user degrees do), a user's edges in G_{r-1} are its edges to the items still in it, and an edge the step drops
     is in no subgraph meeting both thresholds, so the fixed point is the k-core. Only the user and item columns
-    are read for the rounds. ``known``: (edge count, item degrees) already computed for ``edges``.
+    are read for the rounds. ``known``: `KnownDegrees` already computed for ``edges`` (`degree_statistics`, in one
+    pass with other results) instead of a pass here. Each round also brings the graph's `PartitionUsers` (a few
+    bytes per user), so that the last one is the k-core's without another round trip.
 
     Returns a `KCore`: the k-core edges (persisted on the workers with ``persist_result``, else the lazy step from
-    ``edges``, for edges kept on disk), the rounds, their count and the last round's item degrees (which
-    `id_tables` takes as the distinct items instead of a pass of its own)."""
+    ``edges``, for edges kept on disk), the rounds, their count, the last round's item degrees (which
+    `id_tables` takes as the distinct items instead of a pass of its own) and its users."""
     slim = edges[[schema.USER, schema.ITEM]]
     if known is None:
-        count, item_degree, user_min = dask.compute(slim.shape[0], slim[schema.ITEM].value_counts(split_out=1),
-                                                    smallest_user_degree(slim))
-    else:
-        (count, item_degree), user_min = known, dask.compute(smallest_user_degree(slim))[0]
+        known = KnownDegrees(*dask.compute(*degree_statistics(slim)))
+    count, item_degree, user_min, users = known.count, known.item_degree, known.user_min, known.users
     previous = None  # the item degrees G_{r-1} was made with (None: G_{r-1} is G_0)
     for round_ in range(1, max_rounds + 1):
         item_degree = _host(item_degree)  # (I,) on the client
@@ -164,8 +185,7 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
             break
         previous = dask.delayed(item_degree)  # one copy per worker, not one inside every task
         current = slim.map_partitions(_kcore_step, previous, min_user, min_item, meta=slim._meta)
-        count, item_degree, user_min = dask.compute(current.shape[0], current[schema.ITEM].value_counts(split_out=1),
-                                                    smallest_user_degree(current))
+        count, item_degree, user_min, users = KnownDegrees(*dask.compute(*degree_statistics(current)))
         log.debug("k-core round %d: %d edges left", round_, count)
     else:
         round_ = max_rounds
@@ -173,7 +193,24 @@ def kcore_by_user(edges: dd.DataFrame, min_user: int, min_item: int, max_rounds:
                                                                meta=edges._meta)
     if persist_result and previous is not None:
         core = persist(core)
-    return KCore(core, round_, int(count), _host(item_degree))
+    return KCore(core, round_, int(count), _host(item_degree), partition_users_of(*users))
+
+
+class KnownDegrees(NamedTuple):
+    """What a k-core round checks of a graph (`degree_statistics`, computed): edge count, (I,) item degrees
+    (by item id), the smallest user degree, and the lazy parts of its `PartitionUsers`, computed."""
+
+    count: int
+    item_degree: Any
+    user_min: int
+    users: tuple[Any, Any]
+
+
+def degree_statistics(edges: dd.DataFrame) -> tuple[Any, Any, Any, tuple[dd.Series, dd.Series]]:
+    """The lazy `KnownDegrees` of user-partitioned ``edges``: pass them to one `dask.compute` (with other results
+    if any), then to `KnownDegrees`."""
+    slim = edges[[schema.USER, schema.ITEM]]
+    return slim.shape[0], slim[schema.ITEM].value_counts(split_out=1), smallest_user_degree(slim), partition_users(slim)
 
 
 def smallest_user_degree(edges: dd.DataFrame) -> Any:
@@ -192,24 +229,27 @@ def users_per_partition(edges: dd.DataFrame) -> dd.Series:
                                 meta=(None, "int64"))
 
 
-def id_tables(core: dd.DataFrame, items: Any = None) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
+def id_tables(core: dd.DataFrame, items: Any = None, users: PartitionUsers | None = None
+              ) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
     """(user_index, item_index, users per partition). Users: the partitions' sorted distinct ids, in partition
-    order (user order), numbered 0..U-1; items: the distinct ids sorted, numbered 0..I-1. One round trip.
-    ``items``: the distinct item ids when already known (the index of `KCore.item_degree`), else found here."""
-    users_per_part = core.map_partitions(lambda frame: frame[schema.USER].drop_duplicates().sort_values(),
-                                         meta=core._meta[schema.USER])
+    order (user order), numbered 0..U-1; items: the distinct ids sorted, numbered 0..I-1. One round trip, none
+    when both are given: ``items`` the distinct item ids (the index of `KCore.item_degree`) and ``users`` the
+    `PartitionUsers` of ``core`` (`KCore.users`)."""
+    wanted = [] if users is not None else list(partition_users(core))
     if items is None:
-        users, per_partition, items = dask.compute(users_per_part, users_per_partition(core),
-                                                   core[schema.ITEM].unique(split_out=1))
-    else:
-        users, per_partition = dask.compute(users_per_part, users_per_partition(core))
-    users = _host(users).reset_index(drop=True)
+        wanted.append(core[schema.ITEM].unique(split_out=1))
+    found = list(dask.compute(*wanted)) if wanted else []
+    if users is None:
+        users = partition_users_of(found.pop(0), found.pop(0))
+    if items is None:
+        items = found.pop(0)
+    users, per_partition = users.ids, users.per_partition
     items = pd.Series(_host(items)).sort_values(ignore_index=True)  # keeps the ids' dtype (string ids stay strings)
     user_index = pd.DataFrame({schema.USER: users, schema.USER_INDEX: np.arange(len(users), dtype="int64")})
     item_index = pd.DataFrame({schema.ITEM: items, schema.ITEM_INDEX: np.arange(len(items), dtype="int64")})
     if not user_index[schema.USER].is_monotonic_increasing or user_index[schema.USER].duplicated().any():
         raise AssertionError("user partitions overlap or are out of order")  # pragma: no cover - sort_values
-    return user_index, item_index, [int(c) for c in _host(per_partition)]
+    return user_index, item_index, list(per_partition)
 
 
 def _encode_split(edges: Any, events: Any, offset: Any, item_index: pd.DataFrame, split: SplitConfig,

@@ -33,7 +33,9 @@ from homerank.engine.ingest import IdDtype, Ingested, canonical_ids, ingest_even
 from homerank.engine.interactions import check_weights, weight_events
 from homerank.engine.lightgcn_format import load_lightgcn
 from homerank.engine.partitioned import (
+    KnownDegrees,
     aggregate_by_user,
+    degree_statistics,
     encode_and_split,
     id_tables,
     interactions_of,
@@ -256,15 +258,17 @@ def _etl_after_ingest(ingested: Ingested, input_path: str | list[str], run: RunD
                                  ref_time)
         intermediates = ingested.intermediates  # the all-time edges are kept where the events are
         all_edges, edges_all_time = intermediates.keep(aggregate_by_user(weighted, event_types), "edges-all-time")
-        _, users_all_time, item_degree = dask.compute(
+        # the k-core's first check (G_0's degrees and users) in the same pass as the interactions' write
+        _, users_all_time, degrees = dask.compute(
             write_partitions(interactions_of(all_edges), run.interactions_staging, compute=False),
-            users_per_partition(all_edges).sum(), all_edges[schema.ITEM].value_counts(split_out=1))
-        items_all_time = len(item_degree)
+            users_per_partition(all_edges).sum(), degree_statistics(all_edges))
+        degrees = KnownDegrees(*degrees)
+        items_all_time = len(degrees.item_degree)
         publish_parquet_parts(run.interactions_staging, run.interactions, interactions_of(all_edges)._meta)
         log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,
                  time.perf_counter() - started)
         kcore = kcore_by_user(all_edges, config.interactions.min_user_interactions,
-                              config.interactions.min_item_interactions, known=(edges_all_time, item_degree),
+                              config.interactions.min_item_interactions, known=degrees,
                               persist_result=not intermediates.on_disk)
         core, rounds, core_edges = kcore.edges, kcore.rounds, kcore.count
         log.info("etl: k-core (%d rounds) done at %.1fs", rounds, time.perf_counter() - started)
@@ -284,7 +288,7 @@ def _etl_after_ingest(ingested: Ingested, input_path: str | list[str], run: RunD
             profile_stats = _write_profiles(by_user, core, catalogue, ingested.id_dtype, event_types, ref_time, run,
                                             config, searches)
             log.info("etl: shopper profiles written at %.1fs", time.perf_counter() - started)
-        user_index, item_index, partition_users = id_tables(core, items=kcore.item_degree.index)
+        user_index, item_index, partition_users = id_tables(core, items=kcore.item_degree.index, users=kcore.users)
         edges = encode_and_split(core, weighted, item_index, partition_users, config.split, event_types)
         warm = None
         previous = previous_run(config, run)

@@ -82,9 +82,10 @@ def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, ids):
         by_user = events_by_user(frame, len(events), rows_per_partition=-(-len(events) // partitions))
         weighted = weight_events(by_user, WEIGHTS, 7.0, by_user[schema.TS].max().compute())
         all_edges = aggregate_by_user(weighted, TYPES)
-        core, rounds, count, item_degree = kcore_by_user(all_edges, 4, 4)
+        core, rounds, count, item_degree, users = kcore_by_user(all_edges, 4, 4)
         user_index, item_index, per_partition = id_tables(core)
         known_items = id_tables(core, items=item_degree.index)  # the k-core's item degrees: the same tables
+        known_both = id_tables(core, items=item_degree.index, users=users)  # and its users: no pass at all
         edges = encode_and_split(core, weighted, item_index, per_partition, split, TYPES).compute()
         got_all = interactions_of(all_edges).compute().reset_index(drop=True)
     assert by_user.npartitions >= min(partitions, 2)
@@ -97,6 +98,9 @@ def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, ids):
     pd.testing.assert_frame_equal(known_items[0], user_index)
     pd.testing.assert_frame_equal(known_items[1], item_index)
     assert known_items[2] == per_partition and int(item_degree.sum()) == count
+    for got, want in zip(known_both, (user_index, item_index), strict=False):
+        pd.testing.assert_frame_equal(got, want)
+    assert known_both[2] == per_partition
 
 
 GATED = """
