@@ -38,9 +38,10 @@ class ClusterConfig(StrictModel):
         "dask's choice (the cores / n_workers)")
     processes: bool | Literal["auto"] = Field(
         "auto", description="local cluster: worker processes (true) or threads of one process (false; the fastest "
-        "while the job fits in one process's memory). 'auto': threads, unless the input log would take more than half "
-        "the machine's memory in one process (about 15x its Parquet bytes, 3x its CSV bytes, measured at 10^7 events): "
-        "then worker processes with p2p shuffle, bounded memory and spilling (homerank.jobs.cluster.choose_processes)"
+        "for small logs: no worker process to start). 'auto': threads, unless the input log would take more than "
+        "1 GiB or half the machine's memory in one process (about 15x its Parquet bytes, 3x its CSV bytes, measured "
+        "at 10^7 events): then worker processes with p2p shuffle, bounded memory and spilling, and the job's own "
+        "process holds only small tables (homerank.jobs.cluster.choose_processes)"
     )
     memory_limit: str | None = Field(
         None, description="local cluster: memory limit per worker ('4GiB', 0.5 = half the machine's memory); above "

@@ -55,6 +55,10 @@ def test_processes_auto_picks_worker_processes_for_a_log_too_large_for_one_proce
     threshold = int(size / PROCESSES_ABOVE_SHARE)
     assert choose_processes("auto", str(folder), memory_bytes=threshold - 1) is True
     assert choose_processes("auto", str(folder), memory_bytes=threshold + 1) is False
+    # a big machine: threads only while the job's process would stay under client_bytes
+    assert choose_processes("auto", str(folder), memory_bytes=2**40, client_bytes=size - 1) is True
+    assert choose_processes("auto", str(folder), memory_bytes=2**40, client_bytes=size + 1) is False
+    assert choose_processes("auto", str(folder), memory_bytes=2**40) is False  # a tiny log: threads
     assert choose_processes(False, str(folder), memory_bytes=1) is False  # an explicit setting stands
     assert choose_processes(True, None) is True
     assert choose_processes("auto", None) is False  # no log (the rank stage's cluster): threads
