@@ -208,16 +208,10 @@ WORKER_SATURATION = 1.0
 
 
 def worker_environment() -> dict[str, Any]:
-    """The environment the local cluster's nannies set before a worker process starts: dask's own
-    ``distributed.nanny.pre-spawn-environ`` (one BLAS/OpenMP thread per worker) with `WORKER_MALLOC` in place of
-    its MALLOC_TRIM_THRESHOLD_. Measured on 10^7 events, 2 worker processes: minor page faults 1.43M -> 0.26M,
-    system time 6.3 -> 3.5-5.5 s (`homerank etl`, 2 cores)."""
-    import dask
+    """`homerank.engine.worker_processes.worker_environment`: the variables every local worker process starts with."""
+    from homerank.engine.worker_processes import worker_environment as environment
 
-    from homerank.engine.worker_processes import WORKER_MALLOC
-
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    return {**environ, **WORKER_MALLOC}
+    return environment()
 
 
 MAX_THREADS = 8  # the default local cluster of threads: one worker with at most this many threads

@@ -55,7 +55,6 @@ is right for every log.
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import logging
@@ -80,6 +79,7 @@ from homerank.engine import schema
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
 from homerank.engine.ids import IdDtype, _plain_values, canonical_ids
+from homerank.engine.input_files import InputFile, discover_files  # discover_files: callers import it here too
 from homerank.engine.intermediates import Intermediates, Mode
 from homerank.engine.intermediates import choose as choose_intermediates
 from homerank.engine.partitioned import events_by_user, worker_count
@@ -90,16 +90,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FileFormat = Literal["parquet", "csv"]
-PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 SessionDtype = Literal["Int64", "string"]  # nullable integers when every file stores them as integers
-
-
-@dataclass(frozen=True)
-class InputFile:
-    path: str
-    format: FileFormat
 
 
 @dataclass
@@ -165,56 +156,6 @@ class Bundle:
 
     number: int
     pieces: tuple[Piece, ...]
-
-
-def _format_of(path: str, forced: str) -> FileFormat | None:
-    if forced in ("parquet", "csv"):
-        return forced  # type: ignore[return-value]
-    lower = path.lower()
-    if lower.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    if lower.endswith(CSV_SUFFIXES):
-        return "csv"
-    return None
-
-
-def discover_files(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-                   forced_format: str = "auto") -> list[InputFile]:
-    """Expand a file, a directory (searched recursively) or a glob into the list of input files; a list of them
-    into their files in the order given (a file found twice is read once)."""
-    if not isinstance(path, str | os.PathLike):
-        files: dict[str, InputFile] = {}
-        for each in path:
-            for found in discover_files(each, forced_format):
-                files.setdefault(found.path, found)
-        if not files:
-            raise HomerankError("--input: no input given")
-        return list(files.values())
-    text = str(path)
-    if any(ch in text for ch in "*?["):
-        candidates = sorted(glob.glob(text, recursive=True))
-    elif os.path.isdir(text):
-        candidates = sorted(
-            str(p) for p in Path(text).rglob("*") if p.is_file() and not p.name.startswith((".", "_"))
-        )
-    elif os.path.isfile(text):
-        candidates = [text]
-    else:
-        raise HomerankError(f"{text}: input not found (expected a Parquet/CSV file, a directory or a glob)")
-    files = []
-    for candidate in candidates:
-        fmt = _format_of(candidate, forced_format)
-        if fmt is None:
-            if os.path.isfile(text):
-                raise HomerankError(
-                    f"{candidate}: cannot tell the format from the extension; use .parquet or .csv "
-                    "or set ingest.format"
-                )
-            continue
-        files.append(InputFile(candidate, fmt))
-    if not files:
-        raise HomerankError(f"{text}: no Parquet or CSV files found")
-    return files
 
 
 def read_columns(file: InputFile) -> list[str]:

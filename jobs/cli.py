@@ -302,13 +302,17 @@ def _stage(args: argparse.Namespace) -> None:
 
 
 def _stage_locked(args: argparse.Namespace, run: RunDir) -> None:
+    config = _resolve_config(args, run.root)
+    inputs = getattr(args, "input", None)
+    input_path = inputs[0] if inputs and len(inputs) == 1 else inputs  # one log: its path, as before
+    if args.command in ("etl", "run") and config.ingest.format != "lightgcn":
+        from homerank.jobs.cluster import start_workers_early
+
+        start_workers_early(config.cluster, config.device, input_path, config.ingest.format)  # before the imports
     from homerank.engine.backend import resolve_backend
     from homerank.jobs.pipeline import run_pipeline, run_stage, write_resolved_config
 
-    config = _resolve_config(args, run.root)
     backend = resolve_backend(config.device)
-    inputs = getattr(args, "input", None)
-    input_path = inputs[0] if inputs and len(inputs) == 1 else inputs  # one log: its path, as before
     if args.command == "run":
         metrics = run_pipeline(input_path, run, config, backend, show_progress=not args.quiet, resume=args.resume)
         _print_summary(run, metrics)

@@ -151,3 +151,23 @@ def test_start_method_auto_and_mallopt():
     assert apply_worker_malloc() is sys.platform.startswith("linux")  # glibc here; the settings are the workers'
     with pytest.raises(ValidationError):
         ClusterConfig(start_method="fork")  # forking the job's process hung the ETL: not offered
+
+
+def test_the_jobs_own_environment_is_left_as_it_was(monkeypatch):
+    """dask's nannies set the workers' variables in the job's process; a later stage in the same process (torch,
+    imported after the ETL's cluster) must not inherit OMP_NUM_THREADS=1 from them. The forkserver, started
+    early, gets the workers' variables without this process keeping them."""
+    import os
+
+    from homerank.engine.worker_processes import start_forkserver, worker_environment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # (a value set here would win: dask passes it on)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    before = {key: os.environ.get(key) for key in [*worker_environment(), "PYTHONHASHSEED"]}
+    start_forkserver(worker_environment())
+    config = ClusterConfig(n_workers=1, threads_per_worker=1, processes=True)
+    with dask_client(config, CPU) as client:
+        (omp,) = client.run(eval, "__import__('os').environ.get('OMP_NUM_THREADS')").values()
+    assert omp == "1"  # the worker's
+    assert {key: os.environ.get(key) for key in before} == before
+    assert "OMP_NUM_THREADS" not in os.environ and "MALLOC_TRIM_THRESHOLD_" not in os.environ
