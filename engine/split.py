@@ -18,7 +18,7 @@ import pandas as pd
 
 from homerank.engine import schema
 from homerank.engine.config import SplitConfig
-from homerank.engine.sorted_events import array_module
+from homerank.engine.sorted_events import array_module, time_steps
 
 SPLIT = "split"
 CUTOFF = "cutoff"
@@ -74,11 +74,9 @@ def order_by_user_then_time(user_codes: Any, item_codes: Any, first_ns: Any) -> 
     if len(user_codes) < 2 or bool(((user_codes[1:] > user_codes[:-1])
                                     | ((user_codes[1:] == user_codes[:-1]) & (item_codes[1:] > item_codes[:-1]))
                                     ).all()):
-        if xp is np and len(user_codes) and int(first_ns.max()) - int(first_ns.min()) < 2**63:
-            offsets = first_ns - first_ns.min()
-            step = int(np.gcd.reduce(offsets)) or 1
-            steps = offsets // step
-            span = int(steps.max()) + 1
+        found = time_steps(first_ns) if xp is np else None
+        if found is not None:
+            steps, span = found
             if (int(user_codes.max()) + 1) * span < 2**63:
                 return np.argsort(user_codes.astype(np.int64) * span + steps, kind="stable")
         by_time = xp.argsort(first_ns, kind="stable")

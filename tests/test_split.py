@@ -89,3 +89,21 @@ def testorder_by_user_then_time_is_the_three_key_sort(rows, step, origin):
     # int32 codes (the homepage's explainer) combine without wrapping
     assert order_by_user_then_time(users.astype(np.int32), items.astype(np.int32), times).tolist() == \
         expected.tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(-3, 3)), min_size=1, max_size=80),
+       st.sampled_from([1, 7, 10**9, 86_400 * 10**9]), st.sampled_from([0, -(2**62), 2**62]),
+       st.sampled_from([1, 2**40, 2**57]))
+def test_pair_time_order_is_the_stable_two_key_sort(rows, step, origin, pair_scale):
+    """The events' order by (pair key, time), ties in row order, equals np.lexsort's whether the one-key path
+    applies (small pair keys times the number of time steps) or not (pair keys near 2^63 / R), for times in ns,
+    seconds or days, before 1970 and near the int64 ends."""
+    import numpy as np
+
+    from homerank.engine.sorted_events import pair_time_order
+
+    pairs = pair_scale * np.asarray([r[0] for r in rows], dtype=np.int64)
+    times = origin + step * np.asarray([r[1] for r in rows], dtype=np.int64)
+    expected = np.lexsort(np.stack([times, pairs]))
+    assert pair_time_order(pairs, times).tolist() == expected.tolist()
