@@ -171,3 +171,25 @@ def test_the_jobs_own_environment_is_left_as_it_was(monkeypatch):
     assert omp == "1"  # the worker's
     assert {key: os.environ.get(key) for key in before} == before
     assert "OMP_NUM_THREADS" not in os.environ and "MALLOC_TRIM_THRESHOLD_" not in os.environ
+
+
+def test_the_forkserver_starts_early_only_for_a_local_cluster_of_worker_processes(monkeypatch, tmp_path):
+    """`homerank etl`/`run` start the forkserver before their imports only when the ETL will fork workers from
+    it: no scheduler address, start method forkserver, worker processes chosen for the log."""
+    from homerank.jobs import cluster as cluster_module
+
+    started, chosen = [], {"processes": True}
+    monkeypatch.setattr("homerank.engine.worker_processes.start_forkserver", started.append)
+    monkeypatch.setattr(cluster_module, "choose_processes", lambda *args, **kwargs: chosen["processes"])
+    log = str(tmp_path)
+    start = cluster_module.start_workers_early
+    assert start(ClusterConfig(address="tcp://10.0.0.5:8786"), "cpu", log) is False
+    assert start(ClusterConfig(start_method="spawn"), "cpu", log) is False
+    assert start(ClusterConfig(), "cpu", None) is False
+    chosen["processes"] = False
+    assert start(ClusterConfig(), "cpu", log) is False  # threads for this log
+    assert not started
+    chosen["processes"] = True
+    assert start(ClusterConfig(), "cpu", log) is sys.platform.startswith("linux")
+    assert len(started) == int(sys.platform.startswith("linux"))
+    assert all(env["MALLOC_TRIM_THRESHOLD_"] == 64 << 20 for env in started)  # with the workers' variables
