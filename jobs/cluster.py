@@ -34,10 +34,11 @@ def choose_processes(setting: bool | str, input_path: str | list[str] | None, in
     worker processes to start, the fastest for a small log) unless the log at ``input_path`` would make that
     process hold more than ``client_bytes`` or pass ``PROCESSES_ABOVE_SHARE`` of the machine's memory
     (``memory_bytes``, by default psutil's total), estimated from its files' bytes; then worker processes, each
-    with a memory limit, the p2p shuffle and spilling, and the job's process holds only small tables. Measured at
-    10^7 events (2 cores, `python -m bench etl`, 2026-11-27 08:24-08:27, medians of 3): threads 6.49 s with
-    1.7 GiB in the job's process, worker processes 5.96 s with 0.27 GiB (their first run 8.18 s against 6.91 s:
-    the forkserver's imports). Without an input (stages other than the ETL), threads."""
+    with a memory limit, the p2p shuffle and spilling, and the job's process holds only small tables. The switch is
+    for the job's memory, not for speed: at 10^7 events on 2 cores (2026-11-27) the medians of 3 repeats were
+    threads 6.49 s with 1.7 GiB in the job's process against worker processes 5.96 s with 0.27 GiB, but one cold
+    run each, alternating, took threads 6.7-8.5 s and worker processes 7.2-10.0 s (the forkserver's start).
+    Without an input (stages other than the ETL), threads."""
     if setting != "auto":
         return bool(setting)
     if input_path is None or input_format == "lightgcn":
