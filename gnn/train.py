@@ -229,6 +229,8 @@ def train_lightgcn(
             stale.unlink()
     if config.threads:
         torch.set_num_threads(config.threads)
+    if leader and torch.device(device).type == "cpu":
+        log.info("train: %d torch CPU threads (train.threads %s)", torch.get_num_threads(), config.threads)
     model = new_model(data, config)
     model.to(device)
     adjacency = data.adjacency.to(device)
