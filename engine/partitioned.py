@@ -152,6 +152,7 @@ def partition_users(edges: dd.DataFrame) -> tuple[dd.Series, dd.Series]:
 
 
 def partition_users_of(ids: Any, per_partition: Any) -> PartitionUsers:
+    """`PartitionUsers` from the computed parts of `partition_users` (brought to the host)."""
     return PartitionUsers(_host(ids).reset_index(drop=True), [int(c) for c in _host(per_partition)])
 
 
