@@ -3,7 +3,6 @@ title and its slots (with each slot's ``explanation`` when the frame has one).""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -11,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def page_records(page: pd.DataFrame) -> Iterator[dict[str, Any]]:
@@ -47,9 +48,10 @@ def _json_score(score: float) -> float | None:
 
 def jsonl_text(page: pd.DataFrame) -> str:
     """`page_records` of ``page`` as JSON Lines text (one line per user, each ending in a newline), byte for byte
-    what ``json.dumps`` writes, built column-wise: each distinct id, title, section and reason is encoded once, and
-    every slot's text is laid out as fixed pieces (a user's opening, a row's opening or the separator, the slot
-    object, a row's and a user's closing), joined once."""
+    what ``json.dumps`` writes, built column-wise in Arrow: each distinct id, title, section and reason is encoded
+    once, every slot's text is the element-wise join of fixed pieces (a user's opening, a row's opening or the
+    separator, the slot object, a row's and a user's closing), and the joined strings of the slots, which Arrow
+    lays out back to back in one buffer, are the text."""
     count = len(page)
     if not count:
         return ""
@@ -57,39 +59,81 @@ def jsonl_text(page: pd.DataFrame) -> str:
     new_user = np.r_[True, users[1:] != users[:-1]]
     new_row = new_user | np.r_[True, sections[1:] != sections[:-1]]
     end_row, end_user = np.r_[new_row[1:], True], np.r_[new_user[1:], True]
-    pieces = np.full((count, 10), "", dtype=object)
-    pieces[new_user, 0] = '{"user_id": ' + _encoded(page["user_id"][new_user]) + ', "sections": ['
-    pieces[new_row & ~new_user, 1] = ", "
-    pieces[:, 2] = ", "
-    pieces[new_row, 2] = ('{"section": ' + _encoded(page["section"][new_row]) + ', "title": '
-                          + _encoded(page["section_title"][new_row]) + ', "items": [')
-    pieces[:, 3] = _encoded(page["slot"], '{"slot": ', ', "item_id": ')
-    pieces[:, 4] = _encoded(page["item_id"], "", ', "score": ')
-    pieces[:, 5] = _encoded_scores(page["score"])
     explained = "explanation" in page.columns
-    pieces[:, 6] = _encoded(page["reason"], ', "reason": ', "" if explained else "}")
-    if explained:
-        pieces[:, 7] = _encoded(page["explanation"], ', "explanation": ', "}")
-    pieces[end_row, 8] = "]}"
-    pieces[end_user, 9] = "]}\n"
-    return "".join(pieces.ravel().tolist())
+    pieces = [
+        _encoded(page["user_id"], '{"user_id": ', ', "sections": [', where=new_user),
+        _constant(", ", new_row & ~new_user),
+        _encoded(page["section"], '{"section": ', ', "title": ', where=new_row),
+        _encoded(page["section_title"], "", ', "items": [', where=new_row),
+        _constant(", ", ~new_row),
+        _encoded(page["slot"], '{"slot": ', ', "item_id": '),
+        _encoded(page["item_id"], "", ', "score": '),
+        _encoded_scores(page["score"]),
+        _encoded(page["reason"], ', "reason": ', "" if explained else "}"),
+        _encoded(page["explanation"], ', "explanation": ', "}") if explained else pa.scalar("", pa.large_string()),
+        _constant("]}", end_row),
+        _constant("]}\n", end_user),
+    ]
+    joined = pc.binary_join_element_wise(*pieces, pa.scalar("", pa.large_string()))
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + count + 1]
+    return joined.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]].decode("utf-8")
 
 
-def _encoded_scores(scores: pd.Series) -> np.ndarray:
-    """Each score's JSON text as `_json_score` and ``json.dumps`` write it (``repr`` of the float rounded to 6
-    decimals, ``null`` for NaN), formatted once per distinct score."""
-    codes, uniques = pd.factorize(scores, sort=False, use_na_sentinel=True)
-    rounded = map(round, (value + 0.0 for value in uniques.tolist()), itertools.repeat(6))  # -0.0 as 0.0
-    table = np.array(list(map(float.__repr__, rounded)) + ["null"], dtype=object)
-    out = table[codes]  # code -1 (NaN: a pinned slot) takes the last entry
+def _constant(text: str, where: np.ndarray) -> pa.Array:
+    """``text`` where ``where`` (n,), "" elsewhere."""
+    return pa.array(np.where(where, text, ""), pa.large_string())
+
+
+SCORE_FAST_BOUND = 1e3  # |score| below this: formatted from integer millionths (see `_encoded_scores`)
+
+
+def _encoded_scores(scores: pd.Series) -> pa.Array:
+    """Each score's JSON text as `_json_score` and ``json.dumps`` write it (``repr`` of ``round(score, 6)``, ``null``
+    for NaN), without a Python call per score for nearly all of them.
+
+    For |x| < 1000 whose x * 10^6 is not within 10^-3 of a half (where the product's error, < 10^-7, cannot change
+    the rounding), ``round(x, 6)`` is n / 10^6 with n = rint(x * 10^6), and its shortest repr is that decimal with
+    trailing zeros dropped (at most 9 significant digits, so no shorter string reads back as the same double):
+    sign, n // 10^6, ".", the 6 digits of n % 10^6 without trailing zeros ("0" when none are left). Python writes
+    0 < |round(x, 6)| < 10^-4 in exponent notation: those, the near-halves, larger scores and infinities are
+    formatted by Python, one call per distinct value."""
     values = scores.to_numpy(dtype=np.float64)
-    out[(values == 0) & np.signbit(values)] = "-0.0"  # factorize takes -0.0 and 0.0 as one value
-    return out
+    finite = np.isfinite(values)
+    scaled = np.where(finite, values, 0.0) * 1e6
+    units = np.rint(scaled)
+    fast = finite & (np.abs(values) < SCORE_FAST_BOUND) & (np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) > 1e-3)
+    fast &= (units == 0) | (np.abs(units) >= 100)
+    magnitude = np.abs(units).astype(np.int64)
+    whole = pa.array(magnitude // 1_000_000).cast(pa.large_string())
+    digits = pc.utf8_rtrim(pc.utf8_lpad(pa.array(magnitude % 1_000_000).cast(pa.large_string()), 6, "0"), "0")
+    digits = pc.if_else(pc.equal(digits, ""), pa.scalar("0", pa.large_string()), digits)
+    negative = np.signbit(values)  # -0.0, and a negative score that rounds to 0, are "-0.0" as round() keeps the sign
+    sign = pa.array(np.where(negative, "-", ""), pa.large_string())
+    text = pc.binary_join_element_wise(sign, whole, pa.scalar(".", pa.large_string()), digits,
+                                       pa.scalar("", pa.large_string()))
+    slow = np.flatnonzero(~fast)
+    if slow.size:
+        codes, uniques = pd.factorize(values[slow], sort=False, use_na_sentinel=True)
+        table = np.array([_score_text(value) for value in uniques.tolist()] + ["null"], dtype=object)
+        texts = table[codes]
+        texts[(values[slow] == 0) & negative[slow]] = "-0.0"  # factorize takes -0.0 and 0.0 as one value
+        text = pc.replace_with_mask(text, pa.array(~fast), pa.array(texts, pa.large_string()))
+    return text
 
 
-def _encoded(column: pd.Series, before: str = "", after: str = "") -> np.ndarray:
-    """Each value's JSON text between ``before`` and ``after`` (object array), ``json.dumps`` called once per
-    distinct value."""
+def _score_text(value: float) -> str:
+    """One score as ``json.dumps(_json_score(value))`` writes it (NaN: "null")."""
+    return json.dumps(_json_score(value))
+
+
+def _encoded(column: pd.Series, before: str = "", after: str = "", where: np.ndarray | None = None) -> pa.Array:
+    """Each value's JSON text between ``before`` and ``after`` (only where ``where``, "" elsewhere), ``json.dumps``
+    called once per distinct value."""
     codes, uniques = pd.factorize(column, sort=False)
-    table = np.array([before + json.dumps(_plain(value)) + after for value in uniques.tolist()], dtype=object)
-    return table[codes]
+    table = pa.array([before + json.dumps(_plain(value)) + after for value in uniques.tolist()] + [""],
+                     pa.large_string())
+    if where is not None:
+        codes = np.where(where, codes, len(uniques))
+    return table.take(pa.array(codes))

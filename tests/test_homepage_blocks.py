@@ -521,3 +521,20 @@ def test_small_codes_equal_numpy_unique():
                    np.zeros(0, dtype=np.int64)):
         got, want = _small_codes(values), np.unique(values, return_inverse=True)
         assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].reshape(-1).tolist()
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(-2000, 2000), st.floats(-1e-3, 1e-3),
+                          st.integers(-10**9, 10**9).map(lambda n: n / 1e6 + 5e-7),  # near a half of the 6th decimal
+                          st.integers(-10**9, 10**9).map(lambda n: n / 1e6),
+                          st.sampled_from([0.0, -0.0, 1e-4, -1e-4, 9.9995e-05, 5e-07, -5e-07, 999.9999995, 1e3,
+                                           float("nan"), float("inf"), -float("inf"), 1e16, 0.1 + 0.2])),
+                min_size=1, max_size=60))
+def test_score_text_is_json_dumps_of_the_rounded_score(scores):
+    """The scores' JSON text, formatted from integer millionths for nearly all of them, equals json.dumps of
+    `_json_score` (repr of round(score, 6); null for NaN) for any score: near halves of the last decimal, tiny ones
+    in exponent notation, negative zeros, large and infinite ones."""
+    from homerank.homepage.export import _encoded_scores, _json_score
+
+    expected = [json.dumps(_json_score(score)) for score in scores]
+    assert _encoded_scores(pd.Series(scores, dtype="float64")).to_pylist() == expected
