@@ -14,6 +14,7 @@ connected components come from `Backend.connected_components` (cuGraph or scipy'
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,12 +58,49 @@ class BipartiteGraph:
         return cls(int(data["num_users"]), int(data["num_items"]), data["edge_index"], data["edge_weight"])
 
     def adjacency(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """A_hat as a torch sparse CSR tensor (N, N): the fast path for PyG's LGConv (spmm)."""
-        from torch_geometric.utils import to_torch_csr_tensor
+        """A_hat as a torch sparse CSR tensor (N, N): the fast path for PyG's LGConv (spmm).
 
-        return to_torch_csr_tensor(
-            self.edge_index.to(device), self.edge_weight.to(device), size=(self.num_nodes, self.num_nodes)
-        )
+        When ``edge_index`` is in CSR order (rows ascending, columns strictly ascending within a row: as
+        `build_graph` writes it), the tensor is made from it directly: crow = the cumulative row counts (N + 1,),
+        columns and values as they are, with int32 indices while N and 2E stay below 2^31 (torch's spmm takes
+        either; half the memory of int64, and ~10% faster on the CPU). No sort and no coalesced copy: at 3 * 10^7
+        events (2E = 25M) that sort's temporaries were ~0.8 GB. Any other order goes through PyG's
+        ``to_torch_csr_tensor`` (which sorts and sums duplicates)."""
+        size = self.num_nodes
+        if not in_csr_order(self.edge_index, size):
+            from torch_geometric.utils import to_torch_csr_tensor
+
+            return to_torch_csr_tensor(self.edge_index.to(device), self.edge_weight.to(device), size=(size, size))
+        rows, cols = self.edge_index[0], self.edge_index[1]
+        index_dtype = torch.int32 if max(size, rows.numel()) < 2**31 else torch.int64
+        crow = torch.zeros(size + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(rows, minlength=size), 0, out=crow[1:])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            adjacency = torch.sparse_csr_tensor(crow.to(index_dtype), cols.to(index_dtype), self.edge_weight,
+                                                size=(size, size), check_invariants=False)
+        return adjacency.to(device)
+
+
+CSR_CHECK_CHUNK = 1 << 22  # entries of edge_index compared at once by `in_csr_order` (bounds its temporaries)
+
+
+def in_csr_order(edge_index: torch.Tensor, num_nodes: int) -> bool:
+    """Whether ``edge_index`` (2, M) is in CSR order without duplicates: (row, column) pairs strictly ascending,
+    every node id in 0..N-1. Checked in chunks, so the temporaries stay a few MB whatever M."""
+    rows, cols = edge_index[0], edge_index[1]
+    count = rows.numel()
+    if not count:
+        return True
+    if int(rows.min()) < 0 or int(cols.min()) < 0 or int(rows.max()) >= num_nodes or int(cols.max()) >= num_nodes:
+        return False
+    for start in range(0, count - 1, CSR_CHECK_CHUNK):
+        stop = min(start + CSR_CHECK_CHUNK + 1, count)  # one entry of overlap: every neighbouring pair is compared
+        row, col = rows[start:stop], cols[start:stop]
+        step = row[1:] - row[:-1]
+        if bool((step < 0).any()) or bool(((step == 0) & (col[1:] <= col[:-1])).any()):
+            return False
+    return True
 
 
 def edge_values(weights: np.ndarray, mode: str) -> np.ndarray:

@@ -76,8 +76,9 @@ def row_bounds(crow_indices: Tensor, world_size: int) -> tuple[tuple[int, int], 
     num_rows = crow_indices.numel() - 1
     if world_size > num_rows:
         raise HomerankError(f"train.world_size {world_size} exceeds the graph's {num_rows} nodes")
-    targets = torch.arange(1, world_size, dtype=crow_indices.dtype) * crow_indices[-1] // world_size
-    cuts = torch.searchsorted(crow_indices, targets).tolist()
+    # in int64 whatever the index dtype: W * nnz can pass 2^31 for an int32 CSR
+    targets = torch.arange(1, world_size, dtype=torch.int64) * int(crow_indices[-1]) // world_size
+    cuts = torch.searchsorted(crow_indices, targets.to(crow_indices.dtype)).tolist()
     edges = [0]
     for position, cut in enumerate(cuts, start=1):  # strictly increasing, leaving a row for every later block
         edges.append(min(max(cut, edges[-1] + 1), num_rows - (world_size - position)))
@@ -132,12 +133,12 @@ class _GatherRows(torch.autograd.Function):
 
 def propagate(layer0: Tensor, block: RowBlock, num_layers: int) -> Tensor:
     """LightGCN's E = 1/(L+1) sum_l A_hat^l E^(0), shape (N, d), computed block-wise across the ranks (every
-    rank must call it: it holds collectives)."""
-    x, total = layer0, layer0 / (num_layers + 1)
+    rank must call it: it holds collectives), by Horner's rule as one process does (`homerank.gnn.model.power_sum`):
+    S_0 = E^(0), S_{k+1} = E^(0) + A_hat S_k, E = S_L / (L + 1)."""
+    total = layer0
     for _ in range(num_layers):
-        x = _GatherRows.apply(block, _BlockSpmm.apply(block, x))
-        total = total + x / (num_layers + 1)
-    return total
+        total = layer0 + _GatherRows.apply(block, _BlockSpmm.apply(block, total))
+    return total / (num_layers + 1)
 
 
 def all_reduce_gradients(parameters: list[Tensor]) -> int:

@@ -61,3 +61,39 @@ def test_statistics_count_components_of_a_graph_given_in_any_order():
     shuffled = type(graph)(graph.num_users, graph.num_items, graph.edge_index[:, order], graph.edge_weight[order])
     # {u0, i0, i1}, {u2, u3, i2}, u1 alone
     assert sorted_stats["components"] == graph_statistics(shuffled, CPU)["components"] == 3
+
+
+def test_adjacency_from_csr_order_equals_pyg_csr_with_int32_indices(monkeypatch):
+    """A graph in build_graph's CSR order becomes the CSR tensor directly (int32 indices, no sort), equal to PyG's
+    to_torch_csr_tensor and computing the same A_hat X; the order check compares pairs across its chunk
+    boundaries (chunks of 3 entries here), so one pair out of order, one duplicate or one id past N anywhere
+    sends the graph through PyG's sorting path, which gives the same matrix."""
+    from torch_geometric.utils import to_torch_csr_tensor
+
+    import homerank.engine.graph as graph_module
+    from homerank.engine.graph import BipartiteGraph, in_csr_order
+
+    monkeypatch.setattr(graph_module, "CSR_CHECK_CHUNK", 3)
+    rng = np.random.default_rng(1)
+    pairs = np.unique(np.stack([rng.integers(0, 25, 150), rng.integers(0, 35, 150)]), axis=1)
+    graph, _ = build_graph(pairs[0], pairs[1], rng.uniform(1, 5, pairs.shape[1]), 25, 35, "weight", CPU)
+    assert in_csr_order(graph.edge_index, graph.num_nodes)
+    adjacency = graph.adjacency()
+    assert adjacency.layout == torch.sparse_csr and adjacency.crow_indices().dtype == torch.int32
+    reference = to_torch_csr_tensor(graph.edge_index, graph.edge_weight, size=(60, 60))
+    torch.testing.assert_close(adjacency.to_dense(), reference.to_dense())
+    x = torch.randn(60, 4)
+    torch.testing.assert_close(torch.sparse.mm(adjacency, x), torch.sparse.mm(reference, x))
+    index = graph.edge_index
+    swapped = index.clone()
+    swapped[:, [7, 8]] = swapped[:, [8, 7]]  # two neighbours out of order, inside a chunk or across a boundary
+    duplicated = torch.cat([index[:, :5], index[:, 4:]], dim=1)
+    outside = index.clone()
+    outside[1, -1] = 60
+    for bad in (swapped, duplicated, outside[:, -1:], index.flip(1)):
+        assert not in_csr_order(bad, 60)
+    shuffled = torch.randperm(index.shape[1])
+    other = BipartiteGraph(25, 35, index[:, shuffled], graph.edge_weight[shuffled])
+    torch.testing.assert_close(other.adjacency().to_dense(), reference.to_dense())
+    empty = BipartiteGraph(2, 3, torch.zeros((2, 0), dtype=torch.long), torch.zeros(0))
+    assert empty.adjacency().to_dense().abs().sum() == 0
