@@ -135,6 +135,18 @@ def _epoch_order(users: torch.Tensor, num_users: int, by_user: bool, generator: 
     return order[torch.argsort(user_rank[users[order]], stable=True)]
 
 
+def _copy_state(state: dict[str, torch.Tensor], into: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` (a model's state_dict), written into the tensors of ``into`` when it holds the same
+    names and shapes (the previous best state): no second (N, d) table while the new best is copied (177 MiB at
+    3 * 10^7 events)."""
+    if into is None or into.keys() != state.keys() or any(
+            into[name].shape != value.shape or into[name].dtype != value.dtype for name, value in state.items()):
+        return {name: value.detach().clone() for name, value in state.items()}
+    for name, value in state.items():
+        into[name].copy_(value.detach())
+    return into
+
+
 def _shard(length: int, rank: int, world_size: int) -> slice:
     """Rank ``rank``'s contiguous share of a global batch of ``length`` entries."""
     return slice(length * rank // world_size, length * (rank + 1) // world_size)
@@ -160,14 +172,12 @@ def new_model(data: TrainData, config: TrainConfig) -> LightGCNRecommender:
 
 
 def _propagate(model: LightGCNRecommender, adjacency: torch.Tensor, block: distributed.RowBlock | None,
-               layer0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final user (U, d) and item (I, d) embeddings from ``layer0`` (default: the model's E^(0)): the whole
-    graph here, or this rank's row block with the other ranks' rows gathered
-    (`homerank.gnn.distributed.propagate`)."""
+               layer0: torch.Tensor | None = None) -> torch.Tensor:
+    """Final embeddings (N, d), users then items, from ``layer0`` (default: the model's E^(0)): the whole graph here,
+    or this rank's row block with the other ranks' rows gathered (`homerank.gnn.distributed.propagate`)."""
     if block is None:
-        return model(adjacency, layer0)
-    final = distributed.propagate(model.layer0 if layer0 is None else layer0, block, model.lightgcn.num_layers)
-    return final[: model.num_users], final[model.num_users :]
+        return model.propagate(adjacency, layer0)
+    return distributed.propagate(model.layer0 if layer0 is None else layer0, block, model.lightgcn.num_layers)
 
 
 @torch.no_grad()
@@ -175,7 +185,8 @@ def _scoring_embeddings(model: LightGCNRecommender, adjacency: torch.Tensor, blo
                         cosine: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if block is None:
         return model.embeddings(adjacency, cosine=cosine)
-    users, items = _propagate(model, adjacency, block)
+    final = _propagate(model, adjacency, block)
+    users, items = final[: model.num_users], final[model.num_users :]
     if cosine:
         users, items = torch.nn.functional.normalize(users, dim=-1), torch.nn.functional.normalize(items, dim=-1)
     return users, items
@@ -290,10 +301,13 @@ def train_lightgcn(
                 batch = order[start : start + batch_size]
                 users, positives = users_all[batch], items_all[batch]
                 layer0 = model.layer0
-                user_emb, item_emb = _propagate(model, adjacency, block, layer0)
+                final = _propagate(model, adjacency, block, layer0)  # (N, d): users, then items
+                user_emb, item_emb = final[: data.num_users], final[data.num_users :]
+                one_table = True
                 if model.has_content and config.content.id_dropout > 0:  # the same draws on every rank
                     cold = torch.rand(data.num_items, 1, generator=generator, device=device) < config.content.id_dropout
                     item_emb = torch.where(cold, model.cold_table(), item_emb)  # scored as if never seen
+                    one_table = False
                 if config.loss == "bpr":
                     reps = config.negatives
                     users_r, positives_r = users.repeat(reps), positives.repeat(reps)
@@ -301,7 +315,11 @@ def train_lightgcn(
                     share = _shard(users_r.numel(), rank, world_size)  # draws, the same on every rank
                     fraction = (share.stop - share.start) / users_r.numel()
                     users_r, positives_r, negatives = users_r[share], positives_r[share], negatives[share]
-                    loss = chunked_bpr_loss(user_emb, item_emb, users_r, positives_r, negatives)
+                    if one_table:  # items as rows U + i of the one table: no (N, d) gradient buffer per slice
+                        loss = chunked_bpr_loss(final, final, users_r, data.num_users + positives_r,
+                                                data.num_users + negatives)
+                    else:
+                        loss = chunked_bpr_loss(user_emb, item_emb, users_r, positives_r, negatives)
                     reg = counted_l2_penalty(layer0, torch.cat([users_r, data.num_users + positives_r,
                                                                 data.num_users + negatives]), users_r.numel())
                 else:
@@ -315,6 +333,7 @@ def train_lightgcn(
                                                 config.temperature, user_of_pair)
                     reg = counted_l2_penalty(layer0, torch.cat([users, data.num_users + positives]), users.numel())
                 objective = (loss + config.l2 * reg) * fraction  # sums to the batch's mean over the ranks
+                del final, user_emb, item_emb  # the graph keeps what its backward needs: the tables go first
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 step_loss_tensor = loss.detach() * fraction
@@ -351,7 +370,7 @@ def train_lightgcn(
                 value = valid_metrics[metric_name]
                 if result.best_metric is None or value > result.best_metric:
                     result.best_metric, result.best_epoch, since_best = value, epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_state = _copy_state(model.state_dict(), best_state)
                 else:
                     since_best += 1
                     if since_best >= config.patience:
@@ -388,6 +407,7 @@ def train_lightgcn(
             if stop:
                 break
     result.train_seconds = time.perf_counter() - started
+    model.zero_grad(set_to_none=True)  # the last step's gradients ((N, d) per table) are not the model's to keep
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
