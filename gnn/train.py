@@ -300,6 +300,7 @@ def train_lightgcn(
             for start in range(0, num_pairs, batch_size):
                 batch = order[start : start + batch_size]
                 users, positives = users_all[batch], items_all[batch]
+                optimizer.zero_grad(set_to_none=True)  # the last step's gradients go before this step's tables
                 layer0 = model.layer0
                 final = _propagate(model, adjacency, block, layer0)  # (N, d): users, then items
                 user_emb, item_emb = final[: data.num_users], final[data.num_users :]
@@ -334,7 +335,6 @@ def train_lightgcn(
                     reg = counted_l2_penalty(layer0, torch.cat([users, data.num_users + positives]), users.numel())
                 objective = (loss + config.l2 * reg) * fraction  # sums to the batch's mean over the ranks
                 del final, user_emb, item_emb  # the graph keeps what its backward needs: the tables go first
-                optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 step_loss_tensor = loss.detach() * fraction
                 if block is not None:
