@@ -1,14 +1,14 @@
 """Resource guard: estimate the memory a training run needs before it starts, and fail early with a
 suggestion instead of running out of memory mid-job.
 
-Estimate in bytes (float32 = 4 bytes, N = U + I nodes, d = embedding_dim, L = layers, nnz = 2E):
+Estimate in bytes (float32 = 4 bytes, N = U + I nodes, d = embedding_dim, nnz = 2E):
 
-    parameters + gradient + Adam moments    4 * N * d * 4
-    propagation kept for backward           (L + 2) * N * d * 4
-    adjacency (CSR)                          nnz * 12 + (N + 1) * 8
-    loss                                     softmax: batch_users * negatives * 4 * 3;
-                                             bpr: min(batch, BPR_CHUNK_PAIRS) * d * 4 * 6 + N * d * 4 * 2
-    full-ranking block                       users_per_block * I * 4 * 3 (a CPU block is at most 256 MiB)
+    parameters, gradient, Adam moments, best state     5 * N * d * 4
+    propagation (`homerank.gnn.model.power_sum`)        3 * N * d * 4   (two Horner buffers and the output, whatever L)
+    adjacency (CSR, int32 indices)                      nnz * 8 + (N + 1) * 4
+    loss                                                softmax: batch_users * negatives * 4 * 3 + batch * d * 4 * 4;
+                                                        bpr: min(batch, BPR_CHUNK_PAIRS) * d * 4 * 4 + N * d * 4
+    full-ranking block                                  users_per_block * I * 4 * 3 (a CPU block is at most 256 MiB)
 
 times a safety factor of 1.5 for allocator slack and temporaries.
 """
@@ -54,12 +54,12 @@ def estimate_training_memory(num_users: int, num_items: int, num_edges: int, tra
     if train.loss == "softmax":
         batch_users = min(num_users, max(1, int(batch / max(average_degree, 1.0))))
         loss = batch_users * train.negatives * 4 * 3 + batch * dim * 4 * 4
-    else:  # scored in pieces of BPR_CHUNK_PAIRS triples, plus the pieces' summed (N, d) gradients
-        loss = min(batch * train.negatives, BPR_CHUNK_PAIRS) * dim * 4 * 6 + 2 * nodes * dim * 4
+    else:  # scored in pieces of BPR_CHUNK_PAIRS triples, plus the pieces' summed (N, d) gradient
+        loss = min(batch * train.negatives, BPR_CHUNK_PAIRS) * dim * 4 * 4 + nodes * dim * 4
     return {
-        "parameters_and_optimizer": 4 * nodes * dim * 4,
-        "propagation": (train.num_layers + 2) * nodes * dim * 4,
-        "adjacency": 2 * num_edges * 12 + (nodes + 1) * 8,
+        "parameters_and_optimizer": 5 * nodes * dim * 4,
+        "propagation": 3 * nodes * dim * 4,
+        "adjacency": 2 * num_edges * 8 + (nodes + 1) * 4,
         "loss": loss,
         "ranking_block": min(users_per_block(evaluate.batch_size, num_items), num_users) * num_items * 4 * 3,
     }
