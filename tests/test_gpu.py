@@ -88,3 +88,30 @@ def test_whole_pipeline_with_the_model_on_cuda_matches_the_cpu_run(homepage_run,
     some_users = pd.read_parquet(run / "rankings", columns=["user_id"])["user_id"].drop_duplicates().head(5)
     answer = Run(run).recommend(list(some_users), k=5)
     assert answer.groupby("user_id").size().eq(5).all()
+
+
+def test_training_step_gradients_agree_between_cpu_and_cuda():
+    """One training step's pieces on CUDA — the uniform propagation (`power_sum` by Horner's rule with CUDA's
+    allocating ``addmm`` on a CSR A_hat, one autograd node) and the BPR loss in pieces with hand-summed gradients
+    (``index_add_`` into one (N, d) table of users and items) — give the CPU's loss and table gradient."""
+    from homerank.gnn.losses import chunked_bpr_loss
+
+    pairs, graph = _tiny_graph()
+    rng = np.random.default_rng(1)
+    users = torch.as_tensor(rng.integers(0, 50, 300))
+    positives = torch.as_tensor(50 + rng.integers(0, 80, 300))
+    negatives = torch.as_tensor(50 + rng.integers(0, 80, 300))
+    torch.manual_seed(0)
+    table = torch.randn(130, 16) * 0.1
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = LightGCNRecommender(50, 80, 16, 3).to(device)
+        x = table.to(device, copy=True).requires_grad_(True)  # a leaf of its own on each device
+        propagated = model.propagate(graph.adjacency(device), x)
+        loss = chunked_bpr_loss(propagated, propagated, users.to(device), positives.to(device),
+                                negatives.to(device), chunk=64)
+        loss.backward()
+        results[device] = (loss.detach().cpu(), x.grad.cpu())
+    torch.testing.assert_close(results["cuda"][0], results["cpu"][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results["cuda"][1], results["cpu"][1], atol=1e-6, rtol=1e-4)
+    assert results["cpu"][1].abs().sum() > 0
