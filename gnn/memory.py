@@ -3,11 +3,14 @@ suggestion instead of running out of memory mid-job.
 
 Estimate in bytes (float32 = 4 bytes, N = U + I nodes, d = embedding_dim, nnz = 2E):
 
-    parameters, gradient, Adam moments, best state     5 * N * d * 4
-    propagation (`homerank.gnn.model.power_sum`)        3 * N * d * 4   (two Horner buffers and the output, whatever L)
+    parameters and Adam moments                         3 * N * d * 4   (the best state lives in a file beside the
+                                                                        checkpoints; the gradient is a Horner buffer)
+    propagation (`homerank.gnn.model.power_sum`)        3 * N * d * 4   (backward: the loss's gradient and two Horner
+                                                                        buffers, whatever L)
     adjacency (CSR, int32 indices)                      nnz * 8 + (N + 1) * 4
+    training pairs                                      E * 20          (int32 users and items, int64 keys, int32 order)
     loss                                                softmax: batch_users * negatives * 4 * 3 + batch * d * 4 * 4;
-                                                        bpr: min(batch, BPR_CHUNK_PAIRS) * d * 4 * 4 + N * d * 4
+                                                        bpr: min(batch, BPR_CHUNK_PAIRS) * d * 4 * 4 (its pieces)
     full-ranking block                                  users_per_block * I * 4 * 3 (a CPU block is at most 256 MiB)
 
 times a safety factor of 1.5 for allocator slack and temporaries.
@@ -54,12 +57,13 @@ def estimate_training_memory(num_users: int, num_items: int, num_edges: int, tra
     if train.loss == "softmax":
         batch_users = min(num_users, max(1, int(batch / max(average_degree, 1.0))))
         loss = batch_users * train.negatives * 4 * 3 + batch * dim * 4 * 4
-    else:  # scored in pieces of BPR_CHUNK_PAIRS triples, plus the pieces' summed (N, d) gradient
-        loss = min(batch * train.negatives, BPR_CHUNK_PAIRS) * dim * 4 * 4 + nodes * dim * 4
+    else:  # scored in pieces of BPR_CHUNK_PAIRS triples (their summed (N, d) gradient is in the propagation's part)
+        loss = min(batch * train.negatives, BPR_CHUNK_PAIRS) * dim * 4 * 4
     return {
-        "parameters_and_optimizer": 5 * nodes * dim * 4,
+        "parameters_and_optimizer": 3 * nodes * dim * 4,
         "propagation": 3 * nodes * dim * 4,
         "adjacency": 2 * num_edges * 8 + (nodes + 1) * 4,
+        "training_pairs": num_edges * 20,
         "loss": loss,
         "ranking_block": min(users_per_block(evaluate.batch_size, num_items), num_users) * num_items * 4 * 3,
     }
@@ -81,6 +85,7 @@ def check_training_memory(num_users: int, num_items: int, num_edges: int, train:
                                         "(interactions.min_user_interactions / min_item_interactions)",
             "propagation": "fewer train.num_layers or a smaller train.embedding_dim",
             "adjacency": "a stricter k-core (interactions.min_*_interactions)",
+            "training_pairs": "a stricter k-core (interactions.min_*_interactions) or a shorter time window",
             "loss": "a smaller train.batch_size or train.negatives",
             "ranking_block": "a smaller evaluate.batch_size",
         }[biggest]

@@ -27,13 +27,13 @@ def sample_negatives(
     generator: torch.Generator | None = None,
     max_rounds: int = 100,
 ) -> Tensor:
-    """One uniformly drawn non-positive item per entry of ``users`` (shape like ``users``)."""
-    negatives = torch.randint(0, num_items, users.shape, generator=generator, device=users.device)
+    """One uniformly drawn non-positive item per entry of ``users`` (shape and integer dtype like ``users``)."""
+    negatives = torch.randint(0, num_items, users.shape, generator=generator, device=users.device, dtype=users.dtype)
     todo = is_positive(users, negatives, keys, num_items).nonzero().flatten()
     for _ in range(max_rounds):
         if todo.numel() == 0:
             break
-        redraw = torch.randint(0, num_items, todo.shape, generator=generator, device=users.device)
+        redraw = torch.randint(0, num_items, todo.shape, generator=generator, device=users.device, dtype=users.dtype)
         negatives[todo] = redraw
         still = is_positive(users[todo], redraw, keys, num_items)
         todo = todo[still]

@@ -24,7 +24,13 @@ from homerank.gnn import distributed
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.dot_top_k import embedding_ranker
 from homerank.gnn.keys import pair_keys
-from homerank.gnn.losses import chunked_bpr_loss, counted_l2_penalty, sampled_softmax_loss
+from homerank.gnn.losses import (
+    add_counted_l2_gradient,
+    chunked_bpr_loss,
+    counted_l2_penalty,
+    row_counts,
+    sampled_softmax_loss,
+)
 from homerank.gnn.metrics import CSRIndex, evaluate_ranking
 from homerank.gnn.model import LightGCNRecommender, PreviousModel
 from homerank.gnn.sampling import sample_negatives
@@ -41,8 +47,8 @@ class TrainData:
 
     num_users: int
     num_items: int
-    train_users: torch.Tensor  # (E,) int64
-    train_items: torch.Tensor  # (E,) int64
+    train_users: torch.Tensor  # (E,) int32 (int64 accepted): the pairs' user index
+    train_items: torch.Tensor  # (E,) int32 (int64 accepted): the pairs' item index
     adjacency: torch.Tensor  # (N, N) sparse CSR, A_hat
     valid: CSRIndex | None = None  # held-out validation items per user
     item_features: torch.Tensor | None = None  # (I, F) float32 content features (train.content), or None
@@ -86,10 +92,18 @@ def load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+FINITE_CHUNK = 1 << 22
+
+
 def check_finite(where: str, lr: float, **tensors: torch.Tensor) -> None:
     """Raise `TrainingDivergedError` (exit 3) when any of ``tensors`` holds NaN or +-inf; ``where`` says when
     (e.g. "at epoch 3"), the message names the tensor, how many values and one of them."""
     for name, tensor in tensors.items():
+        flat = tensor.detach().reshape(-1)
+        # checked in pieces of 2^22 values: no (N, d) mask while the tables are all finite, as they are but once
+        if all(bool(torch.isfinite(flat[start : start + FINITE_CHUNK]).all())
+               for start in range(0, flat.numel(), FINITE_CHUNK)):
+            continue
         bad = ~torch.isfinite(tensor.detach())
         if bool(bad.any()):
             example = float(tensor.detach()[bad].flatten()[0])
@@ -128,11 +142,50 @@ def _epoch_order(users: torch.Tensor, num_users: int, by_user: bool, generator: 
     """Visiting order of the training pairs for one epoch: a random permutation, or (``by_user``) pairs
     grouped by user with the users in random order, so that a batch holds whole users (sampled softmax
     then scores each user against the shared negatives once)."""
-    order = torch.randperm(users.numel(), generator=generator, device=users.device)
+    order = torch.randperm(users.numel(), generator=generator, device=users.device,
+                           dtype=torch.int32 if users.numel() < 2**31 else torch.int64)
     if not by_user:
         return order
     user_rank = torch.randperm(num_users, generator=generator, device=users.device)
     return order[torch.argsort(user_rank[users[order]], stable=True)]
+
+
+class BestState:
+    """The best validated model state so far. Given a folder, it lives in the file ``best_state.pt`` there, mapped
+    back read-only (``torch.load(mmap=True)``): the page cache holds it, not the training process (an (N, d) table,
+    177 MiB at 3 * 10^7 events, during every step); without one it is a copy in memory (`_copy_state`).
+
+    A reader of the mapped state (a checkpoint's write) brings its pages into the process: `release` maps the file
+    again, so they leave it."""
+
+    FILE = "best_state.pt"
+
+    def __init__(self, folder: Path | None) -> None:
+        self.path = None if folder is None else Path(folder) / self.FILE
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def keep(self, state: dict[str, torch.Tensor]) -> None:
+        """Make ``state`` (a model's state_dict) the best one."""
+        if self.path is None:
+            self.state = _copy_state(state, self.state)
+            return
+        self.state = None  # the previous mapping goes before its file is replaced
+        save_state(state, self.path)
+        self._map()
+
+    def release(self) -> None:
+        if self.path is not None and self.state is not None:
+            self._map()
+
+    def discard(self) -> None:
+        """Forget the state and remove its file (training is over: the model holds it)."""
+        self.state = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def _map(self) -> None:
+        assert self.path is not None
+        self.state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _copy_state(state: dict[str, torch.Tensor], into: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -247,7 +300,8 @@ def train_lightgcn(
     adjacency = data.adjacency.to(device)
     block = distributed.row_block(adjacency, rank, world_size) if world_size > 1 else None
     sent_bytes = 0
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # fused: one kernel per step with no (N, d) temporaries (the loop form made two, sqrt(v) and its quotient)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=torch.device(device).type in ("cpu", "cuda"))
     batch_size = config.pairs_per_step(data.train_users.numel())
     steps_per_epoch = -(-data.train_users.numel() // batch_size)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
@@ -260,11 +314,9 @@ def train_lightgcn(
     if valid is not None and valid is not data.valid and leader:
         log.info("early stopping on %d of %d validation users (train.valid_users, seeded sample)",
                  int((valid.counts() > 0).sum()), int((data.valid.counts() > 0).sum()))
-    train_index = CSRIndex.from_pairs(data.train_users.numpy(), data.train_items.numpy(), data.num_users,
-                                      data.num_items)
     num_pairs = users_all.numel()
     result = TrainResult(model=model)
-    best_state: dict[str, torch.Tensor] | None = None
+    best = BestState(checkpoint_dir)  # rank 0's alone: only it evaluates (the ranks share the folder)
     since_best = 0
     metric_name = config.early_stopping_metric
     ks = sorted({*eval_config.ks, int(metric_name.split("@")[1])})
@@ -280,11 +332,13 @@ def train_lightgcn(
             schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         result.history = list(state["history"])
-        best_state = state.get("best_state")
+        if leader and state.get("best_state") is not None:
+            best.keep(state["best_state"])
         result.best_metric, result.best_epoch = state.get("best_metric"), int(state.get("best_epoch", 0))
         since_best = int(state.get("since_best", 0))
         started -= float(state.get("elapsed", 0.0))
         first_epoch = int(state["epoch"]) + 1
+        del state  # its tables (model, moments, best state) are copied where they belong
         log.info("resuming from %s (epoch %d)", checkpoint, first_epoch - 1)
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} ep"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -299,7 +353,7 @@ def train_lightgcn(
             total_loss, steps = 0.0, 0
             for start in range(0, num_pairs, batch_size):
                 batch = order[start : start + batch_size]
-                users, positives = users_all[batch], items_all[batch]
+                users, positives = users_all[batch], items_all[batch]  # int32 where the ids fit
                 optimizer.zero_grad(set_to_none=True)  # the last step's gradients go before this step's tables
                 layer0 = model.layer0
                 final = _propagate(model, adjacency, block, layer0)  # (N, d): users, then items
@@ -311,7 +365,8 @@ def train_lightgcn(
                     one_table = False
                 if config.loss == "bpr":
                     reps = config.negatives
-                    users_r, positives_r = users.repeat(reps), positives.repeat(reps)
+                    users_r, positives_r = (users, positives) if reps == 1 else (users.repeat(reps),
+                                                                                  positives.repeat(reps))
                     negatives = sample_negatives(users_r, data.num_items, keys, generator)  # the whole batch's
                     share = _shard(users_r.numel(), rank, world_size)  # draws, the same on every rank
                     fraction = (share.stop - share.start) / users_r.numel()
@@ -321,8 +376,9 @@ def train_lightgcn(
                                                 data.num_users + negatives)
                     else:
                         loss = chunked_bpr_loss(user_emb, item_emb, users_r, positives_r, negatives)
-                    reg = counted_l2_penalty(layer0, torch.cat([users_r, data.num_users + positives_r,
-                                                                data.num_users + negatives]), users_r.numel())
+                    counts = row_counts(layer0.shape[0], (users_r, 0), (positives_r, data.num_users),
+                                        (negatives, data.num_users))
+                    batch_rows = users_r.numel()
                 else:
                     negatives = torch.randint(0, data.num_items, (config.negatives,), generator=generator,
                                               device=device)
@@ -332,10 +388,20 @@ def train_lightgcn(
                     batch_users, user_of_pair = torch.unique_consecutive(users, return_inverse=True)
                     loss = sampled_softmax_loss(user_emb[batch_users], item_emb[positives], item_emb[negatives],
                                                 config.temperature, user_of_pair)
-                    reg = counted_l2_penalty(layer0, torch.cat([users, data.num_users + positives]), users.numel())
-                objective = (loss + config.l2 * reg) * fraction  # sums to the batch's mean over the ranks
+                    counts = row_counts(layer0.shape[0], (users, 0), (positives, data.num_users))
+                    batch_rows = users.numel()
+                # the L2 term's gradient goes straight into a leaf table's gradient after the backward pass (no
+                # (N, d) temporaries); a content model's layer 0 is computed, so autograd takes it there
+                leaf_l2 = layer0.is_leaf
+                objective = loss if leaf_l2 else loss + config.l2 * counted_l2_penalty(layer0, counts, batch_rows)
+                objective = objective * fraction  # sums to the batch's mean over the ranks
                 del final, user_emb, item_emb  # the graph keeps what its backward needs: the tables go first
                 objective.backward()
+                if leaf_l2 and config.l2:
+                    if layer0.grad is None:
+                        layer0.grad = torch.zeros_like(layer0)
+                    add_counted_l2_gradient(layer0.grad, layer0, counts, config.l2 * fraction / batch_rows)
+                del layer0, counts
                 step_loss_tensor = loss.detach() * fraction
                 if block is not None:
                     sent_bytes += distributed.all_reduce_gradients(list(model.parameters()))
@@ -350,6 +416,7 @@ def train_lightgcn(
                         f"{step_loss}; nothing was published, lower train.lr (now {config.lr:g}) and train again")
                 total_loss += step_loss
                 steps += 1
+            optimizer.zero_grad(set_to_none=True)  # the last step's gradients are not kept through the evaluation
             # a step can overflow the parameters while its loss was still finite: check before evaluation and checkpoint
             check_finite(f"at epoch {epoch}", config.lr, embeddings=model.layer0)
             record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / max(steps, 1),
@@ -361,8 +428,11 @@ def train_lightgcn(
             if evaluating and leader:
                 check_finite(f"at epoch {epoch}", config.lr, user_embeddings=user_emb, item_embeddings=item_emb)
                 # on the CPU through faiss's exact search over this epoch's item embeddings (no (B, I) blocks)
+                # the training items to mask, from the sampler's keys for the evaluation only (not held by the steps)
+                train_index = CSRIndex.from_keys(keys.cpu(), data.num_users, data.num_items)
                 valid_metrics = evaluate_ranking(embedding_scorer(user_emb, item_emb), valid, train_index, ks,
                                                  eval_config.batch_size, device, embedding_ranker(user_emb, item_emb))
+                del train_index
                 record["valid"] = valid_metrics
                 record["valid_users"] = valid_user_count
                 if on_evaluation is not None:
@@ -370,11 +440,13 @@ def train_lightgcn(
                 value = valid_metrics[metric_name]
                 if result.best_metric is None or value > result.best_metric:
                     result.best_metric, result.best_epoch, since_best = value, epoch, 0
-                    best_state = _copy_state(model.state_dict(), best_state)
+                    best.keep(model.state_dict())
                 else:
                     since_best += 1
                     if since_best >= config.patience:
                         stop, result.stopped_because = True, f"no {metric_name} gain in {since_best} evaluations"
+            if evaluating:
+                del user_emb, item_emb  # not kept into the next epoch's first step (an (N, d) table)
             elapsed = time.perf_counter() - started
             record["elapsed"] = round(elapsed, 3)
             if block is not None:
@@ -392,12 +464,13 @@ def train_lightgcn(
             if checkpoint_dir is not None and epoch % config.checkpoint_every == 0 and leader:
                 save_checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt", model, optimizer, epoch, {
                     "seed": seed, "generator": generator.get_state(), "history": result.history,
-                    "best_state": best_state, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
+                    "best_state": best.state, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
                     "since_best": since_best, "elapsed": time.perf_counter() - started,
                     **({"schedule": schedule.state_dict()} if schedule is not None else {}),
                 })
                 for old in sorted(checkpoint_dir.glob("epoch_*.pt"))[: -config.keep_checkpoints]:
                     old.unlink()
+                best.release()  # the write read the mapped best state into this process
             if config.time_budget_s is not None and elapsed >= config.time_budget_s and not stop:
                 stop, result.stopped_because = True, f"time budget {config.time_budget_s:.0f}s reached"
             if block is not None:  # rank 0 decides (validation, clock) for every rank
@@ -408,8 +481,9 @@ def train_lightgcn(
                 break
     result.train_seconds = time.perf_counter() - started
     model.zero_grad(set_to_none=True)  # the last step's gradients ((N, d) per table) are not the model's to keep
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best.state is not None:
+        model.load_state_dict(best.state)
+        best.discard()
     else:
         result.best_epoch = result.epochs
     check_finite(f"by the end (epoch {result.best_epoch} kept)", config.lr, embeddings=model.layer0)

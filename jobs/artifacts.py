@@ -64,6 +64,14 @@ def item_popularity(edges: pd.DataFrame, num_items: int) -> torch.Tensor:
     return torch.from_numpy(np.bincount(train[schema.ITEM_INDEX].to_numpy(), minlength=num_items).astype(np.float32))
 
 
+def pair_index(column: pd.Series, num_nodes: int) -> torch.Tensor:
+    """A pair column as an owned int32 tensor when every node id fits (N = U + I < 2^31: items are also rows U + i
+    of the one table), else int64: the training loop's pair tables, epoch order and batches then take half the
+    memory (0.2 GB less at 3 * 10^7 events)."""
+    dtype = np.int32 if num_nodes < 2**31 else np.int64
+    return torch.from_numpy(np.array(column.to_numpy(), dtype=dtype, copy=True))
+
+
 def training_data(graph: BipartiteGraph, edges: pd.DataFrame) -> TrainData:
     """The training pairs, the graph's A_hat and (when the split has any) the validation lists, as the train stage
     and the training bench feed `homerank.gnn.train.train_lightgcn`."""
@@ -74,8 +82,8 @@ def training_data(graph: BipartiteGraph, edges: pd.DataFrame) -> TrainData:
     return TrainData(
         num_users=graph.num_users,
         num_items=graph.num_items,
-        train_users=torch.from_numpy(train[schema.USER_INDEX].to_numpy().copy()),
-        train_items=torch.from_numpy(train[schema.ITEM_INDEX].to_numpy().copy()),
+        train_users=pair_index(train[schema.USER_INDEX], graph.num_users + graph.num_items),
+        train_items=pair_index(train[schema.ITEM_INDEX], graph.num_users + graph.num_items),
         adjacency=graph.adjacency(),
         valid=split_index(edges, "valid", graph.num_users, graph.num_items) if has_valid else None,
     )

@@ -33,6 +33,7 @@ from homerank.jobs.artifacts import (
     EMBEDDING_METADATA,
     content_inputs,
     load_graph,
+    pair_index,
     read_edges,
     require,
     training_data,
@@ -282,8 +283,8 @@ def _retrain_lightgcn(run: RunDir, config: JobConfig, known: pd.DataFrame, num_u
     data = TrainData(
         num_users=num_users,
         num_items=num_items,
-        train_users=torch.from_numpy(known[schema.USER_INDEX].to_numpy().copy()),
-        train_items=torch.from_numpy(known[schema.ITEM_INDEX].to_numpy().copy()),
+        train_users=pair_index(known[schema.USER_INDEX], num_users + num_items),
+        train_items=pair_index(known[schema.ITEM_INDEX], num_users + num_items),
         adjacency=adjacency,
         item_features=item_features,
         warm_start=warm_start,

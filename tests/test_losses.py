@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from homerank.gnn.losses import counted_l2_penalty, l2_penalty
+from homerank.gnn.losses import add_counted_l2_gradient, counted_l2_penalty, l2_penalty, row_counts
 
 
 def test_counted_l2_penalty_equals_the_gathered_penalty_and_its_gradient() -> None:
@@ -13,7 +13,9 @@ def test_counted_l2_penalty_equals_the_gathered_penalty_and_its_gradient() -> No
     users, positives, negatives = torch.tensor([0, 0, 2]), torch.tensor([4, 5, 4]), torch.tensor([6, 4, 3])
     gathered = l2_penalty(table[users], table[positives], table[negatives])
     (expected_grad,) = torch.autograd.grad(gathered, table)
-    counted = counted_l2_penalty(table, torch.cat([users, positives, negatives]), batch=3)
+    counts = row_counts(7, (users, 0), (positives, 0), (negatives, 0))
+    assert counts.tolist() == [2, 0, 1, 1, 3, 1, 1]
+    counted = counted_l2_penalty(table, counts, batch=3)
     (grad,) = torch.autograd.grad(counted, table)
     assert torch.allclose(counted, gathered)
     assert torch.allclose(grad, expected_grad)
@@ -22,6 +24,19 @@ def test_counted_l2_penalty_equals_the_gathered_penalty_and_its_gradient() -> No
     by_hand = (2 * norms[0] + norms[2] + norms[3] + 3 * norms[4] + norms[5] + norms[6]) / 6
     assert torch.allclose(counted.detach(), by_hand)
     assert torch.equal(grad[1], torch.zeros(3, dtype=torch.float64))
+    # the same gradient added in place, scaled as the training loop scales it (l2 0.5, a rank's share 0.25)
+    start = torch.randn(7, 3, dtype=torch.float64)
+    summed = start.clone()
+    add_counted_l2_gradient(summed, table.detach(), counts, scale=0.5 * 0.25 / 3)
+    assert torch.allclose(summed, start + 0.5 * 0.25 * expected_grad)
+
+
+def test_row_counts_place_item_groups_after_the_users() -> None:
+    """Users at offset 0 and items at offset U = 3 of one table of 3 + 4 rows; an item group shorter than the
+    items (no draw of the last item) still lands at its rows."""
+    counts = row_counts(7, (torch.tensor([2, 2, 0], dtype=torch.int32), 0),
+                        (torch.tensor([0, 1], dtype=torch.int32), 3), (torch.tensor([1]), 3))
+    assert counts.tolist() == [1, 0, 2, 1, 2, 0, 0]
 
 
 def test_chunked_bpr_loss_has_the_whole_batch_value_and_gradients() -> None:

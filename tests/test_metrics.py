@@ -108,3 +108,19 @@ def test_popularity_evaluated_in_chunks_of_users_gives_the_same_metrics():
     assert whole == evaluate_ranking(popularity_scorer(popularity), truth, train, [1, 3, 5], 4)
     for chunk in (1, 3, 8):
         assert evaluate_popularity(popularity, truth, train, [1, 3, 5], 4, chunk_users=chunk) == whole
+
+
+def test_csr_index_from_keys_equals_the_one_from_pairs():
+    """The training loop builds the evaluation's mask from the sampler's sorted keys u * I + i: the same lists as
+    from the pairs (duplicates once, users without pairs empty, the last user and item included), int32 items."""
+    from homerank.gnn.keys import pair_keys
+
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 9, 60), rng.integers(0, 7, 60)
+    users[:2], items[:2] = 8, 6  # the last user's last item
+    users[users == 4] = 5  # user 4 has no pairs
+    expected = CSRIndex.from_pairs(users, items, 10, 7)  # user 9 has none either
+    built = CSRIndex.from_keys(pair_keys(torch.from_numpy(users), torch.from_numpy(items), 7), 10, 7)
+    assert torch.equal(built.indptr, expected.indptr)
+    assert torch.equal(built.indices, expected.indices) and built.indices.dtype == torch.int32
+    assert built.counts()[4] == 0 and built.counts()[9] == 0

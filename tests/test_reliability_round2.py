@@ -91,6 +91,24 @@ def test_check_finite_names_the_tensor_and_the_value():
     assert TrainingDivergedError.exit_code == 3
 
 
+def test_check_finite_finds_a_value_in_any_piece(monkeypatch):
+    """The check runs over pieces of the flattened table: a NaN in the last, partial piece of a view (a slice of a
+    larger table, as the user rows of the final embeddings are) is found and counted like one in the first."""
+    from homerank.engine.errors import TrainingDivergedError
+    from homerank.gnn import train
+
+    monkeypatch.setattr(train, "FINITE_CHUNK", 4)
+    table = torch.zeros(5, 2)
+    train.check_finite("at epoch 1", 0.01, users=table[:4])
+    table[3, 1] = math.nan
+    table[4, 0] = math.inf  # outside the view: not counted
+    with pytest.raises(TrainingDivergedError, match=r"1 of 8 values of the users are not finite \(e.g. nan\)"):
+        train.check_finite("at epoch 1", 0.01, users=table[:4])
+    table[0, 0] = -math.inf
+    with pytest.raises(TrainingDivergedError, match=r"2 of 8 values"):
+        train.check_finite("at epoch 1", 0.01, users=table[:4])
+
+
 # item 6 — values that type-check but make no sense
 
 
@@ -261,9 +279,11 @@ def test_full_disk_while_writing_an_artifact(tmp_path, monkeypatch):
 def test_full_disk_on_the_command_line(run_copy, capsys, monkeypatch):
     run = RunDir(run_copy)
     monkeypatch.setattr(torch, "save", _disk_full)
-    assert main(["train", "--out", str(run.root), "--quiet"]) == 2  # the first checkpoint cannot be written
+    # the first file training writes cannot be written: the best state after the first validation, which lives in
+    # the checkpoints folder (off the process's heap)
+    assert main(["train", "--out", str(run.root), "--quiet"]) == 2
     line = error_line(capsys)
-    assert "epoch_0002.pt" in line and "No space left" in line
+    assert str(run.checkpoints / "best_state.pt") in line and "No space left" in line
     assert not run.scorer.exists()
     assert main(["graph", "--out", str(run.root), "--quiet"]) == 2
     line = error_line(capsys)
