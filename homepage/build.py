@@ -53,7 +53,7 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
                 profiles: pd.DataFrame | None = None,
                 cold_items: tuple[pd.Series, np.ndarray] | None = None,
                 searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None,
-                fork: bool = True) -> Homepage:
+                fork: bool = True, first_seen: pd.Timestamp | None = None) -> Homepage:
     """One page per user of ``interactions`` (which needs ``last_ts``) and per user of ``searches``, in user id order.
 
     ``candidate_items``/``candidate_scores`` (U, k): the model's top items per user embedding row (model item
@@ -71,7 +71,9 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     continue_shopping rows; a user who searched but has no interaction gets a page too (from fallbacks and searches).
 
     ``interactions`` and ``edges`` are not used once the page-wide signals are built: a caller that hands over its
-    only references (as the homepage stage does) lets them be freed before the blocks are built.
+    only references (as the homepage stage does) lets them be freed before the blocks are built. ``first_seen``, the
+    log's earliest interaction, is for a caller whose ``interactions`` lack ``first_ts`` (the stage reads its least
+    value alone, not the column: `Explainer`).
 
     ``candidate_items`` may instead be a function of model rows (`homerank.homepage.candidates.CandidateFn`, with
     ``candidate_scores`` None): each block then scores only its own users' candidates.
@@ -94,7 +96,8 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
                                            [section.kind for section in settings.sections], reference_time)
         log.info("merchandising: %s", merchandising.stats)
     unit_vectors = F.normalize(vectors, dim=1).numpy()
-    explainer = Explainer(catalogue, signals, interactions, profiles, unit_vectors, reference_time, settings)
+    explainer = Explainer(catalogue, signals, interactions, profiles, unit_vectors, reference_time, settings,
+                          first_seen)
     users = interactions[schema.USER].unique()
     if signals.searches is not None:  # users who only searched have a page too
         users = pd.Index(users).union(signals.searches.queries.users).to_numpy()

@@ -76,11 +76,13 @@ class Explainer:
     """Page-wide evidence, gathered once; `explain` turns a block's page rows into sentences.
 
     ``vectors`` (C, d) are unit item vectors by catalogue position; ``interactions`` the run's (user, item) table
-    (``last_ts`` and the ``n_<event>`` counts); ``profiles`` the shopper profiles (None without them)."""
+    (``last_ts`` and the ``n_<event>`` counts); ``profiles`` the shopper profiles (None without them); ``first_seen``
+    the log's earliest interaction (default: the least ``first_ts``, else ``last_ts``, of ``interactions``), which
+    sets the span the trend ratio averages over."""
 
     def __init__(self, catalogue: Catalogue, signals: PageSignals, interactions: pd.DataFrame,
                  profiles: pd.DataFrame | None, vectors: np.ndarray, reference_time: pd.Timestamp,
-                 settings: HomepageConfig) -> None:
+                 settings: HomepageConfig, first_seen: pd.Timestamp | None = None) -> None:
         self.catalogue, self.signals = catalogue, signals
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.items = pd.Index(catalogue.item_ids)
@@ -128,8 +130,9 @@ class Explainer:
         recent = interactions[schema.LAST_TS] >= reference_time - pd.Timedelta(days=window)
         self.recent_users = np.bincount(positions[recent.to_numpy()], minlength=len(self.items))
         self.all_users = np.bincount(positions, minlength=len(self.items))
-        first = interactions.get(schema.FIRST_TS, interactions[schema.LAST_TS])
-        span = (reference_time - first.min()) / pd.Timedelta(days=1) if len(interactions) else 0.0
+        if first_seen is None and len(interactions):
+            first_seen = interactions.get(schema.FIRST_TS, interactions[schema.LAST_TS]).min()
+        span = (reference_time - first_seen) / pd.Timedelta(days=1) if len(interactions) else 0.0
         self.window_days = window
         with np.errstate(divide="ignore", invalid="ignore"):
             expected = self.all_users * window / span if span > window else np.zeros(len(self.items))
