@@ -175,9 +175,10 @@ def time_steps(times: np.ndarray) -> tuple[np.ndarray, int] | None:
     when the offsets would not fit in an int64 (or there are no times)."""
     if not len(times) or int(times.max()) - int(times.min()) >= 2**63:
         return None
-    offsets = times - times.min()
-    step = int(np.gcd.reduce(offsets)) or 1
-    steps = offsets // step
+    steps = times - times.min()  # the offsets, divided in place: one (N,) int64 array
+    step = int(np.gcd.reduce(steps)) or 1
+    if step > 1:
+        steps //= step
     return steps, int(steps.max()) + 1
 
 

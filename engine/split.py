@@ -78,7 +78,11 @@ def order_by_user_then_time(user_codes: Any, item_codes: Any, first_ns: Any) -> 
         if found is not None:
             steps, span = found
             if (int(user_codes.max()) + 1) * span < 2**63:
-                return np.argsort(user_codes.astype(np.int64) * span + steps, kind="stable")
+                key = user_codes.astype(np.int64)  # u * R + step, built in place: two (E,) int64 arrays, not four
+                key *= span
+                key += steps
+                del steps
+                return np.argsort(key, kind="stable")
         by_time = xp.argsort(first_ns, kind="stable")
         users = user_codes[by_time]
         if xp is np and len(users) and int(users.max()) < 2**16:  # NumPy's stable sort is a radix sort on 16 bits

@@ -408,15 +408,16 @@ def test_cut_lists_are_the_same_whatever_the_chunk_of_lines(monkeypatch):
     assert kept.tolist() == expected
 
 
-@pytest.mark.parametrize("bins", [1 << 24, 1])
-def test_segment_favourites_count_distinct_training_users(bins, monkeypatch):
+@pytest.mark.parametrize("bins,chunk", [(1 << 24, 1 << 21), (1, 1 << 21), (1 << 24, 2), (1, 3)])
+def test_segment_favourites_count_distinct_training_users(bins, chunk, monkeypatch):
     """Favourites by hand: segment 0 (users a, b), segment 1 (user c); a twin edge counts once, valid edges and
     users without a segment not at all; ties go to overall popularity, then catalogue position. The same from
-    edges in (user, item) order and shuffled, with the bincount and with the distinct keys."""
+    edges in (user, item) order and shuffled, with the bincount and with the distinct keys, in one piece or several."""
     from homerank.homepage import signals as signals_module
     from homerank.homepage.catalogue import Catalogue
 
     monkeypatch.setattr(signals_module, "FAVOURITE_BINS", bins)
+    monkeypatch.setattr(signals_module, "FAVOURITE_CHUNK", chunk)  # pieces of 2 or 3 pairs: counts summed over them
     catalogue = Catalogue(item_ids=np.array([10, 11, 12]), category=np.array(["x", "x", "y"]),
                           title=np.array(["p", "q", "r"]), in_stock=np.ones(3, bool),
                           created_at=np.full(3, np.datetime64("NaT"), dtype="datetime64[ns]"),
@@ -512,15 +513,6 @@ def test_capped_grouped_order_is_the_whole_list_cut_per_category(rows, columns, 
         assert held.all()
     mixed = np.array([0, 0])
     assert capped_grouped_order(np.zeros((1, 1), np.float32), mixed, np.ones(2, bool), np.array([0, 1]), 2, 4) is None
-
-
-def test_small_codes_equal_numpy_unique():
-    from homerank.homepage.signals import _small_codes
-
-    for values in (np.array([5, 0, 5, 3, 3, 9]), np.array([-2, 7, -2]), np.array([2**40, 1, 2**40]),
-                   np.zeros(0, dtype=np.int64)):
-        got, want = _small_codes(values), np.unique(values, return_inverse=True)
-        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].reshape(-1).tolist()
 
 
 @hypothesis_settings(max_examples=200, deadline=None)
