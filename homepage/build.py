@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from homerank.engine import schema
+from homerank.engine.split import SPLIT
 from homerank.homepage.block_pages import BlockPages
 from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.catalogue import VECTOR_SOURCES, Catalogue, build_catalogue, item_vectors
@@ -27,7 +28,7 @@ from homerank.homepage.explain import Explainer
 from homerank.homepage.merchandising import Merchandising, load_merchandising
 from homerank.homepage.rows import OUTPUT_COLUMNS, PAGE_COLUMNS, PageBuilder
 from homerank.homepage.sections import SECTION_KINDS, section_title
-from homerank.homepage.signals import PageSignals, collect_signals
+from homerank.homepage.signals import PageSignals, collect_signals, profile_signals
 from homerank.homepage.tally import BlockSums, PageTally
 
 log = logging.getLogger(__name__)
@@ -86,29 +87,37 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     stats are summed block by block, in block order (`homerank.homepage.tally`); ``item_vectors`` counts the new
     arrivals and the catalogue items by the source of their vector."""
     catalogue = build_catalogue(catalogue_items, interactions, item_index, edges, reference_time, settings)
+    # what the pages read from the edges (the segments' favourites, the test rows the quality metrics score), then
+    # the edges go (0.43 GB at 3 * 10^7 events; freed when the caller handed them over, as the homepage stage does)
+    profile_fields = profile_signals(profiles, edges, catalogue)
+    test_rows = edges.loc[(edges[SPLIT] == "test").to_numpy(), [schema.USER, schema.ITEM, SPLIT]]
+    del edges
     vectors, vector_source = item_vectors(catalogue, item_embeddings, cold_items)
+    unit_vectors = F.normalize(vectors, dim=1).numpy()
+    # the explanations' per-interaction tables (their setup sorts every interaction: the stage's peak) before the
+    # signals' item neighbours exist; the signals are attached once made
+    explainer = Explainer(catalogue, None, interactions, profiles, unit_vectors, reference_time, settings,
+                          first_seen)
     signals = collect_signals(catalogue, vectors, interactions, candidate_items, candidate_scores, user_embeddings,
-                              item_embeddings, user_index, reference_time, settings, profiles, edges, vector_source,
-                              searches, sessions)
+                              item_embeddings, user_index, reference_time, settings, profiles, None, vector_source,
+                              searches, sessions, profile_fields)
+    explainer.signals = signals
+    users = interactions[schema.USER].unique()
+    # the page-wide signals and the explainer hold what the blocks need: the interactions go before the workers fork
+    # (0.8 GB at 3 * 10^7 events)
+    del interactions
+    if signals.searches is not None:  # users who only searched have a page too
+        users = pd.Index(users).union(signals.searches.queries.users).to_numpy()
+    users = np.sort(users)
     merchandising = None
     if settings.merchandising:
         merchandising = load_merchandising(settings.merchandising, catalogue.item_ids, catalogue.category,
                                            [section.kind for section in settings.sections], reference_time)
         log.info("merchandising: %s", merchandising.stats)
-    unit_vectors = F.normalize(vectors, dim=1).numpy()
-    explainer = Explainer(catalogue, signals, interactions, profiles, unit_vectors, reference_time, settings,
-                          first_seen)
-    users = interactions[schema.USER].unique()
-    if signals.searches is not None:  # users who only searched have a page too
-        users = pd.Index(users).union(signals.searches.queries.users).to_numpy()
-    users = np.sort(users)
-    tally = PageTally(catalogue, signals, users, edges, merchandising, settings)
+    tally = PageTally(catalogue, signals, users, test_rows, merchandising, settings)
     # boosts and pins re-rank and reserve slots per user: pages with active rules keep the user-by-user builder
     vectorised = not (merchandising and (merchandising.boosts or merchandising.pins))
     blocks = BlockPages(signals, settings, unit_vectors) if vectorised else None
-    # the page-wide signals hold what the blocks need: the interactions and edges go before the workers fork (at
-    # 3 * 10^7 events 1.6 GB; freed when the caller handed them over, as the homepage stage does)
-    del interactions, edges
     processes = block_processes(settings.processes, max(1, -(-len(users) // settings.block_users)), fork)
     pager = _BlockPager(users, even_block_size(len(users), settings.block_users), signals, blocks,
                         explainer, tally, unit_vectors, merchandising, settings, on_block)

@@ -78,9 +78,10 @@ class Explainer:
     ``vectors`` (C, d) are unit item vectors by catalogue position; ``interactions`` the run's (user, item) table
     (``last_ts`` and the ``n_<event>`` counts); ``profiles`` the shopper profiles (None without them); ``first_seen``
     the log's earliest interaction (default: the least ``first_ts``, else ``last_ts``, of ``interactions``), which
-    sets the span the trend ratio averages over."""
+    sets the span the trend ratio averages over. ``signals`` may be None here and set (``explainer.signals``)
+    before the first `explain`: the page builder sets up the explainer before the signals' item neighbours exist."""
 
-    def __init__(self, catalogue: Catalogue, signals: PageSignals, interactions: pd.DataFrame,
+    def __init__(self, catalogue: Catalogue, signals: PageSignals | None, interactions: pd.DataFrame,
                  profiles: pd.DataFrame | None, vectors: np.ndarray, reference_time: pd.Timestamp,
                  settings: HomepageConfig, first_seen: pd.Timestamp | None = None) -> None:
         self.catalogue, self.signals = catalogue, signals

@@ -346,7 +346,8 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
                     item_embeddings: torch.Tensor, user_index: pd.DataFrame, reference_time: pd.Timestamp,
                     settings: HomepageConfig, profiles: pd.DataFrame | None = None,
                     edges: pd.DataFrame | None = None, vector_source: np.ndarray | None = None,
-                    searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None) -> PageSignals:
+                    searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None,
+                    profile_fields: dict[str, Any] | None = None) -> PageSignals:
     """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed) and
     ``vector_source`` (C,) where each came from (`homerank.homepage.catalogue.item_vectors`; None: model or mean);
     ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index), or
@@ -355,7 +356,9 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     ``profiles`` (user_id, segment, segment_name, top_category_1; None without profiles) and ``edges`` (the
     k-core edges with ``split``) give the segments and their favourites; ``searches`` (user_id, timestamp, query)
     and ``sessions`` (the ETL's last-session table), None without them, the related_to_searches and
-    continue_shopping rows (read only when a section of that kind is configured)."""
+    continue_shopping rows (read only when a section of that kind is configured). ``profile_fields``, when given,
+    are the profile's fields made beforehand (`profile_signals`, e.g. by a caller that frees the edges first), in
+    place of those of ``profiles`` and ``edges``."""
     # int32 catalogue positions by one index lookup (a dict map made an int64 column: 139 MiB at 3 * 10^7 events)
     positions = pd.Index(catalogue.item_ids).get_indexer(interactions[schema.ITEM])
     if positions.size and positions.min() < 0:  # build_catalogue adds every interaction's item
@@ -394,7 +397,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         purchases=bought[[schema.USER, schema.ITEM]],
         purchased=Ragged.by_owner(bought[schema.USER], bought[POSITION].to_numpy(dtype=np.int64)),
         buy_again=_lists_by_user(again.sort_values(schema.LAST_TS, ascending=False, kind="stable")),
-        **_profile_signals(profiles, edges, catalogue),
+        **(profile_signals(profiles, edges, catalogue) if profile_fields is None else profile_fields),
         searches=(search_history(searches, catalogue, reference_time, settings.search)
                   if _shows(settings, "related_to_searches") else None),
         last_session=last_session(sessions, catalogue) if _shows(settings, "continue_shopping") else None,
@@ -409,7 +412,7 @@ FAVOURITE_BINS = 1 << 24  # segments x catalogue items counted with one bincount
 FAVOURITE_CHUNK = 1 << 21  # training pairs per piece of the segment favourites' count
 
 
-def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, catalogue: Catalogue
+def profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, catalogue: Catalogue
                      ) -> dict[str, Any]:
     """The PageSignals fields read from the shopper profiles: segments, their names and favourites, top category."""
     if profiles is None or not len(profiles):
@@ -429,21 +432,18 @@ def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, 
                                         strict=True))
     if edges is None or SPLIT not in edges:
         return out
-    train = _distinct_pairs(edges, np.flatnonzero((edges[SPLIT] == "train").to_numpy()))
-    train_users, train_items = train[schema.USER].to_numpy(), train[schema.ITEM].to_numpy()
-    del train
     # training users per (segment, position), counted on the key segment code * C + position (a bincount while
-    # segments x C stays small, else the distinct keys), FAVOURITE_CHUNK pairs at a time: the pieces' lookups and
-    # keys are the only temporaries (the whole pairs' were ~0.7 GB at 3 * 10^7 events, at the stage's peak)
+    # segments x C stays small, else the distinct keys), FAVOURITE_CHUNK edges at a time: the pieces' pairs, lookups
+    # and keys are the only temporaries (the whole training pairs' were ~0.7 GB at 3 * 10^7 events)
     segments = np.unique(segment.to_numpy())
     item_positions = pd.Index(catalogue.item_ids)
     size = max(len(catalogue.item_ids), 1)
     tally = np.zeros(segments.size * size, dtype=np.int64) if segments.size * size <= FAVOURITE_BINS else None
     pieces: list[tuple[np.ndarray, np.ndarray]] = []
-    for start in range(0, train_users.size, FAVOURITE_CHUNK):
-        piece = slice(start, start + FAVOURITE_CHUNK)
-        users_segment = segment.reindex(train_users[piece]).to_numpy(dtype=np.float64)
-        positions = item_positions.get_indexer(train_items[piece])
+    for train_users, train_items in distinct_pairs_in_pieces(edges, (edges[SPLIT] == "train").to_numpy(),
+                                                             FAVOURITE_CHUNK):
+        users_segment = segment.reindex(train_users).to_numpy(dtype=np.float64)
+        positions = item_positions.get_indexer(train_items)
         known = ~np.isnan(users_segment) & (positions >= 0)
         keys = np.searchsorted(segments, users_segment[known].astype(np.int64)) * size + positions[known]
         if tally is not None:
@@ -470,17 +470,39 @@ def _profile_signals(profiles: pd.DataFrame | None, edges: pd.DataFrame | None, 
     return out
 
 
-def _distinct_pairs(edges: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
-    """The distinct (user_id, item_id) pairs of ``edges``' ``rows``: twins are neighbours when the edges come in
-    (user, item) order, as the ETL writes them (one O(E) comparison); any other order goes through
-    ``drop_duplicates``."""
-    users, items = edges[schema.USER].to_numpy()[rows], edges[schema.ITEM].to_numpy()[rows]
-    if users.size > 1 and users.dtype.kind in "iu" and items.dtype.kind in "iu":
-        later = (users[1:] > users[:-1]) | ((users[1:] == users[:-1]) & (items[1:] >= items[:-1]))
-        if later.all():
-            first = np.r_[True, (users[1:] != users[:-1]) | (items[1:] != items[:-1])]
-            return pd.DataFrame({schema.USER: users[first], schema.ITEM: items[first]})
-    return pd.DataFrame({schema.USER: users, schema.ITEM: items}).drop_duplicates()
+def distinct_pairs_in_pieces(edges: pd.DataFrame, selected: np.ndarray, chunk: int
+                             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The distinct (user_id, item_id) pairs of ``edges``' ``selected`` rows ((E,) bool), as pieces of (users,
+    items) arrays drawn from ``chunk`` edges at a time, each pair in exactly one piece. When the edges come in (user,
+    item) order, as the ETL writes them, twins are neighbours among the selected rows: a selected row is kept when it
+    differs from the selected row before it (the previous piece's last one included), so only one piece's rows are
+    ever gathered; any other order goes through ``drop_duplicates`` of all the selected pairs."""
+    users, items = edges[schema.USER].to_numpy(), edges[schema.ITEM].to_numpy()
+    ordered = users.dtype.kind in "iu" and items.dtype.kind in "iu"
+    for start in range(0, max(users.size - 1, 0), chunk):  # the (user, item) order, checked a piece at a time
+        if not ordered:
+            break
+        u, i = users[start : start + chunk + 1], items[start : start + chunk + 1]
+        ordered = bool(((u[1:] > u[:-1]) | ((u[1:] == u[:-1]) & (i[1:] >= i[:-1]))).all())
+    if not ordered:
+        rows = np.flatnonzero(selected)
+        pairs = pd.DataFrame({schema.USER: users[rows], schema.ITEM: items[rows]}).drop_duplicates()
+        del rows
+        for start in range(0, len(pairs), chunk):
+            yield (pairs[schema.USER].to_numpy()[start : start + chunk],
+                   pairs[schema.ITEM].to_numpy()[start : start + chunk])
+        return
+    last: tuple[Any, Any] | None = None  # the previous piece's last selected pair
+    for start in range(0, users.size, chunk):
+        rows = np.flatnonzero(selected[start : start + chunk]) + start
+        if not rows.size:
+            continue
+        u, i = users[rows], items[rows]
+        first = np.empty(rows.size, dtype=bool)
+        first[0] = last is None or (u[0], i[0]) != last
+        first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+        last = (u[-1], i[-1])
+        yield u[first], i[first]
 
 
 def _lists_by_user(frame: pd.DataFrame) -> Ragged:

@@ -428,7 +428,7 @@ def test_segment_favourites_count_distinct_training_users(bins, chunk, monkeypat
                           "item_id": [10, 10, 12, 11, 12, 10, 11, 11],
                           "split": ["train", "train", "train", "train", "train", "valid", "train", "train"]})
     for frame in (edges, edges.sample(frac=1.0, random_state=3)):
-        favourites = signals_module._profile_signals(profiles, frame, catalogue)["segment_favourites"]
+        favourites = signals_module.profile_signals(profiles, frame, catalogue)["segment_favourites"]
         assert sorted(favourites) == [0, 1]
         positions, counts = favourites[0]
         assert positions.tolist() == [2, 1, 0] and counts.tolist() == [2.0, 1.0, 1.0]  # 12 by a and b; 11 ahead of 10
@@ -547,3 +547,22 @@ def test_the_stage_reads_only_the_interaction_columns_the_pages_use(homepage_run
     assert all(lean[c].dtype == np.int32 for c in ("n_view", "n_cart", "n_purchase"))
     assert len(lean) == len(whole) and (lean["last_ts"].to_numpy() == whole["last_ts"].to_numpy()).all()
     assert first_seen(run) == whole["first_ts"].min()
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.booleans()), max_size=30), st.integers(1, 6),
+       st.booleans())
+def test_distinct_pairs_in_pieces_gives_each_selected_pair_once(rows, chunk, ordered):
+    """The pieces hold every distinct (user, item) pair of the selected rows exactly once, whatever the piece size,
+    for edges in (user, item) order (twins adjacent, split across pieces or with unselected rows between them) and
+    in any order."""
+    from homerank.homepage.signals import distinct_pairs_in_pieces
+
+    if ordered:
+        rows = sorted(rows, key=lambda r: (r[0], r[1]))
+    edges = pd.DataFrame({"user_id": np.array([r[0] for r in rows], dtype=np.int64),
+                          "item_id": np.array([r[1] for r in rows], dtype=np.int64)})
+    selected = np.array([r[2] for r in rows], dtype=bool)
+    pieces = list(distinct_pairs_in_pieces(edges, selected, chunk))
+    found = [(int(u), int(i)) for users, items in pieces for u, i in zip(users, items, strict=True)]
+    assert sorted(found) == sorted({(u, i) for u, i, keep in rows if keep})
