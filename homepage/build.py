@@ -28,7 +28,7 @@ from homerank.homepage.explain import Explainer
 from homerank.homepage.merchandising import Merchandising, load_merchandising
 from homerank.homepage.rows import OUTPUT_COLUMNS, PAGE_COLUMNS, PageBuilder
 from homerank.homepage.sections import SECTION_KINDS, section_title
-from homerank.homepage.signals import PageSignals, collect_signals, profile_signals
+from homerank.homepage.signals import PageSignals, collect_signals, profile_signals, viewed_item_neighbours
 from homerank.homepage.tally import BlockSums, PageTally
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,13 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
                           first_seen)
     signals = collect_signals(catalogue, vectors, interactions, candidate_items, candidate_scores, user_embeddings,
                               item_embeddings, user_index, reference_time, settings, profiles, None, vector_source,
-                              searches, sessions, profile_fields)
+                              searches, sessions, profile_fields, with_neighbours=False)
     explainer.signals = signals
     users = interactions[schema.USER].unique()
-    # the page-wide signals and the explainer hold what the blocks need: the interactions go before the workers fork
-    # (0.8 GB at 3 * 10^7 events)
+    # the page-wide signals and the explainer hold what the blocks need: the interactions go (0.8 GB at 3 * 10^7
+    # events) before the item neighbours' table and search (0.5 GB there) and before the workers fork
     del interactions
+    signals.neighbours = viewed_item_neighbours(signals, item_embeddings, settings.candidates)
     if signals.searches is not None:  # users who only searched have a page too
         users = pd.Index(users).union(signals.searches.queries.users).to_numpy()
     users = np.sort(users)

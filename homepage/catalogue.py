@@ -91,11 +91,12 @@ def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item
     items["price_band"] = items["price_band"].fillna(-1).astype(int)
     items = items.merge(item_index, on=schema.ITEM, how="left")
     window = pd.Timedelta(days=settings.trending_window_days)
-    recent = interactions[interactions[schema.LAST_TS] >= reference_time - window]
+    recent = interactions.loc[(interactions[schema.LAST_TS] >= reference_time - window).to_numpy(),
+                              [schema.ITEM, schema.LAST_TS]]  # the two columns read, not copies of every column
     decay = half_life_decay(reference_time, recent[schema.LAST_TS], settings.trending_half_life_days)
     trend = decay.groupby(recent[schema.ITEM]).sum()
-    train = edges[edges[SPLIT] == "train"]
-    popularity = train.groupby(schema.ITEM_INDEX).size()
+    del recent, decay
+    popularity = train_edges_per_model_item(edges)
     items = items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
     model_index = items[schema.ITEM_INDEX].fillna(-1).astype(np.int64).to_numpy()
     return Catalogue(
@@ -104,8 +105,27 @@ def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item
         created_at=items["created_at"].to_numpy(), price_band=items["price_band"].to_numpy(),
         model_index=model_index,
         trending=items[schema.ITEM].map(trend).fillna(0.0).to_numpy(dtype=np.float64),
-        popularity=np.where(model_index >= 0, pd.Series(model_index).map(popularity).fillna(0).to_numpy(), 0.0),
+        popularity=np.where((model_index >= 0) & (model_index < popularity.size),
+                            popularity[np.clip(model_index, 0, max(popularity.size - 1, 0))] if popularity.size
+                            else 0, 0).astype(np.float64),
     )
+
+
+POPULARITY_CHUNK = 1 << 22  # edges per piece of `train_edges_per_model_item`
+
+
+def train_edges_per_model_item(edges: pd.DataFrame, chunk: int = POPULARITY_CHUNK) -> np.ndarray:
+    """(max model item index + 1,) int64: the number of training edges of each model item (``item_index``), counted
+    ``chunk`` edges at a time (one bincount per piece: no filtered copy of the training edges)."""
+    items = edges[schema.ITEM_INDEX].to_numpy()
+    train = (edges[SPLIT] == "train").to_numpy()
+    counts = np.zeros(0, dtype=np.int64)
+    for start in range(0, items.size, chunk):
+        piece = items[start : start + chunk][train[start : start + chunk]].astype(np.int64, copy=False)
+        found = np.bincount(piece, minlength=counts.size)
+        found[: counts.size] += counts
+        counts = found
+    return counts
 
 
 VECTOR_SOURCES = ("model", "content", "category_price_band_mean")  # item_vectors' source codes 0, 1, 2

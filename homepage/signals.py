@@ -313,18 +313,48 @@ def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: t
 
 
 CATEGORY_BINS = 1 << 24  # users x categories summed with one bincount (8 bytes each) up to this many bins
+CATEGORY_CHUNK = 1 << 21  # interactions per piece of `top_categories` when they come in user order
 
 
-def top_categories(interactions: pd.DataFrame, catalogue: Catalogue) -> pd.Series:
+def top_categories(interactions: pd.DataFrame, catalogue: Catalogue, chunk: int = CATEGORY_CHUNK) -> pd.Series:
     """User id -> the category with the largest summed interaction weight (ties: alphabetically first). Grouped on
     integer codes (user code * K + category code, K categories numbered in alphabetical order), not on the category
-    text of every row."""
+    text of every row. Interactions in user order (the ETL's (user, item) order) are summed ``chunk`` rows at a
+    time, each piece cut at a user boundary, so a piece's codes and sums are the only temporaries (the whole log's
+    were ~0.5 GB at 3 * 10^7 events); any other order in one piece."""
     names, category_codes = np.unique(catalogue.category, return_inverse=True)
     if not len(interactions):
         return pd.Series(dtype=object, index=pd.Index([], name=schema.USER), name="category")
-    user_codes, users = pd.factorize(interactions[schema.USER].to_numpy(), sort=False)
-    keys = user_codes.astype(np.int64) * names.size + category_codes[interactions[POSITION].to_numpy()]
-    weights = interactions[schema.WEIGHT].to_numpy(dtype=np.float64)
+    users = interactions[schema.USER].to_numpy()
+    positions = interactions[POSITION].to_numpy()
+    weights = interactions[schema.WEIGHT].to_numpy()
+    if not _in_order(users, chunk):
+        return _top_categories_of(users, category_codes[positions], weights, names)
+    parts, start = [], 0
+    while start < users.size:
+        stop = min(start + chunk, users.size)
+        stop = int(np.searchsorted(users, users[stop - 1], side="right"))  # the piece's last user whole
+        piece = slice(start, stop)
+        parts.append(_top_categories_of(users[piece], category_codes[positions[piece]], weights[piece], names))
+        start = stop
+    return pd.concat(parts) if len(parts) > 1 else parts[0]
+
+
+def _in_order(values: np.ndarray, chunk: int) -> bool:
+    """Whether ``values`` (n,) are non-decreasing (numbers only), checked ``chunk`` at a time."""
+    if values.dtype.kind not in "iuf":
+        return False
+    pieces = (values[start : start + chunk + 1] for start in range(0, max(values.size - 1, 0), chunk))
+    return all(bool((piece[1:] >= piece[:-1]).all()) for piece in pieces)  # neighbouring pieces share one value
+
+
+def _top_categories_of(user_ids: np.ndarray, category: np.ndarray, weights: np.ndarray, names: np.ndarray
+                       ) -> pd.Series:
+    """`top_categories` of interactions given as user ids (n,), category codes (n,) into ``names`` and weights
+    (n,): each user's category of largest summed weight, ties to the smaller code (the alphabetically first)."""
+    user_codes, users = pd.factorize(user_ids, sort=False)
+    keys = user_codes.astype(np.int64) * names.size + category
+    weights = np.asarray(weights, dtype=np.float64)
     if users.size * names.size <= CATEGORY_BINS and bool((weights > 0).all()):
         # (U, K) sums by one bincount: with positive weights a category the user never touched (sum 0) never wins
         sums = np.bincount(keys, weights, minlength=users.size * names.size).reshape(users.size, names.size)
@@ -347,7 +377,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
                     settings: HomepageConfig, profiles: pd.DataFrame | None = None,
                     edges: pd.DataFrame | None = None, vector_source: np.ndarray | None = None,
                     searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None,
-                    profile_fields: dict[str, Any] | None = None) -> PageSignals:
+                    profile_fields: dict[str, Any] | None = None, with_neighbours: bool = True) -> PageSignals:
     """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed) and
     ``vector_source`` (C,) where each came from (`homerank.homepage.catalogue.item_vectors`; None: model or mean);
     ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index), or
@@ -358,7 +388,8 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     and ``sessions`` (the ETL's last-session table), None without them, the related_to_searches and
     continue_shopping rows (read only when a section of that kind is configured). ``profile_fields``, when given,
     are the profile's fields made beforehand (`profile_signals`, e.g. by a caller that frees the edges first), in
-    place of those of ``profiles`` and ``edges``."""
+    place of those of ``profiles`` and ``edges``. Without ``with_neighbours`` the last viewed items' neighbours
+    are left empty, for the caller to find once it has freed the interactions (`viewed_item_neighbours`)."""
     # int32 catalogue positions by one index lookup (a dict map made an int64 column: 139 MiB at 3 * 10^7 events)
     positions = pd.Index(catalogue.item_ids).get_indexer(interactions[schema.ITEM])
     if positions.size and positions.min() < 0:  # build_catalogue adds every interaction's item
@@ -367,8 +398,6 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     del positions
     positions_of_model_items = model_positions(catalogue, item_embeddings.shape[0])
     last_viewed = last_viewed_items(interactions)
-    viewed_positions = last_viewed.to_numpy(dtype=np.int64)
-    anchors = np.unique(viewed_positions[catalogue.model_index[viewed_positions] >= 0])
     by_trend = np.argsort(-catalogue.trending, kind="stable")
     new_positions, new_arrival_scorer, new_reason = new_arrivals(catalogue, vectors, user_embeddings, reference_time,
                                                                  settings.new_arrival_days, vector_source)
@@ -377,7 +406,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
                               else np.zeros(len(interactions), dtype=bool), [schema.USER, schema.ITEM, schema.LAST_TS,
                                                                              POSITION]]
     again = bought[np.isin(catalogue.category[bought[POSITION].to_numpy()], settings.repeat_purchase_categories)]
-    return PageSignals(
+    signals = PageSignals(
         catalogue=catalogue,
         model_row=pd.Series(user_index[schema.USER_INDEX].to_numpy(dtype=np.int64),
                             index=pd.Index(user_index[schema.USER].to_numpy())),
@@ -388,8 +417,7 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
                           if candidate_scores is None else None),
         by_popularity=np.argsort(-catalogue.popularity, kind="stable"),
         last_viewed=last_viewed,
-        neighbours=item_neighbours(anchors, catalogue, item_embeddings, positions_of_model_items,
-                                   settings.candidates),
+        neighbours={},  # below, or by the caller (`viewed_item_neighbours`)
         trending_by_category={c: by_trend[catalogue.category[by_trend] == c] for c in np.unique(catalogue.category)},
         top_category=top_categories(interactions, catalogue),
         global_category=pd.Series(catalogue.trending).groupby(catalogue.category).sum().idxmax(),
@@ -402,6 +430,18 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
                   if _shows(settings, "related_to_searches") else None),
         last_session=last_session(sessions, catalogue) if _shows(settings, "continue_shopping") else None,
     )
+    if with_neighbours:
+        signals.neighbours = viewed_item_neighbours(signals, item_embeddings, settings.candidates)
+    return signals
+
+
+def viewed_item_neighbours(signals: PageSignals, item_embeddings: torch.Tensor, count: int) -> ItemNeighbours:
+    """`item_neighbours` of every model item that is some user's last viewed item (``signals.last_viewed``)."""
+    catalogue = signals.catalogue
+    viewed_positions = signals.last_viewed.to_numpy(dtype=np.int64)
+    anchors = np.unique(viewed_positions[catalogue.model_index[viewed_positions] >= 0])
+    return item_neighbours(anchors, catalogue, item_embeddings,
+                           model_positions(catalogue, item_embeddings.shape[0]), count)
 
 
 def _shows(settings: HomepageConfig, kind: str) -> bool:

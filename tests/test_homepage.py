@@ -196,6 +196,21 @@ def test_top_category_equals_the_group_by_definition(rows):
         assert top_categories(interactions, catalogue).sort_index().to_dict() == expected
 
 
+@hypothesis_settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 4), st.sampled_from([-1.0, 0.5, 1.0, 2.0])),
+                min_size=1, max_size=40), st.integers(1, 7), st.booleans())
+def test_top_category_in_pieces_equals_the_definition(rows, chunk, in_user_order):
+    """Integer user ids in user order are summed in pieces of ``chunk`` rows cut at user boundaries (a user's rows
+    never split between pieces); shuffled ones in one piece: both equal the definition, users in first-seen order."""
+    interactions = pd.DataFrame(rows, columns=["user_id", "pos", "weight"])
+    if in_user_order:
+        interactions = interactions.sort_values("user_id", kind="stable").reset_index(drop=True)
+    catalogue = _catalogue()
+    found = top_categories(interactions, catalogue, chunk=chunk)
+    assert found.index.tolist() == pd.unique(interactions["user_id"]).tolist()
+    assert found.sort_index().to_dict() == _top_category_by_definition(interactions, catalogue)
+
+
 @hypothesis_settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["u", "v", "w"]), st.integers(0, 4), st.sampled_from([-1.0, 0.0, 1.0])),
                 min_size=1, max_size=20))
@@ -345,3 +360,13 @@ def test_list_metrics_read_part_by_part_equal_the_whole_frame():
     assert whole["novelty_bits"] == pytest.approx(by_hand_novelty)
     assert whole["cold_share"] == pytest.approx(np.mean([i not in item_ids or model_index[item_ids == i][0] < 0
                                                          for i in pages["item_id"]]))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
+def test_training_edges_are_counted_per_model_item_in_pieces(chunk):
+    """Only the training rows count, twins included, whatever the piece size; items never trained on count 0."""
+    from homerank.homepage.catalogue import train_edges_per_model_item
+
+    edges = pd.DataFrame({"item_index": [0, 2, 2, 2, 4, 1],
+                          "split": ["train", "train", "train", "test", "valid", "train"]})
+    assert train_edges_per_model_item(edges, chunk).tolist() == [1, 1, 2]
