@@ -184,21 +184,46 @@ def model_positions(catalogue: Catalogue, num_items: int) -> np.ndarray:
     return positions
 
 
-def last_viewed_items(interactions: pd.DataFrame) -> pd.Series:
+def last_viewed_items(interactions: pd.DataFrame, chunk: int | None = None) -> pd.Series:
     """User id -> catalogue position of the newest item with a view (any interaction when the log has no
     view counts); ``interactions`` carries the ``pos`` column. Ties in ``last_ts`` go to the row that comes first in
     ``interactions`` (the ETL writes them by user, then item). One hashed group-by (the row of each user's largest
-    ``last_ts``), O(rows), instead of sorting every row by time; only the three columns it reads are selected (at
-    3 * 10^7 events a row selection of the whole frame copied 1.3 GB)."""
+    ``last_ts``), O(rows), instead of sorting every row by time, per piece of ``chunk`` rows (default
+    ``USER_CHUNK``) cut at user boundaries when the rows come in user order (`user_pieces`), so a piece's selections
+    and codes are the only temporaries (the whole frame's were ~0.7 GB at 3 * 10^7 events)."""
     views = interactions.get(schema.count_column("view"), interactions[schema.WEIGHT]).to_numpy()
-    last = interactions[schema.LAST_TS]
-    rows = np.flatnonzero((views > 0) & last.notna().to_numpy())
-    if not rows.size:
+    last = interactions[schema.LAST_TS].to_numpy()
+    users_all, positions = interactions[schema.USER].to_numpy(), interactions[POSITION].to_numpy()
+    parts = []
+    for piece in user_pieces(users_all, USER_CHUNK if chunk is None else chunk):
+        rows = np.flatnonzero((views[piece] > 0) & ~pd.isna(last[piece])) + piece.start
+        if not rows.size:
+            continue
+        codes, users = pd.factorize(users_all[rows], sort=False)
+        newest = pd.Series(last[rows]).groupby(codes, sort=False).idxmax()
+        parts.append(pd.Series(positions[rows[newest.to_numpy()]],
+                               index=pd.Index(users.take(newest.index.to_numpy()), name=schema.USER), name=POSITION))
+    if not parts:
         return pd.Series(dtype=np.int64, index=pd.Index([], name=schema.USER), name=POSITION)
-    codes, users = pd.factorize(interactions[schema.USER].to_numpy()[rows], sort=False)
-    newest = pd.Series(last.to_numpy()[rows]).groupby(codes, sort=False).idxmax()
-    return pd.Series(interactions[POSITION].to_numpy()[rows[newest.to_numpy()]],
-                     index=pd.Index(users.take(newest.index.to_numpy()), name=schema.USER), name=POSITION)
+    return pd.concat(parts) if len(parts) > 1 else parts[0]
+
+
+USER_CHUNK = 1 << 21  # interactions per piece of the per-user signals when the rows come in user order
+
+
+def user_pieces(users: np.ndarray, chunk: int) -> list[slice]:
+    """Row ranges of about ``chunk`` rows, each cut at a user boundary (every user's rows in one range), when
+    ``users`` (n,) come in user order (non-decreasing numbers, e.g. the ETL's (user, item) order); else one range of
+    every row."""
+    if users.dtype.kind not in "iuf" or not _in_order(users, chunk):
+        return [slice(0, users.size)]
+    pieces, start = [], 0
+    while start < users.size:
+        stop = min(start + chunk, users.size)
+        stop = int(np.searchsorted(users, users[stop - 1], side="right"))  # the piece's last user whole
+        pieces.append(slice(start, stop))
+        start = stop
+    return pieces
 
 
 # The anchors are every user's last viewed item, so nearly every item is one when the catalogue is large: the search
@@ -313,37 +338,27 @@ def new_arrivals(catalogue: Catalogue, vectors: torch.Tensor, user_embeddings: t
 
 
 CATEGORY_BINS = 1 << 24  # users x categories summed with one bincount (8 bytes each) up to this many bins
-CATEGORY_CHUNK = 1 << 21  # interactions per piece of `top_categories` when they come in user order
 
 
-def top_categories(interactions: pd.DataFrame, catalogue: Catalogue, chunk: int = CATEGORY_CHUNK) -> pd.Series:
+def top_categories(interactions: pd.DataFrame, catalogue: Catalogue, chunk: int | None = None) -> pd.Series:
     """User id -> the category with the largest summed interaction weight (ties: alphabetically first). Grouped on
     integer codes (user code * K + category code, K categories numbered in alphabetical order), not on the category
     text of every row. Interactions in user order (the ETL's (user, item) order) are summed ``chunk`` rows at a
-    time, each piece cut at a user boundary, so a piece's codes and sums are the only temporaries (the whole log's
-    were ~0.5 GB at 3 * 10^7 events); any other order in one piece."""
+    time (default ``USER_CHUNK``), each piece cut at a user boundary (`user_pieces`), so a piece's codes and sums are
+    the only temporaries (the whole log's were ~0.5 GB at 3 * 10^7 events); any other order in one piece."""
     names, category_codes = np.unique(catalogue.category, return_inverse=True)
     if not len(interactions):
         return pd.Series(dtype=object, index=pd.Index([], name=schema.USER), name="category")
     users = interactions[schema.USER].to_numpy()
     positions = interactions[POSITION].to_numpy()
     weights = interactions[schema.WEIGHT].to_numpy()
-    if not _in_order(users, chunk):
-        return _top_categories_of(users, category_codes[positions], weights, names)
-    parts, start = [], 0
-    while start < users.size:
-        stop = min(start + chunk, users.size)
-        stop = int(np.searchsorted(users, users[stop - 1], side="right"))  # the piece's last user whole
-        piece = slice(start, stop)
-        parts.append(_top_categories_of(users[piece], category_codes[positions[piece]], weights[piece], names))
-        start = stop
+    parts = [_top_categories_of(users[piece], category_codes[positions[piece]], weights[piece], names)
+             for piece in user_pieces(users, USER_CHUNK if chunk is None else chunk)]
     return pd.concat(parts) if len(parts) > 1 else parts[0]
 
 
 def _in_order(values: np.ndarray, chunk: int) -> bool:
-    """Whether ``values`` (n,) are non-decreasing (numbers only), checked ``chunk`` at a time."""
-    if values.dtype.kind not in "iuf":
-        return False
+    """Whether ``values`` (n,) are non-decreasing, checked ``chunk`` at a time."""
     pieces = (values[start : start + chunk + 1] for start in range(0, max(values.size - 1, 0), chunk))
     return all(bool((piece[1:] >= piece[:-1]).all()) for piece in pieces)  # neighbouring pieces share one value
 

@@ -309,6 +309,11 @@ def test_last_viewed_item_is_the_newest_viewed_row_first_row_on_ties():
     last = last_viewed_items(interactions)
     assert last.to_dict() == {"a": 20, "b": 10, "d": 20}  # b: a tie, the first row wins; d: NaT is never newest
     assert last_viewed_items(interactions.iloc[:0]).empty
+    # integer ids in user order: pieces of 1..3 rows cut at user boundaries give the same answer, in the same order
+    numbered = interactions.assign(user_id=interactions["user_id"].map({"a": 1, "b": 2, "c": 3, "d": 4}))
+    for chunk in (1, 2, 3):
+        found = last_viewed_items(numbered, chunk)
+        assert found.index.tolist() == [1, 2, 4] and found.tolist() == [20, 10, 20]
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 8192])
