@@ -50,7 +50,7 @@ from homerank.homepage.config import HomepageConfig
 from homerank.homepage.last_session import SESSION_REASON
 from homerank.homepage.searches import SEARCH_REASON
 from homerank.homepage.sections import SEGMENT_REASON
-from homerank.homepage.signals import PageSignals
+from homerank.homepage.signals import USER_CHUNK, PageSignals, user_pieces
 
 GENERIC = "Picked for you from your activity"
 SIMILARITY_CHUNK = 4096  # slots whose history vectors are gathered at once: (chunk, H, d) float32
@@ -100,22 +100,28 @@ class Explainer:
             column = schema.count_column(event)
             if column in interactions:
                 verb[interactions[column].to_numpy() > 0] = code
-        # the history: each user's newest `explain_history` items, newest first (ties by position)
-        newest_first = -interactions[schema.LAST_TS].to_numpy().astype("datetime64[ns]", copy=False).view(np.int64)
-        # = np.lexsort((positions, newest_first, user_codes)); one int64 key when the ETL's (user, item) order holds
-        order = order_by_user_then_time(user_codes, positions, newest_first)
-        del newest_first
-        users_sorted = user_codes[order]
-        starts = np.searchsorted(users_sorted, np.arange(len(self.users)))
-        keep = np.arange(order.size) - starts[users_sorted] < settings.explain_history  # rank within the user
-        del starts
-        users_kept, order = users_sorted[keep], order[keep]
-        del users_sorted, keep
+        # the history: each user's newest `explain_history` items, newest first (ties by position), made per piece of
+        # interactions cut at user boundaries when they come in user order (`user_pieces`; one piece otherwise), so
+        # a piece's sort keys and permutation are the only temporaries (the whole log's were ~0.7 GB at 3 * 10^7)
+        times = interactions[schema.LAST_TS].to_numpy().astype("datetime64[ns]", copy=False).view(np.int64)
+        kept_users, kept_positions, kept_verbs = [], [], []
+        for piece in user_pieces(user_codes, USER_CHUNK):
+            codes = user_codes[piece]
+            # = np.lexsort((positions, -times, codes)); one int64 key when the ETL's (user, item) order holds
+            order = order_by_user_then_time(codes, positions[piece], -times[piece]) + piece.start
+            users_sorted = user_codes[order]
+            keep = np.arange(order.size) - np.searchsorted(users_sorted, users_sorted) < settings.explain_history
+            order = order[keep]  # rank within the user below the history's size
+            kept_users.append(users_sorted[keep])
+            kept_positions.append(positions[order])  # int32 positions and int8 verbs: 5 bytes per kept interaction
+            kept_verbs.append(verb[order])
+            del order, users_sorted, keep
+        users_kept = np.concatenate(kept_users) if kept_users else np.zeros(0, np.int32)
         self.history_start = np.searchsorted(users_kept, np.arange(len(self.users)))
         self.history_length = np.bincount(users_kept, minlength=len(self.users))
-        self.history_positions = positions[order]  # int32 positions and int8 verbs: 5 bytes per kept interaction
-        self.history_verbs = verb[order]
-        del users_kept, order, verb
+        self.history_positions = np.concatenate(kept_positions) if kept_positions else np.zeros(0, np.int32)
+        self.history_verbs = np.concatenate(kept_verbs) if kept_verbs else np.zeros(0, np.int8)
+        del users_kept, kept_users, kept_positions, kept_verbs, verb, times
         self.history_size = settings.explain_history
         # purchases per (user, item), for buy_again
         purchases = interactions.get(schema.count_column("purchase"))

@@ -3,10 +3,14 @@ sentences, shares and fallbacks are worked out by hand."""
 
 import json
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import torch
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from homerank.engine.profiles import user_profiles
 from homerank.homepage.build import build_pages
@@ -192,3 +196,34 @@ def test_json_lines_and_preview_carry_the_explanation(tmp_path):
     # a homepage written before explanations existed still renders (reason only)
     page.drop(columns="explanation").to_parquet(run.homepage / "part-00000.parquet", index=False)
     assert "class='explanation'" not in render_preview(run, "c") and "fallback_segment" in render_preview(run, "c")
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(10, 14), st.integers(0, 6), st.integers(0, 2)),
+                min_size=1, max_size=40, unique_by=lambda r: (r[0], r[1])), st.integers(1, 5), st.integers(1, 4))
+def test_histories_made_in_user_pieces_equal_one_piece(rows, chunk, history):
+    """Interactions in (user, item) order give each user's newest ``explain_history`` items (ties by position) and
+    their verbs, whether the histories are made in pieces of ``chunk`` rows cut at user boundaries or in one."""
+    from homerank.homepage import explain as explain_module
+
+    rows = sorted(rows)
+    interactions = pd.DataFrame({
+        "user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows], "weight": 1.0,
+        "last_ts": [NOW - r[2] * DAY for r in rows], "n_view": 1,
+        "n_cart": [int(r[3] == 1) for r in rows], "n_purchase": [int(r[3] == 2) for r in rows]})
+    settings = HomepageConfig(explain_history=history)
+    made = {}
+    for size in (chunk, 10**6):
+        with mock.patch.object(explain_module, "USER_CHUNK", size):
+            explainer = Explainer(_catalogue(), None, interactions, None, VECTORS, NOW, settings)
+        made[size] = [(user, explainer.history_positions[start : start + length].tolist(),
+                       explainer.history_verbs[start : start + length].tolist())
+                      for user, start, length in zip(explainer.users, explainer.history_start,
+                                                     explainer.history_length, strict=True)]
+    assert made[chunk] == made[10**6]
+    expected = []  # by definition: newest first, ties by position (= item order here), the first `history` kept
+    for user, group in interactions.groupby("user_id"):
+        newest = group.assign(pos=group["item_id"] - 10).sort_values(["last_ts", "pos"], ascending=[False, True])
+        newest = newest.head(history)
+        expected.append((user, newest["pos"].tolist(), (newest["n_cart"] + 2 * newest["n_purchase"]).tolist()))
+    assert made[10**6] == expected
