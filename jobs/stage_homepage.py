@@ -54,6 +54,7 @@ from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
 from homerank.jobs.artifacts import LEAN_READ, read_edges, read_embedding_table, require
 from homerank.jobs.config import JobConfig
+from homerank.jobs.hygiene import release_free_memory
 from homerank.jobs.recommend import ItemSearch
 from homerank.jobs.rundir import RunDir, atomic_path, ensure_run_id, publish_parquet_parts, read_json, write_json
 
@@ -91,6 +92,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         if not search.exact:
             candidates = _index_candidates(search, user_emb.numpy(), item_emb.numpy(), candidates)
             candidate_source = "faiss HNSW item index (embeddings/items.faiss), exact scores"
+        del search  # an exact search keeps the exact path: the loaded index goes (75 MiB at 3 * 10^7 events)
     log.info("homepage: model candidates from %s", candidate_source)
     fork = backend.model_device == "cpu"
     if not fork and user_emb.shape[0] and block_processes(settings.processes, 2) > 1:
@@ -179,7 +181,10 @@ def read_interactions(run: RunDir) -> pd.DataFrame:
     for position, name in enumerate(table.column_names):
         if name.startswith(schema.count_column("")) and pa.types.is_integer(table.schema.field(name).type):
             table = table.set_column(position, name, table[name].cast(pa.int32()))
-    return table.to_pandas(**LEAN_READ)
+    frame = table.to_pandas(**LEAN_READ)
+    del table
+    release_free_memory()  # the read's decoded pages and the casts' sources
+    return frame
 
 
 def first_seen(run: RunDir) -> pd.Timestamp | None:
