@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from homerank.engine import schema
+from homerank.engine.memory import release_free_memory
 from homerank.engine.split import SPLIT
 from homerank.homepage.block_pages import BlockPages
 from homerank.homepage.candidates import CandidateFn
@@ -122,6 +123,8 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     processes = block_processes(settings.processes, max(1, -(-len(users) // settings.block_users)), fork)
     pager = _BlockPager(users, even_block_size(len(users), settings.block_users), signals, blocks,
                         explainer, tally, unit_vectors, merchandising, settings, on_block)
+    if processes > 1:  # the setup's freed heap pages go back before the workers fork (else each worker's RSS
+        release_free_memory()  # counts them: at 3 * 10^7 events 2.69 -> 2.46 GiB per worker)
     done = {number: (page, sums) for number, page, sums in _run_blocks(pager, processes)}
     for number in sorted(done):  # in block order, so the float sums do not depend on which block finished first
         tally.merge(done[number][1])

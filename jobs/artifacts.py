@@ -12,12 +12,12 @@ import torch
 from homerank.engine import schema
 from homerank.engine.errors import HomerankError
 from homerank.engine.graph import BipartiteGraph
+from homerank.engine.memory import release_free_memory
 from homerank.engine.split import SPLIT
 from homerank.gnn.config import ContentConfig
 from homerank.gnn.content import ContentInputs, item_features, split_by_graph
 from homerank.gnn.metrics import CSRIndex
 from homerank.gnn.scorer import ScoreFn, Scorer
-from homerank.jobs.hygiene import release_free_memory
 from homerank.jobs.rundir import RunDir
 
 if TYPE_CHECKING:  # gnn.train pulls in torch_geometric: seconds of start-up the scoring stages do not need

@@ -35,12 +35,12 @@ import pyarrow.parquet as pq
 import torch
 
 from homerank.engine import schema
+from homerank.engine.memory import release_free_memory
 from homerank.gnn.dot_top_k import DotTopK, searches_exactly
 from homerank.gnn.keys import is_member
 from homerank.gnn.metrics import CSRIndex, popularity_top_k, top_k
 from homerank.gnn.scorer import ScoreFn, Scorer
 from homerank.jobs.artifacts import LEAN_READ, item_popularity, read_edges, read_embedding_table, require
-from homerank.jobs.hygiene import release_free_memory
 from homerank.jobs.rundir import RunDir
 
 if TYPE_CHECKING:

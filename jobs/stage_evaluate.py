@@ -9,13 +9,13 @@ from typing import Any
 
 from homerank.engine import schema
 from homerank.engine.backend import Backend
+from homerank.engine.memory import release_free_memory
 from homerank.engine.split import SPLIT
 from homerank.gnn.dot_top_k import dot_ranker
 from homerank.gnn.metrics import evaluate_popularity, evaluate_ranking
 from homerank.gnn.scorer import Scorer
 from homerank.jobs.artifacts import item_popularity, read_edges, require, split_index
 from homerank.jobs.config import JobConfig
-from homerank.jobs.hygiene import release_free_memory
 from homerank.jobs.rundir import RunDir, read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,7 @@ import torch
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
+from homerank.engine.memory import release_free_memory
 from homerank.engine.split import SPLIT
 from homerank.gnn.dot_top_k import dot_ranker, searches_exactly
 from homerank.gnn.metrics import Ranker, top_k, users_per_block
@@ -54,7 +55,6 @@ from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
 from homerank.jobs.artifacts import LEAN_READ, read_edges, read_embedding_table, require
 from homerank.jobs.config import JobConfig
-from homerank.jobs.hygiene import release_free_memory
 from homerank.jobs.recommend import ItemSearch
 from homerank.jobs.rundir import RunDir, atomic_path, ensure_run_id, publish_parquet_parts, read_json, write_json
 

@@ -22,6 +22,7 @@ import torch
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.graph import build_graph
+from homerank.engine.memory import release_free_memory
 from homerank.gnn.linear_filter import LinearFilter
 from homerank.gnn.memory import check_training_memory
 from homerank.gnn.metrics import CSRIndex, evaluate_blends
@@ -39,7 +40,6 @@ from homerank.jobs.artifacts import (
     training_data,
 )
 from homerank.jobs.config import JobConfig
-from homerank.jobs.hygiene import release_free_memory
 from homerank.jobs.rundir import RunDir, atomic_path, write_json
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ def test_release_free_memory_returns_the_freed_heap():
     # which pins the heap's top: glibc keeps the ~300 MiB until malloc_trim
     code = textwrap.dedent("""
         import numpy as np, psutil
-        from homerank.jobs.hygiene import release_free_memory
+        from homerank.engine.memory import release_free_memory
         process = psutil.Process()
         chunks = [np.ones(100 * 1024 // 8) for _ in range(3000)]
         pin = np.ones(100 * 1024 // 8)
