@@ -96,7 +96,7 @@ def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item
     decay = half_life_decay(reference_time, recent[schema.LAST_TS], settings.trending_half_life_days)
     trend = decay.groupby(recent[schema.ITEM]).sum()
     del recent, decay
-    popularity = train_edges_per_model_item(edges)
+    popularity = train_edges_per_model_item(edges, item_index)
     items = items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
     model_index = items[schema.ITEM_INDEX].fillna(-1).astype(np.int64).to_numpy()
     return Catalogue(
@@ -114,14 +114,27 @@ def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item
 POPULARITY_CHUNK = 1 << 22  # edges per piece of `train_edges_per_model_item`
 
 
-def train_edges_per_model_item(edges: pd.DataFrame, chunk: int = POPULARITY_CHUNK) -> np.ndarray:
-    """(max model item index + 1,) int64: the number of training edges of each model item (``item_index``), counted
-    ``chunk`` edges at a time (one bincount per piece: no filtered copy of the training edges)."""
-    items = edges[schema.ITEM_INDEX].to_numpy()
+def train_edges_per_model_item(edges: pd.DataFrame, item_index: pd.DataFrame | None = None,
+                               chunk: int = POPULARITY_CHUNK) -> np.ndarray:
+    """(max model item index + 1,) int64: the number of training edges of each model item, counted ``chunk`` edges
+    at a time (one bincount per piece: no filtered copy of the training edges). The model item is the edges'
+    ``item_index`` column, or, without it, the ``item_id`` looked up in ``item_index`` (item_id, item_index)."""
+    by_id = schema.ITEM_INDEX not in edges
+    items = edges[schema.ITEM if by_id else schema.ITEM_INDEX].to_numpy()
+    if by_id:
+        if item_index is None:
+            raise ValueError("edges without item_index need the item index to count the training popularity")
+        ids, model_items = pd.Index(item_index[schema.ITEM].to_numpy()), item_index[schema.ITEM_INDEX].to_numpy()
     train = (edges[SPLIT] == "train").to_numpy()
     counts = np.zeros(0, dtype=np.int64)
     for start in range(0, items.size, chunk):
-        piece = items[start : start + chunk][train[start : start + chunk]].astype(np.int64, copy=False)
+        piece = items[start : start + chunk][train[start : start + chunk]]
+        if by_id:
+            found = ids.get_indexer(piece)
+            if (found < 0).any():
+                raise ValueError("a training edge's item is missing from the item index")
+            piece = model_items[found]
+        piece = piece.astype(np.int64, copy=False)
         found = np.bincount(piece, minlength=counts.size)
         found[: counts.size] += counts
         counts = found

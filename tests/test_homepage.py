@@ -374,4 +374,7 @@ def test_training_edges_are_counted_per_model_item_in_pieces(chunk):
 
     edges = pd.DataFrame({"item_index": [0, 2, 2, 2, 4, 1],
                           "split": ["train", "train", "train", "test", "valid", "train"]})
-    assert train_edges_per_model_item(edges, chunk).tolist() == [1, 1, 2]
+    assert train_edges_per_model_item(edges, chunk=chunk).tolist() == [1, 1, 2]
+    by_id = edges.assign(item_id=edges["item_index"] + 100).drop(columns="item_index")  # the ids mapped instead
+    item_index = pd.DataFrame({"item_id": [104, 102, 101, 100], "item_index": [4, 2, 1, 0]})
+    assert train_edges_per_model_item(by_id, item_index, chunk).tolist() == [1, 1, 2]

@@ -533,8 +533,9 @@ def test_score_text_is_json_dumps_of_the_rounded_score(scores):
 
 
 def test_the_stage_reads_only_the_interaction_columns_the_pages_use(homepage_run):
-    """The homepage stage's interactions hold user, item, weight, last_ts and the view/cart/purchase counts (int32);
-    ``first_ts`` is read as its least value alone (the explanations' trend span), equal to the column's minimum."""
+    """The homepage stage's interactions hold user, item, weight, last_ts, the purchase count (int32) and whether
+    the pair was viewed / carted (count > 0, bool); ``first_ts`` is read as its least value alone (the explanations'
+    trend span), equal to the column's minimum."""
     from homerank.jobs.rundir import RunDir
     from homerank.jobs.stage_homepage import first_seen, read_interactions
 
@@ -544,7 +545,10 @@ def test_the_stage_reads_only_the_interaction_columns_the_pages_use(homepage_run
     assert "first_ts" in whole and "n_click" in whole  # the ETL's table has them; the pages do not read them
     assert list(lean.columns) == [c for c in whole.columns
                                   if c in ("user_id", "item_id", "weight", "last_ts", "n_view", "n_cart", "n_purchase")]
-    assert all(lean[c].dtype == np.int32 for c in ("n_view", "n_cart", "n_purchase"))
+    assert lean["n_purchase"].dtype == np.int32 and (lean["n_purchase"].to_numpy() == whole["n_purchase"]).all()
+    for presence in ("n_view", "n_cart"):
+        assert lean[presence].dtype == bool and (lean[presence].to_numpy() == (whole[presence] > 0)).all()
+    assert 0 < lean["n_cart"].sum() < len(lean)  # carted and not carted pairs are both in the tiny log
     assert len(lean) == len(whole) and (lean["last_ts"].to_numpy() == whole["last_ts"].to_numpy()).all()
     assert first_seen(run) == whole["first_ts"].min()
 
