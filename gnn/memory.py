@@ -6,7 +6,9 @@ Estimate in bytes (float32 = 4 bytes, N = U + I nodes, d = embedding_dim, nnz = 
     parameters and Adam moments                         3 * N * d * 4   (the best state lives in a file beside the
                                                                         checkpoints; the gradient is a Horner buffer)
     propagation (`homerank.gnn.model.power_sum`)        3 * N * d * 4   (backward: the loss's gradient and two Horner
-                                                                        buffers, whatever L)
+                                                                        buffers, whatever L; a GPU's figure: the CPU
+                                                                        sums the gradient in place in 4 column blocks,
+                                                                        1.75 * N * d * 4, `power_sum_in_place`)
     adjacency (CSR, int32 indices)                      nnz * 8 + (N + 1) * 4
     training pairs                                      E * 20          (int32 users and items, int64 keys, int32 order)
     loss                                                softmax: batch_users * negatives * 4 * 3 + batch * d * 4 * 4;

@@ -225,11 +225,12 @@ def new_model(data: TrainData, config: TrainConfig) -> LightGCNRecommender:
 
 
 def _propagate(model: LightGCNRecommender, adjacency: torch.Tensor, block: distributed.RowBlock | None,
-               layer0: torch.Tensor | None = None) -> torch.Tensor:
+               layer0: torch.Tensor | None = None, gradient_in_place: bool = False) -> torch.Tensor:
     """Final embeddings (N, d), users then items, from ``layer0`` (default: the model's E^(0)): the whole graph here,
-    or this rank's row block with the other ranks' rows gathered (`homerank.gnn.distributed.propagate`)."""
+    or this rank's row block with the other ranks' rows gathered (`homerank.gnn.distributed.propagate`).
+    ``gradient_in_place``: the loss's gradient buffer is the step's own (`LightGCNRecommender.propagate`)."""
     if block is None:
-        return model.propagate(adjacency, layer0)
+        return model.propagate(adjacency, layer0, gradient_in_place)
     return distributed.propagate(model.layer0 if layer0 is None else layer0, block, model.lightgcn.num_layers)
 
 
@@ -356,7 +357,7 @@ def train_lightgcn(
                 users, positives = users_all[batch], items_all[batch]  # int32 where the ids fit
                 optimizer.zero_grad(set_to_none=True)  # the last step's gradients go before this step's tables
                 layer0 = model.layer0
-                final = _propagate(model, adjacency, block, layer0)  # (N, d): users, then items
+                final = _propagate(model, adjacency, block, layer0, gradient_in_place=True)  # (N, d): users, items
                 user_emb, item_emb = final[: data.num_users], final[data.num_users :]
                 one_table = True
                 if model.has_content and config.content.id_dropout > 0:  # the same draws on every rank

@@ -62,3 +62,33 @@ def test_softmax_per_user_negatives_equal_per_pair_form():
     grouped = sampled_softmax_loss(users, positives, negatives, 0.3, user_of_pair)
     per_pair = sampled_softmax_loss(users[user_of_pair], positives, negatives, 0.3)
     torch.testing.assert_close(grouped, per_pair)
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 4, 8])
+def test_gradient_summed_in_place_by_column_blocks_equals_the_whole_width_sum(monkeypatch, pieces):
+    """The training step's backward pass (``gradient_in_place``) sums E's gradient over its own buffer in column
+    blocks: the layer-0 gradient equals the whole-width power sum bit for bit, and by default a caller's own gradient
+    tensor is left as it was."""
+    from homerank.gnn import model as model_module
+
+    monkeypatch.setattr(model_module, "BACKWARD_COLUMN_PIECES", pieces)
+    rng = np.random.default_rng(3)
+    pairs = np.unique(np.stack([rng.integers(0, 40, 300), rng.integers(0, 30, 300)]), axis=1)
+    graph, _ = build_graph(pairs[0], pairs[1], np.ones(pairs.shape[1]), 40, 30, "binary", resolve_backend("cpu"))
+    adjacency = graph.adjacency()
+    torch.manual_seed(0)
+    recommender = LightGCNRecommender(40, 30, 16, 3)
+    rows = torch.tensor(rng.integers(0, 70, 50))
+    weights = torch.randn(50, 16)
+    grads = []
+    for in_place in (False, True):
+        recommender.zero_grad(set_to_none=True)
+        final = recommender.propagate(adjacency, gradient_in_place=in_place)
+        (final[rows] * weights).sum().backward()  # the gradient reaches the node as a fresh scatter of its rows
+        grads.append(recommender.layer0.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+    mine = torch.randn(70, 16)
+    kept = mine.clone()
+    recommender.zero_grad(set_to_none=True)
+    recommender.propagate(adjacency).backward(mine)
+    assert torch.equal(mine, kept)
