@@ -47,8 +47,8 @@ class TrainData:
 
     num_users: int
     num_items: int
-    train_users: torch.Tensor  # (E,) int32 (int64 accepted): the pairs' user index
-    train_items: torch.Tensor  # (E,) int32 (int64 accepted): the pairs' item index
+    train_users: torch.Tensor  # (E,) int32 (int64 accepted): the pairs' user index (None while `train_lightgcn`'s
+    train_items: torch.Tensor  # (E,) int32 (int64 accepted): the pairs' item index   steps hold them as keys)
     adjacency: torch.Tensor  # (N, N) sparse CSR, A_hat
     valid: CSRIndex | None = None  # held-out validation items per user
     item_features: torch.Tensor | None = None  # (I, F) float32 content features (train.content), or None
@@ -138,15 +138,59 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def _epoch_order(users: torch.Tensor, num_users: int, by_user: bool, generator: torch.Generator) -> torch.Tensor:
+class TrainingPairs:
+    """The training pairs the steps draw their batches from. When they are the sampler's sorted keys themselves
+    (k = u * I + i, no twins, in key order: the ETL writes the edges in (user, item) order) and training runs on the
+    CPU, ``data``'s two pair tensors are dropped while the steps run (`__enter__`; the keys hold the same pairs) and
+    each batch is decoded from the keys (u = k // I, i = k % I, in the pairs' own dtype): at 3 * 10^7 events 97 MiB
+    less through every step. `__exit__` gives ``data`` its pairs back, decoded, equal to the ones it had."""
+
+    def __init__(self, data: TrainData, keys: torch.Tensor, device: torch.device | str) -> None:
+        self.data, self.keys, self.num_items = data, keys, data.num_items
+        users, items = data.train_users.to(device), data.train_items.to(device)
+        self.dtype, self.count = users.dtype, users.numel()
+        self.decoded = (torch.device(device).type == "cpu" and self.count > 0 and keys.numel() == self.count
+                        and torch.equal(keys, users.long() * self.num_items + items.long()))
+        self.users, self.items = (None, None) if self.decoded else (users, items)
+
+    def __enter__(self) -> TrainingPairs:
+        if self.decoded:
+            self.data.train_users = self.data.train_items = None  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.decoded:
+            self.data.train_users, self.data.train_items = self._decode(self.keys)
+
+    def _decode(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (keys // self.num_items).to(self.dtype), (keys % self.num_items).to(self.dtype)
+
+    def of(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, items) of the pairs numbered ``batch``."""
+        if self.decoded:
+            return self._decode(self.keys[batch])
+        assert self.users is not None and self.items is not None
+        return self.users[batch], self.items[batch]
+
+    def all_users(self) -> torch.Tensor:
+        """(E,) every pair's user."""
+        if self.decoded:
+            return self._decode(self.keys)[0]
+        assert self.users is not None
+        return self.users
+
+
+def _epoch_order(pairs: TrainingPairs, num_users: int, by_user: bool, generator: torch.Generator) -> torch.Tensor:
     """Visiting order of the training pairs for one epoch: a random permutation, or (``by_user``) pairs
     grouped by user with the users in random order, so that a batch holds whole users (sampled softmax
     then scores each user against the shared negatives once)."""
-    order = torch.randperm(users.numel(), generator=generator, device=users.device,
-                           dtype=torch.int32 if users.numel() < 2**31 else torch.int64)
+    device = pairs.keys.device
+    order = torch.randperm(pairs.count, generator=generator, device=device,
+                           dtype=torch.int32 if pairs.count < 2**31 else torch.int64)
     if not by_user:
         return order
-    user_rank = torch.randperm(num_users, generator=generator, device=users.device)
+    users = pairs.all_users()
+    user_rank = torch.randperm(num_users, generator=generator, device=device)
     return order[torch.argsort(user_rank[users[order]], stable=True)]
 
 
@@ -308,14 +352,14 @@ def train_lightgcn(
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
                 if config.lr_schedule == "cosine" else None)
     generator = torch.Generator(device=device).manual_seed(seed)
-    users_all, items_all = data.train_users.to(device), data.train_items.to(device)
-    keys = pair_keys(users_all, items_all, data.num_items)
+    keys = pair_keys(data.train_users.to(device), data.train_items.to(device), data.num_items)
+    pairs = TrainingPairs(data, keys, device)
     valid = data.valid.sample_users(config.valid_users, seed) if data.valid is not None else None
     valid_user_count = int((valid.counts() > 0).sum()) if valid is not None else 0
     if valid is not None and valid is not data.valid and leader:
         log.info("early stopping on %d of %d validation users (train.valid_users, seeded sample)",
                  int((valid.counts() > 0).sum()), int((data.valid.counts() > 0).sum()))
-    num_pairs = users_all.numel()
+    num_pairs = pairs.count
     result = TrainResult(model=model)
     best = BestState(checkpoint_dir)  # rank 0's alone: only it evaluates (the ranks share the folder)
     since_best = 0
@@ -345,16 +389,16 @@ def train_lightgcn(
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                         disable=not (show_progress and leader), transient=False)
     last_epoch = config.epochs if stop_epoch is None else min(stop_epoch, config.epochs)
-    with progress:
+    with progress, pairs:
         task = progress.add_task("train", total=last_epoch, completed=first_epoch - 1, status="")
         for epoch in range(first_epoch, last_epoch + 1):
             epoch_start = time.perf_counter()
             model.train()
-            order = _epoch_order(users_all, data.num_users, config.loss == "softmax", generator)
+            order = _epoch_order(pairs, data.num_users, config.loss == "softmax", generator)
             total_loss, steps = 0.0, 0
             for start in range(0, num_pairs, batch_size):
                 batch = order[start : start + batch_size]
-                users, positives = users_all[batch], items_all[batch]  # int32 where the ids fit
+                users, positives = pairs.of(batch)  # int32 where the ids fit
                 optimizer.zero_grad(set_to_none=True)  # the last step's gradients go before this step's tables
                 layer0 = model.layer0
                 final = _propagate(model, adjacency, block, layer0, gradient_in_place=True)  # (N, d): users, items

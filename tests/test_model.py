@@ -92,3 +92,31 @@ def test_gradient_summed_in_place_by_column_blocks_equals_the_whole_width_sum(mo
     recommender.zero_grad(set_to_none=True)
     recommender.propagate(adjacency).backward(mine)
     assert torch.equal(mine, kept)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_training_pairs_decoded_from_the_keys_equal_the_pairs(shuffled):
+    """Pairs in key order (the ETL's) are dropped from the data while the steps run and decoded from the sampler's
+    keys, batch by batch, then given back equal (values and dtype); pairs in another order are kept as they are."""
+    from homerank.gnn.keys import pair_keys
+    from homerank.gnn.train import TrainData, TrainingPairs
+
+    rng = np.random.default_rng(5)
+    keys = np.unique(rng.integers(0, 7 * 9, 40))
+    users, items = (keys // 9).astype(np.int32), (keys % 9).astype(np.int32)
+    if shuffled:
+        order = rng.permutation(keys.size)
+        users, items = users[order], items[order]
+    data = TrainData(7, 9, torch.from_numpy(users.copy()), torch.from_numpy(items.copy()), torch.zeros(0))
+    pairs = TrainingPairs(data, pair_keys(data.train_users, data.train_items, 9), "cpu")
+    assert pairs.decoded is not shuffled
+    batch = torch.tensor(rng.permutation(keys.size)[:15], dtype=torch.int32)
+    with pairs:
+        assert (data.train_users is None) is not shuffled
+        got_users, got_items = pairs.of(batch)
+        assert got_users.dtype == torch.int32 and got_items.dtype == torch.int32
+        assert got_users.tolist() == users[batch.numpy()].tolist()
+        assert got_items.tolist() == items[batch.numpy()].tolist()
+        assert pairs.all_users().tolist() == users.tolist()
+    assert data.train_users.dtype == torch.int32
+    assert data.train_users.tolist() == users.tolist() and data.train_items.tolist() == items.tolist()
