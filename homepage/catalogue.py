@@ -96,7 +96,8 @@ def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item
     decay = half_life_decay(reference_time, recent[schema.LAST_TS], settings.trending_half_life_days)
     trend = decay.groupby(recent[schema.ITEM]).sum()
     del recent, decay
-    popularity = train_edges_per_model_item(edges, item_index)
+    model_items = int(item_index[schema.ITEM_INDEX].max()) + 1 if len(item_index) else 0
+    popularity = train_edges_per_model_item(edges, item_index, minlength=model_items)
     items = items.sort_values(schema.ITEM, kind="stable").reset_index(drop=True)
     model_index = items[schema.ITEM_INDEX].fillna(-1).astype(np.int64).to_numpy()
     return Catalogue(
@@ -105,9 +106,8 @@ def build_catalogue(items: pd.DataFrame | None, interactions: pd.DataFrame, item
         created_at=items["created_at"].to_numpy(), price_band=items["price_band"].to_numpy(),
         model_index=model_index,
         trending=items[schema.ITEM].map(trend).fillna(0.0).to_numpy(dtype=np.float64),
-        popularity=np.where((model_index >= 0) & (model_index < popularity.size),
-                            popularity[np.clip(model_index, 0, max(popularity.size - 1, 0))] if popularity.size
-                            else 0, 0).astype(np.float64),
+        popularity=np.where(model_index >= 0, popularity[np.maximum(model_index, 0)] if popularity.size else 0,
+                            0).astype(np.float64),
     )
 
 
@@ -115,10 +115,11 @@ POPULARITY_CHUNK = 1 << 22  # edges per piece of `train_edges_per_model_item`
 
 
 def train_edges_per_model_item(edges: pd.DataFrame, item_index: pd.DataFrame | None = None,
-                               chunk: int = POPULARITY_CHUNK) -> np.ndarray:
-    """(max model item index + 1,) int64: the number of training edges of each model item, counted ``chunk`` edges
-    at a time (one bincount per piece: no filtered copy of the training edges). The model item is the edges'
-    ``item_index`` column, or, without it, the ``item_id`` looked up in ``item_index`` (item_id, item_index)."""
+                               chunk: int = POPULARITY_CHUNK, minlength: int = 0) -> np.ndarray:
+    """(max(max model item index + 1, ``minlength``),) int64: the number of training edges of each model item,
+    counted ``chunk`` edges at a time (one bincount per piece: no filtered copy of the training edges). The model
+    item is the edges' ``item_index`` column, or, without it, the ``item_id`` looked up in ``item_index`` (item_id,
+    item_index)."""
     by_id = schema.ITEM_INDEX not in edges
     items = edges[schema.ITEM if by_id else schema.ITEM_INDEX].to_numpy()
     if by_id:
@@ -126,7 +127,7 @@ def train_edges_per_model_item(edges: pd.DataFrame, item_index: pd.DataFrame | N
             raise ValueError("edges without item_index need the item index to count the training popularity")
         ids, model_items = pd.Index(item_index[schema.ITEM].to_numpy()), item_index[schema.ITEM_INDEX].to_numpy()
     train = (edges[SPLIT] == "train").to_numpy()
-    counts = np.zeros(0, dtype=np.int64)
+    counts = np.zeros(minlength, dtype=np.int64)
     for start in range(0, items.size, chunk):
         piece = items[start : start + chunk][train[start : start + chunk]]
         if by_id:
