@@ -145,10 +145,18 @@ class PartitionUsers(NamedTuple):
 
 
 def partition_users(edges: dd.DataFrame) -> tuple[dd.Series, dd.Series]:
-    """The lazy parts of `PartitionUsers` (compute them with other results, then `partition_users_of`)."""
-    ids = edges.map_partitions(lambda frame: frame[schema.USER].drop_duplicates().sort_values(),
-                               meta=edges._meta[schema.USER])
-    return ids, users_per_partition(edges)
+    """The lazy parts of `PartitionUsers` (compute them with other results, then `partition_users_of`) of edges in
+    user order inside each partition (as every user-partitioned frame of this module is): each partition's
+    distinct users are the first rows of its runs of equal user ids (one comparison per row, no hashing, no sort),
+    and their counts the lengths of those id series (computed from them in the same pass)."""
+    ids = edges.map_partitions(distinct_sorted_users, meta=edges._meta[schema.USER])
+    return ids, ids.map_partitions(lambda users: frame_library(users).Series([len(users)]), meta=(None, "int64"))
+
+
+def distinct_sorted_users(frame: Any) -> Any:
+    """The distinct user ids of a frame whose rows are in user order, in that order: the first row of each run."""
+    column = frame[schema.USER]
+    return column[starts_of_runs(column)].reset_index(drop=True)
 
 
 def partition_users_of(ids: Any, per_partition: Any) -> PartitionUsers:

@@ -259,10 +259,10 @@ def _etl_after_ingest(ingested: Ingested, input_path: str | list[str], run: RunD
         intermediates = ingested.intermediates  # the all-time edges are kept where the events are
         all_edges, edges_all_time = intermediates.keep(aggregate_by_user(weighted, event_types), "edges-all-time")
         # the k-core's first check (G_0's degrees and users) in the same pass as the interactions' write
-        _, users_all_time, degrees = dask.compute(
-            write_partitions(interactions_of(all_edges), run.interactions_staging, compute=False),
-            users_per_partition(all_edges).sum(), degree_statistics(all_edges))
+        _, degrees = dask.compute(write_partitions(interactions_of(all_edges), run.interactions_staging,
+                                                   compute=False), degree_statistics(all_edges))
         degrees = KnownDegrees(*degrees)
+        users_all_time = int(backend.to_host(degrees.users[1]).sum())  # the users of each partition, summed
         items_all_time = len(degrees.item_degree)
         publish_parquet_parts(run.interactions_staging, run.interactions, interactions_of(all_edges)._meta)
         log.info("etl: %d user partitions, events weighted and aggregated at %.1fs", by_user.npartitions,

@@ -94,6 +94,8 @@ def test_partitioned_etl_equals_the_in_memory_reference(seed, partitions, ids):
     pd.testing.assert_frame_equal(edges.reset_index(drop=True), expected[edges.columns], check_dtype=False,
                                   check_categorical=False)
     assert user_index[schema.USER_INDEX].tolist() == list(range(len(user_index)))
+    # the partitions' distinct users (first rows of their runs): the k-core's users, in index order
+    assert user_index[schema.USER].tolist() == expected.drop_duplicates(schema.USER_INDEX)[schema.USER].tolist()
     assert sum(per_partition) == len(user_index)
     pd.testing.assert_frame_equal(known_items[0], user_index)
     pd.testing.assert_frame_equal(known_items[1], item_index)
