@@ -62,6 +62,31 @@ def capped_lists(positions: np.ndarray, scores: np.ndarray, in_stock: np.ndarray
     row pools the same entries, in the same order, from the cut list as from the whole one. At 3 * 10^6 events the
     neighbour lists (500 entries, most of the anchor's category) are cut to a few dozen, and the rows that walked all
     500 of them to find items of other categories no longer do."""
+    return _packed(positions, scores, _cut_entries(positions, in_stock, category, keep))
+
+
+SHORT_LINE_SHARE = 0.99  # `short_lists`: the share of lines kept cut; the longer rest is read whole
+
+
+def short_lists(positions: np.ndarray, scores: np.ndarray, in_stock: np.ndarray, category: np.ndarray,
+                keep: int, share: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`capped_lists` of the ``share`` (default ``SHORT_LINE_SHARE``) of lines with the shortest cut lists, padded
+    to the longest of those: (A, w) positions and scores, and ``whole_only`` (A,) bool, the lines left empty, whose
+    rows read the whole lists (still exact, only slower). The padded table is as wide as its longest line, and a
+    few lines that keep dozens of entries of many categories would make it several times wider than most need: at
+    3 * 10^7 events (10^5 anchors x 500 neighbours) the longest cut list held 290 entries, a 232 MB table."""
+    kept = _cut_entries(positions, in_stock, category, keep)
+    lengths = kept.sum(axis=1)
+    share = SHORT_LINE_SHARE if share is None else share
+    width = int(np.quantile(lengths, share, method="higher")) if lengths.size else 0
+    whole_only = lengths > width
+    kept[whole_only] = False
+    return (*_packed(positions, scores, kept), whole_only)
+
+
+def _cut_entries(positions: np.ndarray, in_stock: np.ndarray, category: np.ndarray, keep: int) -> np.ndarray:
+    """(A, n) bool: the entries `capped_lists` keeps (in stock, among the first ``keep`` in-stock ones of their
+    category in the line)."""
     kept = np.zeros(positions.shape, dtype=bool)
     for start in range(0, positions.shape[0], CUT_CHUNK):  # chunks of lines: a few (chunk, n) temporaries at a time
         lines = positions[start : start + CUT_CHUNK]
@@ -69,11 +94,17 @@ def capped_lists(positions: np.ndarray, scores: np.ndarray, in_stock: np.ndarray
         safe = np.where(valid, lines, 0)
         ok = valid & in_stock[safe]
         kept[start : start + CUT_CHUNK] = ok & (rank_within_rows(np.where(ok, category[safe], -1)) < keep)
-    width = max(int(kept.sum(axis=1).max(initial=0)), 1)
+    return kept
+
+
+def _packed(positions: np.ndarray, scores: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kept`` (A, n) entries of each line moved to its front, in order: (A, n') padded with -1 / 0, n' the
+    most kept in a line (at least 1)."""
+    counts = kept.sum(axis=1)
+    width = max(int(counts.max(initial=0)), 1)
     out_positions = np.full((positions.shape[0], width), -1, dtype=positions.dtype)
     out_scores = np.zeros((positions.shape[0], width), dtype=scores.dtype)
     line, column = np.nonzero(kept)  # row-major: each line's kept entries in order
-    counts = kept.sum(axis=1)
     slot = np.arange(line.size) - np.repeat(np.cumsum(counts) - counts, counts)  # rank of the entry in its line
     out_positions[line, slot] = positions[line, column]
     out_scores[line, slot] = scores[line, column]
@@ -231,9 +262,12 @@ class BlockPages:
         self.anchors, self.neighbour_positions, self.neighbour_scores = (neighbours.anchors, neighbours.positions,
                                                                           neighbours.scores)
         self.short_neighbours = None  # (positions, scores): the lists cut for rows with few blocked items
+        self.whole_neighbours = np.zeros(self.anchors.size, dtype=bool)  # lines whose rows read the whole lists
         if settings.diversity != "mmr" and SECTION_KINDS["because_you_viewed"].category_cap:
-            self.short_neighbours = capped_lists(self.neighbour_positions, self.neighbour_scores, self.in_stock,
-                                                 self.category, settings.max_per_category + CAP_SLACK)
+            *cut, self.whole_neighbours = short_lists(self.neighbour_positions, self.neighbour_scores,
+                                                      self.in_stock, self.category,
+                                                      settings.max_per_category + CAP_SLACK)
+            self.short_neighbours = (cut[0], cut[1])
         # trending_in_category: categories (K,) sorted, their lists (K, L)
         self.trend_names = np.array(sorted(signals.trending_by_category), dtype=object)
         lists = [signals.trending_by_category[c] for c in self.trend_names]
@@ -455,7 +489,10 @@ class BlockPages:
             cap = settings.max_per_category if kind.category_cap and not mmr else None
             rules = Rules(self.in_stock, self.category, blocked, cap, pool_size)
             if section.kind == "because_you_viewed" and few is not None and self.short_neighbours is not None:
-                short = Source(*self.short_neighbours, sources[0].reasons, sources[0].group)
+                group = sources[0].group
+                if self.whole_neighbours.any():  # rows of a line left out of the cut table read the whole lists
+                    few = few & ~((group >= 0) & self.whole_neighbours[np.maximum(group, 0)])
+                short = Source(*self.short_neighbours, sources[0].reasons, group)
                 positions, scores, codes, counts = _fill_in_parts(([short], rows[few]), (sources, rows[~few]),
                                                                   rules=rules)
             else:

@@ -5,9 +5,11 @@ page-quality metrics summed block by block."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -78,7 +80,9 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     value alone, not the column: `Explainer`).
 
     ``candidate_items`` may instead be a function of model rows (`homerank.homepage.candidates.CandidateFn`, with
-    ``candidate_scores`` None): each block then scores only its own users' candidates.
+    ``candidate_scores`` None): each block then scores only its own users' candidates. A function with a
+    ``prepare()`` method has it called once the page-wide signals are made, before the blocks (e.g. to load an item
+    index only after the setup's peak: `homerank.jobs.stage_homepage.DeferredIndexCandidates`).
 
     Users are paged in blocks of at most ``settings.block_users`` (evened out, `even_block_size`), built in
     ``settings.processes`` forked worker processes (`block_processes`; one, in this process, when ``fork`` is off,
@@ -105,8 +109,9 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     explainer.signals = signals
     users = interactions[schema.USER].unique()
     # the page-wide signals and the explainer hold what the blocks need: the interactions go (0.8 GB at 3 * 10^7
-    # events) before the item neighbours' table and search (0.5 GB there) and before the workers fork
-    del interactions
+    # events) before the item neighbours' table and search (0.5 GB there) and before the workers fork, and so do the
+    # profiles, searches and last sessions as read (0.15 GB there), once a caller hands over its references
+    del interactions, profiles, searches, sessions
     signals.neighbours = viewed_item_neighbours(signals, item_embeddings, settings.candidates)
     if signals.searches is not None:  # users who only searched have a page too
         users = pd.Index(users).union(signals.searches.queries.users).to_numpy()
@@ -123,15 +128,36 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     processes = block_processes(settings.processes, max(1, -(-len(users) // settings.block_users)), fork)
     pager = _BlockPager(users, even_block_size(len(users), settings.block_users), signals, blocks,
                         explainer, tally, unit_vectors, merchandising, settings, on_block)
+    prepare = getattr(candidate_items, "prepare", None)
+    if callable(prepare):  # a candidate function that loads what it searches once asked (an item index): now,
+        prepare()  # after the setup's peak, and before the fork, so that the block workers share it
     if processes > 1:  # the setup's freed heap pages go back before the workers fork (else each worker's RSS
         release_free_memory()  # counts them: at 3 * 10^7 events 2.69 -> 2.46 GiB per worker)
-    done = {number: (page, sums) for number, page, sums in _run_blocks(pager, processes)}
-    for number in sorted(done):  # in block order, so the float sums do not depend on which block finished first
-        tally.merge(done[number][1])
-    kept = [done[number][0] for number in sorted(done) if on_block is None]
+    kept = [page for page in _merged_in_block_order(_run_blocks(pager, processes), tally) if on_block is None]
     page = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=OUTPUT_COLUMNS)
     return Homepage(page, {**tally.stats(rankings), "item_vectors": _vector_counts(vector_source, signals),
                            "signals": _signal_counts(signals)})
+
+
+def _merged_in_block_order(results: Iterable[tuple[int, pd.DataFrame, BlockSums]], tally: PageTally
+                            ) -> Iterator[pd.DataFrame]:
+    """Each block's rows in block order, its sums merged into ``tally`` in block order as soon as the blocks before
+    it are (so the float sums do not depend on which block finished first), from ``results`` in any order: only
+    the blocks that finished ahead of an unfinished one wait (each block's sums hold a (C,) exposure array: at
+    3 * 10^7 events 74 blocks' sums kept until the last one took 0.1 GB in the parent)."""
+    waiting: dict[int, tuple[pd.DataFrame, BlockSums]] = {}
+    following = 0
+    for number, page, sums in results:
+        waiting[number] = (page, sums)
+        while following in waiting:
+            page, sums = waiting.pop(following)
+            tally.merge(sums)
+            following += 1
+            yield page
+    for number in sorted(waiting):  # pragma: no cover - every block number from 0 comes back
+        page, sums = waiting.pop(number)
+        tally.merge(sums)
+        yield page
 
 
 def block_processes(setting: int | None, blocks: int, fork: bool = True) -> int:
@@ -198,9 +224,13 @@ def _forked_page(number: int) -> tuple[int, pd.DataFrame, BlockSums]:
     return _FORKED.page(number)
 
 
-def _single_threaded() -> None:
+def _single_threaded(parent: int | None = None) -> None:
     """A forked block worker computes with one thread (the workers are the parallelism; a GNU OpenMP pool that the
-    parent started must not be entered after the fork)."""
+    parent started must not be entered after the fork), and on Linux dies with the parent process ``parent``: a job
+    killed mid-page (SIGKILL, out of memory) leaves no orphaned workers behind that hold their share of memory and
+    the run directory's lock."""
+    if parent is not None:
+        _exit_with_parent(parent)
     torch.set_num_threads(1)
     try:
         import faiss
@@ -208,6 +238,21 @@ def _single_threaded() -> None:
         faiss.omp_set_num_threads(1)
     except ImportError:  # faiss is optional where no index is built
         pass
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent exits (``prctl(PR_SET_PDEATHSIG)``), and exit now if the
+    parent ``parent`` is already gone (it may die between the fork and this call). Nothing elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux with glibc: workers end when the pool's pipe closes, as before
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _run_blocks(pager: _BlockPager, processes: int) -> Iterator[tuple[int, pd.DataFrame, BlockSums]]:
@@ -224,7 +269,8 @@ def _run_blocks(pager: _BlockPager, processes: int) -> Iterator[tuple[int, pd.Da
              processes)
     try:
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(processes, mp_context=context, initializer=_single_threaded) as pool:
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=_single_threaded,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_forked_page, number) for number in range(pager.count)]
             try:
                 for done, future in enumerate(as_completed(futures), start=1):

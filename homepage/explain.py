@@ -50,7 +50,7 @@ from homerank.homepage.config import HomepageConfig
 from homerank.homepage.last_session import SESSION_REASON
 from homerank.homepage.searches import SEARCH_REASON
 from homerank.homepage.sections import SEGMENT_REASON
-from homerank.homepage.signals import USER_CHUNK, PageSignals, user_pieces
+from homerank.homepage.signals import USER_CHUNK, PageSignals, int32_indexer, user_pieces
 
 GENERIC = "Picked for you from your activity"
 SIMILARITY_CHUNK = 4096  # slots whose history vectors are gathered at once: (chunk, H, d) float32
@@ -92,9 +92,9 @@ class Explainer:
         self.category_names, self.category = np.unique(catalogue.category, return_inverse=True)
         # one entry per interaction (18.2M at 3 * 10^7 events): int32 codes and an int8 verb, each temporary
         # dropped once used (the setup runs before the block workers fork, at the stage's peak memory)
-        positions = self.items.get_indexer(interactions[schema.ITEM]).astype(np.int32)
+        positions = int32_indexer(self.items, interactions[schema.ITEM])
         self.users = pd.Index(np.sort(interactions[schema.USER].unique()))
-        user_codes = self.users.get_indexer(interactions[schema.USER]).astype(np.int32)
+        user_codes = int32_indexer(self.users, interactions[schema.USER])
         verb = np.zeros(len(interactions), dtype=np.int8)
         for code, event in ((1, "cart"), (2, "purchase")):  # a purchase outranks a cart
             column = schema.count_column(event)

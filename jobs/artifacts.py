@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from homerank.engine import schema
@@ -38,6 +40,59 @@ def require(path: Path, stage: str) -> Path:
 # Arrow -> pandas without holding both: each column's Arrow buffers are freed once converted, one block per column
 # (at 3 * 10^7 events the 18M interactions were read in 1.2 s instead of 3.3 s)
 LEAN_READ = {"self_destruct": True, "split_blocks": True}
+
+
+def read_parquet_parts(path: str | Path, columns: list[str] | None = None,
+                       convert: Callable[[pa.Table], pa.Table] | None = None) -> pd.DataFrame:
+    """A Parquet dataset (a file, or a folder of parts read in the dataset's order) as one frame, read part by part:
+    each part's ``columns`` (None: all), mapped by ``convert`` (e.g. narrower columns) while still Arrow, converted and
+    copied into the frame's columns, which are allocated once for every row. The peak is the frame plus one part,
+    where reading the whole dataset at once holds its Arrow table and its frame (at 3 * 10^7 events the homepage's
+    interactions: 0.65 GB of frame, 0.9 GB more at the read's peak). Columns of NumPy dtypes are filled in place;
+    others (text, categoricals) are concatenated once every part is read."""
+    import pyarrow.parquet as pq
+
+    files = pq.ParquetDataset(path).files
+    if len(files) <= 1:  # one part: nothing to gain
+        table = pq.read_table(path, columns=columns)
+        frame = (convert(table) if convert else table).to_pandas(**LEAN_READ)
+        del table
+        release_free_memory()
+        return frame
+    total = sum(pq.ParquetFile(file).metadata.num_rows for file in files)
+    filled: dict[str, np.ndarray] = {}
+    pieces: dict[str, list[pd.Series]] = {}
+    names: list[str] = []
+    offset = 0
+    for file in files:
+        table = pq.read_table(file, columns=columns)
+        part = (convert(table) if convert else table).to_pandas(**LEAN_READ)
+        del table
+        names = list(part.columns)
+        for name in names:
+            column = part[name]
+            if isinstance(column.dtype, np.dtype) and column.dtype != object:
+                if name not in filled:
+                    filled[name] = np.empty(total, dtype=column.dtype)
+                filled[name][offset : offset + len(part)] = column.to_numpy()
+            else:
+                pieces.setdefault(name, []).append(column)
+        offset += len(part)
+        del part, column
+    frame = pd.DataFrame({name: filled.pop(name) if name in filled else _joined(pieces.pop(name)) for name in names},
+                         copy=False)
+    release_free_memory()  # the parts' decoded pages
+    return frame
+
+
+def _joined(pieces: list[pd.Series]) -> pd.Series:
+    """One column from its parts' pieces: categoricals with the union of their categories, others concatenated."""
+    if all(isinstance(piece.dtype, pd.CategoricalDtype) for piece in pieces):
+        from pandas.api.types import union_categoricals
+
+        filled = [piece.array for piece in pieces if len(piece)]  # an empty part's categories may differ in dtype
+        return pd.Series(union_categoricals(filled) if filled else pieces[0].array, name=pieces[0].name)
+    return pd.concat(pieces, ignore_index=True)
 
 
 def read_edges(run: RunDir, columns: list[str], splits: list[str] | None = None) -> pd.DataFrame:

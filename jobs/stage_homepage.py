@@ -45,7 +45,6 @@ import torch
 from homerank.engine import schema
 from homerank.engine.backend import Backend
 from homerank.engine.errors import HomerankError
-from homerank.engine.memory import release_free_memory
 from homerank.engine.split import SPLIT
 from homerank.gnn.dot_top_k import dot_ranker, searches_exactly
 from homerank.gnn.metrics import Ranker, top_k, users_per_block
@@ -53,7 +52,7 @@ from homerank.gnn.scorer import Scorer
 from homerank.homepage.build import block_processes, build_pages
 from homerank.homepage.candidates import CandidateFn
 from homerank.homepage.export import jsonl_text
-from homerank.jobs.artifacts import LEAN_READ, read_edges, read_embedding_table, require
+from homerank.jobs.artifacts import read_edges, read_embedding_table, read_parquet_parts, require
 from homerank.jobs.config import JobConfig
 from homerank.jobs.recommend import ItemSearch
 from homerank.jobs.rundir import RunDir, atomic_path, ensure_run_id, publish_parquet_parts, read_json, write_json
@@ -88,12 +87,11 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         # filter's item operator (homerank.gnn.linear_filter), which the workers share instead of building their own
     candidates = _model_candidates(scorer, batch, backend.torch_device, dot_ranker(model, backend.torch_device))
     candidate_source = "exact scores of every item"
-    if searches_exactly(model, backend.torch_device) and model.num_items >= config.rank.index_min_items:
-        search = ItemSearch.for_run(run, model, config.rank.index_exact_items)  # the rank stage's saved index
-        if not search.exact:
-            candidates = _index_candidates(search, user_emb.numpy(), item_emb.numpy(), candidates)
-            candidate_source = "faiss HNSW item index (embeddings/items.faiss), exact scores"
-        del search  # an exact search keeps the exact path: the loaded index goes (75 MiB at 3 * 10^7 events)
+    if searches_exactly(model, backend.torch_device) and model.num_items >= config.rank.index_min_items \
+            and model.num_items > config.rank.index_exact_items:  # the rank stage's saved index is an HNSW graph
+        candidates = DeferredIndexCandidates(run, model, config.rank.index_exact_items, user_emb.numpy(),
+                                             item_emb.numpy(), candidates)
+        candidate_source = "faiss HNSW item index (embeddings/items.faiss), exact scores"
     log.info("homepage: model candidates from %s", candidate_source)
     fork = backend.model_device == "cpu"
     if not fork and user_emb.shape[0] and block_processes(settings.processes, 2) > 1:
@@ -106,7 +104,7 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     cold_items = _read_cold_items(run)
     kinds = {section.kind for section in settings.sections}
     searches = _read_dataset(run.searches, SEARCH_COLUMNS) if "related_to_searches" in kinds else None
-    sessions = _read_dataset(run.last_session, None) if "continue_shopping" in kinds else None
+    sessions = _read_dataset(run.last_session, SESSION_COLUMNS) if "continue_shopping" in kinds else None
     staging = run.homepage.with_name(".homepage.parts")  # the blocks' parts, published as one dataset at the end
     impressions = run.impressions.with_name(".impressions.parts")
     jsonl_parts = run.homepage_jsonl.with_name(".homepage.jsonl.parts")
@@ -115,12 +113,13 @@ def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         folder.mkdir(parents=True)
     try:
         parts = _PartWriter(staging, jsonl_parts, impressions, ensure_run_id(run), ref_time)
-        frames = [interactions, edges]
-        del interactions, edges  # build_pages holds the only references and drops them before the blocks
+        frames = [interactions, edges, profiles, searches, sessions]
+        del interactions, edges, profiles, searches, sessions  # build_pages holds the only references and drops
+        # them once the page-wide signals are made, before the blocks
         homepage = build_pages(candidates, None, item_emb, user_emb, frames.pop(0), frames.pop(0),
                                user_index, item_index, catalogue, ref_time, settings, rankings,
-                               on_block=parts.write, profiles=profiles, cold_items=cold_items,
-                               searches=searches, sessions=sessions, fork=fork, first_seen=first_seen(run))
+                               on_block=parts.write, profiles=frames.pop(0), cold_items=cold_items,
+                               searches=frames.pop(0), sessions=frames.pop(0), fork=fork, first_seen=first_seen(run))
         with atomic_path(run.homepage_jsonl) as jsonl_tmp:
             parts.join_jsonl(jsonl_tmp)
         publish_parquet_parts(staging, run.homepage, homepage.page)
@@ -181,16 +180,17 @@ def read_interactions(run: RunDir) -> pd.DataFrame:
     names = pq.ParquetDataset(path).schema.names
     wanted = [schema.USER, schema.ITEM, schema.WEIGHT, schema.LAST_TS,
               *(schema.count_column(event) for event in HOMEPAGE_EVENTS)]
-    table = pq.read_table(path, columns=[name for name in names if name in wanted])
     presence = {schema.count_column(event) for event in PRESENCE_EVENTS}
-    for position, name in enumerate(table.column_names):
-        if name.startswith(schema.count_column("")) and pa.types.is_integer(table.schema.field(name).type):
-            narrow = pc.greater(table[name], 0) if name in presence else table[name].cast(pa.int32())
-            table = table.set_column(position, name, narrow)
-    frame = table.to_pandas(**LEAN_READ)
-    del table
-    release_free_memory()  # the read's decoded pages and the casts' sources
-    return frame
+
+    def narrowed(table: pa.Table) -> pa.Table:
+        for position, name in enumerate(table.column_names):
+            if name.startswith(schema.count_column("")) and pa.types.is_integer(table.schema.field(name).type):
+                narrow = pc.greater(table[name], 0) if name in presence else table[name].cast(pa.int32())
+                table = table.set_column(position, name, narrow)
+        return table
+
+    # part by part (the ETL writes one part per user partition): the frame and one part at the read's peak
+    return read_parquet_parts(path, [name for name in names if name in wanted], narrowed)
 
 
 def first_seen(run: RunDir) -> pd.Timestamp | None:
@@ -211,6 +211,8 @@ def first_seen(run: RunDir) -> pd.Timestamp | None:
 
 
 SEARCH_COLUMNS = [schema.USER, schema.TS, schema.QUERY]
+# what the continue_shopping row reads of etl/last_session/ (`homerank.homepage.last_session.last_session`)
+SESSION_COLUMNS = [schema.USER, schema.ITEM, schema.LAST_TS, schema.EVENT, "session_start"]
 
 
 def _read_dataset(path: Path, columns: list[str] | None) -> pd.DataFrame | None:
@@ -299,6 +301,29 @@ def _index_candidates(search: ItemSearch, user_vectors: np.ndarray, item_vectors
             items[short], scores[short] = exact(rows[short], k)
         return items, scores
     return lists_of
+
+
+class DeferredIndexCandidates:
+    """`_index_candidates` from the rank stage's saved item index, loaded by `prepare` (or the first call), not
+    before: `homerank.homepage.build.build_pages` prepares it once its setup has freed the interactions, before the
+    block workers fork, so the index and its search structures (0.2 GiB at 3 * 10^7 events) are not held at the
+    setup's peak and are still shared by the workers."""
+
+    def __init__(self, run: RunDir, model: Scorer, exact_items: int, user_vectors: np.ndarray,
+                 item_vectors: np.ndarray, exact: CandidateFn) -> None:
+        self.run, self.model, self.exact_items = run, model, exact_items
+        self.user_vectors, self.item_vectors, self.exact = user_vectors, item_vectors, exact
+        self.lists_of: CandidateFn | None = None
+
+    def prepare(self) -> None:
+        if self.lists_of is None:
+            search = ItemSearch.for_run(self.run, self.model, self.exact_items)
+            self.lists_of = _index_candidates(search, self.user_vectors, self.item_vectors, self.exact)
+
+    def __call__(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.prepare()
+        assert self.lists_of is not None
+        return self.lists_of(rows, k)
 
 
 HELD_CANDIDATES_SHARE = 0.25  # the largest share of the available memory every user's candidate lists may take

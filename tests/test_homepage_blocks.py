@@ -3,7 +3,11 @@ PageBuilder, a build in blocks of 3 users equals one block, and the stage publis
 (a block that fails leaves the previous homepage as it was)."""
 
 import json
+import os
 import shutil
+import signal
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from homerank.homepage import block_pages as block_pages_module
 from homerank.homepage import blocks as blocks_module
 from homerank.homepage import build as build_module
 from homerank.homepage import candidates as candidates_module
-from homerank.homepage.block_pages import BlockPages, best_first
+from homerank.homepage.block_pages import BlockPages, best_first, capped_lists
 from homerank.homepage.build import _pages_one_by_one, build_pages
 from homerank.homepage.catalogue import build_catalogue, inductive_item_vectors
 from homerank.homepage.config import HomepageConfig, SectionConfig
@@ -114,13 +118,17 @@ def test_blocks_of_three_users_equal_one_block(settings):
         assert blocks.stats["quality"][side] == pytest.approx(metrics)
 
 
+@pytest.mark.parametrize("share", [1.0, 0.0])
 @pytest.mark.parametrize("slack", [1, 3, 5])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cut_neighbour_lists_give_the_rows_of_the_whole_lists(slack, seed, monkeypatch):
+def test_cut_neighbour_lists_give_the_rows_of_the_whole_lists(share, slack, seed, monkeypatch):
     """because_you_viewed first (the rows' blocked items are their purchases only: 0 to ~10), lists cut to
     cap + slack entries per category: the rows with at most ``slack`` blocked items read the cut lists, the others
-    the whole ones, and every row equals the user-by-user builder's walk of the whole list."""
+    the whole ones, and every row equals the user-by-user builder's walk of the whole list. With ``share`` 0 only
+    the lines with the shortest cut list are kept cut (the table as wide as that): the
+    rows of the other lines read the whole lists, with the same rows."""
     monkeypatch.setattr(block_pages_module, "CAP_SLACK", slack)
+    monkeypatch.setattr(block_pages_module, "SHORT_LINE_SHARE", share)
     settings = HomepageConfig(max_per_category=1, new_arrival_days=7, candidates=40,
                               sections=[SectionConfig(kind="because_you_viewed", title="Like {item_title}", slots=6),
                                         SectionConfig(kind="for_you", title="For you", slots=5)])
@@ -128,6 +136,14 @@ def test_cut_neighbour_lists_give_the_rows_of_the_whole_lists(slack, seed, monke
     pages = BlockPages(signals, settings, unit)
     cut, whole = pages.short_neighbours[0], pages.neighbour_positions
     assert (cut >= 0).sum() < (whole >= 0).sum()  # the cut drops entries
+    every = capped_lists(whole, pages.neighbour_scores, pages.in_stock, pages.category,
+                         settings.max_per_category + slack)[0]  # every line cut
+    every_length = (every >= 0).sum(axis=1)
+    assert (pages.whole_neighbours == (every_length > np.quantile(every_length, share, method="higher"))).all()
+    assert ((cut >= 0).sum(axis=1) == np.where(pages.whole_neighbours, 0, every_length)).all()
+    # not vacuous: where the cut lists differ in length (they do with more than 1 slack item), lines are left whole
+    assert pages.whole_neighbours.any() == (share < 1.0 and every_length.min() < every_length.max())
+    assert slack == 1 or every_length.min() < every_length.max()
     bought = pages._bought(users)[1]
     assert (bought <= slack).any() and (bought > slack).any()  # both kinds of rows are in the block
     expected = _pages_one_by_one(users, catalogue, signals, settings, unit, None)
@@ -570,3 +586,96 @@ def test_distinct_pairs_in_pieces_gives_each_selected_pair_once(rows, chunk, ord
     pieces = list(distinct_pairs_in_pieces(edges, selected, chunk))
     found = [(int(u), int(i)) for users, items in pieces for u, i in zip(users, items, strict=True)]
     assert sorted(found) == sorted({(u, i) for u, i, keep in rows if keep})
+
+
+def test_blocks_are_merged_in_block_order_whatever_order_they_finish_in():
+    """Blocks finishing 2, 0, 3, 1: their sums are merged (and rows given) in block order 0, 1, 2, 3, and a block
+    waits only while one before it is unfinished."""
+    merged: list[int] = []
+
+    class Tally:
+        def merge(self, sums):
+            merged.append(sums)
+
+    finished: list[int] = []
+
+    def results():
+        for number in (2, 0, 3, 1):
+            finished.append(number)
+            yield number, pd.DataFrame({"block": [number]}), number
+
+    pages = []
+    for page in build_module._merged_in_block_order(results(), Tally()):
+        pages.append(int(page["block"].iloc[0]))
+        if pages == [0]:  # block 0 is merged as soon as it is back, before blocks 3 and 1 finish
+            assert finished == [2, 0]
+    assert merged == [0, 1, 2, 3] and pages == [0, 1, 2, 3]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_block_worker_dies_with_the_process_that_forked_it(tmp_path):
+    """A stage process killed with SIGKILL while its block workers run: the workers (set up as `_run_blocks` sets
+    them up) are killed too, instead of living on as orphans that hold memory and the run directory's lock."""
+    import psutil
+
+    pid_file = tmp_path / "worker.pid"
+    stage = os.fork()
+    if stage == 0:  # the stage process: forks one block worker, then waits to be killed
+        try:
+            worker = os.fork()
+            if worker == 0:
+                build_module._exit_with_parent(os.getppid())
+                time.sleep(30)
+                os._exit(0)
+            pid_file.write_text(str(worker))
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    deadline = time.time() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline, "the stage process did not fork its worker"
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    time.sleep(0.2)  # the worker has set up its parent-death signal
+    assert psutil.pid_exists(worker)
+    os.kill(stage, signal.SIGKILL)
+    os.waitpid(stage, 0)
+    deadline = time.time() + 10
+    while True:
+        try:
+            if psutil.Process(worker).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        assert time.time() < deadline, "the block worker outlived the process that forked it"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_a_dataset_read_part_by_part_equals_the_whole_read(tmp_path, parts):
+    """`read_parquet_parts`: numbers, booleans, times, nullable integers, text and categories of 1 or 3 parts (one of
+    them empty) read into one frame, as `pd.read_parquet` of the folder reads them; ``convert`` maps every part."""
+    import pyarrow.compute as pc
+
+    from homerank.jobs.artifacts import read_parquet_parts
+
+    rng = np.random.default_rng(5)
+    n = 40
+    frame = pd.DataFrame({
+        "user_id": rng.integers(0, 10**12, n), "weight": rng.random(n), "flag": rng.random(n) > 0.5,
+        "last_ts": pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 10**6, n), unit="s"),
+        "maybe": pd.array([None if v < 3 else int(v) for v in rng.integers(0, 9, n)], dtype="Int64"),
+        "name": pd.array([f"u{i}" if i % 7 else None for i in range(n)], dtype="string"),
+        "kind": pd.Categorical(rng.choice(["a", "b"], n)),
+    })
+    folder = tmp_path / "data"
+    folder.mkdir()
+    cuts = [0, 13, 13, n] if parts == 3 else [0, n]  # the second of three parts is empty
+    for number, (start, stop) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        frame.iloc[start:stop].to_parquet(folder / f"part-{number:05d}.parquet", index=False)
+    got = read_parquet_parts(folder, ["user_id", "weight", "flag", "last_ts", "maybe", "name", "kind"])
+    pd.testing.assert_frame_equal(got, pd.read_parquet(folder), check_categorical=False)
+    halved = read_parquet_parts(folder, ["weight", "user_id"],
+                                lambda table: table.set_column(0, "weight", pc.divide(table["weight"], 2.0)))
+    assert list(halved.columns) == ["weight", "user_id"] and halved["user_id"].tolist() == frame["user_id"].tolist()
+    np.testing.assert_allclose(halved["weight"].to_numpy(), frame["weight"].to_numpy() / 2)
