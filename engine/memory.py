@@ -7,13 +7,13 @@ import sys
 
 
 def release_free_memory() -> bool:
-    """Give freed memory back to the operating system: Arrow's memory pool's unused pages (when pyarrow is loaded)
-    and the C heap's free pages (glibc's ``malloc_trim(0)``); False where there is no glibc (macOS, musl). A stage
-    calls it after dropping a large transient (a Parquet read's buffers, a graph build): glibc keeps freed chunks
-    below its mmap threshold for reuse, and the stage's next large arrays, which glibc maps afresh, never reuse them,
-    so the process's resident size would keep the transient's peak; Arrow's allocator (mimalloc or jemalloc) keeps
-    the pages of a read's freed buffers likewise (at 3 * 10^7 events, after the homepage stage read its edges and
-    interactions: 1.75 GiB resident, 1.39 GiB once released, with the same 0.93 GiB of frames)."""
+    """Give freed memory back to the operating system: Arrow's memory pool's unused pages (when pyarrow is loaded:
+    a mimalloc or jemalloc pool, which an environment may choose with ``ARROW_DEFAULT_MEMORY_POOL``, keeps a freed
+    buffer's pages for reuse; under homerank's default, the system pool, this is glibc's trim again) and the C heap's
+    free pages (glibc's ``malloc_trim(0)``); False where there is no glibc (macOS, musl). A stage calls it after
+    dropping a large transient (a Parquet read's buffers, a graph build): glibc keeps freed chunks below its mmap
+    threshold for reuse, and the stage's next large arrays, which glibc maps afresh, never reuse them, so the
+    process's resident size would keep the transient's peak."""
     arrow = sys.modules.get("pyarrow")
     if arrow is not None:
         arrow.default_memory_pool().release_unused()

@@ -41,7 +41,7 @@ class LastSession:
     def started(self, users: np.ndarray) -> np.ndarray:
         """Each user's last-session start (B,) datetime64[ns], NaT for users without one."""
         rows = self.items.rows(users)
-        out = np.full(len(users), np.datetime64("NaT"), dtype="datetime64[ns]")
+        out = np.full(len(users), np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
         out[rows >= 0] = self.session_start[rows[rows >= 0]]
         return out
 
