@@ -97,3 +97,24 @@ def test_adjacency_from_csr_order_equals_pyg_csr_with_int32_indices(monkeypatch)
     torch.testing.assert_close(other.adjacency().to_dense(), reference.to_dense())
     empty = BipartiteGraph(2, 3, torch.zeros((2, 0), dtype=torch.long), torch.zeros(0))
     assert empty.adjacency().to_dense().abs().sum() == 0
+
+
+@pytest.mark.parametrize("mode", ["weight", "binary", "log1p"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_adjacency_from_pairs_equals_the_graphs_adjacency(mode, seed):
+    """`adjacency_from_pairs` (the CSR operator from R_hat's blocks, no edge index) equals
+    ``build_graph(...)[0].adjacency()`` entry for entry — crow, columns, values and their dtypes — for pairs in any
+    order with duplicates, and users and items without any edge."""
+    from homerank.engine.graph import adjacency_from_pairs
+
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, 30, 400), rng.integers(0, 20, 400)
+    users[users == 7], items[items == 3] = 8, 4  # user 7 and item 3 have no edge; duplicates stay
+    weights = rng.uniform(0.5, 6.0, users.size)
+    expected = build_graph(users, items, weights, 31, 22, mode, CPU)[0].adjacency()
+    got = adjacency_from_pairs(users, items, weights, 31, 22, mode, CPU)
+    assert got.layout == torch.sparse_csr and got.shape == expected.shape == (53, 53)
+    for a, b in ((got.crow_indices(), expected.crow_indices()), (got.col_indices(), expected.col_indices()),
+                 (got.values(), expected.values())):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
