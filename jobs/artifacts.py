@@ -71,14 +71,16 @@ def read_parquet_parts(path: str | Path, columns: list[str] | None = None,
         names = list(part.columns)
         for name in names:
             column = part[name]
-            if isinstance(column.dtype, np.dtype) and column.dtype != object:
+            if name in filled and column.dtype != filled[name].dtype:  # a part of another dtype: joined at the end
+                pieces[name] = [pd.Series(filled.pop(name)[:offset], name=name)]
+            if name not in pieces and isinstance(column.dtype, np.dtype) and column.dtype != object:
                 if name not in filled:
                     filled[name] = np.empty(total, dtype=column.dtype)
                 filled[name][offset : offset + len(part)] = column.to_numpy()
             else:
                 pieces.setdefault(name, []).append(column)
         offset += len(part)
-        del part, column
+        del part
     frame = pd.DataFrame({name: filled.pop(name) if name in filled else _joined(pieces.pop(name)) for name in names},
                          copy=False)
     release_free_memory()  # the parts' decoded pages
