@@ -90,53 +90,69 @@ class Explainer:
         self.item_text: pd.Index | None = None  # the ids as text (reason codes name items), made when first needed
         self.titles = catalogue.title.astype(object)
         self.category_names, self.category = np.unique(catalogue.category, return_inverse=True)
-        # one entry per interaction (18.2M at 3 * 10^7 events): int32 codes and an int8 verb, each temporary
-        # dropped once used (the setup runs before the block workers fork, at the stage's peak memory)
-        positions = int32_indexer(self.items, interactions[schema.ITEM])
         self.users = pd.Index(np.sort(interactions[schema.USER].unique()))
-        user_codes = int32_indexer(self.users, interactions[schema.USER])
-        verb = np.zeros(len(interactions), dtype=np.int8)
-        for code, event in ((1, "cart"), (2, "purchase")):  # a purchase outranks a cart
-            column = schema.count_column(event)
-            if column in interactions:
-                verb[interactions[column].to_numpy() > 0] = code
-        # the history: each user's newest `explain_history` items, newest first (ties by position), made per piece of
-        # interactions cut at user boundaries when they come in user order (`user_pieces`; one piece otherwise), so
-        # a piece's sort keys and permutation are the only temporaries (the whole log's were ~0.7 GB at 3 * 10^7)
+        self.history_size = settings.explain_history
+        size = max(len(self.items), 1)
+        # Every per-interaction table is made per piece of interactions cut at user boundaries when they come in
+        # user order (`user_pieces`; one piece otherwise): a piece's int32 codes, int8 verbs, sort keys and
+        # permutation are the only temporaries, never one entry per interaction of the whole log (the setup runs
+        # before the block workers fork, at the stage's peak memory: the whole log's were ~0.9 GB at 3 * 10^7 events).
+        #   history: each user's newest `explain_history` items, newest first (ties by position), with the verb of
+        #            the strongest event (a purchase outranks a cart, a cart a view)
+        #   bought:  purchases per (user, item), for buy_again, keyed user code * I + position
+        #   trend:   per item, the users whose newest interaction lies in the trending window, and all its users
+        user_column = interactions[schema.USER].to_numpy()
+        item_column = interactions[schema.ITEM].to_numpy()
         times = interactions[schema.LAST_TS].to_numpy().astype("datetime64[ns]", copy=False).view(np.int64)
-        kept_users, kept_positions, kept_verbs = [], [], []
-        for piece in user_pieces(user_codes, USER_CHUNK):
-            codes = user_codes[piece]
+        events = [(code, interactions[column].to_numpy()) for code, column in
+                  ((1, schema.count_column("cart")), (2, schema.count_column("purchase"))) if column in interactions]
+        purchases = interactions.get(schema.count_column("purchase"))
+        purchase_counts = purchases.to_numpy() if purchases is not None else None
+        window = settings.trending_window_days
+        recent_from = (reference_time - pd.Timedelta(days=window)).to_datetime64().astype("datetime64[ns]").view(
+            np.int64)
+        self.recent_users = np.zeros(len(self.items), dtype=np.int64)
+        self.all_users = np.zeros(len(self.items), dtype=np.int64)
+        kept_users, kept_positions, kept_verbs, bought_keys, bought_counts = [], [], [], [], []
+        ordered = user_column if user_column.dtype.kind in "iuf" else int32_indexer(self.users, user_column)
+        for piece in user_pieces(ordered, USER_CHUNK):  # ids and their codes are in the same order
+            codes = int32_indexer(self.users, user_column[piece])
+            positions = int32_indexer(self.items, item_column[piece])
+            verb = np.zeros(codes.size, dtype=np.int8)
+            for code, counts in events:
+                verb[counts[piece] > 0] = code
             # = np.lexsort((positions, -times, codes)); one int64 key when the ETL's (user, item) order holds
-            order = order_by_user_then_time(codes, positions[piece], -times[piece]) + piece.start
-            users_sorted = user_codes[order]
-            keep = np.arange(order.size) - np.searchsorted(users_sorted, users_sorted) < settings.explain_history
+            order = order_by_user_then_time(codes, positions, -times[piece])
+            users_sorted = codes[order]
+            keep = np.arange(order.size) - np.searchsorted(users_sorted, users_sorted) < self.history_size
             order = order[keep]  # rank within the user below the history's size
             kept_users.append(users_sorted[keep])
             kept_positions.append(positions[order])  # int32 positions and int8 verbs: 5 bytes per kept interaction
             kept_verbs.append(verb[order])
-            del order, users_sorted, keep
+            del order, users_sorted, keep, verb
+            if purchase_counts is not None:
+                bought = np.flatnonzero(purchase_counts[piece] > 0)
+                bought_keys.append(codes[bought].astype(np.int64) * size + positions[bought])
+                bought_counts.append(purchase_counts[piece][bought])
+            recent = times[piece] >= recent_from  # NaT (the least int64) is never recent
+            self.recent_users += np.bincount(positions[recent], minlength=len(self.items))
+            self.all_users += np.bincount(positions, minlength=len(self.items))
+            del codes, positions, recent
+        del ordered
         users_kept = np.concatenate(kept_users) if kept_users else np.zeros(0, np.int32)
+        del kept_users
         self.history_start = np.searchsorted(users_kept, np.arange(len(self.users)))
         self.history_length = np.bincount(users_kept, minlength=len(self.users))
+        del users_kept
         self.history_positions = np.concatenate(kept_positions) if kept_positions else np.zeros(0, np.int32)
+        del kept_positions
         self.history_verbs = np.concatenate(kept_verbs) if kept_verbs else np.zeros(0, np.int8)
-        del users_kept, kept_users, kept_positions, kept_verbs, verb, times
-        self.history_size = settings.explain_history
-        # purchases per (user, item), for buy_again
-        purchases = interactions.get(schema.count_column("purchase"))
-        bought = np.flatnonzero(purchases.to_numpy() > 0) if purchases is not None else np.zeros(0, np.int64)
-        size = max(len(self.items), 1)
-        self.bought_keys = user_codes[bought].astype(np.int64) * size + positions[bought]
+        del kept_verbs, times
+        self.bought_keys = np.concatenate(bought_keys) if bought_keys else np.zeros(0, np.int64)
         key_order = np.argsort(self.bought_keys, kind="stable")
         self.bought_keys = self.bought_keys[key_order]
-        self.bought_counts = (purchases.to_numpy()[bought][key_order] if purchases is not None
+        self.bought_counts = (np.concatenate(bought_counts)[key_order] if bought_counts
                               else np.zeros(0, np.int64))
-        # trend: users whose newest interaction lies in the window, against the item's weekly average
-        window = settings.trending_window_days
-        recent = interactions[schema.LAST_TS] >= reference_time - pd.Timedelta(days=window)
-        self.recent_users = np.bincount(positions[recent.to_numpy()], minlength=len(self.items))
-        self.all_users = np.bincount(positions, minlength=len(self.items))
         if first_seen is None and len(interactions):
             first_seen = interactions.get(schema.FIRST_TS, interactions[schema.LAST_TS]).min()
         span = (reference_time - first_seen) / pd.Timedelta(days=1) if len(interactions) else 0.0

@@ -66,12 +66,19 @@ def last_session(table: pd.DataFrame | None, catalogue: Catalogue) -> LastSessio
     order), for the items the catalogue has; None without a table or rows."""
     if table is None or not len(table):
         return None
+    # array by array (no copy of the table, no frame-wide sort): the sort keys of the rows of catalogue items, then
+    # one permutation applied to the four columns kept (the table is 1.9M rows at 3 * 10^7 events, read while every
+    # interaction is held: the stage's peak)
     positions = pd.Index(catalogue.item_ids).get_indexer(table[schema.ITEM])
-    known = table.assign(pos=positions)[positions >= 0]
-    known = known.sort_values([schema.USER, schema.LAST_TS, "pos"], ascending=[True, False, True], kind="stable")
-    if not len(known):
+    known = np.flatnonzero(positions >= 0)
+    if not known.size:
         return None
-    items = Ragged.of(known[schema.USER].to_numpy(), known["pos"].to_numpy(dtype=np.int64))
-    carted = (known[schema.EVENT].astype(str) == CART).to_numpy()
-    starts = known["session_start"].to_numpy().astype("datetime64[ns]")[items.start]
+    user_order = pd.factorize(table[schema.USER].to_numpy()[known], sort=True)[0]  # codes in the ids' order
+    newest_first = table[schema.LAST_TS].to_numpy().astype("datetime64[ns]")[known].view(np.int64)
+    newest_first = np.where(newest_first == np.iinfo(np.int64).min, np.iinfo(np.int64).max, -newest_first)  # NaT last
+    order = known[np.lexsort((positions[known], newest_first, user_order))]  # by user, newest first, then position
+    del user_order, newest_first
+    items = Ragged.of(table[schema.USER].to_numpy()[order], positions[order].astype(np.int64))
+    carted = (table[schema.EVENT] == CART).to_numpy(dtype=bool, na_value=False)[order]
+    starts = table["session_start"].to_numpy().astype("datetime64[ns]")[order][items.start]
     return LastSession(items, carted, starts)

@@ -199,11 +199,12 @@ def test_json_lines_and_preview_carry_the_explanation(tmp_path):
 
 
 @hypothesis_settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(10, 14), st.integers(0, 6), st.integers(0, 2)),
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(10, 14), st.integers(0, 10), st.integers(0, 2)),
                 min_size=1, max_size=40, unique_by=lambda r: (r[0], r[1])), st.integers(1, 5), st.integers(1, 4))
 def test_histories_made_in_user_pieces_equal_one_piece(rows, chunk, history):
     """Interactions in (user, item) order give each user's newest ``explain_history`` items (ties by position) and
-    their verbs, whether the histories are made in pieces of ``chunk`` rows cut at user boundaries or in one."""
+    their verbs, each (user, item)'s purchases and each item's recent and all users, whether the tables are made in
+    pieces of ``chunk`` rows cut at user boundaries or in one."""
     from homerank.homepage import explain as explain_module
 
     rows = sorted(rows)
@@ -220,10 +221,18 @@ def test_histories_made_in_user_pieces_equal_one_piece(rows, chunk, history):
                        explainer.history_verbs[start : start + length].tolist())
                       for user, start, length in zip(explainer.users, explainer.history_start,
                                                      explainer.history_length, strict=True)]
+        made[size].append((explainer.bought_keys.tolist(), explainer.bought_counts.tolist(),
+                           explainer.recent_users.tolist(), explainer.all_users.tolist()))
     assert made[chunk] == made[10**6]
+    *histories, (bought_keys, bought_counts, recent_users, all_users) = made[10**6]
+    users = sorted({r[0] for r in rows})
+    assert bought_keys == sorted(users.index(r[0]) * 5 + r[1] - 10 for r in rows if r[3] == 2)
+    assert bought_counts == [1] * len(bought_keys)
+    assert all_users == [sum(r[1] == item for r in rows) for item in range(10, 15)]
+    assert recent_users == [sum(r[1] == item and r[2] <= 7 for r in rows) for item in range(10, 15)]  # a 7-day window
     expected = []  # by definition: newest first, ties by position (= item order here), the first `history` kept
     for user, group in interactions.groupby("user_id"):
         newest = group.assign(pos=group["item_id"] - 10).sort_values(["last_ts", "pos"], ascending=[False, True])
         newest = newest.head(history)
         expected.append((user, newest["pos"].tolist(), (newest["n_cart"] + 2 * newest["n_purchase"]).tolist()))
-    assert made[10**6] == expected
+    assert histories == expected

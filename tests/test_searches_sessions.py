@@ -345,3 +345,31 @@ def test_every_row_is_an_event_a_search_or_quarantined(rows):
     provenance = sorted([*rejected.get(schema.SOURCE_ROW, pd.Series(dtype=int)).tolist(),
                          *refused.get(schema.SOURCE_ROW, pd.Series(dtype=int)).tolist()])
     assert len(set(provenance)) == len(provenance) and all(0 <= row < len(raw) for row in provenance)
+
+
+def test_last_session_lists_newest_first_by_user_with_text_ids_and_missing_times():
+    """`homerank.homepage.last_session.last_session` by hand: rows in any order; per user (ids in sorted order) the
+    items newest first, ties by catalogue position, a missing time last; items outside the catalogue dropped; a
+    cart flag per entry and each user's session start."""
+    from homerank.homepage.catalogue import Catalogue
+    from homerank.homepage.last_session import last_session
+
+    ids = np.array(["a", "b", "c", "d"], dtype=object)
+    catalogue = Catalogue(ids, np.array(["X"] * 4, dtype=object), ids, np.ones(4, bool), np.full(4, None),
+                          np.zeros(4, np.int64), np.arange(4), np.zeros(4), np.zeros(4))
+    day = pd.Timestamp("2026-01-02")
+    table = pd.DataFrame({
+        schema.USER: ["u2", "u10", "u2", "u2", "u10", "u2"],
+        schema.ITEM: ["b", "a", "d", "zz", "c", "a"],
+        schema.LAST_TS: [day, day, day + pd.Timedelta(hours=1), day + pd.Timedelta(hours=2), pd.NaT, day],
+        schema.EVENT: ["view", "cart", "cart", "view", "view", None],
+        "session_start": [day - pd.Timedelta(hours=h) for h in (1, 3, 1, 1, 3, 1)],
+    })
+    last = last_session(table, catalogue)
+    assert last.items.users.tolist() == ["u10", "u2"]  # "u10" < "u2" as text
+    u10, u2 = (last.items.padded(last.items.rows(np.array([u], dtype=object)))[0].tolist() for u in ("u10", "u2"))
+    assert u10 == [0, 2]  # a (a time) before c (no time)
+    assert u2 == [3, 0, 1]  # d (newest), then a and b at the same time by position; zz is not in the catalogue
+    assert last.carted.tolist() == [True, False, True, False, False]
+    assert last.started(np.array(["u2", "u10", "nobody"], dtype=object)).astype(str).tolist() == [
+        "2026-01-01T23:00:00.000000000", "2026-01-01T21:00:00.000000000", "NaT"]
