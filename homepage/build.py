@@ -31,7 +31,13 @@ from homerank.homepage.explain import Explainer
 from homerank.homepage.merchandising import Merchandising, load_merchandising
 from homerank.homepage.rows import OUTPUT_COLUMNS, PAGE_COLUMNS, PageBuilder
 from homerank.homepage.sections import SECTION_KINDS, section_title
-from homerank.homepage.signals import PageSignals, collect_signals, profile_signals, viewed_item_neighbours
+from homerank.homepage.signals import (
+    PageSignals,
+    collect_signals,
+    history_signals,
+    profile_signals,
+    viewed_item_neighbours,
+)
 from homerank.homepage.tally import BlockSums, PageTally
 
 log = logging.getLogger(__name__)
@@ -57,7 +63,8 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
                 profiles: pd.DataFrame | None = None,
                 cold_items: tuple[pd.Series, np.ndarray] | None = None,
                 searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None,
-                fork: bool = True, first_seen: pd.Timestamp | None = None) -> Homepage:
+                fork: bool = True, first_seen: pd.Timestamp | None = None,
+                on_setup_peak_past: Callable[[], Any] | None = None) -> Homepage:
     """One page per user of ``interactions`` (which needs ``last_ts``) and per user of ``searches``, in user id order.
 
     ``candidate_items``/``candidate_scores`` (U, k): the model's top items per user embedding row (model item
@@ -77,7 +84,9 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     ``interactions`` and ``edges`` are not used once the page-wide signals are built: a caller that hands over its
     only references (as the homepage stage does) lets them be freed before the blocks are built. ``first_seen``, the
     log's earliest interaction, is for a caller whose ``interactions`` lack ``first_ts`` (the stage reads its least
-    value alone, not the column: `Explainer`).
+    value alone, not the column: `Explainer`). ``on_setup_peak_past`` is called once the page-wide signals are made
+    and the interactions dropped, before the item neighbours' search and the blocks (the homepage stage turns glibc's
+    heap reuse back on there: `homerank.engine.memory.large_allocations_mapped`).
 
     ``candidate_items`` may instead be a function of model rows (`homerank.homepage.candidates.CandidateFn`, with
     ``candidate_scores`` None): each block then scores only its own users' candidates. A function with a
@@ -97,6 +106,10 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
     profile_fields = profile_signals(profiles, edges, catalogue)
     test_rows = edges.loc[(edges[SPLIT] == "test").to_numpy(), [schema.USER, schema.ITEM, SPLIT]]
     del edges
+    # the searches' and last sessions' signals, then their tables go (0.08 GB at 3 * 10^7 events), before the
+    # interactions' tables are made (the explanations' and the signals': the stage's peak)
+    history_fields = history_signals(searches, sessions, catalogue, reference_time, settings)
+    del searches, sessions
     vectors, vector_source = item_vectors(catalogue, item_embeddings, cold_items)
     unit_vectors = F.normalize(vectors, dim=1).numpy()
     # the explanations' per-interaction tables (their setup sorts every interaction: the stage's peak) before the
@@ -105,13 +118,15 @@ def build_pages(candidate_items: np.ndarray | CandidateFn, candidate_scores: np.
                           first_seen)
     signals = collect_signals(catalogue, vectors, interactions, candidate_items, candidate_scores, user_embeddings,
                               item_embeddings, user_index, reference_time, settings, profiles, None, vector_source,
-                              searches, sessions, profile_fields, with_neighbours=False)
+                              profile_fields=profile_fields, with_neighbours=False, history_fields=history_fields)
     explainer.signals = signals
     users = interactions[schema.USER].unique()
     # the page-wide signals and the explainer hold what the blocks need: the interactions go (0.8 GB at 3 * 10^7
     # events) before the item neighbours' table and search (0.5 GB there) and before the workers fork, and so do the
-    # profiles, searches and last sessions as read (0.15 GB there), once a caller hands over its references
-    del interactions, profiles, searches, sessions
+    # profiles as read (0.06 GB there), once a caller hands over its references
+    del interactions, profiles, history_fields
+    if on_setup_peak_past is not None:
+        on_setup_peak_past()
     signals.neighbours = viewed_item_neighbours(signals, item_embeddings, settings.candidates)
     if signals.searches is not None:  # users who only searched have a page too
         users = pd.Index(users).union(signals.searches.queries.users).to_numpy()
@@ -271,14 +286,17 @@ def _run_blocks(pager: _BlockPager, processes: int) -> Iterator[tuple[int, pd.Da
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(processes, mp_context=context, initializer=_single_threaded,
                                  initargs=(os.getpid(),)) as pool:
-            futures = [pool.submit(_forked_page, number) for number in range(pager.count)]
+            # the blocks not yet done: a done future keeps its result (a block's sums hold a (C,) exposure array:
+            # 87 MB for the 74 blocks at 3 * 10^7 events), so each is dropped once its result is taken
+            pending = {pool.submit(_forked_page, number) for number in range(pager.count)}
             try:
-                for done, future in enumerate(as_completed(futures), start=1):
+                for done, future in enumerate(as_completed(list(pending)), start=1):
+                    pending.discard(future)
                     result = future.result()
                     log.info("homepage: block %d done (%d of %d)", result[0] + 1, done, pager.count)
                     yield result
             finally:
-                for future in futures:
+                for future in pending:
                     future.cancel()
     finally:
         _FORKED = None

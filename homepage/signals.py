@@ -403,7 +403,8 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
                     settings: HomepageConfig, profiles: pd.DataFrame | None = None,
                     edges: pd.DataFrame | None = None, vector_source: np.ndarray | None = None,
                     searches: pd.DataFrame | None = None, sessions: pd.DataFrame | None = None,
-                    profile_fields: dict[str, Any] | None = None, with_neighbours: bool = True) -> PageSignals:
+                    profile_fields: dict[str, Any] | None = None, with_neighbours: bool = True,
+                    history_fields: dict[str, Any] | None = None) -> PageSignals:
     """All page-wide facts. ``vectors`` (C, d) are the catalogue's item vectors (inductive where needed) and
     ``vector_source`` (C,) where each came from (`homerank.homepage.catalogue.item_vectors`; None: model or mean);
     ``candidate_items``/``candidate_scores`` (U, k) are the model's top items per user row (model item index), or
@@ -414,8 +415,11 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
     and ``sessions`` (the ETL's last-session table), None without them, the related_to_searches and
     continue_shopping rows (read only when a section of that kind is configured). ``profile_fields``, when given,
     are the profile's fields made beforehand (`profile_signals`, e.g. by a caller that frees the edges first), in
-    place of those of ``profiles`` and ``edges``. Without ``with_neighbours`` the last viewed items' neighbours
-    are left empty, for the caller to find once it has freed the interactions (`viewed_item_neighbours`)."""
+    place of those of ``profiles`` and ``edges``; ``history_fields``, when given, are the searches' and last
+    sessions' signals made beforehand (`history_signals`, e.g. by a caller that frees those tables before the
+    interactions' tables are made), in place of those of ``searches`` and ``sessions``. Without
+    ``with_neighbours`` the last viewed items' neighbours are left empty, for the caller to find once it has freed
+    the interactions (`viewed_item_neighbours`)."""
     # int32 catalogue positions by one index lookup (a dict map made an int64 column: 139 MiB at 3 * 10^7 events)
     positions = int32_indexer(pd.Index(catalogue.item_ids), interactions[schema.ITEM])
     if positions.size and positions.min() < 0:  # build_catalogue adds every interaction's item
@@ -452,9 +456,8 @@ def collect_signals(catalogue: Catalogue, vectors: torch.Tensor, interactions: p
         purchased=Ragged.by_owner(bought[schema.USER], bought[POSITION].to_numpy(dtype=np.int64)),
         buy_again=_lists_by_user(again.sort_values(schema.LAST_TS, ascending=False, kind="stable")),
         **(profile_signals(profiles, edges, catalogue) if profile_fields is None else profile_fields),
-        searches=(search_history(searches, catalogue, reference_time, settings.search)
-                  if _shows(settings, "related_to_searches") else None),
-        last_session=last_session(sessions, catalogue) if _shows(settings, "continue_shopping") else None,
+        **(history_signals(searches, sessions, catalogue, reference_time, settings) if history_fields is None
+           else history_fields),
     )
     if with_neighbours:
         signals.neighbours = viewed_item_neighbours(signals, item_embeddings, settings.candidates)
@@ -468,6 +471,15 @@ def viewed_item_neighbours(signals: PageSignals, item_embeddings: torch.Tensor, 
     anchors = np.unique(viewed_positions[catalogue.model_index[viewed_positions] >= 0])
     return item_neighbours(anchors, catalogue, item_embeddings,
                            model_positions(catalogue, item_embeddings.shape[0]), count)
+
+
+def history_signals(searches: pd.DataFrame | None, sessions: pd.DataFrame | None, catalogue: Catalogue,
+                    reference_time: pd.Timestamp, settings: HomepageConfig) -> dict[str, Any]:
+    """The `PageSignals` fields made of the ETL's searches (``searches``: related_to_searches) and last sessions
+    (``continue_shopping``), each None when no section of its kind is configured or there is no table."""
+    return {"searches": (search_history(searches, catalogue, reference_time, settings.search)
+                         if _shows(settings, "related_to_searches") else None),
+            "last_session": last_session(sessions, catalogue) if _shows(settings, "continue_shopping") else None}
 
 
 def _shows(settings: HomepageConfig, kind: str) -> bool:

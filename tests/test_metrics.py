@@ -68,6 +68,24 @@ def test_page_quality_by_hand():
     assert intra_list_diversity(pages, category) == pytest.approx((2 / 3 + 0) / 2)
 
 
+def test_page_diversity_by_hand_with_unknown_categories_and_short_pages():
+    import pandas as pd
+
+    from homerank.homepage.quality import diversity_per_user, page_diversity
+
+    # "b" (text ids, out of order): x, x, y, none -> n = 4, same pairs 2 of 12 -> 1 - 2/12; "a": one slot -> no
+    # value; "c": only items without a category -> no value; "d": x, none -> n = 2, no same pair -> 1
+    users = np.array(["b", "a", "b", "c", "b", "b", "c", "d", "d"], dtype=object)
+    codes = np.array([0, 1, 0, -1, 1, -1, -1, 0, -1])
+    found = page_diversity(users, codes)
+    assert found.index.tolist() == ["b", "d"]
+    assert found.tolist() == pytest.approx([1 - 2 / 12, 1.0])
+    assert page_diversity(np.array([], dtype=np.int64), np.array([], dtype=np.int64)).empty
+    pages = pd.DataFrame({"user_id": users, "item_id": ["i0", "i1", "i0", "?", "i1", "?", "?", "i0", "?"]})
+    by_frame = diversity_per_user(pages, pd.Series({"i0": "x", "i1": "y"}))
+    assert by_frame.index.tolist() == ["b", "d"] and by_frame.tolist() == pytest.approx([1 - 2 / 12, 1.0])
+
+
 def test_restrict_keeps_only_the_chosen_users():
     from homerank.gnn.metrics import CSRIndex
 

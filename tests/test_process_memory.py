@@ -47,3 +47,49 @@ def test_release_free_memory_returns_the_freed_heap():
     assert done.returncode == 0, done.stderr
     released, freed_mib = done.stdout.split()
     assert released == "True" and int(freed_mib) > 200
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+@pytest.mark.parametrize("mode, freed_at_once", [("default", False), ("mapped", True), ("mapped, then reuse", False)])
+def test_mapped_large_allocations_go_back_when_freed(mode: str, freed_at_once: bool):
+    # a freed 16 MiB array raises glibc's mmap threshold (by default), so the next 4 MiB arrays come from the heap;
+    # 50 of them freed between live 1 MiB arrays stay resident, unless large allocations are mapped
+    code = textwrap.dedent(f"""
+        import numpy as np, psutil
+        from homerank.engine.memory import map_large_allocations, reuse_large_allocations
+        mode = {mode!r}
+        if mode != "default":
+            assert map_large_allocations()
+        if mode.endswith("reuse"):
+            assert reuse_large_allocations()
+        big = np.ones(16 << 20, np.uint8)
+        del big
+        transient, kept = [], []
+        for _ in range(50):
+            transient.append(np.ones(4 << 20, np.uint8))
+            kept.append(np.ones(1 << 20, np.uint8))
+        held = psutil.Process().memory_info().rss
+        del transient
+        print((held - psutil.Process().memory_info().rss) // 2**20)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    freed_mib = int(done.stdout)
+    assert freed_mib > 150 if freed_at_once else freed_mib < 50
+
+
+def test_the_homepage_stage_maps_large_allocations_only_until_its_setup_peak(monkeypatch):
+    """`large_allocations_mapped` maps large allocations for its block, hands out the switch back, and switches
+    back however the block ends."""
+    from homerank.engine import memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(memory, "map_large_allocations", lambda: calls.append("map") or True)
+    monkeypatch.setattr(memory, "reuse_large_allocations", lambda: calls.append("reuse") or True)
+    with memory.large_allocations_mapped() as peak_past:
+        assert calls == ["map"]
+        peak_past()
+    assert calls == ["map", "reuse", "reuse"]
+    with pytest.raises(RuntimeError), memory.large_allocations_mapped():
+        raise RuntimeError("a failed stage")
+    assert calls[-1] == "reuse"
