@@ -48,13 +48,19 @@ def _json_score(score: float) -> float | None:
 
 def jsonl_text(page: pd.DataFrame) -> str:
     """`page_records` of ``page`` as JSON Lines text (one line per user, each ending in a newline), byte for byte
-    what ``json.dumps`` writes, built column-wise in Arrow: each distinct id, title, section and reason is encoded
-    once, every slot's text is the element-wise join of fixed pieces (a user's opening, a row's opening or the
-    separator, the slot object, a row's and a user's closing), and the joined strings of the slots, which Arrow
-    lays out back to back in one buffer, are the text."""
+    what ``json.dumps`` writes (`jsonl_bytes`, decoded)."""
+    return bytes(jsonl_bytes(page)).decode("utf-8")
+
+
+def jsonl_bytes(page: pd.DataFrame) -> memoryview:
+    """`jsonl_text` as UTF-8 bytes, without a Python string of the text: built column-wise in Arrow, each distinct
+    id, title, section and reason encoded once, every slot's text the element-wise join of fixed pieces (a user's
+    opening, a row's opening or the separator, the slot object, a row's and a user's closing); the joined strings
+    of the slots, which Arrow lays out back to back in one buffer, are the text, handed out as a view of that buffer
+    (a file's ``write`` takes it as it is)."""
     count = len(page)
     if not count:
-        return ""
+        return memoryview(b"")
     users, sections = page["user_id"].to_numpy(), page["section"].to_numpy()
     new_user = np.r_[True, users[1:] != users[:-1]]
     new_row = new_user | np.r_[True, sections[1:] != sections[:-1]]
@@ -78,7 +84,7 @@ def jsonl_text(page: pd.DataFrame) -> str:
     if isinstance(joined, pa.ChunkedArray):
         joined = joined.combine_chunks()
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + count + 1]
-    return joined.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]].decode("utf-8")
+    return memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 
 def _constant(text: str, where: np.ndarray) -> pa.Array:

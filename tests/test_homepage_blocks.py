@@ -685,3 +685,24 @@ def test_a_dataset_read_part_by_part_equals_the_whole_read(tmp_path, parts):
         mixed = read_parquet_parts(folder, ["user_id", "weight"])
         expected = pd.concat([frame["user_id"].iloc[:13], frame["user_id"].iloc[13:] + 0.5], ignore_index=True)
         pd.testing.assert_series_equal(mixed["user_id"], expected)
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_append_file_appends_whole_files_in_order(tmp_path, monkeypatch, kernel_copy):
+    """`append_file` joins the blocks' JSON lines byte for byte, by ``os.sendfile`` or, where that fails, by reading
+    and writing (a part of 5 MiB crosses the 4 MiB pieces)."""
+    from homerank.jobs.stage_homepage import append_file
+
+    if not kernel_copy:
+        def no_sendfile(*args):
+            raise OSError("sendfile not supported here")
+        monkeypatch.setattr(os, "sendfile", no_sendfile)
+    parts = [b'{"user_id": 1}\n', b"", bytes(range(256)) * (5 * 4096), "é\n".encode()]
+    for number, data in enumerate(parts):
+        (tmp_path / f"part-{number}").write_bytes(data)
+    with open(tmp_path / "joined", "wb") as out:
+        out.write(b"head\n")  # buffered, not yet on disk: written before the parts
+        for number in range(len(parts)):
+            with open(tmp_path / f"part-{number}", "rb") as source:
+                append_file(source, out)
+    assert (tmp_path / "joined").read_bytes() == b"head\n" + b"".join(parts)
