@@ -19,11 +19,11 @@ from homerank.homepage.catalogue import Catalogue
 from homerank.homepage.config import HomepageConfig
 from homerank.homepage.merchandising import Merchandising
 from homerank.homepage.quality import (
-    diversity_per_user,
     exposure_metrics,
     for_you_hits,
     for_you_summary,
     list_metrics,
+    page_diversity,
 )
 from homerank.homepage.rules import check_page_rules
 from homerank.homepage.signals import PageSignals
@@ -67,6 +67,7 @@ class PageTally:
         self.merchandising = merchandising
         self.in_stock = pd.Series(catalogue.in_stock, index=catalogue.item_ids)
         self.category = pd.Series(catalogue.category, index=catalogue.item_ids)
+        self.category_codes = pd.factorize(np.asarray(catalogue.category), use_na_sentinel=True)[0]  # by position
         self.item_index = pd.Index(catalogue.item_ids)
         self.test = edges.loc[edges[SPLIT] == "test", [schema.USER, schema.ITEM, SPLIT]]
         self.totals = self.empty()
@@ -100,7 +101,8 @@ class PageTally:
             counts["boosted"] += int(page["reason"].str.contains(";boost:", regex=False).sum())
         positions = self.item_index.get_indexer(page["item_id"])
         out.exposure += np.bincount(positions[positions >= 0], minlength=out.exposure.size)
-        per_user = diversity_per_user(page, self.category)
+        per_user = page_diversity(page["user_id"].to_numpy(),
+                                  np.where(positions >= 0, self.category_codes[np.maximum(positions, 0)], -1))
         out.diversity_sum += float(per_user.sum())
         counts["diversity_pages"] += len(per_user)
         for_you = page.loc[page["section"] == "for_you", "slot"]
