@@ -65,8 +65,8 @@ log = logging.getLogger(__name__)
 def run_homepage(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, Any]:
     """Build every user's page from the run's artifacts and write the outputs; returns the stats written to
     ``homepage_stats.json``. Until the setup's peak is past (every interaction held), large allocations are mapped
-    and each freed one goes back to the system at once (at 3 * 10^7 events the peak 2.20 -> 1.91 GiB; then glibc's
-    heap reuse again, for the hot loops of the neighbour search and the blocks)."""
+    and each freed one goes back to the system at once (at 3 * 10^7 events the setup's peak 2.20 -> 1.91 GiB);
+    then glibc's heap reuse again, for the hot loops of the neighbour search and the blocks."""
     with large_allocations_mapped() as setup_peak_past:
         return _run_homepage(run, config, backend, setup_peak_past)
 
