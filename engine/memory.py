@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,11 +35,20 @@ MAPPED_FROM = 128 * 1024  # the mmap threshold glibc starts with
 REUSED_BELOW = 32 * 1024 * 1024  # the most glibc raises it to by itself (DEFAULT_MMAP_THRESHOLD_MAX)
 
 
+TRIMMED_ABOVE = 2 * REUSED_BELOW  # the trim threshold glibc pairs with it
+
+
 def _mallopt(parameter: int, value: int) -> bool:
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(parameter, value))
-    except (OSError, AttributeError):  # no glibc (macOS, musl): the allocator keeps its own rules
+    """glibc's ``mallopt(parameter, value)`` in this process; False (nothing changed) elsewhere (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or name is None:
         return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # a libc without mallopt (musl)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(parameter, value) == 1
 
 
 def map_large_allocations() -> bool:
@@ -58,8 +68,9 @@ def reuse_large_allocations() -> bool:
     """Allocations below ``REUSED_BELOW`` (32 MiB) come from the heap and freed ones are kept for reuse, and the heap's
     top is trimmed only when 64 MiB are free there: glibc's own rule once warmed up, fixed (after
     `map_large_allocations`; the homepage's block builders, whose per-block arrays of 1-30 MB would otherwise be mapped
-    and faulted in afresh each time: 35% slower blocks at 3 * 10^6 events). False where there is no glibc."""
-    return _mallopt(M_MMAP_THRESHOLD, REUSED_BELOW) and _mallopt(M_TRIM_THRESHOLD, 2 * REUSED_BELOW)
+    and faulted in afresh each time: 35% slower blocks at 3 * 10^6 events; the ETL's dask worker processes, which
+    get these values as ``WORKER_MALLOC``). False where there is no glibc."""
+    return _mallopt(M_MMAP_THRESHOLD, REUSED_BELOW) and _mallopt(M_TRIM_THRESHOLD, TRIMMED_ABOVE)
 
 
 @contextmanager

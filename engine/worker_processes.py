@@ -24,8 +24,6 @@ in the job's process before it starts a worker. `dask_setup` (a worker preload) 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -34,6 +32,8 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
+from homerank.engine.memory import REUSED_BELOW, TRIMMED_ABOVE, reuse_large_allocations
+
 log = logging.getLogger(__name__)
 
 StartMethod = Literal["auto", "forkserver", "spawn"]
@@ -41,8 +41,7 @@ StartMethod = Literal["auto", "forkserver", "spawn"]
 # glibc's malloc in worker processes: arrays up to 32 MiB come from the heap, and up to 64 MiB of free heap stay
 # resident (dask's own MALLOC_TRIM_THRESHOLD_ of 64 KiB also switches off glibc's adaptive mmap threshold, so
 # every array above 128 KiB was a fresh mmap: at 10^7 events, 1.43M page faults and 6-9 s of system time)
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
-_MALLOPT_PARAMETERS = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}  # glibc's M_TRIM_/M_MMAP_THRESHOLD
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": REUSED_BELOW, "MALLOC_TRIM_THRESHOLD_": TRIMMED_ABOVE}
 
 # what the forkserver imports once: dask's worker and every module an ETL task runs (the stage module imports them)
 WORKER_MODULES = ("distributed", "homerank.jobs.stage_etl")
@@ -95,16 +94,9 @@ def environment_restored(keys: Iterable[str]) -> Iterator[None]:
 
 
 def apply_worker_malloc() -> bool:
-    """`WORKER_MALLOC` through glibc's ``mallopt`` in this process; False (nothing changed) without glibc."""
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # a libc without mallopt (musl)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(_MALLOPT_PARAMETERS[key], value) == 1 for key, value in WORKER_MALLOC.items())
+    """`WORKER_MALLOC` through glibc's ``mallopt`` in this process (`homerank.engine.memory.reuse_large_allocations`);
+    False (nothing changed) without glibc."""
+    return reuse_large_allocations()
 
 
 def dask_setup(worker: Any) -> None:
