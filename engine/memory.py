@@ -76,8 +76,11 @@ def reuse_large_allocations() -> bool:
 @contextmanager
 def large_allocations_mapped() -> Iterator[Callable[[], bool]]:
     """`map_large_allocations` for the block, which gets `reuse_large_allocations` to end it early (once a peak is
-    past); heap reuse is back on when the block ends, however it ends."""
+    past); heap reuse is back on when the block ends, however it ends. On entry the heap's free pages go back to the
+    system (`release_free_memory`): no allocation the block maps would reuse them (the train stage enters it once
+    per epoch, after the evaluation's heap-made transients)."""
     map_large_allocations()
+    release_free_memory()
     try:
         yield reuse_large_allocations
     finally:

@@ -20,6 +20,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from homerank.engine.errors import HomerankError, TrainingDivergedError
+from homerank.engine.memory import large_allocations_mapped
 from homerank.gnn import distributed
 from homerank.gnn.config import EvalConfig, TrainConfig
 from homerank.gnn.dot_top_k import embedding_ranker
@@ -396,71 +397,76 @@ def train_lightgcn(
             model.train()
             order = _epoch_order(pairs, data.num_users, config.loss == "softmax", generator)
             total_loss, steps = 0.0, 0
-            for start in range(0, num_pairs, batch_size):
-                batch = order[start : start + batch_size]
-                users, positives = pairs.of(batch)  # int32 where the ids fit
-                optimizer.zero_grad(set_to_none=True)  # the last step's gradients go before this step's tables
-                layer0 = model.layer0
-                final = _propagate(model, adjacency, block, layer0, gradient_in_place=True)  # (N, d): users, items
-                user_emb, item_emb = final[: data.num_users], final[data.num_users :]
-                one_table = True
-                if model.has_content and config.content.id_dropout > 0:  # the same draws on every rank
-                    cold = torch.rand(data.num_items, 1, generator=generator, device=device) < config.content.id_dropout
-                    item_emb = torch.where(cold, model.cold_table(), item_emb)  # scored as if never seen
-                    one_table = False
-                if config.loss == "bpr":
-                    reps = config.negatives
-                    users_r, positives_r = (users, positives) if reps == 1 else (users.repeat(reps),
-                                                                                  positives.repeat(reps))
-                    negatives = sample_negatives(users_r, data.num_items, keys, generator)  # the whole batch's
-                    share = _shard(users_r.numel(), rank, world_size)  # draws, the same on every rank
-                    fraction = (share.stop - share.start) / users_r.numel()
-                    users_r, positives_r, negatives = users_r[share], positives_r[share], negatives[share]
-                    if one_table:  # items as rows U + i of the one table: no (N, d) gradient buffer per slice
-                        loss = chunked_bpr_loss(final, final, users_r, data.num_users + positives_r,
-                                                data.num_users + negatives)
+            # the steps' transients (1-30 MB: a batch's keys, its negatives' draws, the counts) get a mapping each,
+            # unmapped when freed: glibc's heap kept them resident and scattered, +0.2-0.4 GiB over an epoch at
+            # 3 * 10^7 events (`homerank.engine.memory.large_allocations_mapped`); heap reuse is back for the evaluation
+            with large_allocations_mapped():
+                for start in range(0, num_pairs, batch_size):
+                    batch = order[start : start + batch_size]
+                    users, positives = pairs.of(batch)  # int32 where the ids fit
+                    optimizer.zero_grad(set_to_none=True)  # the last step's gradients go before this step's tables
+                    layer0 = model.layer0
+                    final = _propagate(model, adjacency, block, layer0, gradient_in_place=True)  # (N, d): users, items
+                    user_emb, item_emb = final[: data.num_users], final[data.num_users :]
+                    one_table = True
+                    if model.has_content and config.content.id_dropout > 0:  # the same draws on every rank
+                        draws = torch.rand(data.num_items, 1, generator=generator, device=device)
+                        cold = draws < config.content.id_dropout
+                        item_emb = torch.where(cold, model.cold_table(), item_emb)  # scored as if never seen
+                        one_table = False
+                    if config.loss == "bpr":
+                        reps = config.negatives
+                        users_r, positives_r = (users, positives) if reps == 1 else (users.repeat(reps),
+                                                                                      positives.repeat(reps))
+                        negatives = sample_negatives(users_r, data.num_items, keys, generator)  # the whole batch's
+                        share = _shard(users_r.numel(), rank, world_size)  # draws, the same on every rank
+                        fraction = (share.stop - share.start) / users_r.numel()
+                        users_r, positives_r, negatives = users_r[share], positives_r[share], negatives[share]
+                        if one_table:  # items as rows U + i of the one table: no (N, d) gradient buffer per slice
+                            loss = chunked_bpr_loss(final, final, users_r, data.num_users + positives_r,
+                                                    data.num_users + negatives)
+                        else:
+                            loss = chunked_bpr_loss(user_emb, item_emb, users_r, positives_r, negatives)
+                        counts = row_counts(layer0.shape[0], (users_r, 0), (positives_r, data.num_users),
+                                            (negatives, data.num_users))
+                        batch_rows = users_r.numel()
                     else:
-                        loss = chunked_bpr_loss(user_emb, item_emb, users_r, positives_r, negatives)
-                    counts = row_counts(layer0.shape[0], (users_r, 0), (positives_r, data.num_users),
-                                        (negatives, data.num_users))
-                    batch_rows = users_r.numel()
-                else:
-                    negatives = torch.randint(0, data.num_items, (config.negatives,), generator=generator,
-                                              device=device)
-                    share = _shard(users.numel(), rank, world_size)
-                    fraction = (share.stop - share.start) / users.numel()
-                    users, positives = users[share], positives[share]
-                    batch_users, user_of_pair = torch.unique_consecutive(users, return_inverse=True)
-                    loss = sampled_softmax_loss(user_emb[batch_users], item_emb[positives], item_emb[negatives],
-                                                config.temperature, user_of_pair)
-                    counts = row_counts(layer0.shape[0], (users, 0), (positives, data.num_users))
-                    batch_rows = users.numel()
-                # the L2 term's gradient goes straight into a leaf table's gradient after the backward pass (no
-                # (N, d) temporaries); a content model's layer 0 is computed, so autograd takes it there
-                leaf_l2 = layer0.is_leaf
-                objective = loss if leaf_l2 else loss + config.l2 * counted_l2_penalty(layer0, counts, batch_rows)
-                objective = objective * fraction  # sums to the batch's mean over the ranks
-                del final, user_emb, item_emb  # the graph keeps what its backward needs: the tables go first
-                objective.backward()
-                if leaf_l2 and config.l2:
-                    if layer0.grad is None:
-                        layer0.grad = torch.zeros_like(layer0)
-                    add_counted_l2_gradient(layer0.grad, layer0, counts, config.l2 * fraction / batch_rows)
-                del layer0, counts
-                step_loss_tensor = loss.detach() * fraction
-                if block is not None:
-                    sent_bytes += distributed.all_reduce_gradients(list(model.parameters()))
-                    torch.distributed.all_reduce(step_loss_tensor)
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                step_loss = float(step_loss_tensor)
-                if not math.isfinite(step_loss):  # stop at once: every later step would only spread the NaN
-                    raise TrainingDivergedError(
-                        f"training diverged at epoch {epoch} (step {steps + 1}): the {config.loss} loss is "
-                        f"{step_loss}; nothing was published, lower train.lr (now {config.lr:g}) and train again")
-                total_loss += step_loss
-                steps += 1
+                        negatives = torch.randint(0, data.num_items, (config.negatives,), generator=generator,
+                                                  device=device)
+                        share = _shard(users.numel(), rank, world_size)
+                        fraction = (share.stop - share.start) / users.numel()
+                        users, positives = users[share], positives[share]
+                        batch_users, user_of_pair = torch.unique_consecutive(users, return_inverse=True)
+                        loss = sampled_softmax_loss(user_emb[batch_users], item_emb[positives], item_emb[negatives],
+                                                    config.temperature, user_of_pair)
+                        counts = row_counts(layer0.shape[0], (users, 0), (positives, data.num_users))
+                        batch_rows = users.numel()
+                    # the L2 term's gradient goes straight into a leaf table's gradient after the backward pass (no
+                    # (N, d) temporaries); a content model's layer 0 is computed, so autograd takes it there
+                    leaf_l2 = layer0.is_leaf
+                    objective = loss if leaf_l2 else loss + config.l2 * counted_l2_penalty(layer0, counts, batch_rows)
+                    objective = objective * fraction  # sums to the batch's mean over the ranks
+                    del final, user_emb, item_emb  # the graph keeps what its backward needs: the tables go first
+                    objective.backward()
+                    if leaf_l2 and config.l2:
+                        if layer0.grad is None:
+                            layer0.grad = torch.zeros_like(layer0)
+                        add_counted_l2_gradient(layer0.grad, layer0, counts, config.l2 * fraction / batch_rows)
+                    del layer0, counts
+                    step_loss_tensor = loss.detach() * fraction
+                    if block is not None:
+                        sent_bytes += distributed.all_reduce_gradients(list(model.parameters()))
+                        torch.distributed.all_reduce(step_loss_tensor)
+                    optimizer.step()
+                    if schedule is not None:
+                        schedule.step()
+                    step_loss = float(step_loss_tensor)
+                    if not math.isfinite(step_loss):  # stop at once: every later step would only spread the NaN
+                        raise TrainingDivergedError(
+                            f"training diverged at epoch {epoch} (step {steps + 1}): the {config.loss} loss is "
+                            f"{step_loss}; nothing was published, lower train.lr (now {config.lr:g}) and train again")
+                    total_loss += step_loss
+                    steps += 1
             optimizer.zero_grad(set_to_none=True)  # the last step's gradients are not kept through the evaluation
             # a step can overflow the parameters while its loss was still finite: check before evaluation and checkpoint
             check_finite(f"at epoch {epoch}", config.lr, embeddings=model.layer0)

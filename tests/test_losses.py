@@ -111,3 +111,45 @@ def test_training_with_bpr_in_pieces_equals_training_with_whole_batches(monkeypa
     assert whole_calls and min(whole_calls) > 16 and calls and set(calls) == {-1}  # every batch in pieces
     torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-5)  # Adam on float-order noise: ~5e-6
     torch.testing.assert_close(piece_losses, whole_losses, rtol=1e-5, atol=1e-7)
+
+
+def test_training_steps_map_large_allocations_and_the_evaluation_reuses_the_heap(monkeypatch) -> None:
+    """Every epoch's steps run inside `large_allocations_mapped` (their 1-30 MB transients are unmapped when freed),
+    and the validation between epochs runs outside it (heap reuse for its hot loop); the loss is the same either
+    way (the policy moves memory, not numbers)."""
+    from contextlib import contextmanager
+
+    from homerank.gnn import train as train_module
+    from homerank.gnn.config import EvalConfig, TrainConfig
+    from homerank.gnn.train import train_lightgcn
+    from tests.test_distributed_training import _tiny_data
+
+    events: list[str] = []
+    mapped = [False]
+
+    @contextmanager
+    def recording():
+        events.append("enter")
+        mapped[0] = True
+        try:
+            yield lambda: True
+        finally:
+            mapped[0] = False
+            events.append("exit")
+
+    evaluate = train_module.evaluate_ranking
+
+    def recorded_evaluation(*args, **kwargs):
+        events.append("evaluate while mapped" if mapped[0] else "evaluate")
+        return evaluate(*args, **kwargs)
+
+    def losses():
+        result = train_lightgcn(_tiny_data(), TrainConfig(epochs=2, embedding_dim=8, num_layers=2),
+                                EvalConfig(ks=[20]), seed=3, device=torch.device("cpu"), show_progress=False)
+        return [h["loss"] for h in result.history]
+
+    plain = losses()
+    monkeypatch.setattr(train_module, "large_allocations_mapped", recording)
+    monkeypatch.setattr(train_module, "evaluate_ranking", recorded_evaluation)
+    assert losses() == plain
+    assert events == ["enter", "exit", "evaluate", "enter", "exit", "evaluate"]
