@@ -181,3 +181,33 @@ def test_out_of_core_scaling_fits_the_runs_that_exited_zero(tmp_path):
     assert reusable(path, 2, 2**31) is not None and reusable(path, 4, 2**31) is None
     path.write_text(json.dumps(runs[3]))
     assert reusable(path, 2, 2**31) is None  # a failed run is run again
+
+
+def test_memory_sampler_counts_a_child_and_lists_descendants_once_a_second(monkeypatch):
+    """The ETL runner's sampler sees a child process's memory (its RSS and its kernel peak) while reading the
+    process table only at its listings (first sample, then every ``list_every`` seconds, and the last), not at each
+    of its samples: psutil's listing reads every process's stat file, which cost the measured engines CPU and GIL."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from bench.etl_runner import MemorySampler
+
+    listings = []
+    children = psutil.Process.children
+    monkeypatch.setattr(psutil.Process, "children", lambda self, recursive=False: listings.append(1) or
+                        children(self, recursive=recursive))
+    # the child holds ~200 MB of touched pages for a second
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(200 * 2**20); time.sleep(1.5)"])
+    try:
+        with MemorySampler(interval=0.02, list_every=10.0) as memory:
+            time.sleep(1.0)
+    finally:
+        child.wait()
+    assert memory.samples > 20  # ~50 samples in the second
+    assert len(listings) == 2  # the first and the last sample only: list_every is longer than the run
+    assert memory.max_descendants == 1
+    assert memory.descendants_peak >= 200 * 2**20  # sampled while it held them
+    assert max(memory.child_hwm.values()) >= 200 * 2**20
