@@ -59,8 +59,11 @@ def map_large_allocations() -> bool:
     process frees its first large arrays, arrays of up to that size come from the heap, and once freed they stay
     resident for reuse: a setup that makes and drops many transients of 1-30 MB while it holds its large inputs peaks
     at its inputs plus the transients it ever held. Measured on the homepage stage's setup at 3 * 10^7 events: 2.20 ->
-    1.91 GiB at its peak, the setup slower by ~10% (each mapping's pages are faulted in afresh). A phase that
-    allocates in a hot loop wants `reuse_large_allocations` back. False where there is no glibc."""
+    1.91 GiB at its peak, the setup slower by ~10% (each mapping's pages are faulted in afresh). Whether a hot loop
+    pays for it depends on how many mid-sized arrays it makes: the homepage's blocks were 35% slower mapped (they
+    want `reuse_large_allocations` back), the training steps at 3 * 10^7 events no slower measurably (a few dozen
+    transients per ~17 s step beside (N, d) tables that are mapped anyway) and 0.2-0.4 GiB lower. False where there
+    is no glibc."""
     return _mallopt(M_MMAP_THRESHOLD, MAPPED_FROM)
 
 
