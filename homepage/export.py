@@ -88,8 +88,8 @@ def jsonl_bytes(page: pd.DataFrame) -> memoryview:
 
 
 def _constant(text: str, where: np.ndarray) -> pa.Array:
-    """``text`` where ``where`` (n,), "" elsewhere."""
-    return pa.array(np.where(where, text, ""), pa.large_string())
+    """``text`` where ``where`` (n,), "" elsewhere: a take from the two strings (no (n,) array of Python text)."""
+    return pa.array(["", text], pa.large_string()).take(pa.array(np.asarray(where, dtype=np.int8)))
 
 
 SCORE_FAST_BOUND = 1e3  # |score| below this: formatted from integer millionths (see `_encoded_scores`)
@@ -138,8 +138,14 @@ def _encoded(column: pd.Series, before: str = "", after: str = "", where: np.nda
     """Each value's JSON text between ``before`` and ``after`` (only where ``where``, "" elsewhere), ``json.dumps``
     called once per distinct value."""
     codes, uniques = pd.factorize(column, sort=False)
-    table = pa.array([before + json.dumps(_plain(value)) + after for value in uniques.tolist()] + [""],
-                     pa.large_string())
+    if isinstance(uniques, np.ndarray) and np.issubdtype(uniques.dtype, np.integer):
+        # an integer's JSON text is its decimal digits, which Arrow's cast writes for all of them at once
+        digits = pa.array(uniques).cast(pa.large_string())
+        table = pa.concat_arrays([pc.binary_join_element_wise(before, digits, after, ""),
+                                  pa.array([""], pa.large_string())])
+    else:
+        table = pa.array([before + json.dumps(_plain(value)) + after for value in uniques.tolist()] + [""],
+                         pa.large_string())
     if where is not None:
         codes = np.where(where, codes, len(uniques))
     return table.take(pa.array(codes))

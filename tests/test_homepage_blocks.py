@@ -289,7 +289,7 @@ def test_jsonl_text_is_json_dumps_of_the_records():
 @hypothesis_settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["u1", 'u"2', "ü3"]), st.sampled_from(["a", "b", "c"]),
                           st.sampled_from(["T", "T\x00x", "Für \"dich\"", ""]), st.integers(1, 40),
-                          st.one_of(st.integers(0, 5), st.just(10**12)),
+                          st.one_of(st.integers(-3, 5), st.just(10**12), st.just(-(2**63))),
                           st.one_of(st.floats(allow_infinity=False), st.just(-0.0), st.just(1e-7)),
                           st.sampled_from(["r", "pin:x", "\u2028"])), min_size=1, max_size=40),
        st.booleans())
