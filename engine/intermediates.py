@@ -70,11 +70,13 @@ class Intermediates:
     def on_disk(self) -> bool:
         return self.folder is not None
 
-    def keep(self, frame: dd.DataFrame, name: str) -> tuple[dd.DataFrame, int]:
-        """``frame`` kept for later passes, and its row count, in one pass over it."""
+    def keep(self, frame: dd.DataFrame, name: str, count: bool = True) -> tuple[dd.DataFrame, int | None]:
+        """``frame`` kept for later passes, and its row count, in one pass over it. ``count=False``: in memory, the
+        frame is persisted without waiting for it (None for the count: the caller counts it in a later compute, one
+        round trip to the workers fewer); on disk the count comes with the write anyway."""
         if self.folder is None:
             kept = persist(frame)
-            return kept, int(kept.shape[0].compute())
+            return kept, int(kept.shape[0].compute()) if count else None
         folder = self.folder / name
         shutil.rmtree(folder, ignore_errors=True)
         divisions = frame.divisions if frame.known_divisions else None

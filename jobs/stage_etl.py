@@ -257,11 +257,12 @@ def _etl_after_ingest(ingested: Ingested, input_path: str | list[str], run: RunD
         weighted = weight_events(by_user, config.interactions.event_weights, config.interactions.half_life_days,
                                  ref_time)
         intermediates = ingested.intermediates  # the all-time edges are kept where the events are
-        all_edges, edges_all_time = intermediates.keep(aggregate_by_user(weighted, event_types), "edges-all-time")
-        # the k-core's first check (G_0's degrees and users) in the same pass as the interactions' write
+        all_edges, _ = intermediates.keep(aggregate_by_user(weighted, event_types), "edges-all-time", count=False)
+        # the k-core's first check (G_0's size, degrees and users) in the same pass as the interactions' write
         _, degrees = dask.compute(write_partitions(interactions_of(all_edges), run.interactions_staging,
                                                    compute=False), degree_statistics(all_edges))
         degrees = KnownDegrees(*degrees)
+        edges_all_time = int(degrees.count)
         users_all_time = int(backend.to_host(degrees.users[1]).sum())  # the users of each partition, summed
         items_all_time = len(degrees.item_degree)
         publish_parquet_parts(run.interactions_staging, run.interactions, interactions_of(all_edges)._meta)

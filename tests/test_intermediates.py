@@ -44,6 +44,13 @@ def test_kept_in_memory_counts_the_rows():
     assert rows == 6 and len(kept.compute()) == 6
 
 
+def test_kept_without_a_count_leaves_it_to_the_caller_in_memory_and_not_on_disk(tmp_path):
+    kept, rows = Intermediates(None).keep(_frame(), "events", count=False)
+    assert rows is None and kept["item_id"].compute().tolist() == [1, 2, 3, 4, 5, 6]
+    kept, rows = Intermediates(tmp_path / "i").keep(_frame(), "events", count=False)
+    assert rows == 6 and len(kept.compute()) == 6  # the write counts the rows anyway
+
+
 def test_auto_chooses_disk_only_when_the_events_outgrow_the_workers(tmp_path):
     from distributed import Client, LocalCluster
 
