@@ -162,14 +162,12 @@ def hits_matrix(users: Tensor, ranked: Tensor, truth: CSRIndex) -> Tensor:
     return is_member(truth.keys(), users.view(-1, 1) * truth.num_items + ranked)
 
 
-def metrics_from_hits(hits: Tensor, n_truth: Tensor, ks: list[int]) -> dict[str, float]:
-    """Average Recall/NDCG/Precision/HitRate@K over rows with n_truth > 0 (see module formulas)."""
+def metrics_per_user(hits: Tensor, n_truth: Tensor, ks: list[int]) -> dict[str, Tensor]:
+    """Recall/NDCG/Precision/HitRate@K of every row with n_truth > 0 (see module formulas): name -> (n,) float32."""
     valid = n_truth > 0
     hits = hits[valid].float()
     n_truth = n_truth[valid].float()
-    out: dict[str, float] = {}
-    if hits.shape[0] == 0:
-        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "precision", "hitrate")}
+    out: dict[str, Tensor] = {}
     discount = 1.0 / torch.log2(torch.arange(hits.shape[1], dtype=torch.float32) + 2.0)
     ideal_cumulative = torch.cumsum(discount, 0)
     for k in ks:
@@ -178,11 +176,30 @@ def metrics_from_hits(hits: Tensor, n_truth: Tensor, ks: list[int]) -> dict[str,
         dcg = (top * discount[: top.shape[1]]).sum(1)
         ideal_len = torch.clamp(n_truth, max=min(k, hits.shape[1])).long()
         idcg = ideal_cumulative[ideal_len - 1]
-        out[f"recall@{k}"] = float((n_hits / n_truth).mean())
-        out[f"ndcg@{k}"] = float((dcg / idcg).mean())
-        out[f"precision@{k}"] = float((n_hits / k).mean())
-        out[f"hitrate@{k}"] = float((n_hits > 0).float().mean())
+        out[f"recall@{k}"] = n_hits / n_truth
+        out[f"ndcg@{k}"] = dcg / idcg
+        out[f"precision@{k}"] = n_hits / k
+        out[f"hitrate@{k}"] = (n_hits > 0).float()
     return out
+
+
+def metrics_from_hits(hits: Tensor, n_truth: Tensor, ks: list[int]) -> dict[str, float]:
+    """Average Recall/NDCG/Precision/HitRate@K over rows with n_truth > 0 (see module formulas)."""
+    if not bool((n_truth > 0).any()):
+        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "precision", "hitrate")}
+    return {name: float(values.mean()) for name, values in metrics_per_user(hits, n_truth, ks).items()}
+
+
+def sample_standard_errors(hits: Tensor, n_truth: Tensor, ks: list[int], population: int) -> dict[str, float]:
+    """The standard error of each mean of `metrics_from_hits` when its n rows (n_truth > 0) are a uniform random
+    sample, without replacement, of ``population`` users: s / sqrt(n) * sqrt((N - n) / (N - 1)), s the rows'
+    standard deviation (ddof 1). Zero when the rows are the whole population (n = N: no sampling error)."""
+    per_user = metrics_per_user(hits, n_truth, ks)
+    n = int((n_truth > 0).sum())
+    if n < 2 or n >= population:
+        return dict.fromkeys(per_user, 0.0)
+    correction = ((population - n) / (population - 1)) ** 0.5
+    return {name: float(values.double().std() / n**0.5 * correction) for name, values in per_user.items()}
 
 
 SCORE_BLOCK_BYTES = 256 * 2**20  # the largest (B, I) float32 block of scores a CPU process scores at once
@@ -214,6 +231,16 @@ def evaluate_ranking(
     `homerank.gnn.dot_top_k.DotTopK` for a dot-product scorer). Users are ranked ``chunk_users`` at a time and only
     their (n, K) hits (bool) are kept: the ranked ids, scores and membership keys of every user at once were ~1.1 GB
     at 578,218 test users and K = 50."""
+    return metrics_from_hits(*ranking_hits(score_fn, truth, exclude, ks, batch_size, device, ranker, chunk_users),
+                             ks)
+
+
+def ranking_hits(
+    score_fn: ScoreFn, truth: CSRIndex, exclude: CSRIndex | None, ks: list[int], batch_size: int = 2048,
+    device: torch.device | str = "cpu", ranker: Ranker | None = None, chunk_users: int = RANK_CHUNK_USERS,
+) -> tuple[Tensor, Tensor]:
+    """What `evaluate_ranking` averages: (hits (n, max K) bool, |T_u| (n,)) of the n users with held-out items in
+    ``truth`` (for `metrics_from_hits` and `sample_standard_errors`)."""
     n_truth = truth.counts()
     users = torch.nonzero(n_truth > 0).flatten()
     if ranker is not None:
@@ -222,7 +249,7 @@ def evaluate_ranking(
         batch_size = users_per_block(batch_size, truth.num_items, device)
         hits = chunked_hits(users, truth, lambda chunk: top_k(score_fn, chunk, max(ks), exclude, batch_size,
                                                               device)[0], chunk_users)
-    return metrics_from_hits(hits, n_truth[users], ks)
+    return hits, n_truth[users]
 
 
 def chunked_hits(users: Tensor, truth: CSRIndex, rank: Callable[[Tensor], Tensor],

@@ -196,13 +196,22 @@ def _train_section(train: dict[str, Any]) -> list[str]:
 
 def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     test, popularity = metrics["test"], metrics["baselines"]["popularity"]
+    errors = metrics.get("test_standard_errors") or {}
     rows = []
     for key, value in test.items():
         base = popularity.get(key, 0.0)
-        rows.append([key, value, base, f"{value / base:.2f}x" if base else "—"])
+        shown = f"{value:.4f} ± {errors[key]:.4f}" if key in errors else value
+        rows.append([key, shown, base, f"{value / base:.2f}x" if base else "—"])
+    users = metrics.get("test_users")
+    scope = []
+    if users and users.get("sampled"):
+        scope = ["", f"On a seeded random sample of {_text(users['scored'])} of the {_text(users['with_test_items'])} "
+                     "test users (`evaluate.test_users`); ± one standard error of the sample mean. Both models are "
+                     "scored on the same users."]
     return [
         "",
         "## Test metrics (full ranking, training items masked)",
+        *scope,
         "",
         _table(["metric", "LightGCN", "popularity", "ratio"], rows),
     ]

@@ -12,7 +12,7 @@ from homerank.engine.backend import Backend
 from homerank.engine.memory import release_free_memory
 from homerank.engine.split import SPLIT
 from homerank.gnn.dot_top_k import dot_ranker
-from homerank.gnn.metrics import evaluate_popularity, evaluate_ranking
+from homerank.gnn.metrics import evaluate_popularity, metrics_from_hits, ranking_hits, sample_standard_errors
 from homerank.gnn.scorer import Scorer
 from homerank.jobs.artifacts import item_popularity, read_edges, require, split_index
 from homerank.jobs.config import JobConfig
@@ -37,10 +37,21 @@ def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
     release_free_memory()
     ks = config.evaluate.ks
     batch = config.evaluate.batch_size
+    with_test_items = int((test.counts() > 0).sum())
+    scored = test.sample_users(config.evaluate.test_users, config.seed)  # `test` itself when all are scored
+    sampled = scored is not test
+    if sampled:
+        log.info("evaluate: test metrics of a seeded sample of %d of the %d test users (evaluate.test_users; null "
+                 "scores every one)", config.evaluate.test_users, with_test_items)
     # a dot-product model on the CPU: faiss's exact search, no (B, I) blocks (homerank.gnn.dot_top_k)
-    test_metrics = evaluate_ranking(model_scores, test, known, ks, batch, device, dot_ranker(scorer, device))
-    baseline = evaluate_popularity(popularity, test, known, ks, batch)
-    result: dict[str, Any] = {"test": test_metrics, "baselines": {"popularity": baseline}}
+    hits, n_truth = ranking_hits(model_scores, scored, known, ks, batch, device, dot_ranker(scorer, device))
+    test_metrics = metrics_from_hits(hits, n_truth, ks)
+    baseline = evaluate_popularity(popularity, scored, known, ks, batch)
+    result: dict[str, Any] = {"test": test_metrics, "baselines": {"popularity": baseline},
+                              "test_users": {"scored": int(n_truth.numel()), "with_test_items": with_test_items,
+                                             "sampled": sampled}}
+    if sampled:
+        result["test_standard_errors"] = sample_standard_errors(hits, n_truth, ks, with_test_items)
     summary = read_json(require(run.train_summary, "train"))
     # validation metrics are those the model was selected with (the training graph only): the final scorer
     # may use validation edges (train.propagate_known_edges, linear_filter.refit), so it is not re-scored on them
@@ -68,7 +79,10 @@ def run_evaluate(run: RunDir, config: JobConfig, backend: Backend) -> dict[str, 
         "rows": etl.get("rows"),
     }
     write_json(run.metrics, metrics)
-    log.info("evaluate: GNN recall@20 %.4f ndcg@20 %.4f | popularity recall@20 %.4f ndcg@20 %.4f",
-             test_metrics.get("recall@20", float("nan")), test_metrics.get("ndcg@20", float("nan")),
+    errors = result.get("test_standard_errors", {})
+    log.info("evaluate: GNN recall@20 %.4f%s ndcg@20 %.4f%s | popularity recall@20 %.4f ndcg@20 %.4f",
+             test_metrics.get("recall@20", float("nan")),
+             f" (+-{errors['recall@20']:.4f})" if "recall@20" in errors else "",
+             test_metrics.get("ndcg@20", float("nan")), f" (+-{errors['ndcg@20']:.4f})" if "ndcg@20" in errors else "",
              baseline.get("recall@20", float("nan")), baseline.get("ndcg@20", float("nan")))
     return metrics

@@ -96,6 +96,10 @@ def test_end_to_end_run_on_tiny_log(homepage_run, tmp_path):
     assert rows["quarantined"] > 0 and rows["duplicates"] > 0  # the generator injects both
     assert metrics["device"] == "cpu" and metrics["epochs"] >= 1
 
+    assert metrics["test_users"] == {"scored": metrics["test_users"]["with_test_items"],
+                                     "with_test_items": metrics["test_users"]["with_test_items"], "sampled": False}
+    assert "test_standard_errors" not in metrics  # every test user ranked: exact metrics
+
     rankings = read_rankings(run)
     assert list(rankings.columns) == ["user_id", "rank", "item_id", "score"]
     interactions = pd.read_parquet(run / "etl" / "interactions")
@@ -118,6 +122,21 @@ def test_end_to_end_run_on_tiny_log(homepage_run, tmp_path):
     assert again["test"] == metrics["test"]
     assert main(["rank", "--out", str(run), "--quiet"]) == 0
     pd.testing.assert_frame_equal(read_rankings(run), rankings)
+
+    # a sample of the test users (evaluate.test_users): estimates within a few standard errors of the exact metrics,
+    # the popularity baseline scored on the same users, and the same sample again for the same seed
+    assert main(["evaluate", "--out", str(run), "--quiet", "--set", "evaluate.test_users=80"]) == 0
+    sampled = json.loads((run / "metrics.json").read_text())
+    assert sampled["test_users"] == {"scored": 80, "with_test_items": metrics["test_users"]["with_test_items"],
+                                     "sampled": True}
+    errors = sampled["test_standard_errors"]
+    assert set(errors) == set(metrics["test"]) and 0 < errors["recall@20"] < 0.1
+    for key in ("recall@20", "ndcg@20", "hitrate@10"):
+        assert abs(sampled["test"][key] - metrics["test"][key]) < 4 * errors[key], key
+    assert sampled["baselines"]["popularity"] != metrics["baselines"]["popularity"]
+    assert "sample of 80 of the" in (run / "report.md").read_text()
+    assert main(["evaluate", "--out", str(run), "--quiet", "--set", "evaluate.test_users=80"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["test"] == sampled["test"]
 
 
 def test_generate_is_deterministic(tmp_path):

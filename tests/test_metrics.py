@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from homerank.gnn.metrics import CSRIndex, evaluate_ranking, hits_matrix, metrics_from_hits, top_k
+from homerank.gnn.metrics import (
+    CSRIndex,
+    evaluate_ranking,
+    hits_matrix,
+    metrics_from_hits,
+    ranking_hits,
+    sample_standard_errors,
+    top_k,
+)
 from homerank.gnn.scorer import popularity_scorer
 
 
@@ -20,6 +28,32 @@ def test_metrics_by_hand():
     idcg4 = 1 + 1 / math.log2(3) + 1 / math.log2(4)
     assert out["ndcg@4"] == pytest.approx(dcg4 / idcg4)
     assert out["recall@4"] == pytest.approx(2 / 3)
+
+
+def test_standard_errors_of_a_sample_by_hand():
+    # four sampled users (one more without held-out items, not counted), hitrate@1 values 1, 0, 0, 1 (mean 1/2,
+    # s^2 = 1/3), from a population of N = 10: se = sqrt(1/3) / sqrt(4) * sqrt((10 - 4) / (10 - 1))
+    hits = torch.tensor([[True, False], [False, True], [False, False], [True, True], [True, False]])
+    n_truth = torch.tensor([1, 2, 1, 2, 0])
+    errors = sample_standard_errors(hits, n_truth, [1, 2], population=10)
+    assert errors["hitrate@1"] == pytest.approx(math.sqrt(1 / 3) / 2 * math.sqrt(6 / 9))
+    # recall@2 per user: 1, 1/2, 0, 1 -> mean 5/8, s^2 = ((3/8)^2 + (1/8)^2 + (5/8)^2 + (3/8)^2) / 3
+    s2 = ((3 / 8) ** 2 + (1 / 8) ** 2 + (5 / 8) ** 2 + (3 / 8) ** 2) / 3
+    assert errors["recall@2"] == pytest.approx(math.sqrt(s2) / 2 * math.sqrt(6 / 9))
+    # the whole population (no sampling error) and a single user (no spread to estimate): zero
+    assert set(sample_standard_errors(hits, n_truth, [1, 2], population=4).values()) == {0.0}
+    assert set(sample_standard_errors(hits[:1], n_truth[:1], [1], population=10).values()) == {0.0}
+
+
+def test_ranking_hits_are_what_the_metrics_average():
+    gen = torch.Generator().manual_seed(3)
+    users, items = torch.randn(30, 4, generator=gen), torch.randn(12, 4, generator=gen)
+    truth = CSRIndex.from_pairs(np.arange(30) % 25, (np.arange(30) * 7) % 12, 30, 12)
+    train = CSRIndex.from_pairs(np.arange(30), (np.arange(30) * 5 + 1) % 12, 30, 12)
+    score = lambda batch: users[batch] @ items.T  # noqa: E731
+    hits, n_truth = ranking_hits(score, truth, train, [3, 5], batch_size=7)
+    assert hits.shape == (25, 5) and n_truth.tolist() == truth.counts()[truth.counts() > 0].tolist()
+    assert metrics_from_hits(hits, n_truth, [3, 5]) == evaluate_ranking(score, truth, train, [3, 5], batch_size=7)
 
 
 def test_users_without_truth_are_not_averaged():
