@@ -82,6 +82,8 @@ def variant_configs(catalogue: Path) -> dict[str, JobConfig]:
 def train_variant(name: str, config: JobConfig, split_run: RunDir, folder: Path) -> dict[str, Any]:
     """Train and evaluate one variant on a copy of ``split_run`` (its etl and graph outputs)."""
     run = RunDir(folder / name)
+    # every test user, as ALS is scored (not the evaluate stage's sample beyond evaluate.test_users)
+    config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"test_users": None})})
     shutil.rmtree(run.root, ignore_errors=True)
     shutil.copytree(split_run.root, run.root)
     backend = resolve_backend("cpu")

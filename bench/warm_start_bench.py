@@ -88,7 +88,9 @@ def previous_run(data: Path, log: Path, settings: list[str]) -> Path:
 
 
 def _sets(log: Path, settings: list[str]) -> list[str]:
-    out = ["--set", f"ingest.catalogue={log / 'items.parquet'}"]
+    # test metrics over every test user (not the evaluate stage's sample beyond evaluate.test_users): cold and warm
+    # runs compare exact figures
+    out = ["--set", f"ingest.catalogue={log / 'items.parquet'}", "--set", "evaluate.test_users=null"]
     for setting in settings:
         out += ["--set", setting]
     return out
