@@ -31,7 +31,7 @@ import pandas as pd
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from homerank.engine.errors import HomerankError
+from homerank.engine.errors import HomerankError, quiet_user_error_tasks
 
 if TYPE_CHECKING:
     import torch
@@ -134,6 +134,7 @@ class Backend:
         port unless ``dashboard_address`` names one). CPU worker processes start by ``start_method``
         (`homerank.engine.worker_processes`: 'auto' is a forkserver that imports the worker modules once) and get the
         worker malloc settings."""
+        quiet_user_error_tasks()
         memory: dict[str, Any] = {}
         if memory_limit is not None:
             memory["memory_limit"] = float(memory_limit) if _is_number(memory_limit) else memory_limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from pathlib import Path
 
@@ -36,6 +37,38 @@ class TrainingDivergedError(HomerankError):
     homepage is built from it. The message names the epoch and the value."""
 
     exit_code = 3
+
+
+def user_error_names() -> frozenset[str]:
+    """The class names of `HomerankError` and of every subclass defined so far (as ``repr`` of an instance starts)."""
+    names, pending = set(), [HomerankError]
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return frozenset(names)
+
+
+class UserErrorTaskFilter(logging.Filter):
+    """Drops dask's "Compute Failed" record of a task that raised a `HomerankError` (a bad file, row or option met
+    inside a worker): the record carries the task and the worker's traceback, while the job itself reports the
+    same error as its one line and exit status. Any other task failure keeps its record. dask's worker logs
+    ``"Compute Failed\nKey: ...\nException: %r\nTraceback: %r"`` with the exception's repr as its 4th argument
+    (distributed/worker.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not str(record.msg).startswith("Compute Failed") or len(args) < 4:
+            return True
+        return str(args[3]).split("(", 1)[0] not in user_error_names()
+
+
+def quiet_user_error_tasks() -> None:
+    """Install `UserErrorTaskFilter` on dask's worker logger in this process (once): the job's process, whose
+    in-process workers log there, and each local worker process (`homerank.engine.worker_processes.dask_setup`)."""
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(existing, UserErrorTaskFilter) for existing in logger.filters):
+        logger.addFilter(UserErrorTaskFilter())
 
 
 DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})

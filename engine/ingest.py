@@ -12,9 +12,10 @@ Conservation law (checked and reported): ``rows_in == kept + quarantined + dupli
 Schema problems that make a whole file unusable (missing required column, unreadable or empty file, a column
 of a type that cannot hold its values) are user errors: `HomerankError` naming the file and the column. Row
 problems (null or bad id, unknown event type, unparsable timestamp, a timestamp from the future, non-numeric
-value) send the row to quarantine with a ``reason``, ``source_file`` and ``source_row`` (0-based data row inside
-that file; for a CSV file split into blocks, the data line: a quoted field holding a line break is not supported
-in such a file — keep those below the block size).
+value, a CSV row with more or fewer cells than its header: ``wrong_cell_count``) send the row to quarantine with a
+``reason``, ``source_file`` and ``source_row`` (0-based data row inside that file; for a CSV file split into
+blocks, the data line: a quoted field holding a line break is not supported in such a file — keep those below the
+block size).
 
 Column types (Parquet, checked on the client from each file's schema before anything is read; a
 dictionary-encoded column counts as its values' type, an all-null column is accepted and its rows quarantined):
@@ -55,14 +56,17 @@ is right for every log.
 
 from __future__ import annotations
 
-import io
+import bz2
+import gzip
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
 import tempfile
 import weakref
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,7 +83,11 @@ from homerank.engine import schema
 from homerank.engine.config import IngestConfig
 from homerank.engine.errors import HomerankError
 from homerank.engine.ids import IdDtype, _plain_values, canonical_ids
-from homerank.engine.input_files import InputFile, discover_files  # discover_files: callers import it here too
+from homerank.engine.input_files import (  # discover_files: callers import it here too
+    InputFile,
+    csv_delimiter,
+    discover_files,
+)
 from homerank.engine.intermediates import Intermediates, Mode
 from homerank.engine.intermediates import choose as choose_intermediates
 from homerank.engine.partitioned import events_by_user, worker_count
@@ -162,15 +170,39 @@ def read_columns(file: InputFile) -> list[str]:
     """Column names of one file, read from metadata/header only. Raises HomerankError if unreadable."""
     try:
         if file.format == "parquet":
-            return list(pq.read_schema(file.path).names)
-        if os.path.getsize(file.path) == 0:
-            raise HomerankError(f"{file.path}: empty file (no CSV header)")
-        return list(pd.read_csv(file.path, nrows=0).columns)
+            names = list(pq.read_schema(file.path).names)
+        else:
+            if os.path.getsize(file.path) == 0:
+                raise HomerankError(f"{file.path}: empty file (no CSV header)")
+            delimiter = csv_delimiter(file.path)
+            names = list(pd.read_csv(file.path, nrows=0, sep=delimiter).columns)
+            if len(set(names)) == len(names):  # pandas renames a repeated header cell "x" to "x.1": read them raw
+                cells = pd.read_csv(file.path, header=None, nrows=1, dtype=str, keep_default_na=False,
+                                    sep=delimiter).iloc[0]
+                _refuse_repeated_columns(file, [str(cell) for cell in cells.tolist()])
+        _refuse_repeated_columns(file, names)
+        return names
     except HomerankError:
         raise
     except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         kind = "Parquet" if file.format == "parquet" else "CSV"
         raise HomerankError(f"{file.path}: not a readable {kind} file ({_safe_reason(exc)})") from None
+
+
+# the columns homerank reads from an event log or a catalogue: one of them twice in a header is ambiguous
+READ_COLUMNS = frozenset((*schema.REQUIRED_EVENT_COLUMNS, *schema.OPTIONAL_EVENT_COLUMNS, schema.QUERY,
+                          *schema.CATALOGUE_REQUIRED, *schema.CATALOGUE_OPTIONAL))
+
+
+def _refuse_repeated_columns(file: InputFile, names: list[str]) -> None:
+    """A user error when a column homerank reads (`READ_COLUMNS`) appears more than once in ``names`` (which copy
+    holds the data is anyone's guess); a repeated column it never reads is left alone."""
+    for name in dict.fromkeys(name for name in names if name in READ_COLUMNS):
+        cells = [number for number, cell in enumerate(names, start=1) if cell == name]
+        if len(cells) > 1:
+            where = "schema" if file.format == "parquet" else "header"
+            raise HomerankError(f"{file.path}: column {name!r} appears {len(cells)} times in the {where} (columns "
+                                f"{', '.join(map(str, cells))}); keep one, or rename the others")
 
 
 def check_required_columns(
@@ -202,6 +234,7 @@ def _safe_reason(exc: BaseException) -> str:
         return f"not {exc.encoding} text at byte {exc.start}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = re.sub(r"'[^']*'|\"[^\"]*\"|b'[^']*'", "...", text)
+    text = re.sub(r"(Expected \d+ columns, got \d+): .*", r"\1", text)  # pyarrow's CSV errors quote the row
     return text[:160]
 
 
@@ -590,13 +623,20 @@ def _csv_row_offsets(pieces: list[Piece]) -> list[Piece]:
     return [replace(p, row_offset=max(offsets[p.number], 0)) if p.byte_range is not None else p for p in pieces]
 
 
+MALFORMED = "_malformed"  # a CSV piece's marker of rows whose cells do not match the header (`_read_csv_text`)
+# the cells pandas' CSV reader reads as missing (its default ``na_values``): kept when the reader became pyarrow's
+CSV_NULLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+             "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+
+
 def _read_piece(piece: Piece, columns: list[str]) -> pd.DataFrame:
-    """The raw rows of one piece (CSV as text: typing happens in validation, so a bad cell quarantines a row)."""
+    """The raw rows of one piece (CSV as text: typing happens in validation, so a bad cell quarantines a row; a
+    CSV piece with malformed rows also has the `MALFORMED` column, see `_read_csv_text`)."""
     path = piece.file.path
     if piece.file.format == "parquet":
         return _read_parquet_piece(piece, columns).to_pandas()
     if piece.byte_range is None:
-        return pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=True)
+        return _read_csv_text(_csv_bytes(path), columns, csv_delimiter(path))
     start, end = piece.byte_range
     with open(path, "rb") as handle:
         header = handle.readline()
@@ -604,7 +644,83 @@ def _read_piece(piece: Piece, columns: list[str]) -> pd.DataFrame:
         body = handle.read(end - start)
     if start > 0:
         body = header + body
-    return pd.read_csv(io.BytesIO(body), usecols=columns, dtype=str, keep_default_na=True)
+    return _read_csv_text(body, columns, csv_delimiter(path))
+
+
+def _csv_bytes(path: str) -> bytes:
+    """A whole CSV file's bytes, decompressed by its name's last suffix as pandas' reader did (.gz, .bz2, .xz, .zst;
+    .zip holding one file); any other name is read as it is."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if not name.endswith("/")]
+            if len(names) != 1:
+                raise ValueError(f"a zip archive must hold one CSV file, this one holds {len(names)}")
+            return archive.read(names[0])
+    if suffix == ".zst":
+        with pa.input_stream(path, compression="zstd") as stream:
+            return stream.read()
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
+    with opener(path, "rb") as handle:
+        return handle.read()
+
+
+def _read_csv_text(body: bytes, columns: list[str], delimiter: str = ",") -> pd.DataFrame:
+    """``columns`` of a CSV text (its bytes, header first, cells split at ``delimiter``) as text, one row per record.
+    Text that is not UTF-8 is refused whole (`UnicodeDecodeError`, as pandas' reader did).
+
+    A record whose number of cells differs from the header's is malformed: an unquoted comma in a value shifts
+    every cell after it, a cut line leaves cells out, so no cell of it can be trusted (pandas' reader took a long
+    row's first cells and dropped the rest without a word). pyarrow's reader hands each such record to
+    ``invalid_row_handler``; it keeps its place as a row of missing cells with `MALFORMED` set, which
+    `_ingest_bundle` quarantines as ``wrong_cell_count`` (so every row keeps its data row number). The column is
+    there only when some record is malformed. Missing cells are pandas' default NA texts (`CSV_NULLS`), quoted or
+    not; a quoted value may hold line breaks."""
+    import pyarrow.csv as pa_csv
+
+    malformed: list[int] = []
+
+    def skip(row: Any) -> str:
+        malformed.append(row.number - 2)  # record number, 1 for the header -> 0-based data row
+        return "skip"
+
+    body.decode("utf-8")  # pyarrow's reader would fail on the first row it cannot decode, quoting it
+    try:
+        table = pa_csv.read_csv(
+            pa.BufferReader(body), read_options=pa_csv.ReadOptions(use_threads=False),
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip,
+                                              newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(include_columns=columns,
+                                                  column_types=dict.fromkeys(columns, pa.string()),
+                                                  null_values=list(CSV_NULLS), strings_can_be_null=True))
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" not in str(exc):  # a header without a line end: no rows, as pandas read it
+            raise
+        return pd.DataFrame({column: pd.Series(dtype="str") for column in columns})
+    frame = table.to_pandas()
+    if not malformed:
+        return frame
+    total = len(frame) + len(malformed)
+    frame.index = np.delete(np.arange(total), malformed)
+    frame = frame.reindex(np.arange(total))
+    frame[MALFORMED] = np.isin(np.arange(total), malformed)
+    return frame
+
+
+def _pop_malformed(raw: pd.DataFrame, source_file: Any, source_row: Any, rejected: list[pd.DataFrame]
+                   ) -> tuple[pd.DataFrame, Any, Any]:
+    """Take the malformed CSV rows (`MALFORMED`) out of ``raw``, their rejected rows (reason ``wrong_cell_count``)
+    appended to ``rejected``, and drop the marker column; the rows left with their provenance (an (N,) array of
+    rows once any row is gone)."""
+    if MALFORMED not in raw.columns:
+        return raw, source_file, source_row
+    bad = raw.pop(MALFORMED).to_numpy(dtype=bool)
+    rejected.append(_rejected_rows(raw, bad.astype(np.int8), ("wrong_cell_count",), source_file, source_row))
+    rows = source_row if isinstance(source_row, np.ndarray) else np.arange(source_row, source_row + len(raw),
+                                                                            dtype="int64")
+    keep = ~bad
+    files = source_file if isinstance(source_file, str) else source_file[keep]
+    return raw.loc[keep].reset_index(drop=True), files, rows[keep]
 
 
 def _read_parquet_piece(piece: Piece, columns: list[str]) -> pa.Table:
@@ -650,6 +766,8 @@ def _ingest_bundle(bundle: Bundle, columns: list[str], event_types: list[str], i
     ``id_dtype`` and ``latest`` were decided once on the client: every bundle gets the same."""
     raw, source_file, source_row = _read_bundle(bundle, columns + ([schema.QUERY] if search_event else []))
     rows_in = len(raw)
+    malformed: list[pd.DataFrame] = []
+    raw, source_file, source_row = _pop_malformed(raw, source_file, source_row, malformed)
     searches = refused = None
     if search_event is not None:
         raw, source_file, source_row, search_raw, search_file, search_row = split_searches(
@@ -661,6 +779,8 @@ def _ingest_bundle(bundle: Bundle, columns: list[str], event_types: list[str], i
                                       session_dtype)
     if refused is not None and len(refused):
         rejected = pd.concat([rejected, refused], ignore_index=True)
+    if malformed:
+        rejected = pd.concat([*malformed, rejected], ignore_index=True)
     if pseudonym_key is not None:
         clean[schema.USER] = pseudonymise(clean[schema.USER], pseudonym_key)
         rejected[schema.USER] = pseudonymise(rejected[schema.USER], pseudonym_key)

@@ -16,7 +16,12 @@ from homerank.engine.errors import HomerankError
 
 FileFormat = Literal["parquet", "csv"]
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+
+
+def csv_delimiter(path: str) -> str:
+    """The cell delimiter of a CSV file by its name: a tab for ``.tsv`` (``.tsv.gz``), else a comma."""
+    return "\t" if path.lower().endswith((".tsv", ".tsv.gz")) else ","
 
 
 @dataclass(frozen=True)

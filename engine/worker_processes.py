@@ -101,6 +101,10 @@ def apply_worker_malloc() -> bool:
 
 def dask_setup(worker: Any) -> None:
     """dask's preload hook: runs in every worker process of a local cluster as it starts (``distributed.worker
-    .preload`` names this module)."""
+    .preload`` names this module): the malloc settings, and dask's traceback record of a task that met a user's
+    mistake left out (`homerank.engine.errors.quiet_user_error_tasks`)."""
+    from homerank.engine.errors import quiet_user_error_tasks
+
+    quiet_user_error_tasks()
     if not apply_worker_malloc():
         log.debug("dask: worker %s keeps its malloc settings (no glibc mallopt)", getattr(worker, "name", "?"))
