@@ -112,6 +112,9 @@ def read_feedback(path: str, file_format: str, id_dtype: str, pseudonym_key: byt
     if file_format == "parquet":
         raw = pd.read_parquet(path, columns=columns)
     else:
+        from homerank.engine.ingest import refuse_malformed_csv
+
+        refuse_malformed_csv(path, "feedback log")
         raw = pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=True)
     users, bad_users = canonical_ids(raw[schema.USER], id_dtype)  # type: ignore[arg-type]
     items, bad_items = canonical_ids(raw[schema.ITEM], id_dtype)  # type: ignore[arg-type]

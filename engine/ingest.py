@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import logging
 import lzma
@@ -707,6 +708,44 @@ def _read_csv_text(body: bytes, columns: list[str], delimiter: str = ",") -> pd.
     return frame
 
 
+def refuse_malformed_csv(path: str, what: str) -> None:
+    """A user error naming the first record of the CSV file ``path`` whose number of cells differs from its header's
+    (``what`` names the file's role, e.g. "catalogue"): for the small CSV inputs read whole by pandas (the catalogue,
+    the merchandising file, feedback logs), where a shifted row would be taken as it is. Not UTF-8: the same error
+    as the event log's."""
+    import pyarrow.csv as pa_csv
+
+    body = _csv_bytes(path)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HomerankError(f"{path}: could not be read as the {what} ({_safe_reason(exc)})") from None
+    found: list[tuple[int, int, int]] = []
+
+    def note(row: Any) -> str:
+        found.append((row.number - 2, row.actual_columns, row.expected_columns))
+        return "skip"
+
+    delimiter = csv_delimiter(path)
+    try:
+        names = [str(number) for number in range(len(pd.read_csv(io.BytesIO(body), nrows=0, sep=delimiter).columns))]
+        pa_csv.read_csv(pa.BufferReader(body),
+                        read_options=pa_csv.ReadOptions(use_threads=False, column_names=names, skip_rows=1),
+                        parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=note,
+                                                          newlines_in_values=True),
+                        convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())))
+    except pd.errors.EmptyDataError:
+        return
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return
+        raise HomerankError(f"{path}: could not be read as the {what} ({_safe_reason(exc)})") from None
+    if found:
+        row, cells, header = found[0]
+        raise HomerankError(f"{path}: data row {row} (from 0, after the header) of the {what} has {cells} cells, its "
+                            f"header {header} (a value holding the delimiter must be quoted); {len(found)} such row(s)")
+
+
 def _pop_malformed(raw: pd.DataFrame, source_file: Any, source_row: Any, rejected: list[pd.DataFrame]
                    ) -> tuple[pd.DataFrame, Any, Any]:
     """Take the malformed CSV rows (`MALFORMED`) out of ``raw``, their rejected rows (reason ``wrong_cell_count``)
@@ -973,7 +1012,8 @@ def read_catalogue(path: str) -> pd.DataFrame:
             check_column_types(file, pq.read_schema(file.path), schema.CATALOGUE_REQUIRED)
             frame = pd.read_parquet(file.path)
         else:
-            frame = pd.read_csv(file.path, dtype={schema.ITEM: str})
+            refuse_malformed_csv(file.path, "catalogue")
+            frame = pd.read_csv(file.path, dtype={schema.ITEM: str}, sep=csv_delimiter(file.path))
         raw = _plain_values(frame[schema.ITEM])
         form: IdDtype = "int64" if pd.api.types.is_numeric_dtype(raw.dtype) else "string"
         ids, bad = canonical_ids(raw, form)

@@ -77,7 +77,12 @@ def _read_table(path: Path) -> pd.DataFrame:
         if path.suffix.lower() in {".parquet", ".pq"}:
             table = pd.read_parquet(path)
         else:
+            from homerank.engine.ingest import refuse_malformed_csv
+
+            refuse_malformed_csv(str(path), "merchandising file")
             table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except HomerankError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad user file
         raise HomerankError(f"{path}: cannot read the merchandising file ({type(exc).__name__})") from None
     unknown = [number for number, column in enumerate(table.columns, start=1) if column not in COLUMNS]

@@ -142,3 +142,24 @@ def test_a_bad_file_read_in_a_worker_is_one_line(tmp_path, processes):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
     assert lines == [f"homerank: error: {path}: could not be read (not utf-8 text at byte 165)"], result.stderr
+
+
+@pytest.mark.parametrize("role", ["catalogue", "merchandising file", "feedback log"])
+def test_the_small_csv_inputs_refuse_a_row_with_a_cell_too_many(tmp_path, role):
+    """The catalogue, the merchandising file and a feedback log are read whole: a shifted row is exit 2 naming it."""
+    from homerank.engine.feedback import read_feedback
+    from homerank.engine.ingest import read_catalogue
+    from homerank.homepage.merchandising import _read_table
+
+    path = tmp_path / "table.csv"
+    header = {"catalogue": "item_id,category,price", "merchandising file": "rule,item_id,category",
+              "feedback log": "user_id,item_id,run_id"}[role]
+    path.write_text(f"{header}\n1,\"a,b\",2\n2,shoes,3,4\n3,bags,5\n")
+    read = {"catalogue": lambda: read_catalogue(str(path)), "merchandising file": lambda: _read_table(path),
+            "feedback log": lambda: read_feedback(str(path), "csv", "int64")}[role]
+    with pytest.raises(HomerankError, match=rf"table.csv: data row 1 \(from 0, after the header\) of the {role} has "
+                                            r"4 cells, its header 3"):
+        read()
+    path.write_text(f"{header}\n1,\"a,b\",2\n")  # the quoted delimiter is one cell
+    if role != "feedback log":
+        read()
