@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dask
 
@@ -127,10 +127,24 @@ def _local_client(config: ClusterConfig, backend: Backend, method: str) -> Itera
     try:
         with Client(cluster) as client, dask.config.set({"dataframe.shuffle.method": method}):
             log.info("dask: local cluster with %d worker(s), shuffle %s, dashboard %s", len(cluster.workers),
-                     method, client.dashboard_link)
+                     method, dashboard_link(cluster, config.dashboard_address, client.dashboard_link))
             yield client
     finally:
         _close_quietly(cluster)
+
+
+def dashboard_link(cluster: Any, dashboard_address: str, dask_link: str) -> str:
+    """The local cluster's dashboard as it listens: ``http://HOST:PORT/status`` with the host of
+    ``cluster.dashboard_address`` and the port the scheduler's HTTP server took. dask's own link names the host of
+    the scheduler's address, which for an in-process cluster (worker threads) is the machine's network address,
+    where nothing listens (the dashboard is bound to localhost); ``dask_link`` when the port is unknown or the
+    dashboard listens on every interface."""
+    host = dashboard_address.rpartition(":")[0]
+    server = getattr(getattr(cluster, "scheduler", None), "http_server", None)
+    port = getattr(server, "port", None)
+    if not port or host in ("", "0.0.0.0", "::", "[::]"):  # every interface: dask's link names one of them
+        return dask_link
+    return f"http://{host}:{port}/status"
 
 
 CLOSE_TIMEOUT_S = 60

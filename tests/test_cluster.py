@@ -193,3 +193,26 @@ def test_the_forkserver_starts_early_only_for_a_local_cluster_of_worker_processe
     assert start(ClusterConfig(), "cpu", log) is sys.platform.startswith("linux")
     assert len(started) == int(sys.platform.startswith("linux"))
     assert all(env["MALLOC_TRIM_THRESHOLD_"] == 64 << 20 for env in started)  # with the workers' variables
+
+
+def test_the_logged_dashboard_link_is_where_the_dashboard_listens(caplog):
+    """An in-process cluster's dask link names the machine's network address, where nothing listens (the dashboard
+    is bound to localhost): the job logs the address it listens on, and something answers there."""
+    import logging
+    import socket
+    from types import SimpleNamespace
+    from urllib.parse import urlparse
+
+    from homerank.jobs.cluster import dashboard_link
+
+    fake = SimpleNamespace(scheduler=SimpleNamespace(http_server=SimpleNamespace(port=4321)))
+    assert dashboard_link(fake, "127.0.0.1:0", "http://192.0.2.2:4321/status") == "http://127.0.0.1:4321/status"
+    assert dashboard_link(fake, ":8787", "http://host:8787/status") == "http://host:8787/status"
+    assert dashboard_link(SimpleNamespace(), "127.0.0.1:0", "dask's") == "dask's"
+    config = ClusterConfig(n_workers=1, threads_per_worker=1, processes=False)
+    with caplog.at_level(logging.INFO, logger="homerank.jobs.cluster"), dask_client(config, CPU):
+        link = next(r.getMessage() for r in caplog.records if "dashboard" in r.getMessage()).split()[-1]
+        address = urlparse(link)
+        assert address.hostname == "127.0.0.1"
+        with socket.create_connection((address.hostname, address.port), timeout=5):
+            pass
