@@ -57,7 +57,8 @@ class IngestConfig(StrictModel):
         "test.txt and optional valid.txt (a given split)",
     )
     catalogue: str | None = Field(None, description="optional item catalogue (Parquet or CSV)")
-    event_types: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENT_TYPES))
+    event_types: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENT_TYPES), min_length=1,
+                                   description="the interaction types a row may have (at least one)")
     timestamp_unit: Literal["s", "ms", "us", "ns"] = Field(
         "s", description="unit of numeric (epoch) timestamps; strings and datetimes are parsed as is"
     )

@@ -83,7 +83,7 @@ class HomepageConfig(StrictModel):
         SectionConfig(kind="trending_in_category", title="Trending in {category}", slots=8),
         SectionConfig(kind="new_arrivals", title="New arrivals for you", slots=8),
         SectionConfig(kind="buy_again", title="Buy again", slots=6),
-    ])
+    ], min_length=1, description="the page's rows in order (at least one; `homepage.enabled: false` builds no page)")
     max_per_category: int = Field(3, ge=1, description="at most this many items of one category per row "
                                   "(diversity: category_cap)")
     diversity: Literal["category_cap", "mmr"] = Field(

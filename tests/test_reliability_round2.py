@@ -137,6 +137,8 @@ def test_check_finite_finds_a_value_in_any_piece(monkeypatch):
     ("train.early_stopping_metric", "ndcg@0", "train.early_stopping_metric"),
     ("seed", -1, "seed"),
     ("seed", 2**32, "seed"),
+    ("homepage.sections", [], "homepage.sections"),  # a page of no rows for every user
+    ("ingest.event_types", [], "ingest.event_types"),
 ])
 def test_config_refuses_values_that_make_no_sense(key, value, fragment):
     with pytest.raises(HomerankError, match="^--set: ") as caught:
