@@ -1026,4 +1026,21 @@ def read_catalogue(path: str) -> pd.DataFrame:
         forms.append(form)
     if "string" in forms:  # one form for the whole catalogue: numbers as their digits
         frames = [f.assign(**{schema.ITEM: canonical_ids(f[schema.ITEM], "string")[0]}) for f in frames]
-    return pd.concat(frames, ignore_index=True)
+    return _one_row_per_item(pd.concat(frames, ignore_index=True), path)
+
+
+def _one_row_per_item(catalogue: pd.DataFrame, path: str) -> pd.DataFrame:
+    """The catalogue with one row per item id, the first one, saying in the log what was dropped: identical copies
+    of a row, and rows that repeat an id with other values (a conflict: the first row's category, price, ... win;
+    the warning names one such item and how many there are)."""
+    repeated = catalogue.duplicated(schema.ITEM, keep="first").to_numpy()
+    if not repeated.any():
+        return catalogue
+    copies = catalogue.astype("string").duplicated(keep="first").to_numpy()  # every column equal (NaN == NaN)
+    conflicting = catalogue.loc[repeated & ~copies, schema.ITEM].unique()
+    if conflicting.size:
+        log.warning("catalogue %s: %d item(s) have rows with different values (e.g. item %s); each keeps its first "
+                    "row", path, conflicting.size, conflicting[0])
+    log.warning("catalogue %s: %d of %d rows repeat an item id and are dropped (%d identical copies)", path,
+                int(repeated.sum()), len(catalogue), int((repeated & copies).sum()))
+    return catalogue.loc[~repeated].reset_index(drop=True)

@@ -163,3 +163,17 @@ def test_the_small_csv_inputs_refuse_a_row_with_a_cell_too_many(tmp_path, role):
     path.write_text(f"{header}\n1,\"a,b\",2\n")  # the quoted delimiter is one cell
     if role != "feedback log":
         read()
+
+
+def test_a_catalogue_repeating_an_item_keeps_its_first_row_and_says_so(tmp_path, caplog):
+    from homerank.engine.ingest import read_catalogue
+
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,category,price\n1,shoes,10\n2,bags,20\n1,shoes,10\n2,hats,25\n3,bags,5\n2,bags,20\n")
+    with caplog.at_level(logging.WARNING, logger="homerank.engine.ingest"):
+        catalogue = read_catalogue(str(path))
+    assert catalogue["item_id"].tolist() == ["1", "2", "3"]
+    assert catalogue["category"].tolist() == ["shoes", "bags", "bags"]  # item 2's first row wins over "hats"
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "1 item(s) have rows with different values (e.g. item 2)" in messages
+    assert "3 of 6 rows repeat an item id and are dropped (2 identical copies)" in messages
