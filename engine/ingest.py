@@ -679,33 +679,46 @@ def _read_csv_text(body: bytes, columns: list[str], delimiter: str = ",") -> pd.
     not; a quoted value may hold line breaks."""
     import pyarrow.csv as pa_csv
 
-    malformed: list[int] = []
-
-    def skip(row: Any) -> str:
-        malformed.append(row.number - 2)  # record number, 1 for the header -> 0-based data row
-        return "skip"
-
-    body.decode("utf-8")  # pyarrow's reader would fail on the first row it cannot decode, quoting it
-    try:
-        table = pa_csv.read_csv(
-            pa.BufferReader(body), read_options=pa_csv.ReadOptions(use_threads=False),
-            parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip,
-                                              newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(include_columns=columns,
-                                                  column_types=dict.fromkeys(columns, pa.string()),
-                                                  null_values=list(CSV_NULLS), strings_can_be_null=True))
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" not in str(exc):  # a header without a line end: no rows, as pandas read it
-            raise
+    table, bad = _csv_records(body, delimiter, pa_csv.ReadOptions(use_threads=False), pa_csv.ConvertOptions(
+        include_columns=columns, column_types=dict.fromkeys(columns, pa.string()), null_values=list(CSV_NULLS),
+        strings_can_be_null=True))
+    if table is None:  # a header without a line end: no rows, as pandas read it
         return pd.DataFrame({column: pd.Series(dtype="str") for column in columns})
     frame = table.to_pandas()
-    if not malformed:
+    if not bad:
         return frame
+    malformed = [row for row, _, _ in bad]
     total = len(frame) + len(malformed)
     frame.index = np.delete(np.arange(total), malformed)
     frame = frame.reindex(np.arange(total))
     frame[MALFORMED] = np.isin(np.arange(total), malformed)
     return frame
+
+
+def _csv_records(body: bytes, delimiter: str, read_options: Any, convert_options: Any
+                 ) -> tuple[pa.Table | None, list[tuple[int, int, int]]]:
+    """pyarrow's CSV reader over ``body`` with every record whose number of cells differs from the header's left
+    out and listed as (0-based data row, its cells, the header's cells); the table is None for a header without a
+    line end (no rows). Text that is not UTF-8 raises `UnicodeDecodeError` first (the reader would fail on the first
+    such row, quoting it)."""
+    import pyarrow.csv as pa_csv
+
+    body.decode("utf-8")
+    malformed: list[tuple[int, int, int]] = []
+
+    def skip(row: Any) -> str:
+        malformed.append((row.number - 2, row.actual_columns, row.expected_columns))  # record 1 is the header
+        return "skip"
+
+    try:
+        table = pa_csv.read_csv(pa.BufferReader(body), read_options=read_options, convert_options=convert_options,
+                                parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip,
+                                                                  newlines_in_values=True))
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" not in str(exc):
+            raise
+        return None, []
+    return table, malformed
 
 
 def refuse_malformed_csv(path: str, what: str) -> None:
@@ -715,30 +728,15 @@ def refuse_malformed_csv(path: str, what: str) -> None:
     as the event log's."""
     import pyarrow.csv as pa_csv
 
-    body = _csv_bytes(path)
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise HomerankError(f"{path}: could not be read as the {what} ({_safe_reason(exc)})") from None
-    found: list[tuple[int, int, int]] = []
-
-    def note(row: Any) -> str:
-        found.append((row.number - 2, row.actual_columns, row.expected_columns))
-        return "skip"
-
-    delimiter = csv_delimiter(path)
+    body, delimiter = _csv_bytes(path), csv_delimiter(path)
     try:
         names = [str(number) for number in range(len(pd.read_csv(io.BytesIO(body), nrows=0, sep=delimiter).columns))]
-        pa_csv.read_csv(pa.BufferReader(body),
-                        read_options=pa_csv.ReadOptions(use_threads=False, column_names=names, skip_rows=1),
-                        parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=note,
-                                                          newlines_in_values=True),
-                        convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())))
+        _, found = _csv_records(body, delimiter,
+                                pa_csv.ReadOptions(use_threads=False, column_names=names, skip_rows=1),
+                                pa_csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())))
     except pd.errors.EmptyDataError:
         return
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            return
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise HomerankError(f"{path}: could not be read as the {what} ({_safe_reason(exc)})") from None
     if found:
         row, cells, header = found[0]
